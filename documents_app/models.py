@@ -1,0 +1,1 @@
+"""Business documents and the knowledge base built from them."""

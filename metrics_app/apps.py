@@ -1,0 +1,7 @@
+from django.apps import AppConfig
+
+
+class MetricsAppConfig(AppConfig):
+    name = "metrics_app"
+    verbose_name = "AI metrics"
+    default_auto_field = "django.db.models.BigAutoField"

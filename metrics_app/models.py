@@ -1,0 +1,246 @@
+"""The event store: businesses, one row per AI reply, and API keys."""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import secrets
+import uuid
+import zoneinfo
+
+from django.conf import settings
+from django.core.exceptions import ValidationError
+from django.db import models
+from django.db.models import Q
+from django.utils import timezone
+
+# Ranges that the API validates; the database enforces the same ones.
+MAX_RESPONSE_TIME_MS = 3_600_000  # one hour: anything longer is a broken clock
+MAX_TOKENS = 10_000_000  # well above the largest context windows
+MAX_COST_USD = 1000  # per reply
+MAX_MESSAGE_LENGTH = 1_000_000  # characters
+
+
+def validate_time_zone(value: str) -> None:
+    try:
+        zoneinfo.ZoneInfo(value)
+    except (zoneinfo.ZoneInfoNotFoundError, ValueError):
+        raise ValidationError(f"{value!r} is not an IANA time zone such as Europe/London") from None
+
+
+class Business(models.Model):
+    """A business whose receptionist sends events. Its id is the chat app's `business_id`."""
+
+    id = models.CharField(primary_key=True, max_length=255, verbose_name="business id")
+    name = models.CharField(max_length=200, blank=True, help_text="Display name; the id when empty.")
+    time_zone = models.CharField(
+        max_length=64,
+        default="UTC",
+        validators=[validate_time_zone],
+        help_text="Default time zone of this business's analytics (IANA name).",
+    )
+    created_at = models.DateTimeField(default=timezone.now)
+
+    class Meta:
+        db_table = "mlops_business"
+        verbose_name_plural = "businesses"
+
+    def __str__(self) -> str:
+        return self.name or self.id
+
+    @property
+    def display_name(self) -> str:
+        return self.name or self.id
+
+
+class AIMetric(models.Model):
+    """One AI reply, as the chat app reported it.
+
+    The table keeps the seed's name and columns (`ai_metrics`) so that SQL
+    written against the seed still runs.
+    """
+
+    id = models.BigAutoField(primary_key=True)
+    event_id = models.UUIDField(default=uuid.uuid4, help_text="Client-made id; a repeat is a duplicate.")
+    business = models.ForeignKey(Business, on_delete=models.PROTECT, db_column="business_id", related_name="events")
+    conversation_id = models.CharField(max_length=255, null=True, blank=True)
+    session_id = models.CharField(max_length=255, null=True, blank=True)
+
+    # Rows adopted from the seed's table may lack these; the API requires them.
+    response_time_ms = models.IntegerField(null=True)
+    success_rate = models.DecimalField(max_digits=5, decimal_places=4, default=1)
+    tokens_used = models.IntegerField(null=True)
+    input_tokens = models.IntegerField(null=True, blank=True)
+    output_tokens = models.IntegerField(null=True, blank=True)
+    api_cost_usd = models.DecimalField(max_digits=10, decimal_places=6, null=True, blank=True)
+    model_name = models.CharField(max_length=100, null=True, blank=True)
+
+    intent_detected = models.CharField(max_length=100, null=True, blank=True)
+    appointment_requested = models.BooleanField(default=False)
+    appointment_booked = models.BooleanField(default=False)
+    human_handoff_requested = models.BooleanField(default=False)
+
+    user_message_length = models.IntegerField(null=True, blank=True)
+    ai_response_length = models.IntegerField(null=True, blank=True)
+    response_type = models.CharField(max_length=50, null=True, blank=True)
+    prompt_version = models.CharField(max_length=100, null=True, blank=True)
+    kb_version = models.CharField(max_length=100, null=True, blank=True)
+
+    timestamp = models.DateTimeField(help_text="When the reply happened (the receive time when the client sent none).")
+    created_at = models.DateTimeField(default=timezone.now, help_text="When the service stored the event.")
+
+    class Meta:
+        db_table = "ai_metrics"
+        verbose_name = "AI event"
+        constraints = [
+            # Retries are safe: one row per (business, event_id), whatever the payload.
+            models.UniqueConstraint(fields=["business", "event_id"], name="ai_metrics_business_event_uniq"),
+            models.CheckConstraint(
+                condition=Q(response_time_ms__gte=0, response_time_ms__lte=MAX_RESPONSE_TIME_MS)
+                | Q(response_time_ms__isnull=True),
+                name="ai_metrics_response_time_range",
+            ),
+            models.CheckConstraint(
+                condition=Q(success_rate__gte=0, success_rate__lte=1), name="ai_metrics_success_rate_range"
+            ),
+            models.CheckConstraint(
+                condition=Q(tokens_used__gte=0, tokens_used__lte=MAX_TOKENS) | Q(tokens_used__isnull=True),
+                name="ai_metrics_tokens_range",
+            ),
+            models.CheckConstraint(
+                condition=Q(input_tokens__gte=0, input_tokens__lte=MAX_TOKENS) | Q(input_tokens__isnull=True),
+                name="ai_metrics_input_tokens_range",
+            ),
+            models.CheckConstraint(
+                condition=Q(output_tokens__gte=0, output_tokens__lte=MAX_TOKENS) | Q(output_tokens__isnull=True),
+                name="ai_metrics_output_tokens_range",
+            ),
+            models.CheckConstraint(
+                condition=Q(api_cost_usd__gte=0, api_cost_usd__lte=MAX_COST_USD) | Q(api_cost_usd__isnull=True),
+                name="ai_metrics_cost_range",
+            ),
+            models.CheckConstraint(
+                condition=Q(user_message_length__gte=0, user_message_length__lte=MAX_MESSAGE_LENGTH)
+                | Q(user_message_length__isnull=True),
+                name="ai_metrics_user_length_range",
+            ),
+            models.CheckConstraint(
+                condition=Q(ai_response_length__gte=0, ai_response_length__lte=MAX_MESSAGE_LENGTH)
+                | Q(ai_response_length__isnull=True),
+                name="ai_metrics_ai_length_range",
+            ),
+        ]
+        indexes = [
+            # Analytics for one business over a period (summary, time series,
+            # breakdowns): WHERE business_id = %s AND timestamp BETWEEN ...
+            models.Index(fields=["business", "timestamp"], name="ai_metrics_business_ts_idx"),
+            # Analytics over all businesses for a period, and the admin's date filter.
+            models.Index(fields=["timestamp"], name="ai_metrics_ts_idx"),
+            # A conversation's events, in order (conversation views, outcomes recorded later).
+            models.Index(fields=["business", "conversation_id", "timestamp"], name="ai_metrics_conversation_idx"),
+        ]
+
+    def __str__(self) -> str:
+        return f"{self.business_id} {self.event_id} at {self.timestamp:%Y-%m-%d %H:%M:%S}"
+
+    @property
+    def failed(self) -> bool:
+        """A failed reply: success_rate 0 or response_type "error"."""
+        return self.success_rate == 0 or self.response_type == "error"
+
+
+class ApiKeyScope(models.TextChoices):
+    INGEST = "ingest", "ingest (write this business's events)"
+    READ = "read", "read (analytics, conversations, knowledge base)"
+
+
+KEY_PREFIX_MARK = "mlk"
+
+
+def hash_key(raw_key: str) -> str:
+    return hashlib.sha256(raw_key.encode("utf-8")).hexdigest()
+
+
+class ApiKeyQuerySet(models.QuerySet):
+    def usable(self) -> ApiKeyQuerySet:
+        now = timezone.now()
+        return self.filter(revoked_at__isnull=True).filter(Q(expires_at__isnull=True) | Q(expires_at__gt=now))
+
+
+class ApiKey(models.Model):
+    """A per-business API key, stored as a SHA-256 hash behind a visible prefix.
+
+    The full key is `mlk_<prefix>_<secret>`; it is shown once, when it is made.
+    A key without a business is an agency key: it may only read, all businesses.
+    """
+
+    business = models.ForeignKey(
+        Business, on_delete=models.CASCADE, null=True, blank=True, related_name="api_keys",
+        help_text="Empty for an agency read key that reads every business.",
+    )
+    name = models.CharField(max_length=100, help_text="What the key is for, e.g. 'chat app production'.")
+    prefix = models.CharField(max_length=16, unique=True, editable=False)
+    hashed_key = models.CharField(max_length=64, editable=False)
+    can_ingest = models.BooleanField(default=True, verbose_name="scope: ingest")
+    can_read = models.BooleanField(default=False, verbose_name="scope: read")
+    rate_limit_per_minute = models.PositiveIntegerField(
+        null=True, blank=True, help_text="Requests per minute across all workers; empty for the service default."
+    )
+    created_at = models.DateTimeField(default=timezone.now, editable=False)
+    created_by = models.ForeignKey(
+        settings.AUTH_USER_MODEL, on_delete=models.SET_NULL, null=True, blank=True, editable=False
+    )
+    expires_at = models.DateTimeField(null=True, blank=True)
+    revoked_at = models.DateTimeField(null=True, blank=True, editable=False)
+    last_used_at = models.DateTimeField(null=True, blank=True, editable=False)
+
+    objects = ApiKeyQuerySet.as_manager()
+
+    class Meta:
+        db_table = "mlops_api_key"
+        constraints = [
+            models.CheckConstraint(
+                condition=Q(business__isnull=False) | Q(can_ingest=False), name="api_key_agency_keys_only_read"
+            ),
+            models.CheckConstraint(condition=Q(can_ingest=True) | Q(can_read=True), name="api_key_has_a_scope"),
+        ]
+
+    def __str__(self) -> str:
+        owner = self.business_id or "all businesses"
+        return f"{self.name} ({self.prefix}…, {owner})"
+
+    @property
+    def scopes(self) -> list[str]:
+        return [s for s, allowed in ((ApiKeyScope.INGEST, self.can_ingest), (ApiKeyScope.READ, self.can_read)) if allowed]
+
+    def has_scope(self, scope: str) -> bool:
+        return scope in self.scopes
+
+    @property
+    def is_usable(self) -> bool:
+        return self.revoked_at is None and (self.expires_at is None or self.expires_at > timezone.now())
+
+    def matches(self, raw_key: str) -> bool:
+        return hmac.compare_digest(self.hashed_key, hash_key(raw_key))
+
+    @staticmethod
+    def generate() -> tuple[str, str, str]:
+        """A new (raw key, prefix, hash). The raw key is never stored."""
+        prefix = secrets.token_hex(6)
+        raw = f"{KEY_PREFIX_MARK}_{prefix}_{secrets.token_urlsafe(32)}"
+        return raw, prefix, hash_key(raw)
+
+
+class RateLimitWindow(models.Model):
+    """Requests made by one key in one minute, shared by every server process."""
+
+    key = models.ForeignKey(ApiKey, on_delete=models.CASCADE, related_name="+")
+    minute = models.BigIntegerField(help_text="Minutes since the epoch.")
+    count = models.PositiveIntegerField(default=0)
+
+    class Meta:
+        db_table = "mlops_rate_limit_window"
+        constraints = [models.UniqueConstraint(fields=["key", "minute"], name="rate_limit_key_minute_uniq")]
+
+    def __str__(self) -> str:
+        return f"{self.key_id}@{self.minute}: {self.count}"

@@ -1,0 +1,201 @@
+"""Validation of tracking events, kept lean because every event goes through it.
+
+A table of field rules drives one loop; each rule is a small function that
+returns the clean value or raises `FieldError` with the reason. No framework
+serializer sits on this path: the batch endpoint checks hundreds of events per
+request.
+"""
+
+from __future__ import annotations
+
+import re
+import uuid
+from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta
+from decimal import ROUND_HALF_EVEN, Decimal, InvalidOperation
+from typing import Any, Callable
+
+from metrics_app.models import MAX_COST_USD, MAX_MESSAGE_LENGTH, MAX_RESPONSE_TIME_MS, MAX_TOKENS
+
+_CONTROL = re.compile(r"[\x00-\x1f\x7f-\x9f]")
+# Business ids become URL segments, folder names and Prometheus labels: keep them plain.
+_BUSINESS_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9._:@-]*")
+_EARLIEST = datetime(2000, 1, 1, tzinfo=UTC)
+_FUTURE_SLACK = timedelta(days=1)
+_COST_STEP = Decimal("0.000001")
+_RATE_STEP = Decimal("0.0001")
+
+
+class FieldError(ValueError):
+    pass
+
+
+def _number(value: Any) -> int | float:
+    # bool is an int in Python but not a number in JSON.
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        raise FieldError("must be a JSON number")
+    return value
+
+
+def _integer(maximum: int) -> Callable[[Any], int]:
+    def check(value: Any) -> int:
+        number = _number(value)
+        if isinstance(number, float):
+            if not number.is_integer():
+                raise FieldError("must be a whole number")
+            number = int(number)
+        if number < 0 or number > maximum:
+            raise FieldError(f"must be between 0 and {maximum}")
+        return number
+
+    return check
+
+
+def _decimal(maximum: int, step: Decimal) -> Callable[[Any], Decimal]:
+    def check(value: Any) -> Decimal:
+        number = _number(value)
+        if number < 0 or number > maximum:
+            raise FieldError(f"must be between 0 and {maximum}")
+        try:
+            return Decimal(repr(number)).quantize(step, rounding=ROUND_HALF_EVEN)
+        except InvalidOperation:
+            raise FieldError("is not a finite number") from None
+
+    return check
+
+
+def _text(max_length: int) -> Callable[[Any], str | None]:
+    def check(value: Any) -> str | None:
+        if not isinstance(value, str):
+            raise FieldError("must be a string")
+        if len(value) > max_length:
+            raise FieldError(f"must be at most {max_length} characters")
+        if _CONTROL.search(value):
+            raise FieldError("must not contain control characters")
+        # An empty string says nothing; it is stored as absent.
+        return value.strip() or None
+
+    return check
+
+
+def _business_id(value: Any) -> str:
+    if not isinstance(value, str) or not value:
+        raise FieldError("must be a non-empty string")
+    if len(value) > 255:
+        raise FieldError("must be at most 255 characters")
+    if not _BUSINESS_ID.fullmatch(value):
+        raise FieldError("may hold only letters, digits and . _ : @ - (starting with a letter or digit)")
+    return value
+
+
+def _boolean(value: Any) -> bool:
+    if not isinstance(value, bool):
+        raise FieldError("must be true or false")
+    return value
+
+
+def _event_id(value: Any) -> uuid.UUID:
+    if not isinstance(value, str) or len(value) > 45:
+        raise FieldError("must be a UUID string")
+    try:
+        return uuid.UUID(value)
+    except ValueError:
+        raise FieldError("must be a UUID string") from None
+
+
+def _timestamp(value: Any) -> datetime:
+    if not isinstance(value, str) or len(value) > 40:
+        raise FieldError("must be an ISO 8601 date-time string")
+    try:
+        moment = datetime.fromisoformat(value)
+    except ValueError:
+        raise FieldError("must be an ISO 8601 date-time string") from None
+    if moment.tzinfo is None:  # the seed sends utcnow().isoformat(): naive means UTC
+        moment = moment.replace(tzinfo=UTC)
+    if moment < _EARLIEST:
+        raise FieldError("must not be before 2000-01-01")
+    if moment > datetime.now(UTC) + _FUTURE_SLACK:
+        raise FieldError("must not be more than a day in the future")
+    return moment
+
+
+@dataclass(frozen=True)
+class Rule:
+    check: Callable[[Any], Any]
+    required: bool = False
+    default: Any = None
+
+
+RULES: dict[str, Rule] = {
+    "business_id": Rule(_business_id, required=True),
+    "event_id": Rule(_event_id),
+    "conversation_id": Rule(_text(255)),
+    "session_id": Rule(_text(255)),
+    "response_time_ms": Rule(_integer(MAX_RESPONSE_TIME_MS), required=True),
+    "success_rate": Rule(_decimal(1, _RATE_STEP), default=Decimal(1)),
+    "tokens_used": Rule(_integer(MAX_TOKENS), required=True),
+    "input_tokens": Rule(_integer(MAX_TOKENS)),
+    "output_tokens": Rule(_integer(MAX_TOKENS)),
+    "api_cost_usd": Rule(_decimal(MAX_COST_USD, _COST_STEP)),
+    "model_name": Rule(_text(100)),
+    "intent_detected": Rule(_text(100)),
+    "appointment_requested": Rule(_boolean, default=False),
+    "appointment_booked": Rule(_boolean, default=False),
+    "human_handoff_requested": Rule(_boolean, default=False),
+    "user_message_length": Rule(_integer(MAX_MESSAGE_LENGTH)),
+    "ai_response_length": Rule(_integer(MAX_MESSAGE_LENGTH)),
+    "response_type": Rule(_text(50)),
+    "prompt_version": Rule(_text(100)),
+    "kb_version": Rule(_text(100)),
+    "timestamp": Rule(_timestamp),
+}
+FIELD_NAMES = tuple(RULES)
+# Unknown field names are listed back, but only this many, each cut short.
+_MAX_IGNORED_LISTED = 20
+
+
+@dataclass
+class CheckedEvent:
+    """The outcome of validating one event: clean values or errors, never both."""
+
+    values: dict[str, Any] = field(default_factory=dict)
+    errors: dict[str, list[str]] = field(default_factory=dict)
+    ignored_fields: list[str] = field(default_factory=list)
+
+    @property
+    def ok(self) -> bool:
+        return not self.errors
+
+
+def check_event(payload: Any, *, default_business_id: str | None = None) -> CheckedEvent:
+    """Validate one event payload against the field rules.
+
+    `default_business_id` fills a missing `business_id` (a business API key
+    implies its business). `null` is the same as an absent field.
+    """
+    result = CheckedEvent()
+    if not isinstance(payload, dict):
+        result.errors["non_field_errors"] = ["an event must be a JSON object"]
+        return result
+    values = result.values
+    errors = result.errors
+    for name, rule in RULES.items():
+        raw = payload.get(name)
+        if raw is None:
+            if name == "business_id" and default_business_id is not None:
+                values[name] = default_business_id
+            elif rule.required:
+                errors[name] = ["this field is required"]
+            else:
+                values[name] = rule.default
+            continue
+        try:
+            values[name] = rule.check(raw)
+        except FieldError as exc:
+            errors[name] = [str(exc)]
+    unknown = [key for key in payload if key not in RULES]
+    if unknown:
+        result.ignored_fields = [str(key)[:100] for key in unknown[:_MAX_IGNORED_LISTED]]
+    if errors:
+        result.values = {}
+    return result

@@ -1,0 +1,215 @@
+"""The chat app's endpoints: /health, /track and /track/batch.
+
+These are plain Django views rather than DRF ones: they are the hot path, and
+their parsing, validation and answers are all the service's own.
+"""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+from typing import Any
+
+import orjson
+from django.conf import settings
+from django.core.exceptions import RequestDataTooBig
+from django.db import DatabaseError, connection
+from django.http import HttpRequest, HttpResponse, JsonResponse
+from django.views.decorators.csrf import csrf_exempt
+
+from metrics_app import services
+from metrics_app.auth import KeyRejected, authenticate_key, seconds_until_allowed
+from metrics_app.errors import error_response, too_many_requests, unauthorized
+from metrics_app.models import ApiKey
+from metrics_app.validation import check_event
+
+MAX_EVENT_BYTES = 64 * 1024
+MAX_BATCH_BYTES = 1024 * 1024
+MAX_BATCH_EVENTS = 500
+SERVICE_NAME = "mlops-service"
+
+
+class Refused(Exception):
+    """A request refused with a complete error response."""
+
+    def __init__(self, response: HttpResponse) -> None:
+        self.response = response
+
+
+def _json(data: Any, status: int = 200) -> HttpResponse:
+    return HttpResponse(orjson.dumps(data), status=status, content_type="application/json")
+
+
+def _now_iso() -> str:
+    return datetime.now(UTC).isoformat()
+
+
+def _method_not_allowed(allowed: str) -> HttpResponse:
+    response = error_response(405, "Method not allowed", {"method": [f"use {allowed}"]})
+    response["Allow"] = allowed
+    return response
+
+
+def _ingest_key(request: HttpRequest) -> ApiKey | None:
+    """The request's ingest key; None in development when no key was sent."""
+    try:
+        key = authenticate_key(request)
+    except KeyRejected as exc:
+        raise Refused(unauthorized(str(exc))) from None
+    if key is None:
+        if settings.MLOPS_ALLOW_ANONYMOUS_INGEST:
+            return None
+        raise Refused(unauthorized())
+    if not key.can_ingest:
+        raise Refused(error_response(403, "This API key may not write events", {"scope": ["needs the ingest scope"]}))
+    wait = seconds_until_allowed(key)
+    if wait:
+        raise Refused(too_many_requests(wait))
+    return key
+
+
+def _json_body(request: HttpRequest, max_bytes: int) -> Any:
+    content_type = request.content_type or ""
+    if content_type != "application/json" and not content_type.endswith("+json"):
+        raise Refused(
+            error_response(415, "Unsupported content type", {"content_type": ["send application/json"]})
+        )
+    try:
+        declared = int(request.META.get("CONTENT_LENGTH") or 0)
+    except ValueError:
+        declared = 0
+    too_big = error_response(413, "Request body too large", {"body": [f"at most {max_bytes} bytes"]})
+    if declared > max_bytes:
+        raise Refused(too_big)
+    try:
+        body = request.body
+    except RequestDataTooBig:
+        raise Refused(too_big) from None
+    if len(body) > max_bytes:
+        raise Refused(too_big)
+    if not body.strip():
+        raise Refused(error_response(400, "No metrics data provided", {"body": ["send a JSON object"]}))
+    try:
+        return orjson.loads(body)
+    except orjson.JSONDecodeError as exc:
+        raise Refused(error_response(400, "Malformed JSON", {"body": [str(exc)[:200]]})) from None
+
+
+def _outside_business(key: ApiKey, business_id: str) -> HttpResponse:
+    return error_response(
+        403, "This API key may not write that business",
+        {"business_id": [f"the key belongs to {key.business_id!r}"]},
+    )
+
+
+@csrf_exempt
+def health(request: HttpRequest) -> HttpResponse:
+    """Liveness with a real database round trip; 503 when the database is away."""
+    if request.method not in ("GET", "HEAD"):
+        return _method_not_allowed("GET, HEAD")
+    body: dict[str, Any] = {
+        "status": "healthy",
+        "service": SERVICE_NAME,
+        "timestamp": _now_iso(),
+        "monitoring": "prometheus",
+        "environment": settings.MLOPS_ENV,
+        "database": {"vendor": connection.vendor, "status": "ok"},
+    }
+    try:
+        with connection.cursor() as cursor:
+            cursor.execute("SELECT 1")
+            cursor.fetchone()
+    except DatabaseError as exc:
+        connection.close()
+        body["status"] = "unhealthy"
+        body["database"] = {"vendor": connection.vendor, "status": "unreachable", "error": type(exc).__name__}
+        response = JsonResponse(body, status=503)
+        response["Retry-After"] = str(settings.MLOPS_RETRY_AFTER_SECONDS)
+        return response
+    return JsonResponse(body)
+
+
+@csrf_exempt
+def track(request: HttpRequest) -> HttpResponse:
+    """Store one event: 201 when new, 200 with "duplicate": true for a repeated event_id."""
+    if request.method != "POST":
+        return _method_not_allowed("POST")
+    try:
+        key = _ingest_key(request)
+        payload = _json_body(request, MAX_EVENT_BYTES)
+    except Refused as refused:
+        return refused.response
+    if not isinstance(payload, dict):
+        return error_response(400, "The body must be a JSON object", {"body": ["send one event as a JSON object"]})
+    checked = check_event(payload, default_business_id=key.business_id if key else None)
+    if not checked.ok:
+        return error_response(400, "Invalid event", checked.errors)
+    if key is not None and checked.values["business_id"] != key.business_id:
+        return _outside_business(key, checked.values["business_id"])
+
+    (outcome,) = services.record_events([checked.values])
+    body: dict[str, Any] = {
+        "status": "success",
+        "event_id": str(outcome.event_id),
+        "timestamp": _now_iso(),
+    }
+    if outcome.created:
+        body["message"] = "Metrics tracked successfully"
+    else:
+        body["message"] = "Event already recorded; the first write stands"
+        body["duplicate"] = True
+    if checked.ignored_fields:
+        body["ignored_fields"] = checked.ignored_fields
+    return _json(body, status=201 if outcome.created else 200)
+
+
+@csrf_exempt
+def track_batch(request: HttpRequest) -> HttpResponse:
+    """Store up to 500 events; valid ones are stored even when others are rejected."""
+    if request.method != "POST":
+        return _method_not_allowed("POST")
+    try:
+        key = _ingest_key(request)
+        payload = _json_body(request, MAX_BATCH_BYTES)
+    except Refused as refused:
+        return refused.response
+    events = payload.get("events") if isinstance(payload, dict) else None
+    if not isinstance(events, list) or not 1 <= len(events) <= MAX_BATCH_EVENTS:
+        return error_response(
+            400, "Invalid batch", {"events": [f"send {{\"events\": [...]}} with 1 to {MAX_BATCH_EVENTS} events"]}
+        )
+
+    default_business = key.business_id if key else None
+    results: list[dict[str, Any]] = []
+    valid: list[tuple[int, dict[str, Any]]] = []
+    for index, raw in enumerate(events):
+        checked = check_event(raw, default_business_id=default_business)
+        result: dict[str, Any] = {"index": index, "event_id": None, "status": "rejected", "errors": checked.errors}
+        if checked.ok:
+            if key is not None and checked.values["business_id"] != key.business_id:
+                return _outside_business(key, checked.values["business_id"])
+            valid.append((index, checked.values))
+            result["errors"] = {}
+        elif isinstance(raw, dict) and isinstance(raw.get("event_id"), str):
+            result["event_id"] = raw["event_id"][:45]
+        if checked.ignored_fields:
+            result["ignored_fields"] = checked.ignored_fields
+        results.append(result)
+
+    created = duplicates = 0
+    if valid:
+        outcomes = services.record_events([values for _, values in valid])
+        for (index, _), outcome in zip(valid, outcomes):
+            results[index]["event_id"] = str(outcome.event_id)
+            results[index]["status"] = "created" if outcome.created else "duplicate"
+            created += outcome.created
+            duplicates += not outcome.created
+    rejected = len(events) - len(valid)
+    body = {
+        "status": "success" if not rejected else "partial",
+        "created": created,
+        "duplicates": duplicates,
+        "rejected": rejected,
+        "timestamp": _now_iso(),
+        "results": results,
+    }
+    return _json(body, status=207 if rejected else 200)

@@ -1,0 +1,195 @@
+"""Settings for the MLOps service, read from the environment.
+
+A `.env` file in the project root is read first when present; variables that
+are already set in the environment win over it. See the configuration table in
+README.md for every variable.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from urllib.parse import urlparse
+
+import dj_database_url
+from django.core.exceptions import ImproperlyConfigured
+from dotenv import load_dotenv
+
+from mlops_site.env import envbool, envchoice, envint, envlist, envstr
+
+BASE_DIR = Path(__file__).resolve().parent.parent
+DATA_DIR = BASE_DIR / "data"
+
+load_dotenv(BASE_DIR / ".env", override=False)
+
+MLOPS_ENV = envchoice("MLOPS_ENV", "development", ("development", "production"))
+IS_PRODUCTION = MLOPS_ENV == "production"
+
+_DEV_SECRET_KEY = "dev-only-insecure-key-do-not-use-in-production"  # noqa: S105
+SECRET_KEY = envstr("SECRET_KEY") or _DEV_SECRET_KEY
+DEBUG = envbool("DEBUG", False)
+
+ALLOWED_HOSTS = envlist("ALLOWED_HOSTS", "" if IS_PRODUCTION else "127.0.0.1,localhost,[::1],testserver")
+
+# The address and port that start.sh binds: loopback only in development.
+HOST = envstr("HOST", "0.0.0.0" if IS_PRODUCTION else "127.0.0.1")  # noqa: S104
+PORT = envint("PORT", 5000, minimum=1, maximum=65535)
+
+# --- CORS: the chat app's origins. "*" opens it to every origin (development only).
+_cors = envlist("CORS_ALLOWED_ORIGINS", "" if IS_PRODUCTION else "http://localhost:3000,http://127.0.0.1:3000")
+CORS_ALLOW_ALL_ORIGINS = "*" in _cors
+CORS_ALLOWED_ORIGINS = [origin for origin in _cors if origin != "*"]
+for _origin in CORS_ALLOWED_ORIGINS:
+    _parsed = urlparse(_origin)
+    if _parsed.scheme not in ("http", "https") or not _parsed.netloc or _parsed.path not in ("", "/"):
+        raise ImproperlyConfigured(
+            f"CORS_ALLOWED_ORIGINS must hold origins such as https://app.example.com, got {_origin!r}"
+        )
+CORS_ALLOW_HEADERS = ("accept", "authorization", "content-type", "x-api-key", "user-agent")
+
+# --- The database: SQLite file by default, PostgreSQL when DATABASE_URL says so.
+_default_db_url = f"sqlite:///{DATA_DIR / 'mlops.sqlite3'}"
+_db_url = envstr("DATABASE_URL") or _default_db_url
+try:
+    _db = dj_database_url.parse(_db_url, conn_max_age=envint("DB_CONN_MAX_AGE", 60, minimum=0))
+except Exception as exc:  # dj-database-url raises several types for a bad URL
+    raise ImproperlyConfigured(f"DATABASE_URL is not a valid database URL: {exc}") from None
+if _db["ENGINE"] == "django.db.backends.sqlite3":
+    _db["OPTIONS"] = {
+        # WAL lets readers work while gunicorn workers write; IMMEDIATE takes
+        # the write lock at BEGIN so concurrent writers queue instead of failing.
+        "init_command": "PRAGMA journal_mode=WAL; PRAGMA synchronous=NORMAL;",
+        "transaction_mode": "IMMEDIATE",
+        "timeout": 20,
+    }
+    _db["TEST"] = {"NAME": envstr("MLOPS_TEST_SQLITE", str(DATA_DIR / "test.sqlite3"))}
+elif _db["ENGINE"] == "django.db.backends.postgresql":
+    # Fail fast when the server is away, so /track answers 503 instead of hanging.
+    _db.setdefault("OPTIONS", {})["connect_timeout"] = envint("DB_CONNECT_TIMEOUT", 3, minimum=1)
+else:
+    raise ImproperlyConfigured(
+        f"DATABASE_URL must be a sqlite:/// or postgresql:// URL, got engine {_db['ENGINE']}"
+    )
+_db["CONN_HEALTH_CHECKS"] = True
+DATABASES = {"default": _db}
+DEFAULT_AUTO_FIELD = "django.db.models.BigAutoField"
+
+INSTALLED_APPS = [
+    "django.contrib.admin",
+    "django.contrib.auth",
+    "django.contrib.contenttypes",
+    "django.contrib.sessions",
+    "django.contrib.messages",
+    "django.contrib.staticfiles",
+    "corsheaders",
+    "rest_framework",
+    "metrics_app",
+    "documents_app",
+]
+
+MIDDLEWARE = [
+    "django.middleware.security.SecurityMiddleware",
+    "whitenoise.middleware.WhiteNoiseMiddleware",
+    "corsheaders.middleware.CorsMiddleware",
+    "metrics_app.middleware.DatabaseUnavailableMiddleware",
+    "django.contrib.sessions.middleware.SessionMiddleware",
+    "django.middleware.common.CommonMiddleware",
+    "django.middleware.csrf.CsrfViewMiddleware",
+    "django.contrib.auth.middleware.AuthenticationMiddleware",
+    "django.contrib.messages.middleware.MessageMiddleware",
+    "django.middleware.clickjacking.XFrameOptionsMiddleware",
+]
+
+ROOT_URLCONF = "mlops_site.urls"
+WSGI_APPLICATION = "mlops_site.wsgi.application"
+APPEND_SLASH = False
+
+TEMPLATES = [
+    {
+        "BACKEND": "django.template.backends.django.DjangoTemplates",
+        "DIRS": [BASE_DIR / "templates"],
+        "APP_DIRS": True,
+        "OPTIONS": {
+            "context_processors": [
+                "django.template.context_processors.request",
+                "django.contrib.auth.context_processors.auth",
+                "django.contrib.messages.context_processors.messages",
+            ],
+        },
+    },
+]
+
+AUTH_PASSWORD_VALIDATORS = [
+    {"NAME": "django.contrib.auth.password_validation.UserAttributeSimilarityValidator"},
+    {"NAME": "django.contrib.auth.password_validation.MinimumLengthValidator"},
+    {"NAME": "django.contrib.auth.password_validation.CommonPasswordValidator"},
+    {"NAME": "django.contrib.auth.password_validation.NumericPasswordValidator"},
+]
+
+LANGUAGE_CODE = "en-us"
+TIME_ZONE = "UTC"
+USE_I18N = True
+USE_TZ = True
+
+STATIC_URL = "static/"
+STATIC_ROOT = BASE_DIR / "staticfiles"
+STORAGES = {
+    "default": {"BACKEND": "django.core.files.storage.FileSystemStorage"},
+    "staticfiles": {"BACKEND": "whitenoise.storage.CompressedStaticFilesStorage"},
+}
+# Serve admin assets straight from the apps when collectstatic has not run.
+WHITENOISE_USE_FINDERS = True
+
+# Bodies: the batch endpoint takes up to 1 MiB; Django refuses larger ones.
+DATA_UPLOAD_MAX_MEMORY_SIZE = 1024 * 1024
+
+REST_FRAMEWORK = {
+    "EXCEPTION_HANDLER": "metrics_app.errors.api_exception_handler",
+    "DEFAULT_AUTHENTICATION_CLASSES": [
+        "metrics_app.auth.ApiKeyAuthentication",
+        "rest_framework.authentication.SessionAuthentication",
+    ],
+    "DEFAULT_PERMISSION_CLASSES": ["rest_framework.permissions.IsAuthenticated"],
+    "DEFAULT_RENDERER_CLASSES": ["rest_framework.renderers.JSONRenderer"],
+    "DEFAULT_PARSER_CLASSES": ["rest_framework.parsers.JSONParser"],
+    "UNAUTHENTICATED_USER": "django.contrib.auth.models.AnonymousUser",
+}
+
+# --- The service's own switches.
+# Development lets the chat app's endpoints work without a key, as the seed's
+# client does; production always needs one.
+MLOPS_ALLOW_ANONYMOUS_INGEST = envbool("MLOPS_ALLOW_ANONYMOUS_INGEST", not IS_PRODUCTION)
+# Default request budget of an API key, per minute, shared by all workers.
+MLOPS_KEY_RATE_LIMIT_PER_MINUTE = envint("MLOPS_KEY_RATE_LIMIT_PER_MINUTE", 6000, minimum=1)
+# Seconds a client is told to wait after a 503 (database away).
+MLOPS_RETRY_AFTER_SECONDS = envint("MLOPS_RETRY_AFTER_SECONDS", 5, minimum=1)
+
+LOGGING = {
+    "version": 1,
+    "disable_existing_loggers": False,
+    "formatters": {"plain": {"format": "%(asctime)s %(levelname)s %(name)s %(message)s"}},
+    "handlers": {"console": {"class": "logging.StreamHandler", "formatter": "plain"}},
+    "root": {"handlers": ["console"], "level": envstr("LOG_LEVEL", "INFO").upper()},
+    "loggers": {"django.db.backends": {"level": "WARNING"}},
+}
+
+# --- Production refuses insecure settings instead of running with them.
+if IS_PRODUCTION:
+    _problems = []
+    if SECRET_KEY == _DEV_SECRET_KEY or len(SECRET_KEY) < 32:
+        _problems.append("SECRET_KEY must be set to a random value of at least 32 characters")
+    if DEBUG:
+        _problems.append("DEBUG must be off")
+    if CORS_ALLOW_ALL_ORIGINS:
+        _problems.append("CORS_ALLOWED_ORIGINS must not be '*'")
+    if not ALLOWED_HOSTS or "*" in ALLOWED_HOSTS:
+        _problems.append("ALLOWED_HOSTS must name the service's host names")
+    if MLOPS_ALLOW_ANONYMOUS_INGEST:
+        _problems.append("MLOPS_ALLOW_ANONYMOUS_INGEST must be off")
+    if _problems:
+        raise ImproperlyConfigured("MLOPS_ENV=production refuses insecure settings: " + "; ".join(_problems))
+    SESSION_COOKIE_SECURE = envbool("SESSION_COOKIE_SECURE", True)
+    CSRF_COOKIE_SECURE = envbool("CSRF_COOKIE_SECURE", True)
+    SECURE_CONTENT_TYPE_NOSNIFF = True
+    CSRF_TRUSTED_ORIGINS = envlist("CSRF_TRUSTED_ORIGINS")
+    if envbool("BEHIND_TLS_PROXY", False):
+        SECURE_PROXY_SSL_HEADER = ("HTTP_X_FORWARDED_PROTO", "https")

@@ -1,0 +1,30 @@
+"""URL map of the service. Each app owns its routes; this file only wires them."""
+
+from django.contrib import admin
+from django.http import HttpRequest, HttpResponse
+from django.urls import path
+
+from metrics_app import views
+from metrics_app.errors import error_response
+
+urlpatterns = [
+    path("health", views.health, name="health"),
+    path("health/", views.health),
+    path("track", views.track, name="track"),
+    path("track/", views.track),
+    path("track/batch", views.track_batch, name="track-batch"),
+    path("track/batch/", views.track_batch),
+    path("admin/", admin.site.urls),
+]
+
+
+def not_found(request: HttpRequest, exception: Exception | None = None) -> HttpResponse:
+    return error_response(404, "Not found", {"path": [f"no endpoint at {request.path[:200]}"]})
+
+
+def server_error(request: HttpRequest) -> HttpResponse:
+    return error_response(500, "Internal server error")
+
+
+handler404 = not_found
+handler500 = server_error
