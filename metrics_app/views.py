@@ -56,7 +56,7 @@ def _ingest_key(request: HttpRequest) -> ApiKey | None:
     except KeyRejected as exc:
         raise Refused(unauthorized(str(exc))) from None
     if key is None:
-        if settings.MLOPS_ALLOW_ANONYMOUS_INGEST:
+        if settings.MLOPS_ALLOW_ANONYMOUS_CHAT:
             return None
         raise Refused(unauthorized())
     if not key.can_ingest:

@@ -155,9 +155,9 @@ REST_FRAMEWORK = {
 }
 
 # --- The service's own switches.
-# Development lets the chat app's endpoints work without a key, as the seed's
+# Development lets the chat app's endpoints (/track*, /api/knowledge-base/*) work without a key, as the seed's
 # client does; production always needs one.
-MLOPS_ALLOW_ANONYMOUS_INGEST = envbool("MLOPS_ALLOW_ANONYMOUS_INGEST", not IS_PRODUCTION)
+MLOPS_ALLOW_ANONYMOUS_CHAT = envbool("MLOPS_ALLOW_ANONYMOUS_CHAT", not IS_PRODUCTION)
 # Default request budget of an API key, per minute, shared by all workers.
 MLOPS_KEY_RATE_LIMIT_PER_MINUTE = envint("MLOPS_KEY_RATE_LIMIT_PER_MINUTE", 6000, minimum=1)
 # Seconds a client is told to wait after a 503 (database away).
@@ -183,8 +183,8 @@ if IS_PRODUCTION:
         _problems.append("CORS_ALLOWED_ORIGINS must not be '*'")
     if not ALLOWED_HOSTS or "*" in ALLOWED_HOSTS:
         _problems.append("ALLOWED_HOSTS must name the service's host names")
-    if MLOPS_ALLOW_ANONYMOUS_INGEST:
-        _problems.append("MLOPS_ALLOW_ANONYMOUS_INGEST must be off")
+    if MLOPS_ALLOW_ANONYMOUS_CHAT:
+        _problems.append("MLOPS_ALLOW_ANONYMOUS_CHAT must be off")
     if _problems:
         raise ImproperlyConfigured("MLOPS_ENV=production refuses insecure settings: " + "; ".join(_problems))
     SESSION_COOKIE_SECURE = envbool("SESSION_COOKIE_SECURE", True)
