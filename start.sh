@@ -1,0 +1,35 @@
+#!/usr/bin/env bash
+# Takes a fresh clone to a running service: virtual environment, install,
+# migrate, then gunicorn on $HOST:$PORT (127.0.0.1:5000 in development).
+set -euo pipefail
+cd "$(dirname "$0")"
+
+PYTHON="${PYTHON:-python3}"
+if ! command -v "$PYTHON" >/dev/null 2>&1; then
+    echo "start.sh: $PYTHON not found; install Python 3.10 or newer" >&2
+    exit 1
+fi
+if [ ! -x .venv/bin/python ]; then
+    echo "Creating the virtual environment in .venv"
+    "$PYTHON" -m venv .venv
+fi
+echo "Installing requirements"
+.venv/bin/pip install --quiet --disable-pip-version-check -r requirements.txt
+
+echo "Migrating the database"
+.venv/bin/python manage.py migrate --noinput
+.venv/bin/python manage.py collectstatic --noinput --verbosity 0
+
+# Processes started here stop with the service.
+children=()
+cleanup() {
+    for pid in "${children[@]}"; do kill "$pid" 2>/dev/null || true; done
+}
+trap cleanup EXIT INT TERM
+
+# Background processes the service needs (pipeline worker) start here.
+
+echo "Serving with gunicorn (WEB_CONCURRENCY=${WEB_CONCURRENCY:-default}); admin at /admin/ (create a user with: .venv/bin/python manage.py createsuperuser)"
+.venv/bin/gunicorn mlops_site.wsgi --config gunicorn.conf.py &
+children+=($!)
+wait "${children[-1]}"

@@ -1,0 +1,188 @@
+"""Fixtures shared by the whole suite: clients, keys, and a real running service."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+import urllib.error
+import urllib.request
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable, Iterator
+
+import pytest
+from django.db import connection
+from django.test import Client
+
+from metrics_app import services
+from metrics_app.models import Business
+
+ROOT = Path(__file__).resolve().parent.parent
+IN_CI = os.environ.get("CI", "").lower() in ("1", "true", "yes")
+
+
+def require(available: bool, what: str) -> None:
+    """Skip a test that needs a missing component on a laptop; fail it in CI."""
+    if available:
+        return
+    if IN_CI:
+        pytest.fail(f"{what} is missing, and CI=true does not allow skipping", pytrace=False)
+    pytest.skip(f"{what} is not available on this machine")
+
+
+def on_postgres() -> bool:
+    return connection.vendor == "postgresql"
+
+
+@pytest.fixture(autouse=True)
+def _forget_known_businesses() -> Iterator[None]:
+    # The ingest service remembers businesses it created; tests roll them back.
+    services._known_businesses.clear()
+    yield
+    services._known_businesses.clear()
+
+
+@pytest.fixture
+def api() -> Client:
+    return Client()
+
+
+def post_json(client: Client, path: str, payload: Any, **headers: str):
+    return client.post(path, data=json.dumps(payload), content_type="application/json", headers=headers)
+
+
+@pytest.fixture
+def seed_event() -> dict[str, Any]:
+    """The event of the seed's curl example, as the chat app sends it today."""
+    return {
+        "business_id": "test-business",
+        "response_time_ms": 1500,
+        "tokens_used": 150,
+        "api_cost_usd": 0.002,
+        "intent_detected": "general",
+        "appointment_requested": False,
+        "user_message_length": 45,
+        "ai_response_length": 120,
+        "response_type": "text",
+    }
+
+
+@pytest.fixture
+def business(db) -> Business:
+    return Business.objects.create(id="acme-dental", name="Acme Dental", time_zone="Europe/London")
+
+
+@pytest.fixture
+def make_key(db) -> Callable[..., tuple[Any, str]]:
+    def make(business: Business | None, **options: Any):
+        options.setdefault("name", "test key")
+        return services.create_api_key(business=business, **options)
+
+    return make
+
+
+# --- A real service, served by gunicorn as start.sh serves it.
+
+
+def database_url_for_subprocess() -> str:
+    """A DATABASE_URL that points a child process at the test database."""
+    s = connection.settings_dict
+    if connection.vendor == "sqlite":
+        return f"sqlite:///{s['NAME']}"
+    auth = s["USER"] + (f":{s['PASSWORD']}" if s.get("PASSWORD") else "")
+    return f"postgresql://{auth}@{s['HOST']}:{s['PORT']}/{s['NAME']}"
+
+
+@dataclass
+class LiveService:
+    url: str
+    process: subprocess.Popen
+    log_path: Path
+    env: dict[str, str] = field(default_factory=dict)
+
+    def request(self, method: str, path: str, payload: Any = None, headers: dict[str, str] | None = None):
+        """(status, headers, parsed JSON or text) for one HTTP request."""
+        data = json.dumps(payload).encode() if payload is not None else None
+        req = urllib.request.Request(self.url + path, data=data, method=method)
+        if data is not None:
+            req.add_header("Content-Type", "application/json")
+        for name, value in (headers or {}).items():
+            req.add_header(name, value)
+        try:
+            with urllib.request.urlopen(req, timeout=30) as resp:
+                body, status, resp_headers = resp.read(), resp.status, dict(resp.headers)
+        except urllib.error.HTTPError as err:
+            body, status, resp_headers = err.read(), err.code, dict(err.headers)
+        try:
+            return status, resp_headers, json.loads(body)
+        except ValueError:
+            return status, resp_headers, body.decode(errors="replace")
+
+    def log(self) -> str:
+        return self.log_path.read_text(errors="replace") if self.log_path.exists() else ""
+
+
+def start_service(
+    tmp_path: Path, *, workers: int = 2, extra_env: dict[str, str] | None = None, timeout: float = 30.0
+) -> LiveService:
+    from tests.pgserver import free_port
+
+    port = free_port()
+    env = {
+        **os.environ,
+        "DJANGO_SETTINGS_MODULE": "mlops_site.settings",
+        "DATABASE_URL": database_url_for_subprocess(),
+        "MLOPS_ENV": "development",
+        "PORT": str(port),
+        "PYTHONPATH": str(ROOT),
+        **(extra_env or {}),
+    }
+    log_path = tmp_path / f"gunicorn-{port}.log"
+    process = subprocess.Popen(
+        [sys.executable, "-m", "gunicorn", "mlops_site.wsgi", "--config", str(ROOT / "gunicorn.conf.py"),
+         "--bind", f"127.0.0.1:{port}", "--workers", str(workers)],
+        cwd=ROOT, env=env, stdout=log_path.open("w"), stderr=subprocess.STDOUT, start_new_session=True,
+    )
+    service = LiveService(url=f"http://127.0.0.1:{port}", process=process, log_path=log_path, env=env)
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if process.poll() is not None:
+            raise RuntimeError(f"gunicorn exited with {process.returncode}:\n{service.log()}")
+        try:
+            status, _, _ = service.request("GET", "/health")
+            if status == 200:
+                return service
+        except OSError:
+            pass
+        time.sleep(0.1)
+    stop_service(service)
+    raise RuntimeError(f"gunicorn did not answer /health within {timeout} s:\n{service.log()}")
+
+
+def stop_service(service: LiveService) -> None:
+    if service.process.poll() is None:
+        os.killpg(service.process.pid, signal.SIGTERM)
+        try:
+            service.process.wait(timeout=15)
+        except subprocess.TimeoutExpired:
+            os.killpg(service.process.pid, signal.SIGKILL)
+            service.process.wait()
+
+
+@pytest.fixture
+def live_service(transactional_db, tmp_path) -> Iterator[Callable[..., LiveService]]:
+    """Start the real service (gunicorn, N workers) on the test database; stopped after the test."""
+    started: list[LiveService] = []
+
+    def start(**options: Any) -> LiveService:
+        service = start_service(tmp_path, **options)
+        started.append(service)
+        return service
+
+    yield start
+    for service in started:
+        stop_service(service)
