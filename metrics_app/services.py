@@ -30,6 +30,22 @@ def on_events_stored(listener: Callable[[list[dict[str, Any]]], None]) -> None:
         _stored_listeners.append(listener)
 
 
+# Called after commit with (business_id, model_name) for each event that became
+# booked after it was stored (an outcome recorded later, by another system).
+_booked_listeners: list[Callable[[list[tuple[str, str | None]]], None]] = []
+
+
+def on_bookings_recorded(listener: Callable[[list[tuple[str, str | None]]], None]) -> None:
+    if listener not in _booked_listeners:
+        _booked_listeners.append(listener)
+
+
+def notify_bookings_recorded(booked: list[tuple[str, str | None]]) -> None:
+    """Tell listeners, once the current transaction commits, about events newly marked booked."""
+    if booked and _booked_listeners:
+        transaction.on_commit(lambda: _call_all(_booked_listeners, booked))
+
+
 @dataclass(frozen=True)
 class StoredOutcome:
     event_id: uuid.UUID
@@ -127,7 +143,7 @@ def record_events(events: list[dict[str, Any]]) -> list[StoredOutcome]:
             stored.append(event)
         outcomes.append(StoredOutcome(event["event_id"], created))
     if stored and _stored_listeners:
-        transaction.on_commit(lambda: _notify(stored))
+        transaction.on_commit(lambda: _call_all(_stored_listeners, stored))
     return outcomes
 
 
@@ -137,12 +153,12 @@ def _store(rows: list[dict[str, Any]]) -> set[tuple[str, uuid.UUID]]:
         return _insert_events(rows)
 
 
-def _notify(stored: list[dict[str, Any]]) -> None:
-    for listener in _stored_listeners:
+def _call_all(listeners: list[Callable[[Any], None]], items: list[Any]) -> None:
+    for listener in listeners:
         try:
-            listener(stored)
-        except Exception:  # a listener must never fail an ingest that has committed
-            logger.exception("listener %r failed for %d stored events", listener, len(stored))
+            listener(items)
+        except Exception:  # a listener must never fail a write that has committed
+            logger.exception("listener %r failed for %d items", listener, len(items))
 
 
 # --- API keys
