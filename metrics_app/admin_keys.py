@@ -1,0 +1,141 @@
+"""Admin for businesses and their API keys. A new key is shown once, on the page after it is made."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from django import forms
+from django.contrib import admin, messages
+from django.db.models import Count, Q, QuerySet
+from django.http import HttpRequest, HttpResponse
+from django.template.response import TemplateResponse
+from django.utils import timezone
+
+from metrics_app import services
+from metrics_app.models import ApiKey, Business
+
+
+class ApiKeyInline(admin.TabularInline):
+    model = ApiKey
+    extra = 0
+    can_delete = False
+    show_change_link = True
+    fields = ("name", "prefix", "can_ingest", "can_read", "expires_at", "revoked_at", "last_used_at")
+    readonly_fields = fields
+
+    def has_add_permission(self, request: HttpRequest, obj: Any = None) -> bool:
+        # Keys are made on the API key page, which shows the new key once.
+        return False
+
+
+@admin.register(Business)
+class BusinessAdmin(admin.ModelAdmin):
+    list_display = ("id", "name", "time_zone", "active_keys", "created_at")
+    search_fields = ("id", "name")
+    readonly_fields = ("created_at",)
+    inlines = [ApiKeyInline]
+
+    def get_queryset(self, request: HttpRequest) -> QuerySet[Business]:
+        now = timezone.now()
+        usable = Q(api_keys__revoked_at__isnull=True) & (
+            Q(api_keys__expires_at__isnull=True) | Q(api_keys__expires_at__gt=now)
+        )
+        return super().get_queryset(request).annotate(_active_keys=Count("api_keys", filter=usable))
+
+    @admin.display(description="active keys", ordering="_active_keys")
+    def active_keys(self, obj: Business) -> int:
+        return obj._active_keys
+
+    def get_readonly_fields(self, request: HttpRequest, obj: Business | None = None) -> tuple[str, ...]:
+        # The id is what the chat app sends: it cannot change once events refer to it.
+        return (*self.readonly_fields, "id") if obj else self.readonly_fields
+
+
+class ApiKeyForm(forms.ModelForm):
+    class Meta:
+        model = ApiKey
+        fields = ("business", "name", "can_ingest", "can_read", "expires_at", "rate_limit_per_minute")
+
+    def clean(self) -> dict[str, Any]:
+        data = super().clean()
+        if not data.get("business") and data.get("can_ingest"):
+            self.add_error("can_ingest", "An agency key (no business) may only read.")
+        if not data.get("can_ingest") and not data.get("can_read"):
+            self.add_error(None, "Choose at least one scope.")
+        expires = data.get("expires_at")
+        if expires and expires <= timezone.now() and not self.instance.pk:
+            self.add_error("expires_at", "The expiry must be in the future.")
+        return data
+
+
+@admin.register(ApiKey)
+class ApiKeyAdmin(admin.ModelAdmin):
+    form = ApiKeyForm
+    list_display = ("name", "prefix", "business", "scope_list", "state", "expires_at", "last_used_at", "created_at")
+    list_filter = ("can_ingest", "can_read", ("revoked_at", admin.EmptyFieldListFilter))
+    list_select_related = ("business",)
+    search_fields = ("name", "prefix", "business__id", "business__name")
+    readonly_fields = ("prefix", "created_at", "created_by", "last_used_at", "revoked_at")
+    actions = ["revoke_selected"]
+
+    @admin.display(description="scopes")
+    def scope_list(self, obj: ApiKey) -> str:
+        return ", ".join(obj.scopes)
+
+    @admin.display(description="state")
+    def state(self, obj: ApiKey) -> str:
+        if obj.revoked_at:
+            return "revoked"
+        if obj.expires_at and obj.expires_at <= timezone.now():
+            return "expired"
+        return "active"
+
+    def get_readonly_fields(self, request: HttpRequest, obj: ApiKey | None = None) -> tuple[str, ...]:
+        if obj is None:
+            return ()
+        # Scopes and owner are part of what was handed out: make a new key instead.
+        return (*self.readonly_fields, "business", "can_ingest", "can_read")
+
+    def save_model(self, request: HttpRequest, obj: ApiKey, form: forms.ModelForm, change: bool) -> None:
+        if change:
+            super().save_model(request, obj, form, change)
+            return
+        key, raw = services.create_api_key(
+            business=form.cleaned_data.get("business"),
+            name=form.cleaned_data["name"],
+            can_ingest=form.cleaned_data.get("can_ingest", False),
+            can_read=form.cleaned_data.get("can_read", False),
+            expires_at=form.cleaned_data.get("expires_at"),
+            rate_limit_per_minute=form.cleaned_data.get("rate_limit_per_minute"),
+            created_by=request.user,
+        )
+        obj.pk = key.pk
+        obj.prefix = key.prefix
+        request._new_raw_api_key = raw  # shown once by response_add, never stored
+
+    def response_add(self, request: HttpRequest, obj: ApiKey, post_url_continue: str | None = None) -> HttpResponse:
+        raw = getattr(request, "_new_raw_api_key", None)
+        if raw is None:
+            return super().response_add(request, obj, post_url_continue)
+        context = {
+            **self.admin_site.each_context(request),
+            "title": "API key created",
+            "key": ApiKey.objects.select_related("business").get(pk=obj.pk),
+            "raw_key": raw,
+            "opts": self.model._meta,
+        }
+        response = TemplateResponse(request, "admin/metrics_app/apikey/created.html", context)
+        response["Cache-Control"] = "no-store"
+        return response
+
+    @admin.action(description="Revoke selected API keys", permissions=["change"])
+    def revoke_selected(self, request: HttpRequest, queryset: QuerySet[ApiKey]) -> None:
+        revoked = 0
+        for key in queryset.filter(revoked_at__isnull=True):
+            services.revoke_api_key(key)
+            revoked += 1
+        self.message_user(request, f"Revoked {revoked} API key(s).", messages.SUCCESS)
+
+    def has_delete_permission(self, request: HttpRequest, obj: ApiKey | None = None) -> bool:
+        # Revoke instead: the row keeps the record of who used which key.
+        return False
