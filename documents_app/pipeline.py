@@ -1,0 +1,366 @@
+"""The two DVC stages: process the raw documents, then build the knowledge base.
+
+Both work on files only (no database), so `dvc repro` runs on a fresh clone.
+DVC reruns a whole stage when any file under `data/raw/business_documents/`
+changes, so the per-document work is cached by content hash in `CACHE_DIR`:
+a rerun after one document changed parses and embeds that document only.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import re
+import tempfile
+import time
+from collections import Counter, defaultdict
+from collections.abc import Callable, Iterator
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import yaml
+
+from documents_app.chunking import chunk_sections
+from documents_app.embeddings import get_method
+from documents_app.readers import SkipReason, UnreadableDocument, format_of, read_sections
+
+# Paths relative to the pipeline root (the folder holding dvc.yaml), as dvc.yaml names them.
+RAW_DIR = Path("data/raw/business_documents")
+EMBEDDINGS_PATH = Path("data/processed/document_embeddings.json")
+KB_PATH = Path("data/knowledge_base/current_kb.json")
+PROCESSING_METRICS_PATH = Path("metrics/document_processing.json")
+KB_METRICS_PATH = Path("metrics/knowledge_base_update.json")
+PARAMS_PATH = Path("params.yaml")
+# Not a DVC output: DVC deletes outputs before a stage runs, and this must survive.
+CACHE_DIR = Path("data/cache/documents")
+
+# Bump when parsing or chunking changes, so cached results of older code are not reused.
+PIPELINE_VERSION = 1
+BUSINESS_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,254}$")
+
+
+class PipelineError(Exception):
+    """A stage cannot run at all (bad parameters, missing input); no output was written."""
+
+
+@dataclass(frozen=True)
+class ProcessParams:
+    max_file_size_mb: float = 10
+    supported_formats: tuple[str, ...] = ("pdf", "docx", "txt", "md")
+    min_text_length: int = 50
+    max_chunk_chars: int = 800
+    embedding_method: str = "bm25"
+
+
+@dataclass(frozen=True)
+class KnowledgeBaseParams:
+    similarity_threshold: float = 0.85
+    max_documents_per_topic: int = 10
+
+
+def load_params(path: Path = PARAMS_PATH) -> tuple[ProcessParams, KnowledgeBaseParams]:
+    """Both stages' parameters from params.yaml, checked; PipelineError names a bad one."""
+    try:
+        raw = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
+    except (OSError, yaml.YAMLError) as exc:
+        raise PipelineError(f"cannot read {path}: {exc}") from None
+    process = raw.get("process_documents") or {}
+    update = raw.get("update_knowledge_base") or {}
+    try:
+        p = ProcessParams(
+            max_file_size_mb=float(process.get("max_file_size_mb", ProcessParams.max_file_size_mb)),
+            supported_formats=tuple(
+                str(f).lower().lstrip(".") for f in process.get("supported_formats", ProcessParams.supported_formats)
+            ),
+            min_text_length=int(process.get("min_text_length", ProcessParams.min_text_length)),
+            max_chunk_chars=int(process.get("max_chunk_chars", ProcessParams.max_chunk_chars)),
+            embedding_method=str(process.get("embedding_method", ProcessParams.embedding_method)),
+        )
+        k = KnowledgeBaseParams(
+            similarity_threshold=float(update.get("similarity_threshold", KnowledgeBaseParams.similarity_threshold)),
+            max_documents_per_topic=int(
+                update.get("max_documents_per_topic", KnowledgeBaseParams.max_documents_per_topic)
+            ),
+        )
+    except (TypeError, ValueError) as exc:
+        raise PipelineError(f"a parameter in {path} has the wrong type: {exc}") from None
+    problems = []
+    if p.max_file_size_mb <= 0:
+        problems.append("max_file_size_mb must be positive")
+    if p.min_text_length < 0:
+        problems.append("min_text_length must be 0 or more")
+    if p.max_chunk_chars < 100:
+        problems.append("max_chunk_chars must be at least 100")
+    if not 0 < k.similarity_threshold <= 1:
+        problems.append("similarity_threshold must be in (0, 1]")
+    if k.max_documents_per_topic < 1:
+        problems.append("max_documents_per_topic must be at least 1")
+    try:
+        get_method(p.embedding_method)
+    except ValueError as exc:
+        problems.append(str(exc))
+    if problems:
+        raise PipelineError(f"bad parameters in {path}: " + "; ".join(problems))
+    return p, k
+
+
+def _write_json(path: Path, data: Any) -> None:
+    """Write atomically, so a reader (the search endpoint) never sees half a file."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
+    with os.fdopen(fd, "w", encoding="utf-8") as handle:
+        json.dump(data, handle, ensure_ascii=False, indent=1, sort_keys=True)
+        handle.write("\n")
+    os.replace(tmp, path)
+
+
+def _digest(*parts: Any) -> str:
+    return hashlib.sha256(json.dumps(parts, sort_keys=True, default=str).encode()).hexdigest()
+
+
+def iter_documents(raw_dir: Path) -> Iterator[Path]:
+    """Every file under the raw folder in a stable order; hidden files and folders are not documents."""
+    for root, dirs, files in os.walk(raw_dir):
+        dirs[:] = sorted(d for d in dirs if not d.startswith("."))
+        for name in sorted(files):
+            if not name.startswith("."):
+                yield Path(root) / name
+
+
+@dataclass
+class DocumentResult:
+    business_id: str
+    source: str  # path inside the business folder
+    format: str
+    size_bytes: int
+    status: str  # "processed" or "skipped"
+    reason: str = ""
+    detail: str = ""
+    sha256: str = ""
+    chunks: int = 0
+    text_length: int = 0
+    from_cache: bool = False
+    chunk_records: list[dict[str, Any]] = field(default_factory=list, repr=False)
+
+    def summary(self) -> dict[str, Any]:
+        data = asdict(self)
+        data.pop("chunk_records")
+        data.pop("from_cache")
+        return data
+
+
+def _process_one(
+    path: Path, raw_dir: Path, params: ProcessParams, cache_dir: Path, embed: Callable[[list[str]], list[Any]]
+) -> DocumentResult:
+    relative = path.relative_to(raw_dir)
+    fmt = format_of(path)
+    size = path.stat().st_size
+    if len(relative.parts) < 2 or not BUSINESS_ID.match(relative.parts[0]):
+        return DocumentResult(
+            "", relative.as_posix(), fmt, size, "skipped", SkipReason.NO_BUSINESS_FOLDER,
+            "documents live in a folder named after their business id",
+        )
+    business_id, source = relative.parts[0], Path(*relative.parts[1:]).as_posix()
+    result = DocumentResult(business_id, source, fmt, size, "skipped")
+    if size > params.max_file_size_mb * 1024 * 1024:
+        result.reason, result.detail = SkipReason.TOO_LARGE, f"{size} bytes, over {params.max_file_size_mb} MB"
+        return result
+    if fmt not in params.supported_formats:
+        result.reason = SkipReason.UNSUPPORTED_FORMAT
+        result.detail = f".{fmt} is not one of {', '.join(params.supported_formats)}" if fmt else "no file extension"
+        return result
+    data = path.read_bytes()
+    result.sha256 = hashlib.sha256(data).hexdigest()
+    cache_key = _digest(PIPELINE_VERSION, result.sha256, fmt, params.max_chunk_chars, params.embedding_method)
+    cache_file = cache_dir / cache_key[:2] / f"{cache_key}.json"
+    cached: dict[str, Any] | None = None
+    if cache_file.exists():
+        try:
+            cached = json.loads(cache_file.read_text(encoding="utf-8"))
+            result.from_cache = True
+        except (OSError, ValueError):
+            cached = None
+    if cached is None:
+        try:
+            sections = read_sections(data, fmt)
+            chunks = chunk_sections(sections, params.max_chunk_chars)
+            embeddings = embed([f"{c.section}\n{c.text}" if c.section else c.text for c in chunks])
+            cached = {
+                "chunks": [
+                    {"section": c.section, "position": c.position, "text": c.text, "embedding": e}
+                    for c, e in zip(chunks, embeddings, strict=True)
+                ]
+            }
+        except UnreadableDocument as exc:
+            cached = {"reason": exc.reason, "detail": exc.detail}
+        _write_json(cache_file, cached)
+    if "reason" in cached:
+        result.reason, result.detail = cached["reason"], cached["detail"]
+        return result
+    result.text_length = sum(len(c["text"]) for c in cached["chunks"])
+    if result.text_length < params.min_text_length:
+        result.reason = SkipReason.TOO_LITTLE_TEXT if result.text_length else SkipReason.EMPTY
+        result.detail = f"{result.text_length} characters of text, under {params.min_text_length}"
+        return result
+    result.status = "processed"
+    result.chunks = len(cached["chunks"])
+    for chunk in cached["chunks"]:
+        chunk_id = _digest(business_id, source, chunk["position"], chunk["text"])[:16]
+        result.chunk_records.append({"id": chunk_id, "business_id": business_id, "source": source, **chunk})
+    return result
+
+
+def process_documents(
+    raw_dir: Path = RAW_DIR,
+    output: Path = EMBEDDINGS_PATH,
+    metrics_path: Path = PROCESSING_METRICS_PATH,
+    params: ProcessParams | None = None,
+    cache_dir: Path = CACHE_DIR,
+    progress: Callable[[Iterator[Path], int], Iterator[Path]] | None = None,
+) -> dict[str, Any]:
+    """Stage 1: read, clean, chunk and embed every document; returns the metrics it wrote."""
+    params = params or load_params()[0]
+    if not raw_dir.is_dir():
+        raise PipelineError(f"the raw documents folder {raw_dir} does not exist (dvc pull fetches it)")
+    started = time.perf_counter()
+    method = get_method(params.embedding_method)
+    paths = list(iter_documents(raw_dir))
+    iterator = progress(iter(paths), len(paths)) if progress else iter(paths)
+    results = [_process_one(path, raw_dir, params, cache_dir, method.embed) for path in iterator]
+    duration = time.perf_counter() - started
+
+    processed = [r for r in results if r.status == "processed"]
+    skipped = Counter(r.reason for r in results if r.status == "skipped")
+    chunks = [record for r in processed for record in r.chunk_records]
+    _write_json(
+        output,
+        {
+            "embedding": method.describe(),
+            "params": asdict(params),
+            "documents": [r.summary() for r in results],
+            "chunks": chunks,
+        },
+    )
+    metrics = {
+        "documents_seen": len(results),
+        "documents_processed": len(processed),
+        "documents_skipped": sum(skipped.values()),
+        "skipped_by_reason": dict(sorted(skipped.items())),
+        "businesses": len({r.business_id for r in processed}),
+        "chunks": len(chunks),
+        "characters": sum(r.text_length for r in processed),
+        "average_document_length": round(sum(r.text_length for r in processed) / len(processed), 1)
+        if processed else 0,
+        "documents_parsed": sum(1 for r in results if r.sha256 and not r.from_cache),
+        "documents_from_cache": sum(1 for r in results if r.from_cache),
+        "processing_time_seconds": round(duration, 3),
+        "documents_per_second": round(len(results) / duration, 1) if duration > 0 else 0,
+        "embedding_method": method.name,
+    }
+    _write_json(metrics_path, metrics)
+    return metrics
+
+
+def topic_of(section: str) -> str:
+    """A chunk's topic: its section title as a slug ("Business Hours" -> "business-hours")."""
+    slug = re.sub(r"[^a-z0-9]+", "-", section.lower()).strip("-")
+    return slug or "general"
+
+
+def _merge_near_duplicates(
+    chunks: list[dict[str, Any]], similarity: np.ndarray, threshold: float
+) -> tuple[list[dict[str, Any]], int]:
+    """Keep the first of each group of chunks at least `threshold` similar; the rest join its `also_in`."""
+    kept: list[int] = []
+    merged = 0
+    for j in range(len(chunks)):
+        if kept:
+            row = similarity[j, kept]
+            best = int(np.argmax(row))
+            if row[best] >= threshold:
+                target = chunks[kept[best]]
+                target["also_in"].append(
+                    {"source": chunks[j]["source"], "section": chunks[j]["section"], "position": chunks[j]["position"]}
+                )
+                merged += 1
+                continue
+        kept.append(j)
+    return [chunks[i] for i in kept], merged
+
+
+def _cap_topics(chunks: list[dict[str, Any]], cap: int) -> tuple[list[dict[str, Any]], int]:
+    """At most `cap` documents per topic: the first documents (by source path) keep their chunks."""
+    allowed: dict[str, list[str]] = defaultdict(list)
+    for source in sorted({c["source"] for c in chunks}):
+        for topic in sorted({c["topic"] for c in chunks if c["source"] == source}):
+            if len(allowed[topic]) < cap:
+                allowed[topic].append(source)
+    kept = [c for c in chunks if c["source"] in allowed[c["topic"]]]
+    return kept, len(chunks) - len(kept)
+
+
+def update_knowledge_base(
+    embeddings_path: Path = EMBEDDINGS_PATH,
+    output: Path = KB_PATH,
+    metrics_path: Path = KB_METRICS_PATH,
+    params: KnowledgeBaseParams | None = None,
+) -> dict[str, Any]:
+    """Stage 2: merge near-duplicates, cap topics, version the result; returns the metrics it wrote."""
+    params = params or load_params()[1]
+    started = time.perf_counter()
+    try:
+        processed = json.loads(embeddings_path.read_text(encoding="utf-8"))
+        method = get_method(processed["embedding"]["method"])
+        incoming = processed["chunks"]
+    except (OSError, ValueError, KeyError, TypeError) as exc:
+        raise PipelineError(f"cannot read {embeddings_path} (run process_documents first): {exc}") from None
+
+    by_business: dict[str, list[dict[str, Any]]] = defaultdict(list)
+    for chunk in incoming:
+        by_business[chunk["business_id"]].append({**chunk, "topic": topic_of(chunk["section"]), "also_in": []})
+    chunks: list[dict[str, Any]] = []
+    businesses: dict[str, Any] = {}
+    merged_total = capped_total = 0
+    for business_id in sorted(by_business):
+        group = by_business[business_id]
+        similarity = method.similarity_matrix([c["embedding"] for c in group])
+        group, merged = _merge_near_duplicates(group, similarity, params.similarity_threshold)
+        group, capped = _cap_topics(group, params.max_documents_per_topic)
+        merged_total += merged
+        capped_total += capped
+        chunks.extend(group)
+        topics = Counter(c["topic"] for c in group)
+        businesses[business_id] = {
+            "documents": sorted({c["source"] for c in group}),
+            "chunks": len(group),
+            "topics": dict(sorted(topics.items())),
+        }
+
+    all_params = {"process_documents": processed.get("params", {}), "update_knowledge_base": asdict(params)}
+    version = "kb-" + _digest(method.describe(), all_params, chunks)[:12]
+    _write_json(
+        output,
+        {
+            "version": version,
+            "embedding": method.describe(),
+            "params": all_params,
+            "businesses": businesses,
+            "chunks": chunks,
+        },
+    )
+    duration = time.perf_counter() - started
+    metrics = {
+        "version": version,
+        "chunks_in": len(incoming),
+        "chunks": len(chunks),
+        "duplicates_merged": merged_total,
+        "chunks_dropped_by_topic_cap": capped_total,
+        "topics": sum(len(b["topics"]) for b in businesses.values()),
+        "businesses": len(businesses),
+        "update_time_seconds": round(duration, 3),
+    }
+    _write_json(metrics_path, metrics)
+    return metrics
