@@ -19,12 +19,17 @@ class KeyRejected(Exception):
 
 
 def raw_key_from(request: HttpRequest) -> str | None:
-    """The key sent as `Authorization: Bearer <key>` or `X-API-Key: <key>`."""
-    header = request.META.get("HTTP_AUTHORIZATION", "")
+    """The key sent as `Authorization: Bearer <key>` or `X-API-Key: <key>`.
+
+    Credentials of another kind are refused rather than ignored: a client that
+    sends them means to authenticate and must learn that it did not.
+    """
+    header = request.META.get("HTTP_AUTHORIZATION", "").strip()
     if header:
         scheme, _, value = header.partition(" ")
-        if scheme.lower() == "bearer" and value.strip():
-            return value.strip()
+        if scheme.lower() != "bearer" or not value.strip():
+            raise KeyRejected("send the key as Authorization: Bearer <key>")
+        return value.strip()
     value = request.META.get("HTTP_X_API_KEY", "").strip()
     return value or None
 
