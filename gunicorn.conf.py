@@ -26,3 +26,31 @@ loglevel = os.environ.get("LOG_LEVEL", "info").lower()
 # Bodies are bounded by the views (1 MiB for a batch); headers are bounded here.
 limit_request_line = 8190
 limit_request_fields = 100
+
+# --- Prometheus: prometheus_client's multiprocess mode, so that /metrics served
+# by any worker sums the counts of all of them (metrics_app/prometheus_files.py).
+# The directory must be known before a worker imports prometheus_client; when
+# the operator gives none, the service makes a private one and removes it on exit.
+import shutil  # noqa: E402
+import tempfile  # noqa: E402
+
+from metrics_app import prometheus_files  # noqa: E402
+
+_own_metrics_dir = not os.environ.get("PROMETHEUS_MULTIPROC_DIR")
+if _own_metrics_dir:
+    os.environ["PROMETHEUS_MULTIPROC_DIR"] = tempfile.mkdtemp(prefix="mlops-prometheus-")
+
+
+def on_starting(server):
+    # A new service starts its counters at zero, as Prometheus expects after a restart.
+    prometheus_files.prepare_directory(os.environ["PROMETHEUS_MULTIPROC_DIR"])
+
+
+def child_exit(server, worker):
+    # A worker's counts outlive it: fold them into the archive files.
+    prometheus_files.fold_dead_worker(os.environ["PROMETHEUS_MULTIPROC_DIR"], worker.pid)
+
+
+def on_exit(server):
+    if _own_metrics_dir:
+        shutil.rmtree(os.environ["PROMETHEUS_MULTIPROC_DIR"], ignore_errors=True)

@@ -5,3 +5,8 @@ class MetricsAppConfig(AppConfig):
     name = "metrics_app"
     verbose_name = "AI metrics"
     default_auto_field = "django.db.models.BigAutoField"
+
+    def ready(self) -> None:
+        from metrics_app import prometheus
+
+        prometheus.connect()

@@ -81,12 +81,16 @@ INSTALLED_APPS = [
     "django.contrib.messages",
     "django.contrib.staticfiles",
     "corsheaders",
+    "django_prometheus",
     "rest_framework",
+    "drf_spectacular",
+    "drf_spectacular_sidecar",
     "metrics_app",
     "documents_app",
 ]
 
 MIDDLEWARE = [
+    "django_prometheus.middleware.PrometheusBeforeMiddleware",
     "django.middleware.security.SecurityMiddleware",
     "whitenoise.middleware.WhiteNoiseMiddleware",
     "corsheaders.middleware.CorsMiddleware",
@@ -97,6 +101,7 @@ MIDDLEWARE = [
     "django.contrib.auth.middleware.AuthenticationMiddleware",
     "django.contrib.messages.middleware.MessageMiddleware",
     "django.middleware.clickjacking.XFrameOptionsMiddleware",
+    "metrics_app.prometheus.MetricsAfterMiddleware",
 ]
 
 ROOT_URLCONF = "mlops_site.urls"
@@ -193,3 +198,61 @@ if IS_PRODUCTION:
     CSRF_TRUSTED_ORIGINS = envlist("CSRF_TRUSTED_ORIGINS")
     if envbool("BEHIND_TLS_PROXY", False):
         SECURE_PROXY_SSL_HEADER = ("HTTP_X_FORWARDED_PROTO", "https")
+
+# --- Prometheus (metrics_app/prometheus.py; README "Monitoring with Prometheus")
+# django-prometheus's database wrappers count connections, queries, their
+# duration and errors per database: a failing or slow database is the first
+# thing an operator looks for, and the cost is one counter per query.
+_PROMETHEUS_ENGINES = {
+    "django.db.backends.sqlite3": "django_prometheus.db.backends.sqlite3",
+    "django.db.backends.postgresql": "django_prometheus.db.backends.postgresql",
+}
+DATABASES["default"]["ENGINE"] = _PROMETHEUS_ENGINES[DATABASES["default"]["ENGINE"]]
+# When set, GET /metrics needs "Authorization: Bearer <token>".
+MLOPS_METRICS_TOKEN = envstr("MLOPS_METRICS_TOKEN")
+if MLOPS_METRICS_TOKEN and len(MLOPS_METRICS_TOKEN) < 16:
+    raise ImproperlyConfigured("MLOPS_METRICS_TOKEN must be at least 16 characters when set")
+# Label bounds: the first N registered businesses keep their business_id label, the rest are "other".
+MLOPS_PROMETHEUS_MAX_BUSINESSES = envint("MLOPS_PROMETHEUS_MAX_BUSINESSES", 500, minimum=1, maximum=10000)
+MLOPS_PROMETHEUS_BUSINESS_REFRESH_SECONDS = envint("MLOPS_PROMETHEUS_BUSINESS_REFRESH_SECONDS", 60, minimum=1)
+# Values that keep their own label; any other is "other", a missing one "unknown".
+MLOPS_PROMETHEUS_INTENTS = envlist(
+    "MLOPS_PROMETHEUS_INTENTS",
+    "general,appointment_booking,appointment_cancellation,appointment_reschedule,pricing,hours,location,"
+    "services,insurance,emergency,complaint,greeting,human_handoff,error",
+)
+MLOPS_PROMETHEUS_RESPONSE_TYPES = envlist(
+    "MLOPS_PROMETHEUS_RESPONSE_TYPES", "text,appointment_booking,human_handoff,clarification,fallback,error"
+)
+MLOPS_PROMETHEUS_MODELS = envlist(
+    "MLOPS_PROMETHEUS_MODELS",
+    "gemini-1.5-flash,gemini-1.5-pro,gemini-2.0-flash,gemini-2.5-flash,gemini-2.5-pro,"
+    "gpt-4o,gpt-4o-mini,gpt-4.1,gpt-4.1-mini,gpt-4.1-nano,claude-3-5-haiku,claude-3-5-sonnet,"
+    "claude-sonnet-4,claude-haiku-4-5",
+)
+for _name, _values in (
+    ("MLOPS_PROMETHEUS_INTENTS", MLOPS_PROMETHEUS_INTENTS),
+    ("MLOPS_PROMETHEUS_RESPONSE_TYPES", MLOPS_PROMETHEUS_RESPONSE_TYPES),
+    ("MLOPS_PROMETHEUS_MODELS", MLOPS_PROMETHEUS_MODELS),
+):
+    if len(_values) > 200 or any(len(v) > 100 for v in _values):
+        raise ImproperlyConfigured(f"{_name} may list at most 200 values of at most 100 characters")
+
+# --- Analytics API and its OpenAPI schema (metrics_app/api.py, docs/analytics.md)
+REST_FRAMEWORK["DEFAULT_SCHEMA_CLASS"] = "drf_spectacular.openapi.AutoSchema"
+SPECTACULAR_SETTINGS = {
+    "TITLE": "MLOps service for AI receptionists",
+    "DESCRIPTION": (BASE_DIR / "docs" / "analytics.md").read_text() if (BASE_DIR / "docs" / "analytics.md").exists() else "",
+    "VERSION": "1.0.0",
+    "SERVE_INCLUDE_SCHEMA": False,
+    # The UI's scripts come from the drf-spectacular-sidecar package, not a CDN.
+    "SWAGGER_UI_DIST": "SIDECAR",
+    "SWAGGER_UI_FAVICON_HREF": "SIDECAR",
+    "REDOC_DIST": "SIDECAR",
+    "COMPONENT_SPLIT_REQUEST": True,
+    # /health, /track and /track/batch are plain Django views: described by hand.
+    "POSTPROCESSING_HOOKS": [
+        "drf_spectacular.hooks.postprocess_schema_enums",
+        "metrics_app.schema.add_chat_endpoints",
+    ],
+}

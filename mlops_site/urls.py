@@ -4,7 +4,7 @@ from django.contrib import admin
 from django.http import HttpRequest, HttpResponse
 from django.urls import path
 
-from metrics_app import views
+from metrics_app import prometheus, views
 from metrics_app.errors import error_response
 
 urlpatterns = [
@@ -14,6 +14,7 @@ urlpatterns = [
     path("track/", views.track),
     path("track/batch", views.track_batch, name="track-batch"),
     path("track/batch/", views.track_batch),
+    path("metrics", prometheus.metrics_view, name="metrics"),
     path("admin/", admin.site.urls),
 ]
 

@@ -1,0 +1,376 @@
+"""Prometheus metrics of the AI replies, and the /metrics endpoint.
+
+Counts are exact: the counters move in the listeners that `services` calls
+after a commit, with the events that were newly stored, so a duplicate or a
+rejected event moves nothing. Under gunicorn each worker writes its values to
+files in PROMETHEUS_MULTIPROC_DIR (prometheus_client's multiprocess mode, set
+up by gunicorn.conf.py) and a scrape of any worker sums them all.
+
+Labels are bounded (see `LabelPolicy`): a business keeps its own
+`business_id` label only while it is among the first
+MLOPS_PROMETHEUS_MAX_BUSINESSES registered businesses; intents, response
+types and models keep theirs only when they are on a configured list. Every
+other value is reported as `other`, and a missing one as `unknown`.
+"""
+
+from __future__ import annotations
+
+import hmac
+import logging
+import os
+import time
+from decimal import Decimal
+from typing import Any, Iterable
+
+import orjson
+from django.conf import settings
+from django.core import checks
+from django.db import DatabaseError
+from django.http import HttpRequest, HttpResponse
+from django.views.decorators.csrf import csrf_exempt
+from django_prometheus.middleware import PrometheusAfterMiddleware
+from prometheus_client import (
+    CONTENT_TYPE_LATEST,
+    REGISTRY,
+    CollectorRegistry,
+    Counter,
+    Histogram,
+    disable_created_metrics,
+    generate_latest,
+)
+from prometheus_client.multiprocess import MultiProcessCollector
+
+from metrics_app.errors import error_response
+from metrics_app.prometheus_files import directory_lock
+
+logger = logging.getLogger(__name__)
+
+# Multiprocess mode has no `_created` series; leave them out in a single process
+# too, so /metrics looks the same however the service is served (and is a third smaller).
+disable_created_metrics()
+
+OTHER = "other"
+UNKNOWN = "unknown"
+
+# Reply latency, from a quick canned answer to a model that times out at a minute.
+DURATION_BUCKETS = (0.1, 0.25, 0.5, 1.0, 2.0, 4.0, 8.0, 15.0, 30.0, 60.0)
+# OpenTelemetry GenAI token buckets: powers of 4 up to 4**12, above the largest accepted count.
+TOKEN_BUCKETS = tuple(float(4**n) for n in range(13))
+
+# --- The seed's six metrics, with the seed's names and labels.
+AI_REQUESTS = Counter(
+    "ai_requests", "AI replies stored, by business, intent and response type",
+    ["business_id", "intent", "response_type"],
+)
+AI_RESPONSE_TIME = Histogram(
+    "ai_response_time_seconds", "Time the AI took to reply, in seconds", ["business_id"], buckets=DURATION_BUCKETS,
+)
+AI_TOKENS = Counter("ai_tokens_used", "Tokens used by AI replies", ["business_id", "model"])
+AI_COST = Counter("ai_api_cost_usd", "API cost of AI replies as the client reported it, in USD", ["business_id"])
+APPOINTMENTS_REQUESTED = Counter(
+    "appointments_requested", "AI replies in which the customer asked for an appointment", ["business_id"]
+)
+HUMAN_HANDOFFS = Counter("human_handoffs", "AI replies that handed the customer to a human", ["business_id"])
+
+# --- Added: outcomes, failures and ingest bookkeeping.
+APPOINTMENTS_BOOKED = Counter(
+    "appointments_booked",
+    "Appointments booked, counted when the booking is recorded (with the event or later)",
+    ["business_id"],
+)
+AI_FAILED_REPLIES = Counter(
+    "ai_failed_replies", "AI replies that failed (success_rate 0 or response_type error)", ["business_id"]
+)
+INGEST_EVENTS = Counter(
+    "mlops_ingest_events", "Events received by /track and /track/batch, by outcome", ["outcome"]
+)
+
+# --- OpenTelemetry GenAI client metrics, named the Prometheus way.
+GEN_AI_DURATION = Histogram(
+    "gen_ai_client_operation_duration_seconds", "GenAI operation duration, in seconds",
+    ["gen_ai_operation_name", "gen_ai_request_model"], buckets=DURATION_BUCKETS,
+)
+GEN_AI_TOKENS = Histogram(
+    "gen_ai_client_token_usage",
+    "Tokens used per GenAI operation; type input/output when the split is sent, total otherwise",
+    ["gen_ai_operation_name", "gen_ai_request_model", "gen_ai_token_type"], buckets=TOKEN_BUCKETS,
+)
+GEN_AI_OPERATION = "chat"
+
+for _outcome in ("created", "duplicate", "rejected"):
+    INGEST_EVENTS.labels(_outcome)
+
+
+# --- Label policy
+
+
+def _allowlist(values: Iterable[str]) -> dict[str, str]:
+    """Matching key (lower case) -> the label value to report."""
+    return {value.strip().lower(): value.strip() for value in values if value.strip()}
+
+
+class LabelPolicy:
+    """Turns free-form event values into a bounded set of label values.
+
+    Businesses: the first `max_businesses` registered businesses (oldest
+    first) keep their id, every later one is `other`. The list is read from
+    the database when an unseen id arrives while the cap is not reached, and
+    otherwise at most once every `refresh_seconds`, so a flood of new ids costs
+    no query once the cap is full. Every process reads the same table in the
+    same order, so all workers agree on who is in.
+    """
+
+    def __init__(self) -> None:
+        self._businesses: frozenset[str] = frozenset()
+        self._full = False
+        self._loaded_at = float("-inf")
+        self._configured_for: tuple[Any, ...] | None = None
+        self._intents: dict[str, str] = {}
+        self._response_types: dict[str, str] = {}
+        self._models: dict[str, str] = {}
+
+    def _configure(self) -> None:
+        config = (
+            settings.MLOPS_PROMETHEUS_MAX_BUSINESSES,
+            tuple(settings.MLOPS_PROMETHEUS_INTENTS),
+            tuple(settings.MLOPS_PROMETHEUS_RESPONSE_TYPES),
+            tuple(settings.MLOPS_PROMETHEUS_MODELS),
+        )
+        if config != self._configured_for:
+            self._configured_for = config
+            self._intents = _allowlist(config[1])
+            self._response_types = _allowlist(config[2])
+            self._models = _allowlist(config[3])
+            self.forget_businesses()
+
+    def forget_businesses(self) -> None:
+        self._businesses = frozenset()
+        self._full = False
+        self._loaded_at = float("-inf")
+
+    def _load_businesses(self, now: float) -> None:
+        from metrics_app.models import Business
+
+        cap = settings.MLOPS_PROMETHEUS_MAX_BUSINESSES
+        try:
+            ids = list(Business.objects.order_by("created_at", "id").values_list("id", flat=True)[:cap])
+        except DatabaseError:
+            # Keep counting with what is known; the next unseen id tries again.
+            logger.warning("could not read businesses for Prometheus labels", exc_info=True)
+            return
+        self._businesses = frozenset(ids)
+        self._full = len(ids) >= cap
+        self._loaded_at = now
+
+    def business(self, business_id: str | None) -> str:
+        self._configure()
+        if not business_id:
+            return UNKNOWN
+        if business_id in self._businesses:
+            return business_id
+        now = time.monotonic()
+        if not self._full or now - self._loaded_at >= settings.MLOPS_PROMETHEUS_BUSINESS_REFRESH_SECONDS:
+            self._load_businesses(now)
+        return business_id if business_id in self._businesses else OTHER
+
+    @staticmethod
+    def _pick(value: str | None, allowed: dict[str, str]) -> str:
+        if value is None or not str(value).strip():
+            return UNKNOWN
+        return allowed.get(str(value).strip().lower(), OTHER)
+
+    def intent(self, value: str | None) -> str:
+        self._configure()
+        return self._pick(value, self._intents)
+
+    def response_type(self, value: str | None) -> str:
+        self._configure()
+        return self._pick(value, self._response_types)
+
+    def model(self, value: str | None) -> str:
+        self._configure()
+        return self._pick(value, self._models)
+
+
+labels = LabelPolicy()
+
+
+# --- Listeners called by metrics_app.services after commit
+
+
+def _is_failed(event: dict[str, Any]) -> bool:
+    success = event.get("success_rate")
+    return (success is not None and Decimal(success) == 0) or event.get("response_type") == "error"
+
+
+def count_stored_events(events: list[dict[str, Any]]) -> None:
+    """Count events that were newly stored (never a duplicate or a rejected one)."""
+    for event in events:
+        business = labels.business(event.get("business_id"))
+        model = labels.model(event.get("model_name"))
+        AI_REQUESTS.labels(
+            business, labels.intent(event.get("intent_detected")), labels.response_type(event.get("response_type"))
+        ).inc()
+        INGEST_EVENTS.labels("created").inc()
+
+        response_ms = event.get("response_time_ms")
+        if response_ms is not None:
+            seconds = response_ms / 1000
+            AI_RESPONSE_TIME.labels(business).observe(seconds)
+            GEN_AI_DURATION.labels(GEN_AI_OPERATION, model).observe(seconds)
+
+        tokens = event.get("tokens_used")
+        if tokens:
+            AI_TOKENS.labels(business, model).inc(tokens)
+        input_tokens, output_tokens = event.get("input_tokens"), event.get("output_tokens")
+        if input_tokens is not None or output_tokens is not None:
+            if input_tokens is not None:
+                GEN_AI_TOKENS.labels(GEN_AI_OPERATION, model, "input").observe(input_tokens)
+            if output_tokens is not None:
+                GEN_AI_TOKENS.labels(GEN_AI_OPERATION, model, "output").observe(output_tokens)
+        elif tokens is not None:
+            GEN_AI_TOKENS.labels(GEN_AI_OPERATION, model, "total").observe(tokens)
+
+        cost = event.get("api_cost_usd")
+        if cost:
+            AI_COST.labels(business).inc(float(cost))
+        if event.get("appointment_requested"):
+            APPOINTMENTS_REQUESTED.labels(business).inc()
+        if event.get("appointment_booked"):
+            APPOINTMENTS_BOOKED.labels(business).inc()
+        if event.get("human_handoff_requested"):
+            HUMAN_HANDOFFS.labels(business).inc()
+        if _is_failed(event):
+            AI_FAILED_REPLIES.labels(business).inc()
+
+
+def count_recorded_bookings(bookings: list[tuple[str, str | None]]) -> None:
+    """Count bookings recorded after their event was stored."""
+    for business_id, _model in bookings:
+        APPOINTMENTS_BOOKED.labels(labels.business(business_id)).inc()
+
+
+# --- The middleware: django-prometheus's, with bounded labels, plus ingest outcomes
+
+_HTTP_METHODS = frozenset({"GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS", "TRACE", "CONNECT"})
+
+
+class MetricsAfterMiddleware(PrometheusAfterMiddleware):
+    """django-prometheus's after-middleware with every `method` label bounded.
+
+    django-prometheus labels its latency histogram with the raw request method,
+    so a client inventing methods would add a series (and 17 buckets) per name.
+    It also counts the duplicate and rejected events that /track and
+    /track/batch answered; created ones are counted when they commit.
+    """
+
+    def label_metric(self, metric, request, response=None, **label_values):  # type: ignore[no-untyped-def]
+        method = label_values.get("method")
+        if method is not None and method not in _HTTP_METHODS:
+            label_values["method"] = "<invalid method>"
+        return super().label_metric(metric, request, response, **label_values)
+
+    def process_response(self, request: HttpRequest, response: HttpResponse) -> HttpResponse:
+        match = getattr(request, "resolver_match", None)
+        if match is not None and request.method == "POST":
+            from metrics_app import views
+
+            if match.func is views.track:
+                _count_ingest_answer("track", response)
+            elif match.func is views.track_batch:
+                _count_ingest_answer("batch", response)
+        return super().process_response(request, response)
+
+
+def _count_ingest_answer(view: str, response: HttpResponse) -> None:
+    status = response.status_code
+    if view == "track":
+        if status == 200:
+            INGEST_EVENTS.labels("duplicate").inc()
+        elif status == 400:
+            INGEST_EVENTS.labels("rejected").inc()
+        return
+    if status not in (200, 207):
+        return
+    try:
+        body = orjson.loads(response.content)
+        duplicates, rejected = int(body["duplicates"]), int(body["rejected"])
+    except (orjson.JSONDecodeError, KeyError, TypeError, ValueError):
+        return
+    if duplicates:
+        INGEST_EVENTS.labels("duplicate").inc(duplicates)
+    if rejected:
+        INGEST_EVENTS.labels("rejected").inc(rejected)
+
+
+# --- /metrics
+
+
+def multiprocess_dir() -> str | None:
+    return os.environ.get("PROMETHEUS_MULTIPROC_DIR") or None
+
+
+class LockedMultiProcessCollector(MultiProcessCollector):
+    """Reads every worker's files under the directory lock, so a scrape never sees a fold half done."""
+
+    def collect(self):  # type: ignore[no-untyped-def]
+        with directory_lock(self._path, exclusive=False):
+            return list(super().collect())
+
+
+def render_metrics() -> bytes:
+    """The text exposition of every metric, summed over all worker processes."""
+    path = multiprocess_dir()
+    if path is None:
+        return generate_latest(REGISTRY)
+    registry = CollectorRegistry()
+    LockedMultiProcessCollector(registry, path=path)
+    return generate_latest(registry)
+
+
+def _token_accepted(request: HttpRequest, token: str) -> bool:
+    header = request.headers.get("Authorization", "")
+    scheme, _, value = header.partition(" ")
+    if scheme.lower() != "bearer" or not value.strip():
+        return False
+    return hmac.compare_digest(value.strip().encode(), token.encode())
+
+
+@csrf_exempt
+def metrics_view(request: HttpRequest) -> HttpResponse:
+    """GET /metrics: Prometheus text format; a bearer token is required when MLOPS_METRICS_TOKEN is set."""
+    if request.method not in ("GET", "HEAD"):
+        response = error_response(405, "Method not allowed", {"method": ["use GET"]})
+        response["Allow"] = "GET, HEAD"
+        return response
+    token = settings.MLOPS_METRICS_TOKEN
+    if token and not _token_accepted(request, token):
+        return error_response(
+            401, "A bearer token is required for /metrics", {"authorization": ["send Authorization: Bearer <token>"]},
+            headers={"WWW-Authenticate": 'Bearer realm="metrics"'},
+        )
+    return HttpResponse(render_metrics(), content_type=CONTENT_TYPE_LATEST)
+
+
+# --- Start-up checks
+
+
+@checks.register(checks.Tags.security)
+def check_metrics_token(app_configs: Any, **kwargs: Any) -> list[checks.CheckMessage]:
+    if settings.IS_PRODUCTION and not settings.MLOPS_METRICS_TOKEN:
+        return [
+            checks.Warning(
+                "/metrics is served without a token in production",
+                hint="Set MLOPS_METRICS_TOKEN, or keep /metrics reachable only from the Prometheus network.",
+                id="metrics_app.W001",
+            )
+        ]
+    return []
+
+
+def connect() -> None:
+    """Subscribe the counters to the event store (called from MetricsAppConfig.ready)."""
+    from metrics_app import services
+
+    services.on_events_stored(count_stored_events)
+    services.on_bookings_recorded(count_recorded_bookings)
