@@ -94,7 +94,12 @@ class TempPostgres:
         server._run("createdb", "-h", "127.0.0.1", "-p", str(server.port), "-U", cls.ROLE, cls.DB)
         return server
 
+    def running(self) -> bool:
+        return self._run("pg_ctl", "-D", str(self.datadir), "status", check=False).returncode == 0
+
     def start(self) -> None:
+        if self.running():
+            return
         self._run("pg_ctl", "-D", str(self.datadir), "-l", str(self.datadir.parent / "server.log"), "-w", "start")
 
     def stop(self, mode: str = "fast") -> None:
