@@ -1,0 +1,481 @@
+/**
+ * The background sender: a bounded in-memory queue drained in batches to
+ * `POST /track/batch`, with safe retries (every event carries its own
+ * `event_id`, so the service stores a retried event once).
+ *
+ * Contract: `track()` returns at once and never throws; nothing here ever
+ * rejects a promise the caller awaits. Failures are counted in `stats()` and
+ * logged, never raised into the chat path.
+ */
+
+export interface MetricsData {
+  business_id: string;
+  conversation_id?: string | null;
+  session_id?: string | null;
+
+  // Performance
+  response_time_ms: number;
+  success_rate?: number | null;
+
+  // AI usage; `api_cost_usd` is the caller's own figure, kept beside the
+  // service's price-table cost.
+  tokens_used: number;
+  input_tokens?: number | null;
+  output_tokens?: number | null;
+  api_cost_usd?: number | null;
+  model_name?: string | null;
+
+  // Business outcome
+  intent_detected?: string | null;
+  appointment_requested?: boolean | null;
+  appointment_booked?: boolean | null;
+  human_handoff_requested?: boolean | null;
+
+  // Message sizes (the text itself is never sent)
+  user_message_length?: number | null;
+  ai_response_length?: number | null;
+  response_type?: string | null;
+
+  // Which prompt and knowledge-base build produced the reply
+  prompt_version?: string | null;
+  kb_version?: string | null;
+
+  // Set by the client when absent: a UUID reused on every retry, and the reply time.
+  event_id?: string;
+  timestamp?: string | Date;
+}
+
+export interface Logger {
+  warn(...args: unknown[]): void;
+  error(...args: unknown[]): void;
+}
+
+export interface TrackerOptions {
+  /** Base URL of the service; default `MLOPS_SERVICE_URL`, then http://localhost:5000. */
+  serviceUrl?: string;
+  /** Ingest API key sent as `Authorization: Bearer`; default `MLOPS_API_KEY`. */
+  apiKey?: string;
+  /** Events per request (the service takes at most 500). Default 100. */
+  batchSize?: number;
+  /** How long an event may wait for a batch to fill. Default 1000 ms. */
+  flushIntervalMs?: number;
+  /** Events kept while the service is away; past it the oldest are dropped. Default 10000. */
+  maxQueueSize?: number;
+  /** Abort one request after this long (then retry). Default 5000 ms. */
+  requestTimeoutMs?: number;
+  /** First retry delay; doubles per failure, with full jitter. Default 500 ms. */
+  initialBackoffMs?: number;
+  /** Longest wait between retries of our own; a `Retry-After` is honoured up to 5 minutes. Default 30000 ms. */
+  maxBackoffMs?: number;
+  /** Longest a shutdown flush may take. Default 5000 ms. */
+  shutdownTimeoutMs?: number;
+  /** Console by default; `null` for silence. */
+  logger?: Logger | null;
+  /** The fetch to use (tests inject one). */
+  fetch?: typeof fetch;
+}
+
+export interface TrackerStats {
+  /** Waiting in the queue or in the request being sent. */
+  pending: number;
+  /** Stored by the service for the first time. */
+  created: number;
+  /** Already stored (a retry of a request whose answer was lost). */
+  duplicates: number;
+  /** Refused by the service's validation: fixing the caller is the only cure. */
+  rejected: number;
+  /** Lost to a 4xx that retrying cannot fix (bad key, wrong business, too large). */
+  refused: number;
+  /** Dropped, oldest first, because the queue was full while the service was away. */
+  dropped: number;
+  /** Still queued when a shutdown flush gave up. */
+  abandoned: number;
+  /** Requests that failed and were tried again. */
+  retries: number;
+  lastError: string | null;
+}
+
+export interface FlushResult {
+  /** True when everything queued before the deadline was answered by the service. */
+  complete: boolean;
+  pending: number;
+}
+
+interface Entry {
+  id: string;
+  json: string;
+  bytes: number;
+}
+
+type Outcome = { kind: "done" } | { kind: "retry"; waitMs: number } | { kind: "drop" };
+
+// The service refuses bodies over 1 MiB; stay clear of it with room for the wrapper.
+const MAX_BODY_BYTES = 1024 * 1024 - 1024;
+const MAX_BATCH = 500;
+const MAX_RETRY_AFTER_MS = 5 * 60 * 1000;
+const WHOLE_NUMBER_FIELDS = [
+  "response_time_ms",
+  "tokens_used",
+  "input_tokens",
+  "output_tokens",
+  "user_message_length",
+  "ai_response_length",
+] as const;
+const encoder = new TextEncoder();
+
+function env(name: string): string | undefined {
+  const value = typeof process !== "undefined" ? process.env?.[name] : undefined;
+  return value && value.trim() ? value.trim() : undefined;
+}
+
+function positive(value: number | undefined, fallback: number, max = Number.MAX_SAFE_INTEGER): number {
+  if (value === undefined || !Number.isFinite(value) || value <= 0) return fallback;
+  return Math.min(Math.floor(value), max);
+}
+
+function newEventId(): string {
+  return globalThis.crypto.randomUUID();
+}
+
+function describe(error: unknown): string {
+  if (error instanceof Error) {
+    const cause = (error as { cause?: { code?: string } }).cause?.code;
+    return cause ? `${error.name}: ${error.message} (${cause})` : `${error.name}: ${error.message}`;
+  }
+  return String(error);
+}
+
+/** Seconds or an HTTP date, as the service's 429 and 503 answers send it. */
+export function parseRetryAfter(header: string | null, now = Date.now()): number | null {
+  if (!header) return null;
+  const seconds = Number(header.trim());
+  if (Number.isFinite(seconds) && seconds >= 0) return seconds * 1000;
+  const at = Date.parse(header);
+  return Number.isNaN(at) ? null : Math.max(0, at - now);
+}
+
+type Timer = ReturnType<typeof setTimeout>;
+
+function setRef(timer: Timer, keepAlive: boolean): void {
+  // Node timers can stop holding the process open; other runtimes return a number.
+  const handle = timer as unknown as { ref?: () => void; unref?: () => void };
+  if (keepAlive) handle.ref?.();
+  else handle.unref?.();
+}
+
+export class MetricsTracker {
+  readonly serviceUrl: string;
+  private readonly apiKey: string | undefined;
+  private readonly batchSize: number;
+  private readonly flushIntervalMs: number;
+  private readonly maxQueueSize: number;
+  private readonly requestTimeoutMs: number;
+  private readonly initialBackoffMs: number;
+  private readonly maxBackoffMs: number;
+  readonly shutdownTimeoutMs: number;
+  private readonly logger: Logger | null;
+  private readonly fetchImpl: typeof fetch;
+
+  private queue: Entry[] = [];
+  private inFlight = 0;
+  private running = false;
+  private timer: Timer | null = null;
+  private wake: (() => void) | null = null;
+  private retryAt = 0;
+  private failures = 0;
+  private flushWaiters = 0;
+  private flushRequested = false;
+  private idleWaiters: Array<() => void> = [];
+  private readonly counts: Omit<TrackerStats, "pending" | "lastError"> = {
+    created: 0,
+    duplicates: 0,
+    rejected: 0,
+    refused: 0,
+    dropped: 0,
+    abandoned: 0,
+    retries: 0,
+  };
+  private lastError: string | null = null;
+  private warnedDown = false;
+
+  constructor(options: TrackerOptions = {}) {
+    const url = options.serviceUrl ?? env("MLOPS_SERVICE_URL") ?? "http://localhost:5000";
+    this.serviceUrl = url.replace(/\/+$/, "");
+    this.apiKey = options.apiKey ?? env("MLOPS_API_KEY");
+    this.batchSize = positive(options.batchSize, 100, MAX_BATCH);
+    this.flushIntervalMs = positive(options.flushIntervalMs, 1000);
+    this.maxQueueSize = Math.max(positive(options.maxQueueSize, 10_000), this.batchSize);
+    this.requestTimeoutMs = positive(options.requestTimeoutMs, 5000);
+    this.initialBackoffMs = positive(options.initialBackoffMs, 500);
+    this.maxBackoffMs = positive(options.maxBackoffMs, 30_000);
+    this.shutdownTimeoutMs = positive(options.shutdownTimeoutMs, 5000);
+    this.logger = options.logger === undefined ? console : options.logger;
+    this.fetchImpl = options.fetch ?? ((input, init) => fetch(input, init));
+  }
+
+  /**
+   * Queue one event and return its `event_id`. Takes microseconds: it copies
+   * the event, never waits on the network, never throws (null on a bad event).
+   */
+  track(data: MetricsData): string | null {
+    try {
+      const event: Record<string, unknown> = { ...data };
+      for (const name of WHOLE_NUMBER_FIELDS) {
+        const value = event[name];
+        // The service wants whole non-negative numbers; Date.now() maths and
+        // token estimates sometimes are not.
+        if (typeof value === "number" && Number.isFinite(value)) event[name] = Math.max(0, Math.round(value));
+      }
+      const id = typeof data.event_id === "string" && data.event_id ? data.event_id : newEventId();
+      event.event_id = id;
+      const when = data.timestamp;
+      // Sent later in a batch, so the reply time is taken now.
+      event.timestamp = when instanceof Date ? when.toISOString() : (when ?? new Date().toISOString());
+      const json = JSON.stringify(event);
+      const bytes = encoder.encode(json).length;
+      if (bytes > MAX_BODY_BYTES - 64) {
+        this.counts.rejected += 1;
+        this.log("error", `metrics event ${id} is larger than a request may be; not sent`);
+        return null;
+      }
+      this.queue.push({ id, json, bytes });
+      this.enforceBound();
+      this.schedule();
+      return id;
+    } catch (error) {
+      this.lastError = describe(error);
+      this.log("error", "metrics event not queued:", this.lastError);
+      return null;
+    }
+  }
+
+  stats(): TrackerStats {
+    return { ...this.counts, pending: this.queue.length + this.inFlight, lastError: this.lastError };
+  }
+
+  /**
+   * Send everything queued now and resolve when the service has answered for
+   * all of it, or at the deadline. Never rejects. A retry wait that the
+   * service asked for (Retry-After) is still honoured.
+   */
+  async flush(timeoutMs = 10_000): Promise<FlushResult> {
+    if (this.queue.length === 0 && this.inFlight === 0) return { complete: true, pending: 0 };
+    this.flushWaiters += 1;
+    this.flushRequested = true;
+    if (this.timer) setRef(this.timer, true);
+    let deadline: Timer | null = null;
+    try {
+      const idle = new Promise<void>((resolve) => this.idleWaiters.push(resolve));
+      const late = new Promise<void>((resolve) => {
+        deadline = setTimeout(resolve, Math.max(0, timeoutMs));
+      });
+      this.kick();
+      await Promise.race([idle, late]);
+    } finally {
+      if (deadline) clearTimeout(deadline);
+      this.flushWaiters -= 1;
+      if (this.flushWaiters === 0) {
+        this.flushRequested = false;
+        if (this.timer) setRef(this.timer, false);
+      }
+    }
+    const pending = this.queue.length + this.inFlight;
+    return { complete: pending === 0, pending };
+  }
+
+  /** Flush with the shutdown deadline; whatever is left is counted as abandoned. */
+  async shutdown(timeoutMs = this.shutdownTimeoutMs): Promise<FlushResult> {
+    const result = await this.flush(timeoutMs);
+    if (!result.complete && this.queue.length > 0) {
+      // The request in flight, if any, is left to finish on its own.
+      this.counts.abandoned += this.queue.length;
+      this.log("error", `metrics: ${this.queue.length} event(s) not delivered before shutdown (${this.lastError ?? "no answer"})`);
+      this.queue = [];
+    }
+    return result;
+  }
+
+  // --- internals
+
+  private log(level: "warn" | "error", ...args: unknown[]): void {
+    try {
+      this.logger?.[level](...args);
+    } catch {
+      // A broken logger must not break the chat either.
+    }
+  }
+
+  private enforceBound(): void {
+    const over = this.queue.length + this.inFlight - this.maxQueueSize;
+    if (over <= 0) return;
+    // The oldest waiting events go first; the request in flight is left alone.
+    const dropped = Math.min(over, this.queue.length);
+    this.queue.splice(0, dropped);
+    if (this.counts.dropped === 0) {
+      this.log("error", `metrics queue full (${this.maxQueueSize} events): dropping the oldest until the service answers`);
+    }
+    this.counts.dropped += dropped;
+  }
+
+  private schedule(): void {
+    if (this.running) {
+      // A batch filled up while the sender waits for its interval: wake it early,
+      // unless it is waiting out a retry.
+      if (this.queue.length >= this.batchSize && Date.now() >= this.retryAt) this.wake?.();
+      return;
+    }
+    this.kick();
+  }
+
+  private kick(): void {
+    if (this.running) {
+      if (this.flushRequested && Date.now() >= this.retryAt) this.wake?.();
+      return;
+    }
+    this.running = true;
+    this.run()
+      .catch((error) => {
+        this.lastError = describe(error);
+        this.log("error", "metrics sender stopped:", this.lastError);
+      })
+      .finally(() => {
+        this.running = false;
+        this.wake = null;
+        if (this.queue.length > 0) this.kick();
+        else this.notifyIdle();
+      });
+  }
+
+  private notifyIdle(): void {
+    const waiters = this.idleWaiters;
+    this.idleWaiters = [];
+    for (const resolve of waiters) resolve();
+  }
+
+  private sleep(ms: number): Promise<void> {
+    return new Promise((resolve) => {
+      const done = () => {
+        if (this.timer) clearTimeout(this.timer);
+        this.timer = null;
+        this.wake = null;
+        resolve();
+      };
+      this.timer = setTimeout(done, Math.max(0, ms));
+      setRef(this.timer, this.flushWaiters > 0);
+      this.wake = done;
+    });
+  }
+
+  private async run(): Promise<void> {
+    while (this.queue.length > 0) {
+      const now = Date.now();
+      if (now < this.retryAt) {
+        await this.sleep(this.retryAt - now);
+        continue;
+      }
+      if (this.queue.length < this.batchSize && !this.flushRequested) {
+        // Let a batch fill for up to one interval; a full batch or a flush wakes us.
+        await this.sleep(this.flushIntervalMs);
+        if (Date.now() < this.retryAt) continue;
+      }
+      const batch = this.takeBatch();
+      if (batch.length === 0) continue;
+      this.inFlight = batch.length;
+      let outcome: Outcome;
+      try {
+        outcome = await this.send(batch);
+      } finally {
+        this.inFlight = 0;
+      }
+      if (outcome.kind === "retry") {
+        this.queue.unshift(...batch);
+        this.enforceBound();
+        this.counts.retries += 1;
+        this.failures += 1;
+        this.retryAt = Date.now() + outcome.waitMs;
+        if (!this.warnedDown) {
+          this.warnedDown = true;
+          this.log("warn", `metrics service unavailable (${this.lastError}); retrying in the background`);
+        }
+      } else {
+        if (this.warnedDown) this.log("warn", "metrics service reachable again");
+        this.warnedDown = false;
+        this.failures = 0;
+        this.retryAt = 0;
+      }
+    }
+  }
+
+  private takeBatch(): Entry[] {
+    let bytes = 16;
+    let count = 0;
+    for (const entry of this.queue) {
+      if (count >= this.batchSize || bytes + entry.bytes + 1 > MAX_BODY_BYTES) break;
+      bytes += entry.bytes + 1;
+      count += 1;
+    }
+    return this.queue.splice(0, count);
+  }
+
+  private backoff(): number {
+    // Full jitter: a random wait up to an exponentially growing cap, so many
+    // chat servers coming back at once do not retry in step.
+    const cap = Math.min(this.maxBackoffMs, this.initialBackoffMs * 2 ** Math.min(this.failures, 20));
+    return Math.random() * cap;
+  }
+
+  private async send(batch: Entry[]): Promise<Outcome> {
+    const headers: Record<string, string> = { "Content-Type": "application/json" };
+    if (this.apiKey) headers.Authorization = `Bearer ${this.apiKey}`;
+    const body = `{"events":[${batch.map((entry) => entry.json).join(",")}]}`;
+    let response: Response;
+    try {
+      response = await this.fetchImpl(`${this.serviceUrl}/track/batch`, {
+        method: "POST",
+        headers,
+        body,
+        signal: AbortSignal.timeout(this.requestTimeoutMs),
+      });
+    } catch (error) {
+      // Refused connection, reset, DNS or timeout: the events may or may not
+      // be stored; their event_ids make the retry safe either way.
+      this.lastError = describe(error);
+      return { kind: "retry", waitMs: this.backoff() };
+    }
+    const status = response.status;
+    if (status === 200 || status === 207) {
+      let answer: { created?: number; duplicates?: number; rejected?: number; results?: unknown[] } = {};
+      try {
+        answer = (await response.json()) as typeof answer;
+      } catch (error) {
+        // The service stored the batch and said so; only its words were lost.
+        this.lastError = describe(error);
+      }
+      this.counts.created += Number(answer.created ?? batch.length);
+      this.counts.duplicates += Number(answer.duplicates ?? 0);
+      const rejected = Number(answer.rejected ?? 0);
+      if (rejected > 0) {
+        this.counts.rejected += rejected;
+        const first = (answer.results ?? []).find(
+          (result) => (result as { status?: string }).status === "rejected",
+        ) as { event_id?: string; errors?: unknown } | undefined;
+        this.lastError = `${rejected} event(s) rejected: ${JSON.stringify(first?.errors ?? {})}`;
+        this.log("error", `metrics: ${this.lastError}`);
+      }
+      return { kind: "done" };
+    }
+    const text = await response.text().catch(() => "");
+    this.lastError = `HTTP ${status} ${text.slice(0, 300)}`;
+    if (status === 429 || status === 408 || status >= 500) {
+      const asked = parseRetryAfter(response.headers.get("Retry-After"));
+      // The service's own wait wins over our backoff (capped in case of a silly header).
+      const wait = asked === null ? this.backoff() : Math.min(asked, MAX_RETRY_AFTER_MS) + Math.random() * 250;
+      return { kind: "retry", waitMs: wait };
+    }
+    // Any other 4xx will fail the same way again: a bad key, a key of another
+    // business, a body the service will not take.
+    this.counts.refused += batch.length;
+    this.log("error", `metrics: the service refused ${batch.length} event(s): ${this.lastError}`);
+    return { kind: "drop" };
+  }
+}
