@@ -2,7 +2,8 @@
 
 Every row is kept, with its id. A value that breaks a range the new schema
 enforces (a negative latency, say) is stored as NULL rather than dropping the
-row; a missing success_rate becomes 1, the seed's own default. Each adopted
+row; a success_rate outside 0..1 is clamped into it, and a missing one becomes
+1, the seed's own default. Each adopted
 row gets a fresh event_id, its `timestamp` is its `created_at` (the seed wrote
 UTC), and each business id gets a Business row.
 """
