@@ -19,7 +19,7 @@ from mlops_site.env import envbool, envchoice, envint, envlist, envstr
 BASE_DIR = Path(__file__).resolve().parent.parent
 DATA_DIR = BASE_DIR / "data"
 
-load_dotenv(BASE_DIR / ".env", override=False)
+load_dotenv(envstr("MLOPS_ENV_FILE") or BASE_DIR / ".env", override=False)
 
 MLOPS_ENV = envchoice("MLOPS_ENV", "development", ("development", "production"))
 IS_PRODUCTION = MLOPS_ENV == "production"
