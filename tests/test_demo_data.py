@@ -106,3 +106,16 @@ def test_it_refuses_bad_arguments_with_a_clear_message(args):
     with pytest.raises(CommandError, match="must be between"):
         generate(*args)
     assert AIMetric.objects.count() == 0
+
+
+def test_a_seed_gives_the_same_event_ids_whatever_the_clock_says():
+    from datetime import UTC, datetime
+
+    from metrics_app.management.commands.generate_demo_data import demo_events
+
+    def ids(end: datetime) -> list[tuple[str, str]]:
+        return [(e["business_id"], e["event_id"]) for e in demo_events(500, days=30, seed=9, businesses=6, end=end)]
+
+    assert ids(datetime(2026, 1, 1, 12, 0, tzinfo=UTC)) == ids(datetime(2026, 3, 9, 17, 31, 7, tzinfo=UTC))
+    other_seed = [(e["business_id"], e["event_id"]) for e in demo_events(500, days=30, seed=10, businesses=6)]
+    assert not set(other_seed) & set(ids(datetime(2026, 1, 1, tzinfo=UTC)))

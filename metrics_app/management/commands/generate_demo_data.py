@@ -12,6 +12,7 @@ import random
 import sys
 import time
 import uuid
+import zoneinfo
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any, Iterator
@@ -77,7 +78,14 @@ WEEKDAY_WEIGHTS = (1.2, 1.15, 1.1, 1.1, 1.0, 0.7, 0.45)  # Monday first
 
 
 class DemoTraffic:
-    """Conversations of plausible events, as the chat app would send them, oldest period first."""
+    """Conversations of plausible events, as the chat app would send them.
+
+    Each conversation draws from its own random stream, seeded from the master
+    one, and its start time from yet another: the time-of-day sampling draws a
+    number of values that depends on the clock, and must not shift anything
+    else. So a seed always gives the same conversations with the same event
+    ids, and a rerun stores only duplicates.
+    """
 
     def __init__(self, *, rng: random.Random, businesses: tuple[DemoBusiness, ...], days: int, end: datetime) -> None:
         self.rng = rng
@@ -88,47 +96,47 @@ class DemoTraffic:
         # The prompt changed two thirds of the way through the period; the KB is rebuilt weekly.
         self.prompt_switch = self.start + timedelta(days=days * 2 / 3)
 
-    def _pick(self, weighted: tuple[tuple[Any, float], ...]) -> Any:
-        return self.rng.choices([item for item, _ in weighted], weights=[w for _, w in weighted])[0]
+    @staticmethod
+    def _pick(rng: random.Random, weighted: tuple[tuple[Any, float], ...]) -> Any:
+        return rng.choices([item for item, _ in weighted], weights=[w for _, w in weighted])[0]
 
-    def _conversation_start(self, business: DemoBusiness) -> datetime:
-        """A start time in the period, following the business's local hours and weekdays."""
-        from zoneinfo import ZoneInfo
-
-        zone = ZoneInfo(business.time_zone)
+    def _conversation_start(self, rng: random.Random, business: DemoBusiness, duration: float) -> datetime:
+        """A start time that leaves room for the whole conversation, following local hours and weekdays."""
+        zone = zoneinfo.ZoneInfo(business.time_zone)
+        span = max(1.0, self.days * 86400 - duration)
         while True:
-            moment = self.start + timedelta(seconds=self.rng.uniform(0, self.days * 86400))
+            moment = self.start + timedelta(seconds=rng.uniform(0, span))
             local = moment.astimezone(zone)
             weight = HOUR_WEIGHTS[local.hour] * WEEKDAY_WEIGHTS[local.weekday()]
-            if self.rng.uniform(0, 6.5 * 1.2) <= weight:
+            if rng.uniform(0, 6.5 * 1.2) <= weight:
                 return moment
 
-    def _latency_ms(self, median_ms: int, turn: int) -> int:
+    @staticmethod
+    def _latency_ms(rng: random.Random, median_ms: int, turn: int) -> int:
         # Log-normal with a long tail; longer histories take a little longer.
-        value = median_ms * (1 + 0.04 * turn) * math.exp(self.rng.gauss(0, 0.45))
-        if self.rng.random() < 0.01:  # a slow provider moment
-            value *= self.rng.uniform(4, 12)
+        value = median_ms * (1 + 0.04 * turn) * math.exp(rng.gauss(0, 0.45))
+        if rng.random() < 0.01:  # a slow provider moment
+            value *= rng.uniform(4, 12)
         return max(80, min(int(value), 120_000))
 
     def conversations(self) -> Iterator[list[dict[str, Any]]]:
-        weights = [b.weight for b in self.businesses]
         while True:
-            business = self.rng.choices(self.businesses, weights=weights)[0]
-            yield self._conversation(business)
+            yield self._conversation(random.Random(self.rng.getrandbits(64)))
 
-    def _conversation(self, business: DemoBusiness) -> list[dict[str, Any]]:
-        rng = self.rng
-        started = self._conversation_start(business)
+    def _conversation(self, rng: random.Random) -> list[dict[str, Any]]:
+        business = rng.choices(self.businesses, weights=[b.weight for b in self.businesses])[0]
         model, _, median_ms = rng.choices(MODELS, weights=[m[1] for m in MODELS])[0]
         conversation_id = f"conv-{uuid.UUID(int=rng.getrandbits(128)).hex[:16]}"
         session_id = f"sess-{uuid.UUID(int=rng.getrandbits(128)).hex[:12]}"
-        opening = self._pick(OPENING_INTENTS)
+        opening = self._pick(rng, OPENING_INTENTS)
         wants_booking = opening in ("appointment_booking", "reschedule") or rng.random() < 0.12
         turns = rng.choices((1, 2, 3, 4, 5, 6, 7, 8), weights=(14, 20, 20, 16, 12, 8, 6, 4))[0]
         if wants_booking:
             turns = max(turns, 3)
         handoff_turn = turns - 1 if (opening == "complaint" and rng.random() < 0.6) or rng.random() < 0.04 else None
         books = wants_booking and handoff_turn is None and rng.random() < 0.62
+        gaps = [0.0] + [rng.uniform(15, 120) for _ in range(turns - 1)]  # seconds the customer takes to answer
+        started = self._conversation_start(random.Random(rng.getrandbits(64)), business, sum(gaps))
         prompt_version = "receptionist-v2" if started >= self.prompt_switch else "receptionist-v1"
         kb_week = (started - self.start).days // 7
         kb_version = f"kb-{(self.start + timedelta(days=7 * kb_week)):%Y%m%d}"
@@ -137,10 +145,7 @@ class DemoTraffic:
         moment = started
         history_tokens = 0
         for turn in range(turns):
-            if turn:
-                moment += timedelta(seconds=rng.uniform(15, 120))
-            if moment > self.end:
-                break
+            moment += timedelta(seconds=gaps[turn])
             intent = opening if turn == 0 else (
                 "appointment_booking" if wants_booking and turn >= turns - 2 else rng.choice(FOLLOW_UP_INTENTS)
             )
@@ -157,7 +162,7 @@ class DemoTraffic:
             if failed:
                 # As the seed's chat app reports a failure: no tokens, intent "error".
                 event = {
-                    "response_time_ms": self._latency_ms(median_ms, turn) * 3,
+                    "response_time_ms": self._latency_ms(rng, median_ms, turn) * 3,
                     "success_rate": 0.0, "tokens_used": 0, "input_tokens": 0, "output_tokens": 0,
                     "api_cost_usd": 0.0, "intent_detected": "error", "response_type": "error",
                     "appointment_requested": False, "appointment_booked": False,
@@ -170,7 +175,7 @@ class DemoTraffic:
                 history_tokens += user_length // 4 + output_tokens
                 tokens = input_tokens + output_tokens
                 event = {
-                    "response_time_ms": self._latency_ms(median_ms, turn),
+                    "response_time_ms": self._latency_ms(rng, median_ms, turn),
                     "success_rate": 1.0, "tokens_used": tokens, "input_tokens": input_tokens,
                     "output_tokens": output_tokens,
                     "api_cost_usd": round(tokens / 1_000_000 * CLIENT_COST_PER_MILLION, 6),
