@@ -53,6 +53,15 @@ class Business(models.Model):
         return self.name or self.id
 
 
+class CostBasis(models.TextChoices):
+    """How an event's analytics cost was found."""
+
+    TOKENS = "tokens", "priced from input and output tokens"
+    ESTIMATED = "estimated", "estimated: only tokens_used was sent, priced at the input price"
+    UNPRICED_CLIENT = "client", "unpriced model: the client's api_cost_usd"
+    UNPRICED_NONE = "none", "unpriced model and no client cost"
+
+
 class AIMetric(models.Model):
     """One AI reply, as the chat app reported it.
 
@@ -88,6 +97,12 @@ class AIMetric(models.Model):
 
     timestamp = models.DateTimeField(help_text="When the reply happened (the receive time when the client sent none).")
     created_at = models.DateTimeField(default=timezone.now, help_text="When the service stored the event.")
+
+    # The cost that analytics use: the server's price when the model has one in
+    # force at `timestamp`, else the client's `api_cost_usd` (see cost_basis).
+    # Ten decimals hold tokens x a per-million price of four decimals exactly.
+    cost_usd = models.DecimalField(max_digits=20, decimal_places=10, null=True, blank=True)
+    cost_basis = models.CharField(max_length=16, choices=CostBasis.choices, default=CostBasis.UNPRICED_NONE)
 
     class Meta:
         db_table = "ai_metrics"
@@ -138,6 +153,8 @@ class AIMetric(models.Model):
             models.Index(fields=["timestamp"], name="ai_metrics_ts_idx"),
             # A conversation's events, in order (conversation views, outcomes recorded later).
             models.Index(fields=["business", "conversation_id", "timestamp"], name="ai_metrics_conversation_idx"),
+            # reprice_events: the events of one model from a date on.
+            models.Index(fields=["model_name", "timestamp"], name="ai_metrics_model_ts_idx"),
         ]
 
     def __str__(self) -> str:
@@ -244,3 +261,94 @@ class RateLimitWindow(models.Model):
 
     def __str__(self) -> str:
         return f"{self.key_id}@{self.minute}: {self.count}"
+
+
+class ModelPrice(models.Model):
+    """A published price of a model, in USD per million tokens, in force from `valid_from`.
+
+    An event is priced by the row whose pattern matches its model name and whose
+    `valid_from` is the latest one not after the event's time; when several
+    patterns match, the most specific (longest) wins.
+    """
+
+    model_pattern = models.CharField(
+        max_length=100,
+        help_text="Model name, or a glob such as gemini-1.5-flash* (case-insensitive).",
+    )
+    input_usd_per_mtok = models.DecimalField(max_digits=12, decimal_places=4, verbose_name="input USD / 1M tokens")
+    output_usd_per_mtok = models.DecimalField(max_digits=12, decimal_places=4, verbose_name="output USD / 1M tokens")
+    cached_input_usd_per_mtok = models.DecimalField(
+        max_digits=12, decimal_places=4, null=True, blank=True, verbose_name="cached input USD / 1M tokens"
+    )
+    valid_from = models.DateTimeField(help_text="The price applies to events at or after this moment.")
+    source_url = models.URLField(max_length=500, help_text="Where the price is published.")
+    source_as_of = models.DateField(help_text="The date the source showed this price.")
+    notes = models.CharField(max_length=300, blank=True)
+    updated_at = models.DateTimeField(auto_now=True)
+
+    class Meta:
+        db_table = "mlops_model_price"
+        constraints = [
+            models.UniqueConstraint(fields=["model_pattern", "valid_from"], name="model_price_pattern_from_uniq"),
+            models.CheckConstraint(
+                condition=Q(input_usd_per_mtok__gte=0, output_usd_per_mtok__gte=0)
+                & (Q(cached_input_usd_per_mtok__gte=0) | Q(cached_input_usd_per_mtok__isnull=True)),
+                name="model_price_not_negative",
+            ),
+        ]
+
+    def __str__(self) -> str:
+        return f"{self.model_pattern} from {self.valid_from:%Y-%m-%d}: ${self.input_usd_per_mtok}/${self.output_usd_per_mtok} per 1M"
+
+
+class Conversation(models.Model):
+    """Every event with a conversation_id belongs to one conversation of its business.
+
+    Kept by ingest in the same transaction as the events: first and last event
+    time, turns (events) and whether any event requested an appointment, was
+    booked or asked for a human. An outcome recorded later (a booking confirmed
+    by another system) sets the flags too.
+    """
+
+    business = models.ForeignKey(Business, on_delete=models.PROTECT, db_column="business_id", related_name="+")
+    conversation_id = models.CharField(max_length=255)
+    first_at = models.DateTimeField()
+    last_at = models.DateTimeField()
+    turns = models.PositiveIntegerField(default=0)
+    appointment_requested = models.BooleanField(default=False)
+    appointment_booked = models.BooleanField(default=False)
+    human_handoff_requested = models.BooleanField(default=False)
+    outcome_recorded_at = models.DateTimeField(null=True, blank=True, help_text="When an outcome was last recorded.")
+    outcome_note = models.CharField(max_length=300, blank=True)
+
+    class Meta:
+        db_table = "mlops_conversation"
+        constraints = [
+            models.UniqueConstraint(fields=["business", "conversation_id"], name="conversation_business_id_uniq"),
+        ]
+        indexes = [
+            # Conversation-level figures and the conversation list: conversations
+            # of a business that started in a period.
+            models.Index(fields=["business", "first_at"], name="conversation_biz_first_idx"),
+            # The same over all businesses.
+            models.Index(fields=["first_at"], name="conversation_first_idx"),
+        ]
+
+    def __str__(self) -> str:
+        return f"{self.business_id} / {self.conversation_id}"
+
+
+class StaffBusinessAccess(models.Model):
+    """Limits a staff user to some businesses. A staff user with no rows sees every business."""
+
+    user = models.ForeignKey(settings.AUTH_USER_MODEL, on_delete=models.CASCADE, related_name="business_access")
+    business = models.ForeignKey(Business, on_delete=models.CASCADE, related_name="+")
+
+    class Meta:
+        db_table = "mlops_staff_business_access"
+        verbose_name = "staff business access"
+        verbose_name_plural = "staff business access"
+        constraints = [models.UniqueConstraint(fields=["user", "business"], name="staff_access_user_business_uniq")]
+
+    def __str__(self) -> str:
+        return f"{self.user} may see {self.business_id}"

@@ -11,13 +11,14 @@ from typing import Any, Callable, Iterable
 from django.db import IntegrityError, connection, transaction
 from django.utils import timezone
 
+from metrics_app import conversations, pricing
 from metrics_app.models import AIMetric, ApiKey, Business
 from metrics_app.validation import FIELD_NAMES
 
 logger = logging.getLogger(__name__)
 
-# Columns written by ingest, in order: the validated fields plus created_at.
-_COLUMNS = (*FIELD_NAMES, "created_at")
+# Columns written by ingest, in order: the validated fields, created_at and the server's cost.
+_COLUMNS = (*FIELD_NAMES, "created_at", "cost_usd", "cost_basis")
 
 # Called with the list of events that were newly stored, after they commit.
 # The Prometheus exporter subscribes here; a duplicate or rejected event never
@@ -150,7 +151,12 @@ def record_events(events: list[dict[str, Any]]) -> list[StoredOutcome]:
 def _store(rows: list[dict[str, Any]]) -> set[tuple[str, uuid.UUID]]:
     with transaction.atomic():
         ensure_businesses({row["business_id"] for row in rows})
-        return _insert_events(rows)
+        pricing.price_events(rows)
+        inserted = _insert_events(rows)
+        if inserted:
+            # Only the rows this statement inserted: a duplicate never counts twice.
+            conversations.apply_events([r for r in rows if (r["business_id"], r["event_id"]) in inserted])
+        return inserted
 
 
 def _call_all(listeners: list[Callable[[Any], None]], items: list[Any]) -> None:

@@ -1,0 +1,186 @@
+"""Model prices: which price is in force for an event, and what the event costs.
+
+Rules (the contract's "Costs"):
+- An event is priced by the ModelPrice row whose pattern matches its model name
+  (case-insensitive glob) and that is in force at the event's `timestamp`
+  (latest `valid_from` not after it). When several patterns match, the most
+  specific wins: an exact name over a glob, then the longer pattern.
+- With `input_tokens` and `output_tokens` the cost is input x input price +
+  output x output price (basis "tokens"). When only one of the two is sent with
+  `tokens_used`, the other is `tokens_used` minus it. With only `tokens_used`,
+  every token is priced at the input price and the figure is marked
+  "estimated" (a receptionist's prompt, with its instructions and knowledge
+  base, is most of its tokens).
+- A model with no price in force keeps the client's `api_cost_usd` as its cost
+  (basis "client", or "none" when the client sent none); it is counted as
+  unpriced, never priced at zero.
+
+The table is cached in each process. Every ingest batch checks a cheap
+fingerprint (row count and last change) with one query on the small price
+table, so a price edited in the admin applies to the next batch in every
+worker without a restart.
+"""
+
+from __future__ import annotations
+
+import fnmatch
+import json
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from decimal import Decimal
+from pathlib import Path
+from typing import Any, Iterable
+
+from django.conf import settings
+from django.db.models import Count, Max
+
+from metrics_app.models import CostBasis, ModelPrice
+
+MILLION = Decimal(1_000_000)
+PRICE_FILE = Path(settings.BASE_DIR) / "data" / "model_prices.json"
+_MAX_CACHED_NAMES = 10_000
+
+
+@dataclass(frozen=True)
+class Price:
+    id: int
+    pattern: str
+    valid_from: datetime
+    input_per_mtok: Decimal
+    output_per_mtok: Decimal
+
+    @property
+    def specificity(self) -> tuple[int, int]:
+        exact = not any(ch in self.pattern for ch in "*?[")
+        return (1 if exact else 0, len(self.pattern))
+
+
+class PriceTable:
+    """The price rows, with a per-model-name memo of the rows that match it."""
+
+    def __init__(self, prices: Iterable[Price]) -> None:
+        self.prices = list(prices)
+        self._by_name: dict[str, list[Price]] = {}
+
+    def _matching(self, model_name: str) -> list[Price]:
+        name = model_name.lower()
+        rows = self._by_name.get(name)
+        if rows is None:
+            rows = [p for p in self.prices if fnmatch.fnmatchcase(name, p.pattern)]
+            # Most specific first, then the newest: the first row in force wins.
+            rows.sort(key=lambda p: (p.specificity, p.valid_from), reverse=True)
+            if len(self._by_name) >= _MAX_CACHED_NAMES:
+                self._by_name.clear()  # free-text model names must not grow memory without bound
+            self._by_name[name] = rows
+        return rows
+
+    def price_for(self, model_name: str | None, at: datetime) -> Price | None:
+        if not model_name:
+            return None
+        for price in self._matching(model_name):
+            if price.valid_from <= at:
+                return price
+        return None
+
+
+def cost_of(event: dict[str, Any], price: Price | None) -> tuple[Decimal | None, str]:
+    """(analytics cost, cost basis) of one event under `price` (None: the model is unpriced)."""
+    if price is None:
+        client = event.get("api_cost_usd")
+        if client is None:
+            return None, CostBasis.UNPRICED_NONE
+        return Decimal(client), CostBasis.UNPRICED_CLIENT
+    total = event.get("tokens_used")
+    tokens_in = event.get("input_tokens")
+    tokens_out = event.get("output_tokens")
+    if tokens_in is not None and tokens_out is None and total is not None and total >= tokens_in:
+        tokens_out = total - tokens_in
+    elif tokens_out is not None and tokens_in is None and total is not None and total >= tokens_out:
+        tokens_in = total - tokens_out
+    if tokens_in is not None and tokens_out is not None:
+        cost = (tokens_in * price.input_per_mtok + tokens_out * price.output_per_mtok) / MILLION
+        return cost, CostBasis.TOKENS
+    cost = Decimal(total or 0) * price.input_per_mtok / MILLION
+    return cost, CostBasis.ESTIMATED
+
+
+_cache: tuple[tuple[int, Any], PriceTable] | None = None
+
+
+def _fingerprint() -> tuple[int, Any]:
+    stats = ModelPrice.objects.aggregate(n=Count("id"), changed=Max("updated_at"))
+    return stats["n"], stats["changed"]
+
+
+def current_table() -> PriceTable:
+    """The price table, reloaded when a row was added, changed or deleted."""
+    global _cache
+    fingerprint = _fingerprint()
+    if _cache is None or _cache[0] != fingerprint:
+        _cache = (fingerprint, table_from(ModelPrice.objects.all()))
+    return _cache[1]
+
+
+def price_events(events: list[dict[str, Any]], table: PriceTable | None = None) -> None:
+    """Set `cost_usd` and `cost_basis` on each validated event, in place."""
+    table = table or current_table()
+    for event in events:
+        price = table.price_for(event.get("model_name"), event["timestamp"])
+        event["cost_usd"], event["cost_basis"] = cost_of(event, price)
+
+
+def published_prices() -> list[dict[str, Any]]:
+    """The published prices shipped in data/model_prices.json, as ModelPrice field values."""
+    data = json.loads(PRICE_FILE.read_text())
+    rows = []
+    for item in data["prices"]:
+        cached = item.get("cached_input")
+        rows.append(
+            {
+                "model_pattern": item["model_pattern"],
+                "input_usd_per_mtok": Decimal(item["input"]),
+                "output_usd_per_mtok": Decimal(item["output"]),
+                "cached_input_usd_per_mtok": Decimal(cached) if cached is not None else None,
+                "valid_from": datetime.fromisoformat(item["valid_from"]).replace(tzinfo=UTC),
+                "source_url": item["source_url"],
+                "source_as_of": datetime.fromisoformat(item["source_as_of"]).date(),
+                "notes": item.get("notes", ""),
+            }
+        )
+    return rows
+
+
+_PRICED_FIELDS = ("id", "model_name", "timestamp", "tokens_used", "input_tokens", "output_tokens", "api_cost_usd")
+
+
+def reprice(events: Any, table: PriceTable, chunk: int = 2000) -> tuple[int, int]:
+    """Recompute cost_usd and cost_basis of the events in a queryset; (examined, changed).
+
+    Walks the rows by id in chunks and writes only those whose figures change.
+    Works on historical models too, so migrations use it.
+    """
+    model = events.model
+    examined = changed = 0
+    last_id = 0
+    while True:
+        rows = list(events.filter(id__gt=last_id).order_by("id").values(*_PRICED_FIELDS, "cost_usd", "cost_basis")[:chunk])
+        if not rows:
+            return examined, changed
+        last_id = rows[-1]["id"]
+        examined += len(rows)
+        updates = []
+        for row in rows:
+            cost, basis = cost_of(row, table.price_for(row["model_name"], row["timestamp"]))
+            if cost != row["cost_usd"] or basis != row["cost_basis"]:
+                updates.append(model(id=row["id"], cost_usd=cost, cost_basis=basis))
+        if updates:
+            model.objects.bulk_update(updates, ["cost_usd", "cost_basis"], batch_size=500)
+            changed += len(updates)
+
+
+def table_from(prices: Any) -> PriceTable:
+    """A PriceTable from a ModelPrice queryset (current or historical model)."""
+    rows = prices.order_by("id").values_list(
+        "id", "model_pattern", "valid_from", "input_usd_per_mtok", "output_usd_per_mtok"
+    )
+    return PriceTable(Price(i, pattern.lower(), start, pin, pout) for i, pattern, start, pin, pout in rows)

@@ -1,0 +1,159 @@
+"""OpenAPI additions: the chat app's plain Django endpoints and the figure definitions.
+
+/health, /track and /track/batch are plain views kept off DRF for speed; this
+hook describes them in the schema so that clients and schema-driven tests see
+the whole API, with no cost on the hot path.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from django.conf import settings
+from drf_spectacular.extensions import OpenApiAuthenticationExtension
+
+from metrics_app.validation import RULES
+from metrics_app.views import MAX_BATCH_EVENTS
+
+ERROR = {"$ref": "#/components/schemas/Error"}
+
+
+class ApiKeyAuthenticationScheme(OpenApiAuthenticationExtension):
+    target_class = "metrics_app.auth.ApiKeyAuthentication"
+    name = "bearerAuth"
+
+    def get_security_definition(self, auto_schema: Any) -> dict[str, Any]:
+        return {
+            "type": "http", "scheme": "bearer",
+            "description": "An API key, as `Authorization: Bearer <key>` (or the `X-API-Key` header).",
+        }
+_TYPES = {
+    "business_id": {"type": "string", "maxLength": 255},
+    "event_id": {"type": "string", "format": "uuid"},
+    "conversation_id": {"type": "string", "maxLength": 255, "nullable": True},
+    "session_id": {"type": "string", "maxLength": 255, "nullable": True},
+    "response_time_ms": {"type": "integer", "minimum": 0, "maximum": 3_600_000},
+    "success_rate": {"type": "number", "minimum": 0, "maximum": 1, "nullable": True},
+    "tokens_used": {"type": "integer", "minimum": 0, "maximum": 10_000_000},
+    "input_tokens": {"type": "integer", "minimum": 0, "maximum": 10_000_000, "nullable": True},
+    "output_tokens": {"type": "integer", "minimum": 0, "maximum": 10_000_000, "nullable": True},
+    "api_cost_usd": {"type": "number", "minimum": 0, "maximum": 1000, "nullable": True},
+    "model_name": {"type": "string", "maxLength": 100, "nullable": True},
+    "intent_detected": {"type": "string", "maxLength": 100, "nullable": True},
+    "appointment_requested": {"type": "boolean", "nullable": True},
+    "appointment_booked": {"type": "boolean", "nullable": True},
+    "human_handoff_requested": {"type": "boolean", "nullable": True},
+    "user_message_length": {"type": "integer", "minimum": 0, "maximum": 1_000_000, "nullable": True},
+    "ai_response_length": {"type": "integer", "minimum": 0, "maximum": 1_000_000, "nullable": True},
+    "response_type": {"type": "string", "maxLength": 50, "nullable": True},
+    "prompt_version": {"type": "string", "maxLength": 100, "nullable": True},
+    "kb_version": {"type": "string", "maxLength": 100, "nullable": True},
+    "timestamp": {"type": "string", "format": "date-time", "nullable": True},
+}
+
+
+def _event_schema() -> dict[str, Any]:
+    return {
+        "type": "object",
+        "properties": {name: _TYPES[name] for name in RULES},
+        "required": [name for name, rule in RULES.items() if rule.required],
+        "description": "One AI reply. Unknown fields are ignored and listed back as ignored_fields.",
+    }
+
+
+def _errors(*codes: int) -> dict[str, Any]:
+    why = {
+        400: "Invalid event(s) or malformed JSON; nothing stored.",
+        401: "No key (when keys are required) or an unknown key.",
+        403: "The key may not write this business.",
+        405: "Method not allowed.",
+        413: "Body too large.",
+        415: "Content type is not application/json.",
+        429: "Too many requests for this key (Retry-After).",
+        503: "Database unavailable; nothing stored (Retry-After).",
+    }
+    return {
+        str(code): {"description": why[code], "content": {"application/json": {"schema": ERROR}}} for code in codes
+    }
+
+
+def _json(schema: dict[str, Any], description: str) -> dict[str, Any]:
+    return {"description": description, "content": {"application/json": {"schema": schema}}}
+
+
+def add_chat_endpoints(result: dict[str, Any], generator: Any, request: Any, public: bool) -> dict[str, Any]:
+    schemas = result.setdefault("components", {}).setdefault("schemas", {})
+    schemas["Error"] = {
+        "type": "object",
+        "required": ["error", "errors"],
+        "properties": {
+            "error": {"type": "string"},
+            "errors": {"type": "object", "additionalProperties": {"type": "array", "items": {"type": "string"}}},
+        },
+    }
+    schemas["TrackEvent"] = _event_schema()
+    security = [{"bearerAuth": []}, {}]
+    result["components"].setdefault("securitySchemes", {}).setdefault(
+        "bearerAuth", ApiKeyAuthenticationScheme.get_security_definition(None, None)  # type: ignore[arg-type]
+    )
+    stored = {
+        "type": "object",
+        "required": ["status", "message", "event_id", "timestamp"],
+        "properties": {
+            "status": {"type": "string"}, "message": {"type": "string"},
+            "event_id": {"type": "string", "format": "uuid"}, "timestamp": {"type": "string"},
+            "duplicate": {"type": "boolean"}, "ignored_fields": {"type": "array", "items": {"type": "string"}},
+        },
+    }
+    batch_result = {
+        "type": "object",
+        "required": ["status", "created", "duplicates", "rejected", "results"],
+        "properties": {
+            "status": {"type": "string", "enum": ["success", "partial"]},
+            "created": {"type": "integer"}, "duplicates": {"type": "integer"}, "rejected": {"type": "integer"},
+            "timestamp": {"type": "string"},
+            "results": {"type": "array", "items": {"type": "object", "properties": {
+                "index": {"type": "integer"}, "event_id": {"type": "string", "nullable": True},
+                "status": {"type": "string", "enum": ["created", "duplicate", "rejected"]},
+                "errors": {"type": "object"}, "ignored_fields": {"type": "array", "items": {"type": "string"}},
+            }}},
+        },
+    }
+    paths = result.setdefault("paths", {})
+    paths["/health"] = {"get": {
+        "operationId": "health", "tags": ["chat app"], "security": [{}],
+        "description": "Liveness with a database round trip.",
+        "responses": {
+            "200": _json({"type": "object", "required": ["status", "service"], "properties": {
+                "status": {"type": "string", "enum": ["healthy"]}, "service": {"type": "string"},
+                "timestamp": {"type": "string"}, "monitoring": {"type": "string"}}}, "Healthy."),
+            "503": _json({"type": "object", "properties": {"status": {"type": "string", "enum": ["unhealthy"]}}},
+                         "The database is unreachable."),
+            **_errors(405),
+        },
+    }}
+    track = {
+        "operationId": "track", "tags": ["chat app"], "security": security,
+        "description": "Store one event. A repeated event_id answers 200 with duplicate true; the first write stands.",
+        "requestBody": {"required": True, "content": {"application/json": {"schema": {"$ref": "#/components/schemas/TrackEvent"}}}},
+        "responses": {"201": _json(stored, "Stored."), "200": _json(stored, "Duplicate; nothing changed."),
+                      **_errors(400, 401, 403, 405, 413, 415, 429, 503)},
+    }
+    paths["/track"] = {"post": track}
+    paths["/track/batch"] = {"post": {
+        "operationId": "track_batch", "tags": ["chat app"], "security": security,
+        "description": f"Store up to {MAX_BATCH_EVENTS} events (1 MiB); valid events are stored even when others "
+                       "are rejected (207).",
+        "requestBody": {"required": True, "content": {"application/json": {"schema": {
+            "type": "object", "required": ["events"], "properties": {"events": {
+                "type": "array", "minItems": 1, "maxItems": MAX_BATCH_EVENTS,
+                "items": {"$ref": "#/components/schemas/TrackEvent"}}}}}}},
+        "responses": {"200": _json(batch_result, "All stored or duplicates."),
+                      "207": _json(batch_result, "Some events were rejected."),
+                      **_errors(400, 401, 403, 405, 413, 415, 429, 503)},
+    }}
+    definitions = Path(settings.BASE_DIR) / "docs" / "analytics.md"
+    if definitions.exists():
+        result.setdefault("info", {})["description"] = definitions.read_text()
+    return result

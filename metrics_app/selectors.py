@@ -1,0 +1,342 @@
+"""Reads for the analytics API: every figure of docs/analytics.md, computed in the database.
+
+Event figures come from `ai_metrics` rows whose `timestamp` is in [start, end).
+Conversation figures come from conversations that *started* in [start, end)
+(their first event), so a conversation is counted once however long it runs;
+with event filters (model, intent, versions) only conversations with at least
+one matching event count. Percentiles are exact: PostgreSQL's percentile_cont,
+and the same linear interpolation in Python on SQLite.
+"""
+
+from __future__ import annotations
+
+import math
+import zoneinfo
+from collections import defaultdict
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+from typing import Any, Iterable
+
+from django.db import connection
+from django.db.models import Aggregate, Count, Exists, F, FloatField, OuterRef, Q, QuerySet, Sum
+from django.db.models.functions import ExtractHour, ExtractIsoWeekDay, Trunc
+
+from metrics_app.models import AIMetric, Conversation, CostBasis
+
+PERCENTILES = (("p50", 0.5), ("p95", 0.95), ("p99", 0.99))
+FAILED = Q(success_rate=0) | Q(response_type="error")
+UNPRICED = Q(cost_basis__in=[CostBasis.UNPRICED_CLIENT, CostBasis.UNPRICED_NONE])
+DIMENSIONS = {
+    "intent": "intent_detected",
+    "model": "model_name",
+    "response_type": "response_type",
+    "business": "business_id",
+    "prompt_version": "prompt_version",
+    "kb_version": "kb_version",
+}
+EVENT_FILTERS = {"model": "model_name", "intent": "intent_detected", "prompt_version": "prompt_version",
+                 "kb_version": "kb_version"}
+
+
+@dataclass(frozen=True)
+class Filters:
+    """What an analytics request asks about. `businesses` None means every business."""
+
+    businesses: frozenset[str] | None
+    start: datetime
+    end: datetime
+    tz: zoneinfo.ZoneInfo
+    model: str | None = None
+    intent: str | None = None
+    prompt_version: str | None = None
+    kb_version: str | None = None
+
+    @property
+    def event_filters(self) -> dict[str, str]:
+        return {field: getattr(self, name) for name, field in EVENT_FILTERS.items() if getattr(self, name)}
+
+
+class PercentileCont(Aggregate):
+    """PostgreSQL's exact, interpolated percentile of an ordered set."""
+
+    function = "percentile_cont"
+    template = "%(function)s(%(fraction)s) WITHIN GROUP (ORDER BY %(expressions)s)"
+    output_field = FloatField()
+
+    def __init__(self, expression: str, fraction: float, **extra: Any) -> None:
+        super().__init__(expression, fraction=repr(float(fraction)), **extra)
+
+
+def percentile(sorted_values: list[int], fraction: float) -> float | None:
+    """Linear interpolation between closest ranks, as percentile_cont does."""
+    if not sorted_values:
+        return None
+    position = fraction * (len(sorted_values) - 1)
+    low = math.floor(position)
+    high = min(low + 1, len(sorted_values) - 1)
+    return sorted_values[low] + (sorted_values[high] - sorted_values[low]) * (position - low)
+
+
+def events_in(filters: Filters) -> QuerySet[AIMetric]:
+    events = AIMetric.objects.filter(timestamp__gte=filters.start, timestamp__lt=filters.end)
+    if filters.businesses is not None:
+        events = events.filter(business_id__in=filters.businesses)
+    return events.filter(**filters.event_filters)
+
+
+def conversations_in(filters: Filters) -> QuerySet[Conversation]:
+    conversations = Conversation.objects.filter(first_at__gte=filters.start, first_at__lt=filters.end)
+    if filters.businesses is not None:
+        conversations = conversations.filter(business_id__in=filters.businesses)
+    if filters.event_filters:
+        matching = AIMetric.objects.filter(
+            business_id=OuterRef("business_id"), conversation_id=OuterRef("conversation_id"), **filters.event_filters
+        )
+        conversations = conversations.filter(Exists(matching))
+    return conversations
+
+
+def _event_aggregates() -> dict[str, Any]:
+    return {
+        "events": Count("id"),
+        "errors": Count("id", filter=FAILED),
+        "success_sum": Sum("success_rate"),
+        "latency_sum": Sum("response_time_ms"),
+        "latency_n": Count("response_time_ms"),
+        "tokens": Sum("tokens_used"),
+        "input_tokens": Sum("input_tokens"),
+        "output_tokens": Sum("output_tokens"),
+        "cost": Sum("cost_usd"),
+        "client_cost": Sum("api_cost_usd"),
+        "unpriced": Count("id", filter=UNPRICED),
+        "estimated": Count("id", filter=Q(cost_basis=CostBasis.ESTIMATED)),
+        "requested": Count("id", filter=Q(appointment_requested=True)),
+        "booked": Count("id", filter=Q(appointment_booked=True)),
+        "handoffs": Count("id", filter=Q(human_handoff_requested=True)),
+    }
+
+
+def _conversation_aggregates() -> dict[str, Any]:
+    return {
+        "conversations": Count("id"),
+        "conv_requested": Count("id", filter=Q(appointment_requested=True)),
+        "conv_booked": Count("id", filter=Q(appointment_booked=True)),
+        "conv_handoffs": Count("id", filter=Q(human_handoff_requested=True)),
+    }
+
+
+def _number(value: Any) -> float:
+    return float(value) if value is not None else 0.0
+
+
+def _ratio(numerator: Any, denominator: Any) -> float | None:
+    return float(numerator) / float(denominator) if denominator else None
+
+
+def _event_figures(row: dict[str, Any]) -> dict[str, Any]:
+    events = row["events"] or 0
+    return {
+        "events": events,
+        "errors": row["errors"] or 0,
+        "error_rate": _ratio(row["errors"], events),
+        "success_rate": _ratio(row["success_sum"], events),
+        "latency_mean_ms": _ratio(row["latency_sum"], row["latency_n"]),
+        "tokens": int(row["tokens"] or 0),
+        "input_tokens": int(row["input_tokens"] or 0),
+        "output_tokens": int(row["output_tokens"] or 0),
+        "cost_usd": _number(row["cost"]),
+        "client_cost_usd": _number(row["client_cost"]),
+        "unpriced_events": row["unpriced"] or 0,
+        "estimated_cost_events": row["estimated"] or 0,
+        "appointments_requested": row["requested"] or 0,
+        "appointments_booked": row["booked"] or 0,
+        "human_handoffs": row["handoffs"] or 0,
+    }
+
+
+def _conversation_figures(row: dict[str, Any], cost: float) -> dict[str, Any]:
+    conversations = row["conversations"] or 0
+    booked = row["conv_booked"] or 0
+    return {
+        "conversations": conversations,
+        "conversations_with_request": row["conv_requested"] or 0,
+        "conversations_booked": booked,
+        "conversations_handed_off": row["conv_handoffs"] or 0,
+        "appointment_request_rate": _ratio(row["conv_requested"], conversations),
+        "booking_rate": _ratio(booked, conversations),
+        "handoff_rate": _ratio(row["conv_handoffs"], conversations),
+        "cost_per_conversation_usd": _ratio(cost, conversations),
+        "cost_per_booked_appointment_usd": _ratio(cost, booked),
+    }
+
+
+def _grouped_percentiles(events: QuerySet[AIMetric], group: Any = None) -> dict[Any, dict[str, float | None]]:
+    """p50/p95/p99 of response_time_ms, per value of `group` (an expression), or overall under key None."""
+    with_latency = events.exclude(response_time_ms__isnull=True)
+    if connection.vendor == "postgresql":
+        aggregates = {name: PercentileCont("response_time_ms", fraction) for name, fraction in PERCENTILES}
+        if group is None:
+            return {None: with_latency.aggregate(**aggregates)}
+        rows = with_latency.annotate(group=group).values("group").annotate(**aggregates).order_by()
+        return {row.pop("group"): row for row in rows}
+    values: dict[Any, list[int]] = defaultdict(list)
+    if group is None:
+        values[None] = list(with_latency.values_list("response_time_ms", flat=True))
+    else:
+        for key, latency in with_latency.annotate(group=group).values_list("group", "response_time_ms"):
+            values[key].append(latency)
+    result = {}
+    for key, latencies in values.items():
+        latencies.sort()
+        result[key] = {name: percentile(latencies, fraction) for name, fraction in PERCENTILES}
+    return result
+
+
+def _no_percentiles() -> dict[str, None]:
+    return {name: None for name, _ in PERCENTILES}
+
+
+def summary(filters: Filters) -> dict[str, Any]:
+    events = events_in(filters)
+    figures = _event_figures(events.aggregate(**_event_aggregates()))
+    latency = _grouped_percentiles(events).get(None) or _no_percentiles()
+    figures.update({f"latency_{name}_ms": value for name, value in latency.items()})
+    figures.update(_conversation_figures(conversations_in(filters).aggregate(**_conversation_aggregates()),
+                                         figures["cost_usd"]))
+    return figures
+
+
+def funnel(filters: Filters) -> dict[str, Any]:
+    row = conversations_in(filters).aggregate(**_conversation_aggregates())
+    total = row["conversations"] or 0
+    steps = [
+        ("conversations", total),
+        ("appointment_requested", row["conv_requested"] or 0),
+        ("appointment_booked", row["conv_booked"] or 0),
+    ]
+    return {
+        "steps": [
+            {"step": name, "conversations": count, "share_of_conversations": _ratio(count, total)}
+            for name, count in steps
+        ],
+        "human_handoffs": row["conv_handoffs"] or 0,
+        "handoff_rate": _ratio(row["conv_handoffs"], total),
+        "booked_of_requested": _ratio(row["conv_booked"], row["conv_requested"]),
+    }
+
+
+BUCKET_LIMIT = 3000
+
+
+def local_bucket(moment: datetime, bucket: str, tz: zoneinfo.ZoneInfo) -> datetime:
+    """The start of the local hour or day holding `moment`, as a naive local time."""
+    local = moment.astimezone(tz).replace(tzinfo=None)
+    if bucket == "day":
+        return local.replace(hour=0, minute=0, second=0, microsecond=0)
+    return local.replace(minute=0, second=0, microsecond=0)
+
+
+def bucket_starts(filters: Filters, bucket: str) -> list[datetime]:
+    """Every local bucket that meets [start, end), as naive local times, in order."""
+    starts: list[datetime] = []
+    # Quarter hours are the finest step at which any zone's local hours begin.
+    step = timedelta(minutes=15) if bucket == "hour" else timedelta(hours=1)
+    moment = filters.start
+    while moment < filters.end:
+        local = local_bucket(moment, bucket, filters.tz)
+        if not starts or starts[-1] != local:
+            starts.append(local)
+        moment += step
+    last = local_bucket(filters.end - timedelta(microseconds=1), bucket, filters.tz)
+    if starts and starts[-1] != last:
+        starts.append(last)
+    return starts
+
+
+def _as_local_key(value: datetime, tz: zoneinfo.ZoneInfo) -> datetime:
+    return value.astimezone(tz).replace(tzinfo=None) if value.tzinfo else value
+
+
+def timeseries(filters: Filters, bucket: str) -> list[dict[str, Any]]:
+    kind = "day" if bucket == "day" else "hour"
+    trunc = Trunc("timestamp", kind, tzinfo=filters.tz)
+    events = events_in(filters)
+    rows = events.annotate(bucket=trunc).values("bucket").annotate(**_event_aggregates()).order_by()
+    by_bucket = {_as_local_key(row["bucket"], filters.tz): _event_figures(row) for row in rows}
+    latency = {
+        _as_local_key(key, filters.tz): value
+        for key, value in _grouped_percentiles(events, Trunc("timestamp", kind, tzinfo=filters.tz)).items()
+    }
+    conv_rows = (
+        conversations_in(filters)
+        .annotate(bucket=Trunc("first_at", kind, tzinfo=filters.tz))
+        .values("bucket")
+        .annotate(**_conversation_aggregates())
+        .order_by()
+    )
+    conversations = {_as_local_key(row["bucket"], filters.tz): row for row in conv_rows}
+    empty_events = _event_figures(defaultdict(lambda: None))
+    empty_conversations = defaultdict(lambda: None)
+    series = []
+    for start in bucket_starts(filters, kind):
+        figures = dict(by_bucket.get(start, empty_events))
+        figures.update({f"latency_{n}_ms": v for n, v in (latency.get(start) or _no_percentiles()).items()})
+        figures.update(_conversation_figures(conversations.get(start, empty_conversations), figures["cost_usd"]))
+        aware = start.replace(tzinfo=filters.tz)
+        series.append({"start": aware.isoformat(), **figures})
+    return series
+
+
+def breakdown(filters: Filters, dimension: str, limit: int) -> list[dict[str, Any]]:
+    field = DIMENSIONS[dimension]
+    events = events_in(filters)
+    aggregates = {**_event_aggregates(), "distinct_conversations": Count("conversation_id", distinct=True)}
+    rows = list(events.values(field).annotate(**aggregates).order_by("-events", field)[:limit])
+    latency = _grouped_percentiles(events, F(field))
+    result = []
+    for row in rows:
+        key = row[field]
+        figures = _event_figures(row)
+        figures.update({f"latency_{n}_ms": v for n, v in (latency.get(key) or _no_percentiles()).items()})
+        result.append({"key": key, "conversations": row["distinct_conversations"], **figures})
+    return result
+
+
+def peak_hours(filters: Filters) -> list[dict[str, Any]]:
+    rows = (
+        events_in(filters)
+        .annotate(
+            weekday=ExtractIsoWeekDay("timestamp", tzinfo=filters.tz),
+            hour=ExtractHour("timestamp", tzinfo=filters.tz),
+        )
+        .values("weekday", "hour")
+        .annotate(**_event_aggregates())
+        .order_by()
+    )
+    cells = {(row["weekday"], row["hour"]): row for row in rows}
+    empty = defaultdict(lambda: None)
+    result = []
+    for weekday in range(1, 8):
+        for hour in range(24):
+            figures = _event_figures(cells.get((weekday, hour), empty))
+            result.append({
+                "weekday": weekday,
+                "hour": hour,
+                "events": figures["events"],
+                "errors": figures["errors"],
+                "latency_mean_ms": figures["latency_mean_ms"],
+                "appointments_booked": figures["appointments_booked"],
+                "human_handoffs": figures["human_handoffs"],
+            })
+    return result
+
+
+def time_zone_of(business_ids: Iterable[str] | None) -> str:
+    """The default zone of one business's analytics; UTC over several."""
+    from metrics_app.models import Business
+
+    ids = list(business_ids or [])
+    if len(ids) != 1:
+        return "UTC"
+    return Business.objects.filter(pk=ids[0]).values_list("time_zone", flat=True).first() or "UTC"
+
