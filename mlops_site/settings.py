@@ -256,3 +256,28 @@ SPECTACULAR_SETTINGS = {
         "metrics_app.schema.add_chat_endpoints",
     ],
 }
+
+# --- documents_app (documents, the DVC pipeline and the knowledge base; README "Documents and the knowledge base")
+INSTALLED_APPS += ["django_q"]
+# The folder holding dvc.yaml, params.yaml and data/: uploads land under its raw folder, the worker runs
+# `dvc repro` there, and the search endpoint reads its knowledge base.
+DOCUMENTS_PIPELINE_ROOT = Path(envstr("DOCUMENTS_PIPELINE_ROOT") or BASE_DIR).resolve()
+# The largest document the admin accepts; the pipeline's own max_file_size_mb (params.yaml) also applies.
+DOCUMENTS_MAX_UPLOAD_MB = envint("DOCUMENTS_MAX_UPLOAD_MB", 10, minimum=1, maximum=500)
+# A pipeline run still going after this long is stopped and marked failed.
+DOCUMENTS_RUN_TIMEOUT_SECONDS = envint("DOCUMENTS_RUN_TIMEOUT_SECONDS", 3600, minimum=10)
+# django-q2 with the database as its queue, so no broker server is needed. One worker: runs go one at a time.
+Q_CLUSTER = {
+    "name": "documents",
+    "orm": "default",
+    "workers": 1,
+    "recycle": 50,
+    "timeout": DOCUMENTS_RUN_TIMEOUT_SECONDS + 60,
+    "retry": DOCUMENTS_RUN_TIMEOUT_SECONDS + 120,
+    "max_attempts": 1,
+    "catch_up": False,
+    "ack_failures": True,
+    "save_limit": 200,
+    "poll": envint("DOCUMENTS_WORKER_POLL_SECONDS", 1, minimum=1),
+    "label": "Background tasks",
+}

@@ -19,6 +19,7 @@ urlpatterns = [
     path("api/", include("metrics_app.api_urls")),
     path("api/schema/", SpectacularAPIView.as_view(), name="api-schema"),
     path("api/docs/", SpectacularSwaggerView.as_view(url_name="api-schema"), name="api-docs"),
+    path("api/knowledge-base/", include("documents_app.urls")),
     path("admin/", admin.site.urls),
 ]
 

@@ -1,0 +1,109 @@
+"""The knowledge base as the chat app reads it: its version and summary, and a search over its chunks."""
+
+from __future__ import annotations
+
+from django.conf import settings
+from rest_framework import exceptions, serializers, status
+from rest_framework.permissions import AllowAny
+from rest_framework.request import Request
+from rest_framework.response import Response
+from rest_framework.views import APIView
+
+from documents_app.embeddings import MethodUnavailable
+from documents_app.knowledge_base import KnowledgeBase, KnowledgeBaseMissing, current_knowledge_base
+from documents_app.pipeline import BUSINESS_ID, KB_PATH
+from metrics_app.auth import ApiKeyUser
+
+MAX_RESULTS = 20
+
+
+class KnowledgeBaseNotBuilt(exceptions.APIException):
+    status_code = status.HTTP_404_NOT_FOUND
+    default_detail = "No knowledge base has been built yet; run the document pipeline"
+
+
+class SearchUnavailable(exceptions.APIException):
+    status_code = status.HTTP_503_SERVICE_UNAVAILABLE
+    default_detail = "The knowledge base's embedding method is not installed on this server"
+
+
+class ScopeQuery(serializers.Serializer):
+    business_id = serializers.CharField(required=False, max_length=255)
+
+    def validate_business_id(self, value: str) -> str:
+        if not BUSINESS_ID.match(value):
+            raise serializers.ValidationError("letters, digits, '.', '_' and '-' only")
+        return value
+
+
+class SearchQuery(ScopeQuery):
+    q = serializers.CharField(max_length=500, trim_whitespace=True)
+    k = serializers.IntegerField(required=False, default=3, min_value=1, max_value=MAX_RESULTS)
+
+
+def business_in_scope(request: Request, requested: str | None) -> str | None:
+    """The business whose knowledge the caller may read; None means every business (agency keys, staff).
+
+    A business key reads only its own business; without a key (development
+    only) the caller names the business with ?business_id=.
+    """
+    user = request.user
+    if isinstance(user, ApiKeyUser):
+        key = user.key
+        if not key.can_read:
+            raise exceptions.PermissionDenied("This API key may not read the knowledge base (needs the read scope)")
+        if key.business_id is None:
+            return requested
+        if requested and requested != key.business_id:
+            raise exceptions.PermissionDenied(f"This API key may only read business {key.business_id!r}")
+        return key.business_id
+    if getattr(user, "is_authenticated", False) and getattr(user, "is_staff", False):
+        return requested
+    if not settings.MLOPS_ALLOW_ANONYMOUS_CHAT:
+        raise exceptions.NotAuthenticated("An API key is required")
+    if not requested:
+        raise exceptions.ValidationError({"business_id": ["required when no API key is sent"]})
+    return requested
+
+
+def _knowledge_base() -> KnowledgeBase:
+    try:
+        return current_knowledge_base(settings.DOCUMENTS_PIPELINE_ROOT / KB_PATH)
+    except KnowledgeBaseMissing as exc:
+        raise KnowledgeBaseNotBuilt(f"No knowledge base is available: {exc}") from None
+    except MethodUnavailable:
+        raise SearchUnavailable() from None
+
+
+class KnowledgeBaseView(APIView):
+    """GET /api/knowledge-base/: the current version (the chat app's `kb_version`) and what it holds."""
+
+    permission_classes = [AllowAny]
+
+    def get(self, request: Request) -> Response:
+        query = ScopeQuery(data=request.query_params)
+        query.is_valid(raise_exception=True)
+        business_id = business_in_scope(request, query.validated_data.get("business_id"))
+        return Response(_knowledge_base().summary(business_id))
+
+
+class KnowledgeBaseSearchView(APIView):
+    """GET /api/knowledge-base/search?q=...&k=3: the best chunks of one business, with scores and sources."""
+
+    permission_classes = [AllowAny]
+
+    def get(self, request: Request) -> Response:
+        query = SearchQuery(data=request.query_params)
+        query.is_valid(raise_exception=True)
+        data = query.validated_data
+        business_id = business_in_scope(request, data.get("business_id"))
+        if business_id is None:
+            raise exceptions.ValidationError({"business_id": ["name the business to search"]})
+        kb = _knowledge_base()
+        try:
+            results = kb.search(business_id, data["q"], data["k"])
+        except MethodUnavailable:
+            raise SearchUnavailable() from None
+        return Response(
+            {"version": kb.version, "business_id": business_id, "query": data["q"], "k": data["k"], "results": results}
+        )
