@@ -34,11 +34,12 @@ limit_request_fields = 100
 import shutil  # noqa: E402
 import tempfile  # noqa: E402
 
-from metrics_app import prometheus_files  # noqa: E402
-
 _own_metrics_dir = not os.environ.get("PROMETHEUS_MULTIPROC_DIR")
 if _own_metrics_dir:
     os.environ["PROMETHEUS_MULTIPROC_DIR"] = tempfile.mkdtemp(prefix="mlops-prometheus-")
+
+# prometheus_client picks its value store when first imported: only after the directory is set.
+from metrics_app import prometheus_files  # noqa: E402
 
 
 def on_starting(server):
