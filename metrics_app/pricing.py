@@ -153,7 +153,7 @@ def published_prices() -> list[dict[str, Any]]:
 _PRICED_FIELDS = ("id", "model_name", "timestamp", "tokens_used", "input_tokens", "output_tokens", "api_cost_usd")
 
 
-def reprice(events: Any, table: PriceTable, chunk: int = 2000) -> tuple[int, int]:
+def reprice(events: Any, table: PriceTable, chunk: int = 2000, progress: Any = None) -> tuple[int, int]:
     """Recompute cost_usd and cost_basis of the events in a queryset; (examined, changed).
 
     Walks the rows by id in chunks and writes only those whose figures change.
@@ -168,6 +168,8 @@ def reprice(events: Any, table: PriceTable, chunk: int = 2000) -> tuple[int, int
             return examined, changed
         last_id = rows[-1]["id"]
         examined += len(rows)
+        if progress is not None:
+            progress(len(rows))
         updates = []
         for row in rows:
             cost, basis = cost_of(row, table.price_for(row["model_name"], row["timestamp"]))
