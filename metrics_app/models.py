@@ -71,7 +71,13 @@ class AIMetric(models.Model):
 
     id = models.BigAutoField(primary_key=True)
     event_id = models.UUIDField(default=uuid.uuid4, help_text="Client-made id; a repeat is a duplicate.")
-    business = models.ForeignKey(Business, on_delete=models.PROTECT, db_column="business_id", related_name="events")
+    # No database-level foreign key: PostgreSQL checks one with a trigger per
+    # inserted row, which measured at nearly half of a 500-event batch insert.
+    # Ingest creates the Business row in the same transaction as its events
+    # (services.ensure_businesses), and PROTECT still guards deletes in Django.
+    business = models.ForeignKey(
+        Business, on_delete=models.PROTECT, db_column="business_id", related_name="events", db_constraint=False
+    )
     conversation_id = models.CharField(max_length=255, null=True, blank=True)
     session_id = models.CharField(max_length=255, null=True, blank=True)
 

@@ -2,13 +2,17 @@
 
 from __future__ import annotations
 
+import functools
+import itertools
 import logging
+import operator
+import time
 import uuid
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any, Callable, Iterable
 
-from django.db import IntegrityError, connection, transaction
+from django.db import connection, transaction
 from django.utils import timezone
 
 from metrics_app import conversations, pricing
@@ -53,14 +57,20 @@ class StoredOutcome:
     created: bool
 
 
-# Business ids this process has already seen in the database. A business is
-# never deleted while it has events (PROTECT), and a stale entry only costs one
-# retry (see _insert_events).
+# Business ids this process has created or seen in the database, forgotten now
+# and then so that a business deleted in the admin (only possible while it has
+# no events) is created again by its next event.
 _known_businesses: set[str] = set()
+_KNOWN_BUSINESSES_TTL = 300.0
+_known_since = time.monotonic()
 
 
 def ensure_businesses(business_ids: Iterable[str]) -> None:
     """Create a Business row for each id not yet known (display name = id)."""
+    global _known_since
+    if time.monotonic() - _known_since > _KNOWN_BUSINESSES_TTL:
+        _known_businesses.clear()
+        _known_since = time.monotonic()
     missing = {b for b in business_ids if b not in _known_businesses}
     if not missing:
         return
@@ -68,34 +78,42 @@ def ensure_businesses(business_ids: Iterable[str]) -> None:
     _known_businesses.update(missing)
 
 
-def _column_adapters() -> list[Callable[[Any], Any]]:
-    """Per-column conversions from Python values to what the driver takes."""
-    identity = lambda value: value  # noqa: E731
-    adapters = []
+def _row_values() -> Callable[[dict[str, Any]], tuple[Any, ...]]:
+    """A function from an event dict to its column values, as the database driver takes them."""
+    values = operator.itemgetter(*_COLUMNS)
+    if connection.vendor == "postgresql":
+        return values  # psycopg2 adapts UUID, aware datetime and Decimal itself
+    convert = []
     for name in _COLUMNS:
         model_field = AIMetric._meta.get_field("business" if name == "business_id" else name)
         if model_field.get_internal_type() in ("UUIDField", "DateTimeField"):
-            adapters.append(lambda value, f=model_field: f.get_db_prep_save(value, connection))
+            convert.append(lambda value, f=model_field: f.get_db_prep_save(value, connection))
         else:
-            adapters.append(identity)
-    return adapters
+            convert.append(None)
+    return lambda row: tuple(value if c is None else c(value) for c, value in zip(convert, values(row)))
 
 
-def _insert_events(rows: list[dict[str, Any]]) -> set[tuple[str, uuid.UUID]]:
-    """Insert rows, skipping (business_id, event_id) pairs that exist; return the pairs inserted."""
+@functools.lru_cache(maxsize=64)
+def _insert_sql(vendor: str, count: int) -> str:
     table = connection.ops.quote_name(AIMetric._meta.db_table)
     columns = ", ".join(connection.ops.quote_name(c) for c in _COLUMNS)
     placeholder = "(" + ", ".join(["%s"] * len(_COLUMNS)) + ")"
-    adapters = _column_adapters()
-    params: list[Any] = []
-    for row in rows:
-        params.extend(adapt(row[name]) for adapt, name in zip(adapters, _COLUMNS))
-    sql = (
-        f"INSERT INTO {table} ({columns}) VALUES {', '.join([placeholder] * len(rows))} "
+    return (
+        f"INSERT INTO {table} ({columns}) VALUES {', '.join([placeholder] * count)} "
         f"ON CONFLICT (business_id, event_id) DO NOTHING RETURNING business_id, event_id"
     )
+
+
+def _insert_events(rows: list[dict[str, Any]]) -> set[tuple[str, uuid.UUID]]:
+    """Insert rows with one statement, skipping (business_id, event_id) pairs that exist.
+
+    Returns the pairs inserted. One multi-row INSERT ... ON CONFLICT DO NOTHING
+    keeps a batch atomic and makes concurrent retries of the same event store
+    it once: the losers of the race see the conflict and insert nothing.
+    """
+    params = list(itertools.chain.from_iterable(map(_row_values(), rows)))
     with connection.cursor() as cursor:
-        cursor.execute(sql, params)
+        cursor.execute(_insert_sql(connection.vendor, len(rows)), params)
         returned = cursor.fetchall()
     return {
         (business_id, value if isinstance(value, uuid.UUID) else uuid.UUID(str(value)))
@@ -124,12 +142,7 @@ def record_events(events: list[dict[str, Any]]) -> list[StoredOutcome]:
             seen.add(key)
             fresh.append(event)
     if fresh:
-        try:
-            inserted = _store(fresh)
-        except IntegrityError:
-            # A business this process thought it knew is gone: learn again, once.
-            _known_businesses.clear()
-            inserted = _store(fresh)
+        inserted = _store(fresh)
     else:
         inserted = set()
 
