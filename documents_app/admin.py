@@ -15,11 +15,10 @@ from django.conf import settings
 from django.contrib import admin, messages
 from django.core.exceptions import PermissionDenied
 from django.db.models import QuerySet
-from django.http import HttpRequest, HttpResponse, HttpResponseRedirect
+from django.http import HttpRequest, HttpResponse, HttpResponseNotAllowed, HttpResponseRedirect
 from django.template.response import TemplateResponse
 from django.urls import path, reverse
 from django.utils.html import format_html
-from django.views.decorators.http import require_http_methods
 
 from documents_app import services
 from documents_app.models import Document, PipelineRun, PipelineStage
@@ -178,10 +177,11 @@ class PipelineRunAdmin(admin.ModelAdmin):
         return _run_view(self, request)
 
 
-@require_http_methods(["GET", "POST"])
 def _run_view(model_admin: PipelineRunAdmin, request: HttpRequest) -> HttpResponse:
     if not request.user.has_perm(RUN_PERMISSION):
         raise PermissionDenied
+    if request.method not in ("GET", "HEAD", "POST"):
+        return HttpResponseNotAllowed(["GET", "POST"])
     if request.method == "POST":
         stage = request.POST.get("stage", "")
         if stage not in PipelineStage.values:
