@@ -15,6 +15,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable
 
+import yaml
 from prometheus_client.parser import text_string_to_metric_families
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -116,22 +117,15 @@ def start_prometheus(tmp_path: Path, target: str, *, token: str | None = None) -
     from tests.pgserver import free_port
 
     port = free_port()
-    rules = tmp_path / "alerts.yml"
-    shutil.copy(DEPLOY / "prometheus" / "alerts.yml", rules)
-    job: dict[str, Any] = {
-        "job_name": "mlops-service",
-        "metrics_path": "/metrics",
-        "scrape_interval": "1s",
-        "scrape_timeout": "1s",
-        "static_configs": [{"targets": [target]}],
-    }
+    # The shipped configuration, pointed at the test service and scraping every second.
+    config = yaml.safe_load((DEPLOY / "prometheus" / "prometheus.yml").read_text())
+    config["global"].update(scrape_interval="1s", evaluation_interval="1s")
+    config["rule_files"] = [str(DEPLOY / "prometheus" / name) for name in config["rule_files"]]
+    (job,) = config["scrape_configs"]
+    job.update(scrape_interval="1s", scrape_timeout="1s")
+    job["static_configs"] = [{"targets": [target]}]
     if token:
         job["authorization"] = {"type": "Bearer", "credentials": token}
-    config = {
-        "global": {"scrape_interval": "1s", "evaluation_interval": "1s"},
-        "rule_files": [str(rules)],
-        "scrape_configs": [job],
-    }
     config_path = tmp_path / "prometheus.yml"
     config_path.write_text(json.dumps(config))  # JSON is YAML
     log_path = tmp_path / "prometheus.log"
