@@ -75,7 +75,9 @@ def ensure_businesses(business_ids: Iterable[str]) -> None:
     if not missing:
         return
     Business.objects.bulk_create([Business(id=b) for b in missing], ignore_conflicts=True)
-    _known_businesses.update(missing)
+    # Remember them only once they are committed: another thread of this
+    # process must not skip the insert and commit events before this one does.
+    transaction.on_commit(lambda: _known_businesses.update(missing))
 
 
 def _row_values() -> Callable[[dict[str, Any]], tuple[Any, ...]]:
