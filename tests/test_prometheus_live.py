@@ -173,3 +173,23 @@ def test_metrics_token_is_enforced_by_the_real_service(live_service):
     assert status == 200
     assert "mlops_ingest_events_total" in body
 
+
+
+def test_a_booking_recorded_later_through_the_api_moves_the_booked_counter_once(live_service, business, make_key):
+    _, raw_key = make_key(business, can_ingest=True)
+    auth = {"Authorization": f"Bearer {raw_key}"}
+    service = live_service(workers=2)
+    for n in range(3):
+        status, _, body = service.request(
+            "POST", "/track", event(business.id, n, conversation_id="conv-1", appointment_requested=n == 2), auth
+        )
+        assert status == 201, body
+    assert total(scrape(service), "appointments_booked_total", business_id=business.id) == 0
+
+    outcome = {"conversation_id": "conv-1", "appointment_booked": True}
+    for _ in range(2):  # a repeat records nothing new
+        status, _, body = service.request("POST", "/api/conversations/outcome", outcome, auth)
+        assert status == 200, body
+    booked_rows = AIMetric.objects.filter(business_id=business.id, appointment_booked=True).count()
+    for _ in range(4):
+        assert total(scrape(service), "appointments_booked_total", business_id=business.id) == booked_rows == 1

@@ -1,0 +1,111 @@
+"""Current totals per business, under the names of the Prometheus counters, without Prometheus."""
+
+from __future__ import annotations
+
+import json
+import urllib.error
+import urllib.request
+from collections import defaultdict
+from typing import Any
+
+from django.conf import settings
+from django.core.management.base import BaseCommand, CommandError, CommandParser
+from django.db import DatabaseError
+from django.db.models import Count, Q, Sum
+
+from metrics_app.models import AIMetric
+
+# Column -> the Prometheus sample it matches (summed by business_id).
+COLUMNS = {
+    "events": "ai_requests_total",
+    "failed": "ai_failed_replies_total",
+    "tokens": "ai_tokens_used_total",
+    "cost_usd": "ai_api_cost_usd_total",
+    "requested": "appointments_requested_total",
+    "booked": "appointments_booked_total",
+    "handoffs": "human_handoffs_total",
+}
+
+
+def totals_from_database(business_id: str | None) -> dict[str, dict[str, float]]:
+    """Totals over every stored event: what the counters hold when the service never restarted."""
+    rows = AIMetric.objects.all()
+    if business_id:
+        rows = rows.filter(business_id=business_id)
+    grouped = rows.values("business_id").order_by("business_id").annotate(
+        events=Count("id"),
+        failed=Count("id", filter=Q(success_rate=0) | Q(response_type="error")),
+        tokens=Sum("tokens_used"),
+        cost_usd=Sum("api_cost_usd"),
+        requested=Count("id", filter=Q(appointment_requested=True)),
+        booked=Count("id", filter=Q(appointment_booked=True)),
+        handoffs=Count("id", filter=Q(human_handoff_requested=True)),
+    )
+    return {
+        row["business_id"]: {column: float(row[column] or 0) for column in COLUMNS} for row in grouped
+    }
+
+
+def totals_from_metrics(url: str, token: str, business_id: str | None) -> dict[str, dict[str, float]]:
+    """Totals as the running service's /metrics reports them (since it started; labels bounded)."""
+    from prometheus_client.parser import text_string_to_metric_families
+
+    request = urllib.request.Request(url)
+    if token:
+        request.add_header("Authorization", f"Bearer {token}")
+    try:
+        with urllib.request.urlopen(request, timeout=10) as response:
+            text = response.read().decode()
+    except (urllib.error.URLError, OSError) as exc:
+        raise CommandError(f"could not read {url}: {exc}") from None
+    wanted = {sample: column for column, sample in COLUMNS.items()}
+    found: dict[str, dict[str, float]] = defaultdict(lambda: dict.fromkeys(COLUMNS, 0.0))
+    for family in text_string_to_metric_families(text):
+        for sample in family.samples:
+            column = wanted.get(sample.name)
+            business = sample.labels.get("business_id")
+            if column and business and (business_id is None or business == business_id):
+                found[business][column] += sample.value
+    return dict(sorted(found.items()))
+
+
+class Command(BaseCommand):
+    help = (
+        "Print the current totals per business (events, failed replies, tokens, cost, appointments, handoffs), "
+        "named as the Prometheus counters. By default from the database; with --url from a running service's "
+        "/metrics. Example: manage.py metrics_totals --url http://127.0.0.1:5000/metrics"
+    )
+
+    def add_arguments(self, parser: CommandParser) -> None:
+        parser.add_argument("--business", help="only this business_id")
+        parser.add_argument("--url", help="read a running service's /metrics instead of the database")
+        parser.add_argument("--json", action="store_true", help="print JSON instead of a table")
+
+    def handle(self, *args: Any, **options: Any) -> None:
+        business_id = options["business"]
+        if options["url"]:
+            totals = totals_from_metrics(options["url"], settings.MLOPS_METRICS_TOKEN, business_id)
+            source = options["url"]
+        else:
+            try:
+                totals = totals_from_database(business_id)
+            except DatabaseError as exc:
+                raise CommandError(f"could not read the database: {exc}") from None
+            source = "database"
+        if options["json"]:
+            self.stdout.write(json.dumps(totals, indent=2, sort_keys=True))
+        else:
+            self._table(totals)
+        events = sum(row["events"] for row in totals.values())
+        self.stderr.write(f"{len(totals)} businesses, {events:.0f} events in all (source: {source}).")
+
+    def _table(self, totals: dict[str, dict[str, float]]) -> None:
+        width = max([len("business_id"), *(len(b) for b in totals)])
+        header = f"{'business_id':<{width}}" + "".join(f"{column:>12}" for column in COLUMNS)
+        self.stdout.write(header)
+        self.stdout.write("-" * len(header))
+        for business, row in totals.items():
+            cells = "".join(
+                f"{row[c]:>12.6f}" if c == "cost_usd" else f"{row[c]:>12.0f}" for c in COLUMNS
+            )
+            self.stdout.write(f"{business:<{width}}{cells}")
