@@ -11,10 +11,13 @@ import os
 from mlops_site import settings as service_settings
 
 bind = f"{service_settings.HOST}:{service_settings.PORT}"
-# Sync workers: one request at a time each, so a slow database never piles
-# requests up inside one process. Ingest is short and mostly waits on the database.
 workers = int(os.environ.get("WEB_CONCURRENCY", multiprocessing.cpu_count() * 2))
-worker_class = "sync"
+# Threads per worker. Ingest mostly waits on the database (a round trip, a WAL
+# flush at commit), so a few threads per process keep more commits in flight
+# and let PostgreSQL flush them together; GUNICORN_THREADS=1 gives plain sync workers.
+threads = int(os.environ.get("GUNICORN_THREADS", "4"))
+worker_class = "gthread" if threads > 1 else "sync"
+keepalive = 5
 timeout = int(os.environ.get("GUNICORN_TIMEOUT", "30"))
 graceful_timeout = 10
 # Recycle workers now and then so a slow leak cannot grow without bound.

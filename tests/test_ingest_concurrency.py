@@ -14,7 +14,8 @@ CLIENTS = 8
 def test_eight_clients_retrying_the_same_events_at_once_store_each_event_once(live_service):
     service = live_service(workers=4)
     events = [
-        {"business_id": f"biz-{i % 2}", "event_id": str(uuid.uuid4()), "response_time_ms": 700 + i, "tokens_used": i}
+        {"business_id": f"biz-{i % 2}", "event_id": str(uuid.uuid4()), "conversation_id": f"conv-{i % 5}",
+         "response_time_ms": 700 + i, "tokens_used": i}
         for i in range(40)
     ]
     singles, batch_events = events[:20], events[20:]
