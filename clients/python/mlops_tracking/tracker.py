@@ -52,7 +52,7 @@ class TrackerStats:
     duplicates: int = 0  # already stored (a retry whose first answer was lost)
     rejected: int = 0  # refused by the service's validation
     refused: int = 0  # lost to a 4xx that a retry cannot fix (bad key, wrong business)
-    dropped: int = 0  # oldest events dropped because the queue was full
+    dropped: int = 0  # oldest events dropped because the queue was full (the newest are kept)
     abandoned: int = 0  # still queued when a shutdown flush gave up
     retries: int = 0  # requests that failed and were tried again
     last_error: str | None = None
@@ -258,16 +258,18 @@ class MetricsTracker:
             self.shutdown()
 
     def _enforce_bound(self) -> None:
-        over = len(self._queue) + self._in_flight - self.max_queue_size
+        # The batch in flight is not counted: memory stays under max_queue_size
+        # plus one batch, and when that batch comes back unsent it is the oldest
+        # and goes first, so what is kept is always the newest events.
+        over = len(self._queue) - self.max_queue_size
         if over <= 0:
             return
         if not self._stats.dropped:
             log.error("metrics queue full (%d events): dropping the oldest until the service answers",
                       self.max_queue_size)
-        # The oldest waiting events go first; the request in flight is left alone.
-        for _ in range(min(over, len(self._queue))):
+        for _ in range(over):
             self._queue.popleft()
-            self._stats.dropped += 1
+        self._stats.dropped += over
 
     def _take_batch(self) -> list[_Entry]:
         batch: list[_Entry] = []

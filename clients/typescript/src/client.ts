@@ -59,7 +59,7 @@ export interface TrackerOptions {
   batchSize?: number;
   /** How long an event may wait for a batch to fill. Default 1000 ms. */
   flushIntervalMs?: number;
-  /** Events kept while the service is away; past it the oldest are dropped. Default 10000. */
+  /** Events kept while the service is away (plus the batch in flight); past it the oldest are dropped. Default 10000. */
   maxQueueSize?: number;
   /** Abort one request after this long (then retry). Default 5000 ms. */
   requestTimeoutMs?: number;
@@ -306,15 +306,16 @@ export class MetricsTracker {
   }
 
   private enforceBound(): void {
-    const over = this.queue.length + this.inFlight - this.maxQueueSize;
+    // The batch in flight is not counted: memory stays under maxQueueSize plus
+    // one batch, and when that batch comes back unsent it is the oldest and
+    // goes first, so what is kept is always the newest events.
+    const over = this.queue.length - this.maxQueueSize;
     if (over <= 0) return;
-    // The oldest waiting events go first; the request in flight is left alone.
-    const dropped = Math.min(over, this.queue.length);
-    this.queue.splice(0, dropped);
+    this.queue.splice(0, over);
     if (this.counts.dropped === 0) {
       this.log("error", `metrics queue full (${this.maxQueueSize} events): dropping the oldest until the service answers`);
     }
-    this.counts.dropped += dropped;
+    this.counts.dropped += over;
   }
 
   private schedule(): void {

@@ -1,0 +1,102 @@
+"""Helpers for the client tests: building the TypeScript package, running a chat-app script, restarting the service."""
+
+from __future__ import annotations
+
+import functools
+import json
+import os
+import shutil
+import subprocess
+import sys
+import threading
+from pathlib import Path
+from typing import Any, Callable
+from unittest import mock
+
+import pytest
+
+from tests.conftest import ROOT, LiveService, require, stop_service
+
+TS_DIR = ROOT / "clients" / "typescript"
+PY_DIR = ROOT / "clients" / "python"
+if str(PY_DIR) not in sys.path:
+    sys.path.insert(0, str(PY_DIR))
+
+TURNS_PER_CONVERSATION = 5  # the scripted conversation in both chat-app scripts
+
+
+def have_node() -> bool:
+    return bool(shutil.which("node") and shutil.which("npm"))
+
+
+def run(command: list[str], cwd: Path, timeout: float = 300, env: dict[str, str] | None = None) -> str:
+    done = subprocess.run(command, cwd=cwd, env=env, capture_output=True, text=True, timeout=timeout)
+    if done.returncode != 0:
+        pytest.fail(f"{' '.join(command)} failed ({done.returncode}):\n{done.stdout[-4000:]}\n{done.stderr[-4000:]}")
+    return done.stdout
+
+
+@functools.cache
+def _build_typescript() -> None:
+    run(["npm", "ci", "--no-audit", "--no-fund"], TS_DIR)
+    run(["npm", "run", "pretest"], TS_DIR)
+
+
+@pytest.fixture
+def typescript_package() -> Path:
+    """The TypeScript client installed from its lock file and built, its fixture route type-checked (once a run)."""
+    require(have_node(), "Node.js and npm (the TypeScript client's tests)")
+    _build_typescript()
+    return TS_DIR
+
+
+def restart_on_same_port(service: LiveService, start: Callable[..., LiveService], **options: Any) -> LiveService:
+    """Stop a live service and start a new one on the same port and database."""
+    port = int(service.url.rsplit(":", 1)[1])
+    stop_service(service)
+    with mock.patch("tests.pgserver.free_port", return_value=port):
+        return start(**options)
+
+
+def client_env(service: LiveService, raw_key: str, **extra: str) -> dict[str, str]:
+    """The environment a deployed chat app has: the service URL and an ingest key, nothing else of ours."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("MLOPS_", "DJANGO_", "DATABASE_"))}
+    return {**env, "MLOPS_SERVICE_URL": service.url, "MLOPS_API_KEY": raw_key, **extra}
+
+
+def run_chat_app(
+    command: list[str],
+    cwd: Path,
+    env: dict[str, str],
+    on_pause: Callable[[str], None] | None = None,
+    timeout: float = 180,
+) -> dict[str, Any]:
+    """Run a chat-app script; at each PAUSED / SENT line call `on_pause`, then let it go on. Its final JSON line."""
+    process = subprocess.Popen(
+        command, cwd=cwd, env=env, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
+    )
+    watchdog = threading.Timer(timeout, process.kill)
+    watchdog.start()
+    last = ""
+    try:
+        assert process.stdout is not None and process.stdin is not None
+        for line in process.stdout:
+            line = line.strip()
+            if line in ("PAUSED", "SENT"):
+                if on_pause:
+                    on_pause(line)
+                process.stdin.write("go\n")
+                process.stdin.flush()
+            elif line:
+                last = line
+        process.wait()
+    finally:
+        watchdog.cancel()
+        if process.poll() is None:
+            process.kill()
+    stderr = process.stderr.read() if process.stderr else ""
+    assert process.returncode == 0, f"chat app exited with {process.returncode}:\n{stderr[-4000:]}"
+    try:
+        return json.loads(last)
+    except ValueError:
+        pytest.fail(f"chat app printed no summary; last line {last!r}\n{stderr[-4000:]}")
