@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from django.conf import settings
+from drf_spectacular.utils import OpenApiResponse, extend_schema
 from rest_framework import exceptions, serializers, status
 from rest_framework.permissions import AllowAny
 from rest_framework.request import Request
@@ -12,6 +13,7 @@ from rest_framework.views import APIView
 from documents_app.embeddings import MethodUnavailable
 from documents_app.knowledge_base import KnowledgeBase, KnowledgeBaseMissing, current_knowledge_base
 from documents_app.pipeline import BUSINESS_ID, KB_PATH
+from metrics_app.api import ErrorSerializer
 from metrics_app.auth import ApiKeyUser
 
 MAX_RESULTS = 20
@@ -39,6 +41,51 @@ class ScopeQuery(serializers.Serializer):
 class SearchQuery(ScopeQuery):
     q = serializers.CharField(max_length=500, trim_whitespace=True)
     k = serializers.IntegerField(required=False, default=3, min_value=1, max_value=MAX_RESULTS)
+
+
+class SummarySerializer(serializers.Serializer):
+    version = serializers.CharField(help_text="The knowledge-base version; the chat app sends it as `kb_version`.")
+    built_at = serializers.DateTimeField()
+    embedding = serializers.DictField(help_text="The embedding method (and model) the knowledge base was built with.")
+    params = serializers.DictField(help_text="The pipeline parameters of the build (params.yaml).")
+    business_id = serializers.CharField(required=False)
+    documents = serializers.ListField(child=serializers.CharField(), required=False)
+    chunks = serializers.IntegerField(required=False)
+    topics = serializers.DictField(child=serializers.IntegerField(), required=False)
+    businesses = serializers.DictField(required=False, help_text="Per business, for agency keys and staff.")
+
+
+class ResultSerializer(serializers.Serializer):
+    chunk_id = serializers.CharField()
+    score = serializers.FloatField(help_text="BM25 score or cosine similarity, by the method; higher is better.")
+    text = serializers.CharField()
+    source = serializers.CharField(help_text="The document, as a path inside the business's folder.")
+    section = serializers.CharField()
+    position = serializers.IntegerField(help_text="Order of the chunk in its document, from 0.")
+    topic = serializers.CharField()
+    also_in = serializers.ListField(child=serializers.DictField(), help_text="Near-duplicates merged into it.")
+
+
+class SearchResultsSerializer(serializers.Serializer):
+    version = serializers.CharField()
+    business_id = serializers.CharField()
+    query = serializers.CharField()
+    k = serializers.IntegerField()
+    results = ResultSerializer(many=True)
+
+
+ERRORS = {
+    code: OpenApiResponse(ErrorSerializer, description=meaning)
+    for code, meaning in {
+        400: "Invalid query; `errors` names each bad parameter (business_id is required without a key).",
+        401: "No API key where one is required, or an unknown, revoked or expired key.",
+        403: "The key lacks the read scope, or names a business other than its own.",
+        404: "No knowledge base has been built yet.",
+        405: "Method not allowed.",
+        429: "Too many requests for this key (with Retry-After).",
+        503: "The knowledge base's embedding method is not installed on this server.",
+    }.items()
+}
 
 
 def business_in_scope(request: Request, requested: str | None) -> str | None:
@@ -80,6 +127,12 @@ class KnowledgeBaseView(APIView):
 
     permission_classes = [AllowAny]
 
+    @extend_schema(
+        operation_id="knowledge_base", tags=["knowledge base"], parameters=[ScopeQuery],
+        responses={200: SummarySerializer, **ERRORS},
+        description="The current knowledge-base version and what it holds for the caller's business "
+        "(every business for agency keys and staff without `business_id`).",
+    )
     def get(self, request: Request) -> Response:
         query = ScopeQuery(data=request.query_params)
         query.is_valid(raise_exception=True)
@@ -92,6 +145,12 @@ class KnowledgeBaseSearchView(APIView):
 
     permission_classes = [AllowAny]
 
+    @extend_schema(
+        operation_id="knowledge_base_search", tags=["knowledge base"], parameters=[SearchQuery],
+        responses={200: SearchResultsSerializer, **ERRORS},
+        description="The `k` chunks of the caller's business that best answer `q`, best first, with their "
+        "scores and sources. Chunks that match nothing are left out, so fewer than `k` may come back.",
+    )
     def get(self, request: Request) -> Response:
         query = SearchQuery(data=request.query_params)
         query.is_valid(raise_exception=True)

@@ -156,3 +156,32 @@ def test_before_any_build_the_endpoints_answer_404_in_the_error_shape(api: Clien
 def test_writes_are_refused_with_405(api: Client, kb_root: Path) -> None:
     response = api.post("/api/knowledge-base/search?business_id=x&q=y", data="{}", content_type="application/json")
     assert response.status_code == 405 and set(response.json()) == {"error", "errors"}
+
+
+@pytest.mark.django_db
+def test_odd_query_strings_never_produce_a_server_error(api: Client, kb_root: Path) -> None:
+    from hypothesis import HealthCheck, given, settings as hypothesis_settings
+    from hypothesis import strategies as st
+
+    @hypothesis_settings(max_examples=60, deadline=None, database=None, suppress_health_check=list(HealthCheck))
+    @given(
+        q=st.one_of(st.none(), st.text(max_size=600)),
+        k=st.one_of(st.none(), st.text(max_size=6), st.integers(-5, 50).map(str)),
+        business_id=st.one_of(st.none(), st.just(SAMPLE), st.text(max_size=40)),
+    )
+    def check(q, k, business_id) -> None:  # type: ignore[no-untyped-def]
+        params = {name: value for name, value in (("q", q), ("k", k), ("business_id", business_id)) if value is not None}
+        response = api.get("/api/knowledge-base/search", params)
+        assert response.status_code in (200, 400), (params, response.content)
+        assert response["Content-Type"] == "application/json"
+
+    check()
+
+
+@pytest.mark.django_db
+def test_the_openapi_schema_documents_both_endpoints_and_their_errors(api: Client) -> None:
+    paths = api.get("/api/schema/", HTTP_ACCEPT="application/json").json()["paths"]
+    search = paths["/api/knowledge-base/search"]["get"]
+    assert {"q", "k", "business_id"} <= {p["name"] for p in search["parameters"]}
+    assert {"200", "400", "401", "403", "404"} <= set(search["responses"])
+    assert "/api/knowledge-base/" in paths
