@@ -1,0 +1,12 @@
+@echo off
+rem Windows: virtual environment, install, migrate, then serve with waitress
+rem (gunicorn does not run on Windows) on %HOST%:%PORT%, 127.0.0.1:5000 by default.
+cd /d "%~dp0"
+if not exist .venv\Scripts\python.exe (python -m venv .venv || exit /b 1)
+.venv\Scripts\python -m pip install --quiet -r requirements.txt || exit /b 1
+.venv\Scripts\python manage.py migrate --noinput || exit /b 1
+.venv\Scripts\python manage.py collectstatic --noinput --verbosity 0 || exit /b 1
+if "%PORT%"=="" set PORT=5000
+if "%HOST%"=="" set HOST=127.0.0.1
+echo Serving on http://%HOST%:%PORT%/ (admin at /admin/)
+.venv\Scripts\waitress-serve --listen=%HOST%:%PORT% mlops_site.wsgi:application
