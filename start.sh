@@ -5,31 +5,34 @@ set -euo pipefail
 cd "$(dirname "$0")"
 
 PYTHON="${PYTHON:-python3}"
-if ! command -v "$PYTHON" >/dev/null 2>&1; then
-    echo "start.sh: $PYTHON not found; install Python 3.10 or newer" >&2
-    exit 1
-fi
-if [ ! -x .venv/bin/python ]; then
-    echo "Creating the virtual environment in .venv"
-    "$PYTHON" -m venv .venv
+VENV="${MLOPS_VENV:-.venv}"   # where the virtual environment lives
+if [ ! -x "$VENV/bin/python" ]; then
+    if ! command -v "$PYTHON" >/dev/null 2>&1; then
+        echo "start.sh: $PYTHON not found; install Python 3.10 or newer" >&2
+        exit 1
+    fi
+    echo "Creating the virtual environment in $VENV"
+    "$PYTHON" -m venv "$VENV"
 fi
 echo "Installing requirements"
-.venv/bin/pip install --quiet --disable-pip-version-check -r requirements.txt
+"$VENV/bin/pip" install --quiet --disable-pip-version-check -r requirements.txt
 
 echo "Migrating the database"
-.venv/bin/python manage.py migrate --noinput
-.venv/bin/python manage.py collectstatic --noinput --verbosity 0
+"$VENV/bin/python" manage.py migrate --noinput
+"$VENV/bin/python" manage.py collectstatic --noinput --verbosity 0
 
 # Processes started here stop with the service.
 children=()
 cleanup() {
     for pid in "${children[@]}"; do kill "$pid" 2>/dev/null || true; done
 }
-trap cleanup EXIT INT TERM
+trap cleanup EXIT
+trap 'exit 130' INT
+trap 'exit 143' TERM
 
 # Background processes the service needs (pipeline worker) start here.
 
 echo "Serving with gunicorn (WEB_CONCURRENCY=${WEB_CONCURRENCY:-default}); admin at /admin/ (create a user with: .venv/bin/python manage.py createsuperuser)"
-.venv/bin/gunicorn mlops_site.wsgi --config gunicorn.conf.py &
+"$VENV/bin/gunicorn" mlops_site.wsgi --config gunicorn.conf.py &
 children+=($!)
 wait "${children[-1]}"
