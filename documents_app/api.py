@@ -43,7 +43,7 @@ class SearchQuery(ScopeQuery):
     k = serializers.IntegerField(required=False, default=3, min_value=1, max_value=MAX_RESULTS)
 
 
-class SummarySerializer(serializers.Serializer):
+class KnowledgeBaseSummarySerializer(serializers.Serializer):
     version = serializers.CharField(help_text="The knowledge-base version; the chat app sends it as `kb_version`.")
     built_at = serializers.DateTimeField()
     embedding = serializers.DictField(help_text="The embedding method (and model) the knowledge base was built with.")
@@ -55,7 +55,7 @@ class SummarySerializer(serializers.Serializer):
     businesses = serializers.DictField(required=False, help_text="Per business, for agency keys and staff.")
 
 
-class ResultSerializer(serializers.Serializer):
+class KnowledgeBaseChunkSerializer(serializers.Serializer):
     chunk_id = serializers.CharField()
     score = serializers.FloatField(help_text="BM25 score or cosine similarity, by the method; higher is better.")
     text = serializers.CharField()
@@ -66,12 +66,12 @@ class ResultSerializer(serializers.Serializer):
     also_in = serializers.ListField(child=serializers.DictField(), help_text="Near-duplicates merged into it.")
 
 
-class SearchResultsSerializer(serializers.Serializer):
+class KnowledgeBaseSearchSerializer(serializers.Serializer):
     version = serializers.CharField()
     business_id = serializers.CharField()
     query = serializers.CharField()
     k = serializers.IntegerField()
-    results = ResultSerializer(many=True)
+    results = KnowledgeBaseChunkSerializer(many=True)
 
 
 ERRORS = {
@@ -129,7 +129,7 @@ class KnowledgeBaseView(APIView):
 
     @extend_schema(
         operation_id="knowledge_base", tags=["knowledge base"], parameters=[ScopeQuery],
-        responses={200: SummarySerializer, **ERRORS},
+        responses={200: KnowledgeBaseSummarySerializer, **ERRORS},
         description="The current knowledge-base version and what it holds for the caller's business "
         "(every business for agency keys and staff without `business_id`).",
     )
@@ -147,7 +147,7 @@ class KnowledgeBaseSearchView(APIView):
 
     @extend_schema(
         operation_id="knowledge_base_search", tags=["knowledge base"], parameters=[SearchQuery],
-        responses={200: SearchResultsSerializer, **ERRORS},
+        responses={200: KnowledgeBaseSearchSerializer, **ERRORS},
         description="The `k` chunks of the caller's business that best answer `q`, best first, with their "
         "scores and sources. Chunks that match nothing are left out, so fewer than `k` may come back.",
     )
@@ -166,3 +166,8 @@ class KnowledgeBaseSearchView(APIView):
         return Response(
             {"version": kb.version, "business_id": business_id, "query": data["q"], "k": data["k"], "results": results}
         )
+
+
+@extend_schema(exclude=True)
+class KnowledgeBaseSearchSlashView(KnowledgeBaseSearchView):
+    """The same search at .../search/, left out of the schema so that it documents one operation."""
