@@ -358,3 +358,99 @@ class StaffBusinessAccess(models.Model):
 
     def __str__(self) -> str:
         return f"{self.user} may see {self.business_id}"
+
+
+ALL_BUSINESSES = "*"  # the business_id of rollup rows that sum every business
+
+
+class EventRollup(models.Model):
+    """Sums of the event figures per business and 15-minute UTC bucket, kept by ingest.
+
+    Every zone's local hours start on a quarter hour (UTC offsets are whole
+    multiples of 15 minutes), so hour and day buckets in any zone, including
+    +05:30, +05:45 and +08:45, are exact sums of these rows. Rows with
+    business_id "*" sum every business, so all-business figures read one row
+    per bucket. Only newly inserted events are added, so duplicates never count.
+    """
+
+    business_id = models.CharField(max_length=255)
+    bucket = models.DateTimeField(help_text="Start of the 15-minute UTC bucket.")
+    events = models.BigIntegerField(default=0)
+    errors = models.BigIntegerField(default=0)
+    success_sum = models.DecimalField(max_digits=20, decimal_places=4, default=0)
+    latency_sum = models.BigIntegerField(default=0)
+    latency_n = models.BigIntegerField(default=0)
+    tokens = models.BigIntegerField(default=0)
+    input_tokens = models.BigIntegerField(default=0)
+    output_tokens = models.BigIntegerField(default=0)
+    cost = models.DecimalField(max_digits=30, decimal_places=10, default=0)
+    client_cost = models.DecimalField(max_digits=30, decimal_places=10, default=0)
+    unpriced = models.BigIntegerField(default=0)
+    estimated = models.BigIntegerField(default=0)
+    requested = models.BigIntegerField(default=0)
+    booked = models.BigIntegerField(default=0)
+    handoffs = models.BigIntegerField(default=0)
+
+    class Meta:
+        db_table = "mlops_event_rollup"
+        constraints = [
+            # Also the index of every rollup read: WHERE business_id = %s AND bucket BETWEEN ...
+            models.UniqueConstraint(fields=["business_id", "bucket"], name="event_rollup_business_bucket_uniq"),
+        ]
+
+    def __str__(self) -> str:
+        return f"{self.business_id} @ {self.bucket:%Y-%m-%d %H:%M}: {self.events} events"
+
+
+class ConversationRollup(models.Model):
+    """Conversations per business and 15-minute UTC bucket of their first event, with their outcome flags.
+
+    Ingest moves a conversation to an earlier bucket when a late event turns
+    out to be its first, and adds a flag when an event or a recorded outcome
+    turns it on, so the counts stay exact.
+    """
+
+    business_id = models.CharField(max_length=255)
+    bucket = models.DateTimeField()
+    started = models.BigIntegerField(default=0)
+    requested = models.BigIntegerField(default=0)
+    booked = models.BigIntegerField(default=0)
+    handoffs = models.BigIntegerField(default=0)
+
+    class Meta:
+        db_table = "mlops_conversation_rollup"
+        constraints = [
+            # Also the index of the reads: WHERE business_id = %s AND bucket BETWEEN ...
+            models.UniqueConstraint(fields=["business_id", "bucket"], name="conv_rollup_business_bucket_uniq"),
+        ]
+
+    def __str__(self) -> str:
+        return f"{self.business_id} @ {self.bucket:%Y-%m-%d %H:%M}: {self.started} conversations"
+
+
+class LatencyRollup(models.Model):
+    """A mergeable latency sketch: event counts per logarithmic latency bin, per business and bucket.
+
+    Bin b >= 1 holds latencies in (g^(b-2), g^(b-1)] ms with g = 1.01/0.99, so
+    a bin's midpoint is within 1% of every latency in it; bin 0 holds 0 ms.
+    Kept for 15-minute buckets (time series, period edges) and UTC days (long
+    periods read 30 day rows instead of 2,880 quarter-hour rows).
+    """
+
+    business_id = models.CharField(max_length=255)
+    span_minutes = models.PositiveSmallIntegerField(help_text="15 or 1440.")
+    bucket = models.DateTimeField()
+    bin = models.PositiveSmallIntegerField()
+    count = models.BigIntegerField(default=0)
+
+    class Meta:
+        db_table = "mlops_latency_rollup"
+        constraints = [
+            # Also the index of the reads: WHERE business_id = %s AND span_minutes = %s AND bucket BETWEEN ...
+            models.UniqueConstraint(
+                fields=["business_id", "span_minutes", "bucket", "bin"], name="latency_rollup_uniq"
+            ),
+        ]
+
+    def __str__(self) -> str:
+        return f"{self.business_id} @ {self.bucket:%Y-%m-%d %H:%M}/{self.span_minutes}m bin {self.bin}: {self.count}"

@@ -32,6 +32,7 @@ from pathlib import Path
 from typing import Any, Iterable
 
 from django.conf import settings
+from django.db import transaction
 from django.db.models import Count, Max
 
 from metrics_app.models import CostBasis, ModelPrice
@@ -153,7 +154,9 @@ def published_prices() -> list[dict[str, Any]]:
 _PRICED_FIELDS = ("id", "model_name", "timestamp", "tokens_used", "input_tokens", "output_tokens", "api_cost_usd")
 
 
-def reprice(events: Any, table: PriceTable, chunk: int = 2000, progress: Any = None) -> tuple[int, int]:
+def reprice(
+    events: Any, table: PriceTable, chunk: int = 2000, progress: Any = None, update_rollups: bool = True
+) -> tuple[int, int]:
     """Recompute cost_usd and cost_basis of the events in a queryset; (examined, changed).
 
     Walks the rows by id in chunks and writes only those whose figures change.
@@ -163,7 +166,10 @@ def reprice(events: Any, table: PriceTable, chunk: int = 2000, progress: Any = N
     examined = changed = 0
     last_id = 0
     while True:
-        rows = list(events.filter(id__gt=last_id).order_by("id").values(*_PRICED_FIELDS, "cost_usd", "cost_basis")[:chunk])
+        rows = list(
+            events.filter(id__gt=last_id).order_by("id")
+            .values(*_PRICED_FIELDS, "business_id", "cost_usd", "cost_basis")[:chunk]
+        )
         if not rows:
             return examined, changed
         last_id = rows[-1]["id"]
@@ -171,12 +177,20 @@ def reprice(events: Any, table: PriceTable, chunk: int = 2000, progress: Any = N
         if progress is not None:
             progress(len(rows))
         updates = []
+        before, after = [], []
         for row in rows:
             cost, basis = cost_of(row, table.price_for(row["model_name"], row["timestamp"]))
             if cost != row["cost_usd"] or basis != row["cost_basis"]:
                 updates.append(model(id=row["id"], cost_usd=cost, cost_basis=basis))
+                before.append(row)
+                after.append({**row, "cost_usd": cost, "cost_basis": basis})
         if updates:
-            model.objects.bulk_update(updates, ["cost_usd", "cost_basis"], batch_size=500)
+            with transaction.atomic():
+                model.objects.bulk_update(updates, ["cost_usd", "cost_basis"], batch_size=500)
+                if update_rollups:
+                    from metrics_app import rollups
+
+                    rollups.replace_costs(before, after)
             changed += len(updates)
 
 

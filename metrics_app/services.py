@@ -15,7 +15,7 @@ from typing import Any, Callable, Iterable
 from django.db import connection, transaction
 from django.utils import timezone
 
-from metrics_app import conversations, pricing
+from metrics_app import conversations, pricing, rollups
 from metrics_app.models import AIMetric, ApiKey, Business
 from metrics_app.validation import FIELD_NAMES
 
@@ -170,7 +170,9 @@ def _store(rows: list[dict[str, Any]]) -> set[tuple[str, uuid.UUID]]:
         inserted = _insert_events(rows)
         if inserted:
             # Only the rows this statement inserted: a duplicate never counts twice.
-            conversations.apply_events([r for r in rows if (r["business_id"], r["event_id"]) in inserted])
+            new_rows = [r for r in rows if (r["business_id"], r["event_id"]) in inserted]
+            conversations.apply_events(new_rows)
+            rollups.add_events(new_rows)
         return inserted
 
 

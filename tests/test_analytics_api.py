@@ -36,10 +36,13 @@ def get(api, path: str, headers: dict[str, str], **params: Any):
     return api.get(path, {k: v for k, v in params.items() if v is not None}, headers=headers)
 
 
-def assert_figures(actual: dict[str, Any], expected: dict[str, Any]) -> None:
+def assert_figures(actual: dict[str, Any], expected: dict[str, Any], sketch: bool = False) -> None:
+    """Counts equal, sums to float precision; percentiles exact, or within the sketch's stated 1%."""
     for name, value in expected.items():
         if value is None or isinstance(value, int) and not isinstance(value, bool):
             assert actual[name] == value, name
+        elif sketch and name.startswith("latency_p"):
+            assert actual[name] == pytest.approx(value, rel=0.01), name
         else:
             assert actual[name] == pytest.approx(value, rel=1e-9, abs=1e-12), name
 
@@ -54,7 +57,7 @@ def test_summary_matches_the_raw_rows(api, agency, analytics_data, business_id):
     chosen = select(all_rows, START, NOW, businesses)
     assert chosen, "the fixture must put events in the period"
     expected = expected_event_figures(chosen)
-    assert_figures(summary, expected)
+    assert_figures(summary, expected, sketch=True)
     conversations = expected_conversations(all_rows, START, NOW, businesses)
     booked = sum(c["booked"] for c in conversations)
     assert summary["conversations"] == len(conversations)
@@ -117,7 +120,7 @@ def test_hourly_series_buckets_by_local_hours_of_odd_offset_zones(api, agency, a
         got[moment.replace(tzinfo=None)] = point
     assert sum(p["events"] for p in series) == len(chosen)
     for hour, events in by_hour.items():
-        assert_figures(got[hour], expected_event_figures(events))
+        assert_figures(got[hour], expected_event_figures(events), sketch=True)
     # Every hour of the period is there, empty ones with zero events.
     assert len(series) == len(set(got)) >= 72
 

@@ -14,7 +14,7 @@ def load_prices_and_backfill(apps, schema_editor):
         ModelPrice.objects.get_or_create(
             model_pattern=values["model_pattern"], valid_from=values["valid_from"], defaults=values
         )
-    pricing.reprice(AIMetric.objects.all(), pricing.table_from(ModelPrice.objects.all()))
+    pricing.reprice(AIMetric.objects.all(), pricing.table_from(ModelPrice.objects.all()), update_rollups=False)
 
     grouped = (
         AIMetric.objects.exclude(conversation_id__isnull=True).exclude(conversation_id="")
