@@ -208,7 +208,7 @@ def execute_run(run_id: int) -> PipelineRun | None:
 
 
 def sync_documents(embeddings_path: Path) -> int:
-    """Mirror the last processing report into Document rows (new files found on disk are listed too)."""
+    """Mirror the last processing report into Document rows: files found on disk are listed, vanished ones dropped."""
     report = _read_json(embeddings_path).get("documents", [])
     now = timezone.now()
     count = 0
@@ -234,4 +234,8 @@ def sync_documents(embeddings_path: Path) -> int:
             },
         )
         count += 1
+    # Files removed outside the admin (git, dvc checkout, by hand) leave the list too.
+    for document in Document.objects.only("pk", "path"):
+        if not (raw_dir() / document.path).exists():
+            document.delete()
     return count

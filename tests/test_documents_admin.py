@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import pytest
@@ -142,3 +143,30 @@ def test_a_finished_run_shows_its_status_times_log_parameters_metrics_and_versio
     page = _staff("viewer", "view_pipelinerun").get(f"/admin/documents_app/pipelinerun/{run.pk}/change/").content.decode()
     for expected in ("succeeded", "kb-0123456789ab", "Running stage", "min_text_length", "documents_processed", "4.2"):
         assert expected in page
+
+
+def test_after_a_run_the_list_shows_files_found_on_disk_and_drops_vanished_ones(root: Path, clinic: Business) -> None:
+    from documents_app.services import sync_documents
+
+    raw = root / "data/raw/business_documents"
+    (raw / "city-clinic").mkdir(parents=True)
+    (raw / "city-clinic/hours.txt").write_bytes(TEXT)
+    Document.objects.create(business=clinic, path="city-clinic/gone.pdf", name="gone.pdf", format="pdf", size_bytes=1)
+    report = root / "emb.json"
+    report.write_text(json.dumps({"documents": [
+        {"business_id": "new-biz", "source": "scan.pdf", "format": "pdf", "size_bytes": 10, "status": "skipped",
+         "reason": "encrypted", "detail": "the PDF needs a password", "chunks": 0},
+        {"business_id": "city-clinic", "source": "hours.txt", "format": "txt", "size_bytes": len(TEXT),
+         "status": "processed", "reason": "", "detail": "", "chunks": 1},
+    ]}))
+    (raw / "new-biz").mkdir()
+    (raw / "new-biz/scan.pdf").write_bytes(b"%PDF-1.7")
+
+    sync_documents(report)
+
+    listed = {d.path: (d.status, d.skip_reason, d.chunks) for d in Document.objects.all()}
+    assert listed == {
+        "new-biz/scan.pdf": ("skipped", "encrypted", 0),
+        "city-clinic/hours.txt": ("processed", "", 1),
+    }
+    assert Business.objects.filter(pk="new-biz").exists()

@@ -12,7 +12,7 @@ from typing import Any
 from django.core.management.base import BaseCommand, CommandError, CommandParser
 
 from documents_app import pipeline
-from documents_app.embeddings import METHODS, MethodUnavailable
+from documents_app.embeddings import METHODS, MethodUnavailable, get_method
 from documents_app.knowledge_base import parse_knowledge_base
 
 QUESTIONS = Path(__file__).resolve().parents[2] / "evaluation" / "techconsult_questions.json"
@@ -22,6 +22,9 @@ def evaluate(method: str, raw_dir: Path, questions: dict[str, Any], k: int = 3) 
     """Build a knowledge base with `method` from `raw_dir` in a scratch folder and ask every question."""
     process, update = pipeline.load_params()
     process = replace(process, embedding_method=method)
+    started = time.perf_counter()
+    get_method(method).embed(["warm up"])  # loading a model is start-up cost, measured apart from building
+    load_seconds = time.perf_counter() - started
     with tempfile.TemporaryDirectory() as scratch:
         root = Path(scratch)
         started = time.perf_counter()
@@ -32,7 +35,6 @@ def evaluate(method: str, raw_dir: Path, questions: dict[str, Any], k: int = 3) 
         pipeline.update_knowledge_base(root / "emb.json", root / "kb.json", root / "m2.json", update)
         kb = parse_knowledge_base(root / "kb.json")
     business = questions["business_id"]
-    kb.search(business, "warm up", k)  # the first query loads a model; that is start-up, not query time
     hits, misses, latencies = 0, [], []
     for item in questions["questions"]:
         started = time.perf_counter()
@@ -50,6 +52,7 @@ def evaluate(method: str, raw_dir: Path, questions: dict[str, Any], k: int = 3) 
         "hits": hits,
         "hit_rate": round(hits / len(questions["questions"]), 3),
         "chunks": processed["chunks"],
+        "load_seconds": round(load_seconds, 2),
         "build_seconds": round(build_seconds, 2),
         "chunks_per_second": round(processed["chunks"] / build_seconds, 1) if build_seconds else 0,
         "query_ms": round(1000 * sum(latencies) / len(latencies), 2),
@@ -86,7 +89,7 @@ class Command(BaseCommand):
         for row in rows:
             self.stdout.write(
                 f"{row['method']}: top-{options['k']} hit rate {row['hits']}/{row['questions']} "
-                f"({row['hit_rate']:.0%}), {row['chunks']} chunks built in {row['build_seconds']} s "
+                f"({row['hit_rate']:.0%}), loaded in {row['load_seconds']} s, {row['chunks']} chunks built in {row['build_seconds']} s "
                 f"({row['chunks_per_second']} chunks/s), {row['query_ms']} ms per query"
             )
             for missed in row["misses"]:
