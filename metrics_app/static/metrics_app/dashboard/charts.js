@@ -1,0 +1,192 @@
+/*
+ * Small SVG charts for the staff dashboard: lines, bars, stacked bars and a funnel.
+ *
+ * Every mark a chart draws carries the figure it stands for in data attributes
+ * (data-series, data-x, data-value), so what a person sees can be read back
+ * and checked against the API that supplied it.
+ */
+(function (global) {
+  "use strict";
+
+  const SVG_NS = "http://www.w3.org/2000/svg";
+  const PALETTE = ["#2f6db5", "#d9822b", "#2e9e6a", "#b8433e", "#7b5ea7", "#8c6d46", "#c55a9b", "#6b7b8c"];
+  const MARGIN = { top: 12, right: 16, bottom: 34, left: 64 };
+
+  function el(name, attrs, parent) {
+    const node = document.createElementNS(SVG_NS, name);
+    for (const [key, value] of Object.entries(attrs || {})) {
+      node.setAttribute(key, String(value));
+    }
+    if (parent) parent.appendChild(node);
+    return node;
+  }
+
+  function title(node, text) {
+    el("title", {}, node).textContent = text;
+  }
+
+  // The top of the y axis: four equal steps of 1, 2, 2.5 or 5 times a power of ten.
+  function niceMax(value) {
+    if (!(value > 0)) return 4;
+    const rough = value / 4;
+    const power = Math.pow(10, Math.floor(Math.log10(rough)));
+    for (const step of [1, 2, 2.5, 5, 10]) {
+      if (step * power >= rough) return 4 * step * power;
+    }
+    return 40 * power;
+  }
+
+  function frame(container, width, height) {
+    container.textContent = "";
+    const svg = el("svg", {
+      viewBox: `0 0 ${width} ${height}`, width: "100%", role: "img", class: "mlops-chart",
+      preserveAspectRatio: "xMidYMid meet",
+    }, container);
+    return svg;
+  }
+
+  function yAxis(svg, maxValue, innerWidth, innerHeight, format) {
+    const axis = el("g", { class: "axis axis-y", transform: `translate(${MARGIN.left},${MARGIN.top})` }, svg);
+    for (let i = 0; i <= 4; i += 1) {
+      const value = (maxValue * i) / 4;
+      const y = innerHeight - (innerHeight * i) / 4;
+      el("line", { x1: 0, x2: innerWidth, y1: y, y2: y, class: "grid" }, axis);
+      el("text", { x: -6, y: y + 4, "text-anchor": "end" }, axis).textContent = format(value);
+    }
+  }
+
+  function xAxis(svg, labels, xOf, innerHeight, formatLabel) {
+    const axis = el("g", { class: "axis axis-x", transform: `translate(${MARGIN.left},${MARGIN.top + innerHeight})` }, svg);
+    const every = Math.max(1, Math.ceil(labels.length / 8));
+    labels.forEach((label, i) => {
+      if (i % every !== 0) return;
+      el("text", { x: xOf(i), y: 18, "text-anchor": "middle" }, axis).textContent = formatLabel(label);
+    });
+  }
+
+  function legend(container, names) {
+    const list = document.createElement("ul");
+    list.className = "mlops-legend";
+    names.forEach((name, i) => {
+      const item = document.createElement("li");
+      const swatch = document.createElement("span");
+      swatch.className = "swatch";
+      swatch.style.background = PALETTE[i % PALETTE.length];
+      item.appendChild(swatch);
+      item.appendChild(document.createTextNode(name));
+      list.appendChild(item);
+    });
+    container.appendChild(list);
+  }
+
+  function empty(container, message) {
+    container.textContent = "";
+    const note = document.createElement("p");
+    note.className = "mlops-empty";
+    note.textContent = message || "No events in this period.";
+    container.appendChild(note);
+  }
+
+  /*
+   * Lines over a shared x axis. series: [{name, values: [number|null]}], one value per label.
+   * A null value (no events in that bucket) breaks the line and draws no point.
+   */
+  function lineChart(container, { labels, series, format, formatLabel, height = 240 }) {
+    if (!labels.length) return empty(container);
+    const width = 720;
+    const innerWidth = width - MARGIN.left - MARGIN.right;
+    const innerHeight = height - MARGIN.top - MARGIN.bottom;
+    const all = series.flatMap((s) => s.values.filter((v) => v !== null && v !== undefined));
+    const maxValue = niceMax(Math.max(0, ...all));
+    const xOf = (i) => (labels.length === 1 ? innerWidth / 2 : (innerWidth * i) / (labels.length - 1));
+    const yOf = (v) => innerHeight - (innerHeight * v) / maxValue;
+    const svg = frame(container, width, height);
+    yAxis(svg, maxValue, innerWidth, innerHeight, format);
+    xAxis(svg, labels, xOf, innerHeight, formatLabel);
+    const plot = el("g", { transform: `translate(${MARGIN.left},${MARGIN.top})` }, svg);
+    series.forEach((s, k) => {
+      const colour = PALETTE[k % PALETTE.length];
+      let d = "";
+      let pen = false;
+      s.values.forEach((v, i) => {
+        if (v === null || v === undefined) { pen = false; return; }
+        d += `${pen ? "L" : "M"}${xOf(i).toFixed(1)},${yOf(v).toFixed(1)}`;
+        pen = true;
+      });
+      el("path", { d, fill: "none", stroke: colour, "stroke-width": 2, class: "line" }, plot);
+      s.values.forEach((v, i) => {
+        if (v === null || v === undefined) return;
+        const point = el("circle", {
+          cx: xOf(i).toFixed(1), cy: yOf(v).toFixed(1), r: 3, fill: colour, class: "mark",
+          "data-series": s.name, "data-x": labels[i], "data-value": v,
+        }, plot);
+        title(point, `${s.name} ${formatLabel(labels[i])}: ${format(v)}`);
+      });
+    });
+    if (series.length > 1) legend(container, series.map((s) => s.name));
+  }
+
+  /*
+   * Bars, stacked when there are several series. series: [{name, values: [number]}].
+   */
+  function barChart(container, { labels, series, format, formatLabel, height = 240 }) {
+    if (!labels.length) return empty(container);
+    const width = 720;
+    const innerWidth = width - MARGIN.left - MARGIN.right;
+    const innerHeight = height - MARGIN.top - MARGIN.bottom;
+    const totals = labels.map((_, i) => series.reduce((sum, s) => sum + (s.values[i] || 0), 0));
+    const maxValue = niceMax(Math.max(0, ...totals));
+    const slot = innerWidth / labels.length;
+    const barWidth = Math.max(1, slot * 0.75);
+    const xOf = (i) => slot * i + slot / 2;
+    const svg = frame(container, width, height);
+    yAxis(svg, maxValue, innerWidth, innerHeight, format);
+    xAxis(svg, labels, xOf, innerHeight, formatLabel);
+    const plot = el("g", { transform: `translate(${MARGIN.left},${MARGIN.top})` }, svg);
+    labels.forEach((label, i) => {
+      let base = 0;
+      series.forEach((s, k) => {
+        const v = s.values[i] || 0;
+        const h = (innerHeight * v) / maxValue;
+        const bar = el("rect", {
+          x: (xOf(i) - barWidth / 2).toFixed(1), y: (innerHeight - base - h).toFixed(1),
+          width: barWidth.toFixed(1), height: h.toFixed(1), fill: PALETTE[k % PALETTE.length], class: "mark",
+          "data-series": s.name, "data-x": label, "data-value": s.values[i] === undefined ? 0 : s.values[i],
+        }, plot);
+        title(bar, `${s.name} ${formatLabel(label)}: ${format(v)}`);
+        base += h;
+      });
+    });
+    if (series.length > 1) legend(container, series.map((s) => s.name));
+  }
+
+  /*
+   * A funnel: one horizontal bar per step, its share of the first step written beside it.
+   * steps: [{name, value}]
+   */
+  function funnelChart(container, { steps, format }) {
+    if (!steps.length || !(steps[0].value > 0)) return empty(container);
+    const width = 720;
+    const rowHeight = 36;
+    const labelWidth = 200;
+    const barSpace = width - labelWidth - 120;
+    const svg = frame(container, width, rowHeight * steps.length + 8);
+    const first = steps[0].value;
+    steps.forEach((step, i) => {
+      const y = i * rowHeight + 4;
+      el("text", { x: labelWidth - 8, y: y + rowHeight / 2, "text-anchor": "end", class: "label" }, svg)
+        .textContent = step.name;
+      const w = Math.max(1, (barSpace * step.value) / first);
+      const bar = el("rect", {
+        x: labelWidth, y, width: w.toFixed(1), height: rowHeight - 10, fill: PALETTE[i % PALETTE.length],
+        class: "mark", "data-series": "funnel", "data-x": step.name, "data-value": step.value,
+      }, svg);
+      title(bar, `${step.name}: ${format(step.value)}`);
+      const share = ((100 * step.value) / first).toFixed(1);
+      el("text", { x: labelWidth + w + 6, y: y + rowHeight / 2, class: "label" }, svg)
+        .textContent = `${format(step.value)} (${share}%)`;
+    });
+  }
+
+  global.MlopsCharts = { lineChart, barChart, funnelChart, empty };
+})(window);

@@ -1,0 +1,197 @@
+/*
+ * The staff dashboard: asks the analytics API, with the staff member's session,
+ * for the filters the page shows, then charts the answers as they are.
+ * No figure is computed here beyond picking it out of an answer.
+ */
+(function () {
+  "use strict";
+
+  const TOP_INTENTS = 6;
+  const root = document.getElementById("mlops-dashboard");
+  if (!root) return;
+  const config = JSON.parse(document.getElementById("dashboard-config").textContent);
+  const status = document.getElementById("dashboard-status");
+  const charts = window.MlopsCharts;
+
+  const integer = new Intl.NumberFormat("en-US", { maximumFractionDigits: 0 });
+  const fmt = {
+    count: (v) => integer.format(v),
+    ms: (v) => `${integer.format(v)} ms`,
+    axisMs: (v) => integer.format(v),
+    usd: (v) => (v >= 100 ? `$${integer.format(v)}` : `$${Number(v).toFixed(v >= 1 ? 2 : 4)}`),
+    percent: (v) => `${(100 * v).toFixed(1)}%`,
+  };
+
+  function bucketLabel(iso) {
+    // Buckets start at local midnight or on the hour in the chosen time zone: show that wall time.
+    const local = iso.slice(0, 16).replace("T", " ");
+    return config.filters.bucket === "day" ? local.slice(5, 10) : local.slice(5, 16);
+  }
+
+  async function getJSON(url, params) {
+    const query = new URLSearchParams(params).toString();
+    const response = await fetch(`${url}?${query}`, {
+      credentials: "same-origin",
+      headers: { Accept: "application/json" },
+    });
+    let body = null;
+    try {
+      body = await response.json();
+    } catch (err) {
+      body = null;
+    }
+    if (!response.ok) {
+      const reason = body && body.error ? body.error : `HTTP ${response.status}`;
+      throw new Error(`${url}: ${reason}`);
+    }
+    return body;
+  }
+
+  // --- The API's answers, picked apart (the API docs at /api/docs/ define each figure).
+
+  function summaryFigures(answer) {
+    const s = answer.summary;
+    return {
+      events: s.events,
+      conversations: s.conversations,
+      success_rate: s.success_rate,
+      error_rate: s.error_rate,
+      p50: s.latency_p50_ms,
+      p95: s.latency_p95_ms,
+      cost: s.cost_usd,
+      cost_per_conversation: s.cost_per_conversation_usd,
+      bookings: s.conversations_booked,
+      cost_per_booking: s.cost_per_booked_appointment_usd,
+      handoff_rate: s.handoff_rate,
+    };
+  }
+
+  function buckets(answer) {
+    return answer.series || [];
+  }
+
+  // --- Drawing.
+
+  const KPIS = [
+    ["events", "Events", fmt.count, 1],
+    ["conversations", "Conversations", fmt.count, 1],
+    ["success_rate", "Success rate", fmt.percent, 1],
+    ["error_rate", "Failed replies", fmt.percent, -1],
+    ["p50", "Latency p50", fmt.ms, -1],
+    ["p95", "Latency p95", fmt.ms, -1],
+    ["cost", "Cost", fmt.usd, -1],
+    ["cost_per_conversation", "Cost / conversation", fmt.usd, -1],
+    ["bookings", "Conversations booked", fmt.count, 1],
+    ["cost_per_booking", "Cost / booked appointment", fmt.usd, -1],
+    ["handoff_rate", "Handoff rate", fmt.percent, -1],
+  ];
+
+  function drawKpis(current, previous) {
+    const box = document.getElementById("kpis");
+    box.textContent = "";
+    for (const [key, name, format, better] of KPIS) {
+      const value = current[key];
+      const card = document.createElement("div");
+      card.className = "mlops-kpi";
+      card.dataset.kpi = key;
+      card.dataset.value = value === null || value === undefined ? "" : value;
+      const label = document.createElement("div");
+      label.className = "name";
+      label.textContent = name;
+      const figure = document.createElement("div");
+      figure.className = "value";
+      figure.textContent = value === null || value === undefined ? "n/a" : format(value);
+      const change = document.createElement("div");
+      change.className = "change";
+      const before = previous[key];
+      if (value !== null && value !== undefined && before !== null && before !== undefined && before !== 0) {
+        const delta = (value - before) / Math.abs(before);
+        change.textContent = `${delta >= 0 ? "+" : ""}${(100 * delta).toFixed(1)}% vs previous period`;
+        if (Math.abs(delta) >= 0.005) change.classList.add(delta * better > 0 ? "up" : "down");
+      } else {
+        change.textContent = "no previous figure";
+      }
+      card.append(label, figure, change);
+      box.appendChild(card);
+    }
+  }
+
+  function drawSeries(series) {
+    const rows = buckets(series);
+    const labels = rows.map((row) => row.start);
+    const base = { labels, formatLabel: bucketLabel };
+    charts.barChart(document.getElementById("chart-volume"), {
+      ...base, format: fmt.count,
+      series: [{ name: "events", values: rows.map((row) => row.events) }],
+    });
+    const volume = document.getElementById("chart-volume");
+    const conversations = document.createElement("div");
+    volume.appendChild(conversations);
+    charts.lineChart(conversations, {
+      ...base, format: fmt.count, height: 160,
+      series: [{ name: "conversations", values: rows.map((row) => row.conversations) }],
+    });
+    charts.lineChart(document.getElementById("chart-latency"), {
+      ...base, format: fmt.axisMs,
+      series: ["p50", "p95", "p99"].map((key) => ({ name: key, values: rows.map((row) => row[`latency_${key}_ms`]) })),
+    });
+    charts.barChart(document.getElementById("chart-cost"), {
+      ...base, format: fmt.usd,
+      series: [{ name: "cost_usd", values: rows.map((row) => row.cost_usd) }],
+    });
+  }
+
+  function drawFunnel(answer) {
+    const funnel = answer.funnel;
+    charts.funnelChart(document.getElementById("chart-funnel"), {
+      format: fmt.count,
+      steps: [
+        ...funnel.steps.map((step) => ({ name: step.step, value: step.conversations })),
+        { name: "human_handoffs", value: funnel.human_handoffs },
+      ],
+    });
+  }
+
+  async function drawIntents(params) {
+    // The busiest intents of the period, each charted from the time series filtered to it.
+    const breakdown = await getJSON(config.api.intents, { ...params, limit: TOP_INTENTS + 1 });
+    const top = breakdown.rows.map((row) => row.key).filter((key) => key !== null).slice(0, TOP_INTENTS);
+    const container = document.getElementById("chart-intents");
+    if (!top.length) return charts.empty(container);
+    const answers = await Promise.all(top.map((intent) => getJSON(config.api.timeseries, { ...params, intent })));
+    charts.barChart(container, {
+      labels: buckets(answers[0]).map((row) => row.start), formatLabel: bucketLabel, format: fmt.count,
+      series: top.map((intent, i) => ({ name: intent, values: buckets(answers[i]).map((row) => row.events) })),
+    });
+  }
+
+  async function load() {
+    const params = config.params;
+    try {
+      const [summary, previous, series, funnel] = await Promise.all([
+        getJSON(config.api.summary, params),
+        getJSON(config.api.summary, config.previous),
+        getJSON(config.api.timeseries, params),
+        getJSON(config.api.funnel, params),
+      ]);
+      drawKpis(summaryFigures(summary), summaryFigures(previous));
+      drawSeries(series);
+      drawFunnel(funnel);
+      await drawIntents(params);
+      status.textContent = `Figures for ${config.filters.label}, ${config.filters.business_id || "all businesses"}, `
+        + `from ${config.params.start} to ${config.params.end} (${config.filters.tz}).`;
+      root.dataset.state = "ready";
+    } catch (err) {
+      status.textContent = `The figures could not be loaded: ${err.message}`;
+      root.dataset.state = "error";
+    }
+  }
+
+  // Picking dates means a custom period.
+  const form = document.getElementById("dashboard-filters");
+  for (const input of form.querySelectorAll('input[type="date"]')) {
+    input.addEventListener("change", () => { form.elements.period.value = "custom"; });
+  }
+
+  load();
+})();
