@@ -32,16 +32,14 @@ from django_prometheus.middleware import PrometheusAfterMiddleware
 from prometheus_client import (
     CONTENT_TYPE_LATEST,
     REGISTRY,
-    CollectorRegistry,
     Counter,
     Histogram,
     disable_created_metrics,
     generate_latest,
 )
-from prometheus_client.multiprocess import MultiProcessCollector
 
 from metrics_app.errors import error_response
-from metrics_app.prometheus_files import directory_lock
+from metrics_app.prometheus_exposition import render_directory
 
 logger = logging.getLogger(__name__)
 
@@ -310,22 +308,12 @@ def multiprocess_dir() -> str | None:
     return os.environ.get("PROMETHEUS_MULTIPROC_DIR") or None
 
 
-class LockedMultiProcessCollector(MultiProcessCollector):
-    """Reads every worker's files under the directory lock, so a scrape never sees a fold half done."""
-
-    def collect(self):  # type: ignore[no-untyped-def]
-        with directory_lock(self._path, exclusive=False):
-            return list(super().collect())
-
-
 def render_metrics() -> bytes:
     """The text exposition of every metric, summed over all worker processes."""
     path = multiprocess_dir()
     if path is None:
         return generate_latest(REGISTRY)
-    registry = CollectorRegistry()
-    LockedMultiProcessCollector(registry, path=path)
-    return generate_latest(registry)
+    return render_directory(path)
 
 
 def _token_accepted(request: HttpRequest, token: str) -> bool:

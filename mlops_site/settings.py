@@ -208,6 +208,10 @@ _PROMETHEUS_ENGINES = {
     "django.db.backends.postgresql": "django_prometheus.db.backends.postgresql",
 }
 DATABASES["default"]["ENGINE"] = _PROMETHEUS_ENGINES[DATABASES["default"]["ENGINE"]]
+# gunicorn.conf.py makes a private PROMETHEUS_MULTIPROC_DIR when none is given; a given one must exist
+# before the first metric is made, in every process that reads these settings.
+if envstr("PROMETHEUS_MULTIPROC_DIR"):
+    Path(envstr("PROMETHEUS_MULTIPROC_DIR")).mkdir(parents=True, exist_ok=True)
 # When set, GET /metrics needs "Authorization: Bearer <token>".
 MLOPS_METRICS_TOKEN = envstr("MLOPS_METRICS_TOKEN")
 if MLOPS_METRICS_TOKEN and len(MLOPS_METRICS_TOKEN) < 16:
