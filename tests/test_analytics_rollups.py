@@ -119,3 +119,35 @@ def test_daily_series_in_a_45_minute_zone_sums_quarter_hours_exactly(api, agency
     counts = Counter(r["timestamp"].astimezone(ZoneInfo("Australia/Eucla")).date().isoformat()
                      for r in select(rows(), NOW - timedelta(days=12), NOW))
     assert {p["start"][:10]: p["events"] for p in series if p["events"]} == dict(counts)
+
+
+def test_an_hourly_series_with_partial_quarter_hours_is_exact_per_local_hour(api, agency, analytics_data):
+    from collections import defaultdict
+
+    from tests.analytics_fixtures import local_hour
+
+    tz = "Asia/Kathmandu"
+    start = NOW - timedelta(days=4, minutes=4, seconds=1)
+    end = NOW - timedelta(hours=7, minutes=38)
+    params = {"start": start.isoformat(), "end": end.isoformat(), "bucket": "hour", "tz": tz}
+    series = api.get("/api/analytics/timeseries", params, headers=agency).json()["series"]
+    by_hour = defaultdict(list)
+    for r in select(rows(), start, end):
+        by_hour[local_hour(r["timestamp"], tz)].append(r)
+    got = {datetime_from(p["start"]): p for p in series}
+    assert sum(p["events"] for p in series) == sum(len(v) for v in by_hour.values())
+    for hour, events in by_hour.items():
+        expected = expected_event_figures(events)
+        point = got[hour]
+        assert (point["events"], point["errors"], point["tokens"]) == (
+            expected["events"], expected["errors"], expected["tokens"]
+        )
+        assert point["cost_usd"] == pytest.approx(expected["cost_usd"], rel=1e-9)
+        for name in ("latency_p50_ms", "latency_p95_ms", "latency_p99_ms"):
+            assert point[name] == pytest.approx(expected[name], rel=0.01), (hour, name)
+
+
+def datetime_from(text: str):
+    from datetime import datetime
+
+    return datetime.fromisoformat(text).replace(tzinfo=None)
