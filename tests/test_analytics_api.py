@@ -257,3 +257,16 @@ def test_an_unknown_breakdown_dimension_is_a_404(api, agency, db):
     response = get(api, "/api/analytics/breakdown/colour", agency)
     assert response.status_code == 404
     assert response.json()["error"]
+
+
+def test_a_series_without_percentiles_keeps_every_other_figure(api, agency, analytics_data):
+    params = {**PERIOD, "bucket": "hour", "tz": "Asia/Kolkata"}
+    full = get(api, "/api/analytics/timeseries", agency, **params).json()["series"]
+    lean = get(api, "/api/analytics/timeseries", agency, percentiles="false", **params).json()["series"]
+    assert len(full) == len(lean)
+    assert any(p["latency_p95_ms"] is not None for p in full)
+    for a, b in zip(full, lean):
+        assert b["latency_p50_ms"] is None and b["latency_p95_ms"] is None
+        assert {k: v for k, v in a.items() if not k.startswith("latency_p")} == {
+            k: v for k, v in b.items() if not k.startswith("latency_p")
+        }
