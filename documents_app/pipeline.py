@@ -157,7 +157,10 @@ def _process_one(
 ) -> DocumentResult:
     relative = path.relative_to(raw_dir)
     fmt = format_of(path)
-    size = path.stat().st_size
+    try:
+        size = path.stat().st_size
+    except OSError as exc:  # a dangling symlink, a file removed during the run
+        return DocumentResult("", relative.as_posix(), fmt, 0, "skipped", SkipReason.CORRUPT, f"cannot read: {exc}")
     if len(relative.parts) < 2 or not BUSINESS_ID.match(relative.parts[0]):
         return DocumentResult(
             "", relative.as_posix(), fmt, size, "skipped", SkipReason.NO_BUSINESS_FOLDER,
@@ -172,7 +175,11 @@ def _process_one(
         result.reason = SkipReason.UNSUPPORTED_FORMAT
         result.detail = f".{fmt} is not one of {', '.join(params.supported_formats)}" if fmt else "no file extension"
         return result
-    data = path.read_bytes()
+    try:
+        data = path.read_bytes()
+    except OSError as exc:
+        result.reason, result.detail = SkipReason.CORRUPT, f"cannot read: {exc}"
+        return result
     result.sha256 = hashlib.sha256(data).hexdigest()
     cache_key = _digest(PIPELINE_VERSION, result.sha256, fmt, params.max_chunk_chars, params.embedding_method)
     cache_file = cache_dir / cache_key[:2] / f"{cache_key}.json"
@@ -185,8 +192,13 @@ def _process_one(
             cached = None
     if cached is None:
         try:
-            sections = read_sections(data, fmt)
-            chunks = chunk_sections(sections, params.max_chunk_chars)
+            chunks = chunk_sections(read_sections(data, fmt), params.max_chunk_chars)
+        except UnreadableDocument as exc:
+            cached = {"reason": exc.reason, "detail": exc.detail}
+        except Exception as exc:  # parsers of untrusted files fail in many ways; one file never stops the run
+            cached = {"reason": SkipReason.CORRUPT, "detail": f"{type(exc).__name__}: {exc}"[:300]}
+        else:
+            # Embedding errors (a missing optional package) stop the stage: they are not the file's fault.
             embeddings = embed([f"{c.section}\n{c.text}" if c.section else c.text for c in chunks])
             cached = {
                 "chunks": [
@@ -194,8 +206,6 @@ def _process_one(
                     for c, e in zip(chunks, embeddings, strict=True)
                 ]
             }
-        except UnreadableDocument as exc:
-            cached = {"reason": exc.reason, "detail": exc.detail}
         _write_json(cache_file, cached)
     if "reason" in cached:
         result.reason, result.detail = cached["reason"], cached["detail"]

@@ -171,3 +171,41 @@ def test_bad_parameters_stop_the_stage_with_a_clear_message(tmp_path: Path) -> N
         pipeline.load_params(params)
     assert "unknown embedding method 'magic'" in str(caught.value)
     assert "similarity_threshold must be in (0, 1]" in str(caught.value)
+
+
+def test_a_parser_crash_on_one_file_skips_that_file_as_corrupt(ws: Workspace, monkeypatch) -> None:  # type: ignore[no-untyped-def]
+    from documents_app import readers
+
+    def explode(data: bytes):  # type: ignore[no-untyped-def]
+        raise RecursionError("maximum recursion depth exceeded in a crafted file")
+
+    monkeypatch.setitem(readers.READERS, "pdf", explode)
+    make_pdf(ws.raw / "clinic/crafted.pdf", [("Services", BODY)])
+    ws.add("clinic/info.txt", "Services\n" + BODY)
+    metrics = ws.process()
+    docs = ws.documents()
+    assert docs["clinic/crafted.pdf"]["reason"] == "corrupt" and "RecursionError" in docs["clinic/crafted.pdf"]["detail"]
+    assert docs["clinic/info.txt"]["status"] == "processed" and metrics["documents_processed"] == 1
+
+
+def test_a_missing_embedding_package_stops_the_command_with_a_clear_message(tmp_path: Path, monkeypatch) -> None:  # type: ignore[no-untyped-def]
+    from django.core.management import call_command
+    from django.core.management.base import CommandError
+
+    from documents_app import embeddings
+
+    def unavailable(self, texts):  # type: ignore[no-untyped-def]
+        raise embeddings.MethodUnavailable("the minilm method needs the packages of requirements-semantic.txt")
+
+    monkeypatch.setattr(embeddings.MiniLmMethod, "embed", unavailable)
+    (tmp_path / "raw/clinic").mkdir(parents=True)
+    (tmp_path / "raw/clinic/info.txt").write_text("Services\n" + BODY)
+    params = tmp_path / "params.yaml"
+    params.write_text("process_documents:\n  embedding_method: minilm\n")
+    with pytest.raises(CommandError, match="requirements-semantic.txt"):
+        call_command(
+            "process_documents", "--params", str(params), "--raw-dir", str(tmp_path / "raw"),
+            "--output", str(tmp_path / "emb.json"), "--metrics", str(tmp_path / "m.json"),
+            "--cache-dir", str(tmp_path / "cache"),
+        )
+    assert not (tmp_path / "emb.json").exists()

@@ -10,6 +10,7 @@ from django.core.management.base import BaseCommand, CommandError, CommandParser
 from tqdm import tqdm
 
 from documents_app import pipeline
+from documents_app.embeddings import MethodUnavailable
 
 
 class Command(BaseCommand):
@@ -37,7 +38,7 @@ class Command(BaseCommand):
             metrics = pipeline.process_documents(
                 options["raw_dir"], options["output"], options["metrics"], params, options["cache_dir"], progress
             )
-        except pipeline.PipelineError as exc:
+        except (pipeline.PipelineError, MethodUnavailable) as exc:
             raise CommandError(str(exc)) from None
         skipped = ", ".join(f"{n} {reason}" for reason, n in metrics["skipped_by_reason"].items()) or "none"
         self.stdout.write(
