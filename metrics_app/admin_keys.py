@@ -12,6 +12,7 @@ from django.template.response import TemplateResponse
 from django.utils import timezone
 
 from metrics_app import services
+from metrics_app.admin_scope import visible_business_ids, visible_businesses, visible_rows
 from metrics_app.models import ApiKey, Business
 
 
@@ -40,7 +41,8 @@ class BusinessAdmin(admin.ModelAdmin):
         usable = Q(api_keys__revoked_at__isnull=True) & (
             Q(api_keys__expires_at__isnull=True) | Q(api_keys__expires_at__gt=now)
         )
-        return super().get_queryset(request).annotate(_active_keys=Count("api_keys", filter=usable))
+        businesses = visible_rows(request.user, super().get_queryset(request), "id")
+        return businesses.annotate(_active_keys=Count("api_keys", filter=usable))
 
     @admin.display(description="active keys", ordering="_active_keys")
     def active_keys(self, obj: Business) -> int:
@@ -77,6 +79,19 @@ class ApiKeyAdmin(admin.ModelAdmin):
     search_fields = ("name", "prefix", "business__id", "business__name")
     readonly_fields = ("prefix", "created_at", "created_by", "last_used_at", "revoked_at")
     actions = ["revoke_selected"]
+
+    def get_queryset(self, request: HttpRequest) -> QuerySet[ApiKey]:
+        # Staff limited to some businesses see those businesses' keys, and no agency key.
+        keys = super().get_queryset(request)
+        visible = visible_business_ids(request.user)
+        return keys if visible is None else keys.filter(business_id__in=visible)
+
+    def formfield_for_foreignkey(self, db_field: Any, request: HttpRequest, **kwargs: Any) -> Any:
+        if db_field.name == "business" and visible_business_ids(request.user) is not None:
+            # A limited staff member may not make an agency key: it would read every business.
+            kwargs["queryset"] = visible_businesses(request.user)
+            kwargs["required"] = True
+        return super().formfield_for_foreignkey(db_field, request, **kwargs)
 
     @admin.display(description="scopes")
     def scope_list(self, obj: ApiKey) -> str:
