@@ -8,7 +8,7 @@ metrics_app.access allows. Definitions of every figure: docs/analytics.md.
 from __future__ import annotations
 
 import zoneinfo
-from datetime import timedelta
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from django.db.models import Count, Max, Min, Q, Sum
@@ -24,6 +24,9 @@ from metrics_app import access, conversations, schema, selectors  # noqa: F401  
 from metrics_app.models import AIMetric, Conversation
 
 MAX_RANGE = timedelta(days=400)
+# Periods stay well inside the calendar, so local-time arithmetic in any zone cannot overflow.
+EARLIEST = datetime(2000, 1, 1, tzinfo=UTC)
+LATEST = datetime(2100, 1, 1, tzinfo=UTC)
 DEFAULT_RANGE = timedelta(days=7)
 
 
@@ -91,6 +94,10 @@ class AnalyticsQuerySerializer(serializers.Serializer):
     def validate(self, attrs: dict[str, Any]) -> dict[str, Any]:
         end = attrs.get("end") or timezone.now()
         start = attrs.get("start") or end - DEFAULT_RANGE
+        outside = {name: ["must be between 2000-01-01 and 2100-01-01"]
+                   for name, moment in (("start", start), ("end", end)) if not EARLIEST <= moment <= LATEST}
+        if outside:
+            raise serializers.ValidationError(outside)
         if start >= end:
             raise serializers.ValidationError({"start": ["must be before end"]})
         if end - start > MAX_RANGE:

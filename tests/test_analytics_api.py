@@ -242,6 +242,8 @@ def test_an_unrestricted_staff_user_sees_every_business_and_a_non_staff_user_non
         ({"start": "2026-03-10T00:00:00Z", "end": "2026-03-01T00:00:00Z"}, "start"),
         ({"start": "2020-01-01T00:00:00Z", "end": "2026-01-01T00:00:00Z"}, "start"),
         ({"start": "yesterday"}, "start"),
+        ({"end": "9999-12-31T23:59:59+14:00"}, "end"),
+        ({"start": "0001-01-01T00:00:00", "end": "0001-01-02T00:00:00"}, "start"),
         ({"bucket": "minute"}, "bucket"),
         ({"bucket": "hour", "start": "2025-01-01T00:00:00Z", "end": "2026-01-01T00:00:00Z"}, "bucket"),
         ({"business_id": "x" * 300}, "business_id"),
