@@ -25,14 +25,21 @@ echo "Migrating the database"
 children=()
 cleanup() {
     for pid in "${children[@]}"; do kill "$pid" 2>/dev/null || true; done
+    # Return only once they are gone, so a stopped start.sh means a stopped service.
+    for pid in "${children[@]}"; do wait "$pid" 2>/dev/null || true; done
 }
 trap cleanup EXIT
 trap 'exit 130' INT
 trap 'exit 143' TERM
 
-# Background processes the service needs (pipeline worker) start here.
+# The document pipeline's worker: runs what staff start from the admin, one run
+# at a time, taking them from a queue in the database (django-q2).
+echo "Starting the pipeline worker"
+"$VENV/bin/python" manage.py qcluster &
+children+=($!)
 
 echo "Serving with gunicorn (WEB_CONCURRENCY=${WEB_CONCURRENCY:-default}); admin at /admin/ (create a user with: .venv/bin/python manage.py createsuperuser)"
 "$VENV/bin/gunicorn" mlops_site.wsgi --config gunicorn.conf.py &
 children+=($!)
-wait "${children[-1]}"
+# If either process ends, stop the other and exit.
+wait -n "${children[@]}"

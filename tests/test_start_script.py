@@ -53,6 +53,9 @@ def test_start_sh_serves_a_fresh_clone_on_sqlite(tmp_path: Path):
             {"business_id": "test-business", "response_time_ms": 1500, "tokens_used": 150},
         )
         assert status == 201 and body["status"] == "success"
+        # The pipeline's worker runs beside the web server, so a click in the admin gets done.
+        processes = subprocess.run(["ps", "-s", str(process.pid), "-o", "args="], capture_output=True, text=True)
+        assert "manage.py qcluster" in processes.stdout, processes.stdout
         # The embedded default: an SQLite file inside the clone that git ignores.
         assert (clone / "data" / "mlops.sqlite3").exists()
         ignored = subprocess.run(["git", "check-ignore", "data/mlops.sqlite3"], cwd=clone, capture_output=True)
