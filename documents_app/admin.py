@@ -139,6 +139,15 @@ class PipelineRunAdmin(admin.ModelAdmin):
         "kb_version", "command", "exit_code", "error", "params_pretty", "metrics_pretty", "log_pretty",
     )
     fields = readonly_fields
+    actions = ["cancel_queued_runs"]
+
+    def has_run_pipeline_permission(self, request: HttpRequest) -> bool:
+        return request.user.has_perm(RUN_PERMISSION)
+
+    @admin.action(description="Cancel the selected runs that have not started", permissions=["run_pipeline"])
+    def cancel_queued_runs(self, request: HttpRequest, queryset: QuerySet[PipelineRun]) -> None:
+        cancelled = services.cancel_queued_runs(queryset)
+        self.message_user(request, f"{cancelled} queued run(s) cancelled; running ones go on to their end.")
 
     @admin.display(description="duration", ordering="duration_seconds")
     def duration(self, obj: PipelineRun) -> str:

@@ -15,6 +15,7 @@ import yaml
 from django.conf import settings
 from django.core.files.uploadedfile import UploadedFile
 from django.db import IntegrityError, transaction
+from django.db.models import QuerySet
 from django.utils import timezone
 from django.utils.text import get_valid_filename
 
@@ -123,6 +124,13 @@ def request_run(stage: str, user: Any = None) -> PipelineRun:
 
     async_task("documents_app.tasks.run_pipeline", run.pk, task_name=f"pipeline-run-{run.pk}")
     return run
+
+
+def cancel_queued_runs(runs: QuerySet[PipelineRun]) -> int:
+    """Cancel runs the worker has not started (say, while no worker runs); a running one is left to finish."""
+    return runs.filter(status=RunStatus.QUEUED).update(
+        status=RunStatus.FAILED, active=False, finished_at=timezone.now(), error="cancelled before it started"
+    )
 
 
 def _fail_stale_runs() -> None:

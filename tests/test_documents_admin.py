@@ -170,3 +170,21 @@ def test_after_a_run_the_list_shows_files_found_on_disk_and_drops_vanished_ones(
         "city-clinic/hours.txt": ("processed", "", 1),
     }
     assert Business.objects.filter(pk="new-biz").exists()
+
+
+def test_a_queued_run_can_be_cancelled_so_that_a_new_one_can_start(root: Path) -> None:
+    client = _staff("operator", "run_pipeline", "view_pipelinerun")
+    client.post(RUN_URL, {"stage": "all"})
+    queued = PipelineRun.objects.get()
+    response = client.post(
+        "/admin/documents_app/pipelinerun/",
+        {"action": "cancel_queued_runs", "_selected_action": [queued.pk]},
+    )
+    assert response.status_code == 302
+    queued.refresh_from_db()
+    assert (queued.status, queued.active, queued.error) == (RunStatus.FAILED, False, "cancelled before it started")
+    from documents_app.services import execute_run
+
+    assert execute_run(queued.pk) is None  # the worker, picking the task up late, leaves it alone
+    client.post(RUN_URL, {"stage": "update_knowledge_base"})
+    assert PipelineRun.objects.filter(active=True, stage="update_knowledge_base").count() == 1
