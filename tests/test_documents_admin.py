@@ -101,9 +101,13 @@ def test_the_document_list_shows_size_format_status_and_the_skip_reason(root: Pa
         business=clinic, path="city-clinic/locked.pdf", name="locked.pdf", format="pdf", size_bytes=2048,
         status=DocumentStatus.SKIPPED, skip_reason="encrypted",
     )
-    page = _staff("viewer", "view_document").get("/admin/documents_app/document/").content.decode()
+    viewer = _staff("viewer", "view_document")
+    page = viewer.get("/admin/documents_app/document/").content.decode()
     for expected in ("locked.pdf", "2.0 KB", "pdf", "skipped", "encrypted"):
         assert expected in page
+    document = Document.objects.get()
+    detail = viewer.get(f"/admin/documents_app/document/{document.pk}/change/")
+    assert detail.status_code == 200 and "city-clinic/locked.pdf" in detail.content.decode()
 
 
 def test_staff_without_the_run_permission_cannot_start_a_run(root: Path, clinic: Business) -> None:
