@@ -143,6 +143,9 @@ def _fail_stale_runs() -> None:
 
 def _repro_command(stage: str) -> list[str]:
     command = [sys.executable, "-m", "dvc", "repro"]
+    if not raw_dir().exists():
+        # A fresh deployment that never pulled: fetch the documents from the DVC remote first.
+        command.append("--pull")
     if stage != PipelineStage.ALL:
         command += ["--single-item", stage]
     return command
