@@ -69,6 +69,26 @@ def planner_estimate(queryset: QuerySet) -> int:
     return int(plan[0]["Plan"]["Plan Rows"])
 
 
+# Past this many businesses, naming them all in a search costs more than it saves.
+MAX_BUSINESSES_NAMED = 1000
+
+
+def by_business_and(request: HttpRequest, queryset: QuerySet, **lookup: Any) -> QuerySet:
+    """`queryset` filtered by an id whose indexes lead with business_id.
+
+    Event and conversation ids are indexed per business ((business_id,
+    event_id), (business_id, conversation_id, ...)). Without a business in the
+    query PostgreSQL would scan the table; naming the visible businesses lets
+    it probe each business's index instead (0.3 s -> a few ms at 1M events).
+    """
+    if request.GET.get(BusinessFilter.parameter_name):
+        return queryset.filter(**lookup)
+    ids = list(visible_businesses(request.user).values_list("id", flat=True)[: MAX_BUSINESSES_NAMED + 1])
+    if len(ids) > MAX_BUSINESSES_NAMED:
+        return queryset.filter(**lookup)
+    return queryset.filter(business_id__in=ids, **lookup)
+
+
 class BusinessFilter(admin.SimpleListFilter):
     title = "business"
     parameter_name = "business"
@@ -196,14 +216,15 @@ class AIMetricAdmin(admin.ModelAdmin):
         ResponseTypeFilter, FailedFilter, "appointment_requested", "appointment_booked", "human_handoff_requested",
     )
     list_select_related = ("business",)
-    list_per_page = 100
+    # Rendering a row costs about 1.7 ms (13 columns): 50 rows keep a page near 100 ms.
+    list_per_page = 50
     list_max_show_all = 1000
     ordering = ("-timestamp",)
     date_hierarchy = None  # its year and month links would run DISTINCT over the whole table
     show_full_result_count = False
     paginator = EstimatedCountPaginator
-    search_fields = ("event_id", "conversation_id", "session_id")  # see get_search_results
-    search_help_text = "An event id, a conversation id or a session id (exact)."
+    search_fields = ("event_id", "conversation_id")  # see get_search_results
+    search_help_text = "An event id or a conversation id (exact)."
     actions = ["export_selected_csv"]
     change_list_template = "admin/metrics_app/aimetric/change_list.html"
     fieldsets = (
@@ -228,9 +249,9 @@ class AIMetricAdmin(admin.ModelAdmin):
         if not term:
             return queryset, False
         try:
-            return queryset.filter(event_id=uuid.UUID(term)), False
+            return by_business_and(request, queryset, event_id=uuid.UUID(term)), False
         except ValueError:
-            return queryset.filter(Q(conversation_id=term) | Q(session_id=term)), False
+            return by_business_and(request, queryset, conversation_id=term), False
 
     # Events are what the chat app reported: staff read them, never edit or delete them.
     def has_add_permission(self, request: HttpRequest) -> bool:
@@ -299,7 +320,7 @@ class ConversationAdmin(admin.ModelAdmin):
         "human_handoff_requested",
     )
     list_select_related = ("business",)
-    list_per_page = 100
+    list_per_page = 50
     ordering = ("-first_at",)
     show_full_result_count = False
     paginator = EstimatedCountPaginator
@@ -325,7 +346,7 @@ class ConversationAdmin(admin.ModelAdmin):
         self, request: HttpRequest, queryset: QuerySet, search_term: str
     ) -> tuple[QuerySet, bool]:
         term = search_term.strip()[:255]
-        return (queryset.filter(conversation_id=term) if term else queryset), False
+        return (by_business_and(request, queryset, conversation_id=term) if term else queryset), False
 
     @admin.display(description="tokens", ordering="_tokens")
     def tokens(self, obj: Conversation) -> int | None:
