@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import uuid
-from datetime import datetime, timedelta
+from datetime import datetime
 from typing import Any, Callable
 
 import pytest
@@ -78,7 +78,3 @@ def logged_in(db) -> Callable[[User], Client]:
         return client
 
     return login
-
-
-def days_ago(now: datetime, days: float) -> datetime:
-    return now - timedelta(days=days)

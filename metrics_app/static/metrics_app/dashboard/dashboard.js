@@ -89,22 +89,23 @@
   function drawKpis(current, previous) {
     const box = document.getElementById("kpis");
     box.textContent = "";
+    const known = (v) => typeof v === "number" && Number.isFinite(v);
     for (const [key, name, format, better] of KPIS) {
-      const value = current[key];
+      const value = known(current[key]) ? current[key] : null;
       const card = document.createElement("div");
       card.className = "mlops-kpi";
       card.dataset.kpi = key;
-      card.dataset.value = value === null || value === undefined ? "" : value;
+      card.dataset.value = value === null ? "" : value;
       const label = document.createElement("div");
       label.className = "name";
       label.textContent = name;
       const figure = document.createElement("div");
       figure.className = "value";
-      figure.textContent = value === null || value === undefined ? "n/a" : format(value);
+      figure.textContent = value === null ? "n/a" : format(value);
       const change = document.createElement("div");
       change.className = "change";
       const before = previous[key];
-      if (value !== null && value !== undefined && before !== null && before !== undefined && before !== 0) {
+      if (value !== null && known(before) && before !== 0) {
         const delta = (value - before) / Math.abs(before);
         change.textContent = `${delta >= 0 ? "+" : ""}${(100 * delta).toFixed(1)}% vs previous period`;
         if (Math.abs(delta) >= 0.005) change.classList.add(delta * better > 0 ? "up" : "down");
