@@ -197,3 +197,46 @@ def test_the_shipped_scrape_config_targets_the_services_metrics_path():
     assert job["job_name"] == "mlops-service"
     assert job["metrics_path"] == "/metrics"
     assert config["rule_files"] == ["alerts.yml"]
+
+
+def test_prometheus_sees_a_restarted_service_as_a_counter_reset_and_increase_spans_it(
+    live_service, tmp_path, monkeypatch
+):
+    require(have_prometheus(), "prometheus server (Debian package prometheus)")
+    import tests.pgserver
+    from tests.conftest import stop_service
+
+    def send(service, count: int) -> None:
+        events = [{"business_id": "clinic-north", "response_time_ms": 800, "tokens_used": 90,
+                   "intent_detected": "general", "response_type": "text"} for _ in range(count)]
+        status, _, body = service.request("POST", "/track/batch", {"events": events})
+        assert status == 200 and body["created"] == count, body
+
+    service = live_service(workers=2)
+    port = int(service.url.rsplit(":", 1)[1])
+    prometheus = start_prometheus(tmp_path, f"127.0.0.1:{port}")
+    try:
+        send(service, 10)
+        wait_for(lambda: prometheus.scalar("sum(ai_requests_total)") == 10, 30, "the first events")
+        send(service, 20)
+        wait_for(lambda: prometheus.scalar("sum(ai_requests_total)") == 30, 30, "the second events")
+        stop_service(service)
+        wait_for(lambda: prometheus.scalar('up{job="mlops-service"}') == 0, 30, "Prometheus to see it down")
+
+        # The same address again, as a restart keeps it.
+        monkeypatch.setattr(tests.pgserver, "free_port", lambda: port)
+        again = live_service(workers=2)
+        send(again, 20)
+        wait_for(lambda: prometheus.scalar("sum(ai_requests_total)") == 20, 30, "the events after the restart")
+
+        assert prometheus.scalar("sum(resets(ai_requests_total[10m]))") == 1
+        # What Prometheus stored: 10 (with the series), 30, then a reset to 20. Counted the way
+        # increase() counts, before extrapolation: 20 before the restart and 20 after.
+        (series,) = prometheus.query("ai_requests_total[10m]")
+        values = [float(value) for _, value in series["values"]]
+        counted = sum(b - a if b >= a else b for a, b in zip(values, values[1:]))
+        assert (values[0], values[-1], counted) == (10, 20, 40)
+        # increase() adds its extrapolation to the ends of the data, never less.
+        assert 40 <= prometheus.scalar("sum(increase(ai_requests_total[10m]))") < 80
+    finally:
+        prometheus.stop()
