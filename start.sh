@@ -21,7 +21,10 @@ echo "Migrating the database"
 "$VENV/bin/python" manage.py migrate --noinput
 "$VENV/bin/python" manage.py collectstatic --noinput --verbosity 0
 
-# Processes started here stop with the service.
+# Processes started here stop with the service. Each runs in its own process
+# group (job control), so Ctrl-C or a signal to this script reaches only the
+# script, which then stops each of them in order and waits for it.
+set -m
 children=()
 cleanup() {
     for pid in "${children[@]}"; do kill "$pid" 2>/dev/null || true; done
