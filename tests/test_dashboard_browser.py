@@ -61,12 +61,15 @@ def browser() -> Iterator[Any]:
 
 def log_in(driver: Any, service: Any, username: str) -> None:
     from selenium.webdriver.common.by import By
+    from selenium.webdriver.support.ui import WebDriverWait
 
     driver.delete_all_cookies()
     driver.get(f"{service.url}/admin/login/")
     driver.find_element(By.NAME, "username").send_keys(username)
     driver.find_element(By.NAME, "password").send_keys(PASSWORD)
     driver.find_element(By.CSS_SELECTOR, "input[type=submit]").click()
+    # Wait for the login to land (the admin's user tools), or the next page load would cut it short.
+    WebDriverWait(driver, 60).until(lambda d: d.find_elements(By.ID, "user-tools"))
 
 
 def open_dashboard(driver: Any, service: Any, query: dict[str, str]) -> dict[str, Any]:
@@ -75,6 +78,7 @@ def open_dashboard(driver: Any, service: Any, query: dict[str, str]) -> dict[str
     from selenium.webdriver.support.ui import WebDriverWait
 
     driver.get(f"{service.url}/admin/metrics_app/aimetric/dashboard/?{urlencode(query)}")
+    WebDriverWait(driver, 60).until(lambda d: d.find_elements(By.ID, "mlops-dashboard"))
     root = driver.find_element(By.ID, "mlops-dashboard")
     WebDriverWait(driver, 60).until(lambda _: root.get_attribute("data-state") != "loading")
     state = root.get_attribute("data-state")
