@@ -186,7 +186,8 @@ def main() -> int:
             status, body = request(port, "GET", "/metrics")
             timings.append((time.perf_counter() - t0) * 1000)
             assert status == 200
-        served_by = {int(line.split()[0].strip("<>")) for line in access_log.read_text().splitlines() if "/metrics" in line}
+        log_lines = access_log.read_text().splitlines()
+        served_by = {int(line.split()[0].strip("<>")) for line in log_lines if "/metrics" in line}
         workers_after = {pid: rss_kib(pid) for pid in workers_before}
 
         timings.sort()
@@ -198,8 +199,8 @@ def main() -> int:
               f"ai_requests_total sums to {requests_total:.0f} = events sent")
         print(f"first scrape served by each worker (learns the layout): "
               f"{', '.join(f'{ms:.0f}' for ms in first_by.values())} ms")
-        print(f"scrape time over {len(timings)} scrapes (client, loopback): median {statistics.median(timings):.1f} ms, "
-              f"p95 {p95:.1f} ms, max {timings[-1]:.1f} ms")
+        print(f"scrape time over {len(timings)} scrapes (client, loopback): "
+              f"median {statistics.median(timings):.1f} ms, p95 {p95:.1f} ms, max {timings[-1]:.1f} ms")
         for pid in sorted(workers_before):
             mark = " (served scrapes)" if pid in served_by else ""
             print(f"worker {pid}: RSS {workers_before[pid] / 1024:.1f} MiB before the scrapes, "

@@ -161,15 +161,19 @@ class LabelPolicy:
         self._loaded_at = now
 
     def business(self, business_id: str | None) -> str:
+        return self.businesses([business_id])[business_id]
+
+    def businesses(self, business_ids: Iterable[str | None]) -> dict[str | None, str]:
+        """Label values for several ids, reading the database at most once (a batch of new ids costs one query)."""
         self._configure()
-        if not business_id:
-            return UNKNOWN
-        if business_id in self._businesses:
-            return business_id
-        now = time.monotonic()
-        if not self._full or now - self._loaded_at >= settings.MLOPS_PROMETHEUS_BUSINESS_REFRESH_SECONDS:
-            self._load_businesses(now)
-        return business_id if business_id in self._businesses else OTHER
+        ids = set(business_ids)
+        unseen = {b for b in ids if b and b not in self._businesses}
+        if unseen:
+            now = time.monotonic()
+            if not self._full or now - self._loaded_at >= settings.MLOPS_PROMETHEUS_BUSINESS_REFRESH_SECONDS:
+                self._load_businesses(now)
+        known = self._businesses
+        return {b: (b if b in known else OTHER) if b else UNKNOWN for b in ids}
 
     @staticmethod
     def _pick(value: str | None, allowed: dict[str, str]) -> str:
@@ -203,8 +207,9 @@ def _is_failed(event: dict[str, Any]) -> bool:
 
 def count_stored_events(events: list[dict[str, Any]]) -> None:
     """Count events that were newly stored (never a duplicate or a rejected one)."""
+    business_labels = labels.businesses(event.get("business_id") for event in events)
     for event in events:
-        business = labels.business(event.get("business_id"))
+        business = business_labels[event.get("business_id")]
         model = labels.model(event.get("model_name"))
         AI_REQUESTS.labels(
             business, labels.intent(event.get("intent_detected")), labels.response_type(event.get("response_type"))
@@ -244,8 +249,9 @@ def count_stored_events(events: list[dict[str, Any]]) -> None:
 
 def count_recorded_bookings(bookings: list[tuple[str, str | None]]) -> None:
     """Count bookings recorded after their event was stored."""
+    business_labels = labels.businesses(business_id for business_id, _model in bookings)
     for business_id, _model in bookings:
-        APPOINTMENTS_BOOKED.labels(labels.business(business_id)).inc()
+        APPOINTMENTS_BOOKED.labels(business_labels[business_id]).inc()
 
 
 # --- The middleware: django-prometheus's, with bounded labels, plus ingest outcomes

@@ -5,7 +5,6 @@ from __future__ import annotations
 import json
 import os
 import shutil
-import signal
 import subprocess
 import time
 import urllib.parse
@@ -103,13 +102,9 @@ class PrometheusServer:
         return self.log_path.read_text(errors="replace") if self.log_path.exists() else ""
 
     def stop(self) -> None:
-        if self.process.poll() is None:
-            os.killpg(self.process.pid, signal.SIGTERM)
-            try:
-                self.process.wait(timeout=15)
-            except subprocess.TimeoutExpired:
-                os.killpg(self.process.pid, signal.SIGKILL)
-                self.process.wait()
+        from tests.conftest import stop_service  # stops any process group it is given
+
+        stop_service(self)  # type: ignore[arg-type]
 
 
 def start_prometheus(tmp_path: Path, target: str, *, token: str | None = None) -> PrometheusServer:

@@ -327,3 +327,16 @@ def test_cost_counter_adds_decimal_costs_without_drift(scrape, send):
     expected = AIMetric.objects.filter(business_id=biz).aggregate(c=Sum("api_cost_usd"))["c"]
     assert expected == Decimal("1.000000")
     assert total(text, "ai_api_cost_usd_total", business_id=biz) == pytest.approx(1.0, abs=1e-9)
+
+
+def test_a_batch_of_new_businesses_costs_one_query_for_their_labels(settings, django_assert_num_queries):
+    settings.MLOPS_PROMETHEUS_MAX_BUSINESSES = 100
+    ids = [f"batch-biz-{n:03d}" for n in range(300)]
+    start = timezone.now() - timedelta(hours=1)
+    Business.objects.bulk_create(Business(id=b, created_at=start + timedelta(seconds=n)) for n, b in enumerate(ids))
+    with django_assert_num_queries(1):
+        mapping = prometheus.labels.businesses(ids)
+    assert [mapping[b] for b in ids] == ids[:100] + ["other"] * 200
+    # The cap is full: more new ids cost no query at all.
+    with django_assert_num_queries(0):
+        assert prometheus.labels.businesses(["never-registered", None]) == {"never-registered": "other", None: "unknown"}
