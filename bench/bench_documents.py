@@ -23,8 +23,22 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from tests.documents_fixtures import dvc, fresh_clone, make_docx, make_pdf  # noqa: E402
 
 TOPICS = [
-    "Opening Hours", "Prices", "Booking", "Cancellations", "Parking", "Payment", "Team", "Services",
-    "Refunds", "Accessibility", "Privacy", "Training", "Support", "Contact", "Holidays", "Insurance",
+    "Opening Hours",
+    "Prices",
+    "Booking",
+    "Cancellations",
+    "Parking",
+    "Payment",
+    "Team",
+    "Services",
+    "Refunds",
+    "Accessibility",
+    "Privacy",
+    "Training",
+    "Support",
+    "Contact",
+    "Holidays",
+    "Insurance",
 ]
 WORDS = (
     "appointment client service consultant price hour week monday friday saturday booking cancel refund "
@@ -93,24 +107,29 @@ def main() -> None:
         write_document(folder, len(paths) // 2, random.Random(99))
         rerun_wall, rerun, _ = timed_repro(root)
 
-    print(json.dumps({
-        "documents": args.documents,
-        "method": args.method,
-        "chunks": full["chunks"],
-        "full_run_seconds": round(full_wall, 2),
-        "full_run_documents_per_second": round(args.documents / full_wall, 1),
-        "process_stage_seconds": full["processing_time_seconds"],
-        "process_stage_documents_per_second": full["documents_per_second"],
-        "knowledge_base_stage_seconds": kb["update_time_seconds"],
-        "repro_with_nothing_changed_seconds": round(unchanged_wall, 2),
-        "changed_document": changed.name,
-        "rerun_seconds": round(rerun_wall, 2),
-        "rerun_documents_parsed": rerun["documents_parsed"],
-        "rerun_documents_from_cache": rerun["documents_from_cache"],
-        "rerun_process_stage_seconds": rerun["processing_time_seconds"],
-        "rerun_ratio": round(rerun_wall / full_wall, 3),
-        "target_rerun_ratio": 0.2,
-    }, indent=1))
+    print(
+        json.dumps(
+            {
+                "documents": args.documents,
+                "method": args.method,
+                "chunks": full["chunks"],
+                "full_run_seconds": round(full_wall, 2),
+                "full_run_documents_per_second": round(args.documents / full_wall, 1),
+                "process_stage_seconds": full["processing_time_seconds"],
+                "process_stage_documents_per_second": full["documents_per_second"],
+                "knowledge_base_stage_seconds": kb["update_time_seconds"],
+                "repro_with_nothing_changed_seconds": round(unchanged_wall, 2),
+                "changed_document": changed.name,
+                "rerun_seconds": round(rerun_wall, 2),
+                "rerun_documents_parsed": rerun["documents_parsed"],
+                "rerun_documents_from_cache": rerun["documents_from_cache"],
+                "rerun_process_stage_seconds": rerun["processing_time_seconds"],
+                "rerun_ratio": round(rerun_wall / full_wall, 3),
+                "target_rerun_ratio": 0.2,
+            },
+            indent=1,
+        )
+    )
 
 
 if __name__ == "__main__":

@@ -74,8 +74,19 @@ class DocumentAdmin(admin.ModelAdmin):
         if obj is None:
             return ["business", "file"]
         return [
-            "business", "path", "name", "format", "size_bytes", "sha256", "status", "skip_reason", "skip_detail",
-            "chunks", "uploaded_by", "uploaded_at", "processed_at",
+            "business",
+            "path",
+            "name",
+            "format",
+            "size_bytes",
+            "sha256",
+            "status",
+            "skip_reason",
+            "skip_detail",
+            "chunks",
+            "uploaded_by",
+            "uploaded_at",
+            "processed_at",
         ]
 
     def has_change_permission(self, request: HttpRequest, obj: Document | None = None) -> bool:
@@ -86,9 +97,13 @@ class DocumentAdmin(admin.ModelAdmin):
             declared = int(request.META.get("CONTENT_LENGTH") or 0)
         except ValueError:
             declared = 0
-        if request.method == "POST" and declared > settings.DOCUMENTS_MAX_UPLOAD_MB * 1024 * 1024 + UPLOAD_OVERHEAD_BYTES:
+        if (
+            request.method == "POST"
+            and declared > settings.DOCUMENTS_MAX_UPLOAD_MB * 1024 * 1024 + UPLOAD_OVERHEAD_BYTES
+        ):
             self.message_user(
-                request, f"The upload is larger than {settings.DOCUMENTS_MAX_UPLOAD_MB} MB and was refused.",
+                request,
+                f"The upload is larger than {settings.DOCUMENTS_MAX_UPLOAD_MB} MB and was refused.",
                 messages.ERROR,
             )
             return HttpResponseRedirect(request.path)
@@ -127,7 +142,14 @@ def _queue(request: HttpRequest, stage: str) -> PipelineRun | None:
 @admin.register(PipelineRun)
 class PipelineRunAdmin(admin.ModelAdmin):
     list_display = (
-        "id", "stage", "status", "requested_by", "created_at", "started_at", "finished_at", "duration",
+        "id",
+        "stage",
+        "status",
+        "requested_by",
+        "created_at",
+        "started_at",
+        "finished_at",
+        "duration",
         "kb_version",
     )
     list_filter = ("status", "stage")
@@ -135,8 +157,20 @@ class PipelineRunAdmin(admin.ModelAdmin):
     ordering = ("-created_at",)
     change_list_template = "admin/documents_app/pipelinerun/change_list.html"
     readonly_fields = (
-        "stage", "status", "requested_by", "created_at", "started_at", "finished_at", "duration_seconds",
-        "kb_version", "command", "exit_code", "error", "params_pretty", "metrics_pretty", "log_pretty",
+        "stage",
+        "status",
+        "requested_by",
+        "created_at",
+        "started_at",
+        "finished_at",
+        "duration_seconds",
+        "kb_version",
+        "command",
+        "exit_code",
+        "error",
+        "params_pretty",
+        "metrics_pretty",
+        "log_pretty",
     )
     fields = readonly_fields
     actions = ["cancel_queued_runs"]
@@ -198,7 +232,8 @@ def _run_view(model_admin: PipelineRunAdmin, request: HttpRequest) -> HttpRespon
             return HttpResponseRedirect(request.path)
         run = _queue(request, stage)
         target = (
-            reverse("admin:documents_app_pipelinerun_change", args=[run.pk]) if run
+            reverse("admin:documents_app_pipelinerun_change", args=[run.pk])
+            if run
             else reverse("admin:documents_app_pipelinerun_changelist")
         )
         return HttpResponseRedirect(target)

@@ -128,7 +128,9 @@ class KnowledgeBaseView(APIView):
     permission_classes = [AllowAny]
 
     @extend_schema(
-        operation_id="knowledge_base", tags=["knowledge base"], parameters=[ScopeQuery],
+        operation_id="knowledge_base",
+        tags=["knowledge base"],
+        parameters=[ScopeQuery],
         responses={200: KnowledgeBaseSummarySerializer, **ERRORS},
         description="The current knowledge-base version and what it holds for the caller's business "
         "(every business for agency keys and staff without `business_id`).",
@@ -146,7 +148,9 @@ class KnowledgeBaseSearchView(APIView):
     permission_classes = [AllowAny]
 
     @extend_schema(
-        operation_id="knowledge_base_search", tags=["knowledge base"], parameters=[SearchQuery],
+        operation_id="knowledge_base_search",
+        tags=["knowledge base"],
+        parameters=[SearchQuery],
         responses={200: KnowledgeBaseSearchSerializer, **ERRORS},
         description="The `k` chunks of the caller's business that best answer `q`, best first, with their "
         "scores and sources. Chunks that match nothing are left out, so fewer than `k` may come back.",

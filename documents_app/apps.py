@@ -24,7 +24,8 @@ def check_pipeline_root(app_configs: Any = None, **kwargs: Any) -> list[checks.C
     return [
         checks.Warning(
             f"DOCUMENTS_PIPELINE_ROOT ({root}) has no {', '.join(missing)}",
-            hint="Point DOCUMENTS_PIPELINE_ROOT at a clone of this repository; pipeline runs from the admin fail otherwise.",
+            hint="Point DOCUMENTS_PIPELINE_ROOT at a clone of this repository; "
+            "pipeline runs from the admin fail otherwise.",
             id="documents_app.W001",
         )
     ]

@@ -163,7 +163,12 @@ def _process_one(
         return DocumentResult("", relative.as_posix(), fmt, 0, "skipped", SkipReason.CORRUPT, f"cannot read: {exc}")
     if len(relative.parts) < 2 or not BUSINESS_ID.match(relative.parts[0]):
         return DocumentResult(
-            "", relative.as_posix(), fmt, size, "skipped", SkipReason.NO_BUSINESS_FOLDER,
+            "",
+            relative.as_posix(),
+            fmt,
+            size,
+            "skipped",
+            SkipReason.NO_BUSINESS_FOLDER,
             "documents live in a folder named after their business id",
         )
     business_id, source = relative.parts[0], Path(*relative.parts[1:]).as_posix()
@@ -262,8 +267,7 @@ def process_documents(
         "businesses": len({r.business_id for r in processed}),
         "chunks": len(chunks),
         "characters": sum(r.text_length for r in processed),
-        "average_document_length": round(sum(r.text_length for r in processed) / len(processed), 1)
-        if processed else 0,
+        "average_document_length": round(sum(r.text_length for r in processed) / len(processed), 1) if processed else 0,
         "documents_parsed": sum(1 for r in results if r.sha256 and not r.from_cache),
         "documents_from_cache": sum(1 for r in results if r.from_cache),
         "processing_time_seconds": round(duration, 3),

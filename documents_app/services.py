@@ -91,7 +91,11 @@ def store_document(business: Business, upload: UploadedFile, user: Any = None) -
         raise DocumentRejected(f"{name} already exists in the business folder; delete it first.") from None
     try:
         return Document.objects.create(
-            business=business, path=relative, name=name, format=fmt, size_bytes=target.stat().st_size,
+            business=business,
+            path=relative,
+            name=name,
+            format=fmt,
+            size_bytes=target.stat().st_size,
             uploaded_by=user if getattr(user, "pk", None) else None,
         )
     except IntegrityError:
@@ -114,9 +118,7 @@ def request_run(stage: str, user: Any = None) -> PipelineRun:
     _fail_stale_runs()
     try:
         with transaction.atomic():
-            run = PipelineRun.objects.create(
-                stage=stage, requested_by=user if getattr(user, "pk", None) else None
-            )
+            run = PipelineRun.objects.create(stage=stage, requested_by=user if getattr(user, "pk", None) else None)
     except IntegrityError:
         active = PipelineRun.objects.filter(active=True).first()
         raise RunRefused(f"{active or 'another run'} is already queued or running; wait for it to finish.") from None
@@ -175,8 +177,15 @@ def execute_run(run_id: int) -> PipelineRun | None:
     started = time.perf_counter()
     try:
         completed = subprocess.run(
-            command, cwd=workdir, env=env, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
-            stderr=subprocess.STDOUT, text=True, errors="replace", timeout=settings.DOCUMENTS_RUN_TIMEOUT_SECONDS,
+            command,
+            cwd=workdir,
+            env=env,
+            stdin=subprocess.DEVNULL,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            text=True,
+            errors="replace",
+            timeout=settings.DOCUMENTS_RUN_TIMEOUT_SECONDS,
             check=False,
         )
         exit_code, output, error = completed.returncode, completed.stdout, ""

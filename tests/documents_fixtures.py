@@ -10,8 +10,8 @@ import sys
 from pathlib import Path
 
 import docx
-from fpdf import FPDF
 import pytest
+from fpdf import FPDF
 from pypdf import PdfReader, PdfWriter
 
 ROOT = Path(__file__).resolve().parent.parent

@@ -47,13 +47,19 @@ def _upload(client: Client, business: Business, name: str, content: bytes):  # t
     return client.post(ADD_URL, {"business": business.pk, "file": SimpleUploadedFile(name, content)})
 
 
-def test_a_staff_member_uploads_a_document_into_its_business_folder(root: Path, clinic: Business, tmp_path: Path) -> None:
+def test_a_staff_member_uploads_a_document_into_its_business_folder(
+    root: Path, clinic: Business, tmp_path: Path
+) -> None:
     client = _staff("editor", "add_document", "view_document")
     data = make_docx(tmp_path / "made.docx", [("Prices", "A check-up costs $80.")]).read_bytes()
     response = _upload(client, clinic, "Price List.docx", data)
     assert response.status_code == 302
     document = Document.objects.get()
-    assert (document.path, document.format, document.status) == ("city-clinic/Price_List.docx", "docx", DocumentStatus.NEW)
+    assert (document.path, document.format, document.status) == (
+        "city-clinic/Price_List.docx",
+        "docx",
+        DocumentStatus.NEW,
+    )
     assert (root / "data/raw/business_documents/city-clinic/Price_List.docx").read_bytes() == data
     assert document.size_bytes == len(data)
 
@@ -63,10 +69,14 @@ def test_file_names_cannot_leave_the_business_folder() -> None:
     assert safe_document_name("..\\..\\boot.ini.MD") == "boot.ini.md"
     assert safe_document_name(".hidden.pdf") == "hidden.pdf"
     assert safe_document_name("résumé (final)!.docx") == "résumé_final.docx"
-    assert safe_document_name("a" * 500 + ".txt").endswith(".txt") and len(safe_document_name("a" * 500 + ".txt")) <= 120
+    assert (
+        safe_document_name("a" * 500 + ".txt").endswith(".txt") and len(safe_document_name("a" * 500 + ".txt")) <= 120
+    )
 
 
-def test_an_upload_over_the_size_limit_is_refused_and_nothing_is_written(root: Path, clinic: Business, settings) -> None:  # type: ignore[no-untyped-def]
+def test_an_upload_over_the_size_limit_is_refused_and_nothing_is_written(
+    root: Path, clinic: Business, settings
+) -> None:  # type: ignore[no-untyped-def]
     settings.DOCUMENTS_MAX_UPLOAD_MB = 1
     client = _staff("editor", "add_document")
     response = _upload(client, clinic, "big.txt", TEXT * 20_000)  # about 1.7 MB
@@ -98,8 +108,13 @@ def test_deleting_a_document_removes_its_file(root: Path, clinic: Business) -> N
 
 def test_the_document_list_shows_size_format_status_and_the_skip_reason(root: Path, clinic: Business) -> None:
     Document.objects.create(
-        business=clinic, path="city-clinic/locked.pdf", name="locked.pdf", format="pdf", size_bytes=2048,
-        status=DocumentStatus.SKIPPED, skip_reason="encrypted",
+        business=clinic,
+        path="city-clinic/locked.pdf",
+        name="locked.pdf",
+        format="pdf",
+        size_bytes=2048,
+        status=DocumentStatus.SKIPPED,
+        skip_reason="encrypted",
     )
     viewer = _staff("viewer", "view_document")
     page = viewer.get("/admin/documents_app/document/").content.decode()
@@ -140,11 +155,18 @@ def test_the_database_itself_refuses_two_active_runs(db) -> None:  # type: ignor
 
 def test_a_finished_run_shows_its_status_times_log_parameters_metrics_and_version(root: Path) -> None:
     run = PipelineRun.objects.create(
-        stage="all", status=RunStatus.SUCCEEDED, active=False, duration_seconds=4.2, kb_version="kb-0123456789ab",
-        log="Running stage 'process_documents'", params={"process_documents": {"min_text_length": 50}},
+        stage="all",
+        status=RunStatus.SUCCEEDED,
+        active=False,
+        duration_seconds=4.2,
+        kb_version="kb-0123456789ab",
+        log="Running stage 'process_documents'",
+        params={"process_documents": {"min_text_length": 50}},
         metrics={"process_documents": {"documents_processed": 5}},
     )
-    page = _staff("viewer", "view_pipelinerun").get(f"/admin/documents_app/pipelinerun/{run.pk}/change/").content.decode()
+    page = (
+        _staff("viewer", "view_pipelinerun").get(f"/admin/documents_app/pipelinerun/{run.pk}/change/").content.decode()
+    )
     for expected in ("succeeded", "kb-0123456789ab", "Running stage", "min_text_length", "documents_processed", "4.2"):
         assert expected in page
 
@@ -157,12 +179,34 @@ def test_after_a_run_the_list_shows_files_found_on_disk_and_drops_vanished_ones(
     (raw / "city-clinic/hours.txt").write_bytes(TEXT)
     Document.objects.create(business=clinic, path="city-clinic/gone.pdf", name="gone.pdf", format="pdf", size_bytes=1)
     report = root / "emb.json"
-    report.write_text(json.dumps({"documents": [
-        {"business_id": "new-biz", "source": "scan.pdf", "format": "pdf", "size_bytes": 10, "status": "skipped",
-         "reason": "encrypted", "detail": "the PDF needs a password", "chunks": 0},
-        {"business_id": "city-clinic", "source": "hours.txt", "format": "txt", "size_bytes": len(TEXT),
-         "status": "processed", "reason": "", "detail": "", "chunks": 1},
-    ]}))
+    report.write_text(
+        json.dumps(
+            {
+                "documents": [
+                    {
+                        "business_id": "new-biz",
+                        "source": "scan.pdf",
+                        "format": "pdf",
+                        "size_bytes": 10,
+                        "status": "skipped",
+                        "reason": "encrypted",
+                        "detail": "the PDF needs a password",
+                        "chunks": 0,
+                    },
+                    {
+                        "business_id": "city-clinic",
+                        "source": "hours.txt",
+                        "format": "txt",
+                        "size_bytes": len(TEXT),
+                        "status": "processed",
+                        "reason": "",
+                        "detail": "",
+                        "chunks": 1,
+                    },
+                ]
+            }
+        )
+    )
     (raw / "new-biz").mkdir()
     (raw / "new-biz/scan.pdf").write_bytes(b"%PDF-1.7")
 

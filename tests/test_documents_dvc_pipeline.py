@@ -26,15 +26,24 @@ def test_a_fresh_clone_builds_the_knowledge_base_with_dvc_repro(built_clone: Pat
     assert kb["params"]["update_knowledge_base"] == {"similarity_threshold": 0.85, "max_documents_per_topic": 10}
     assert set(kb["businesses"]) == {"techconsult-pro"}
     assert {c["source"] for c in kb["chunks"]} == {
-        "sample_business_info.txt", "faq.md", "services_and_pricing.docx", "policies.pdf", "about_our_team.txt",
+        "sample_business_info.txt",
+        "faq.md",
+        "services_and_pricing.docx",
+        "policies.pdf",
+        "about_our_team.txt",
     }
     embeddings = _json(root, "data/processed/document_embeddings.json")
-    assert len(embeddings["chunks"]) == len(kb["chunks"]) + _json(root, "metrics/knowledge_base_update.json")[
-        "duplicates_merged"
-    ]
+    assert (
+        len(embeddings["chunks"])
+        == len(kb["chunks"]) + _json(root, "metrics/knowledge_base_update.json")["duplicates_merged"]
+    )
 
     processing = _json(root, "metrics/document_processing.json")
-    assert (processing["documents_seen"], processing["documents_processed"], processing["documents_skipped"]) == (5, 5, 0)
+    assert (processing["documents_seen"], processing["documents_processed"], processing["documents_skipped"]) == (
+        5,
+        5,
+        0,
+    )
     assert processing["chunks"] == len(embeddings["chunks"]) and processing["processing_time_seconds"] > 0
     assert _json(root, "metrics/knowledge_base_update.json")["version"] == kb["version"]
 
@@ -60,7 +69,9 @@ def test_dvc_reruns_only_the_stages_whose_inputs_changed(built_clone: Path, tmp_
     assert _json(root, "metrics/knowledge_base_update.json")["duplicates_merged"] > 0
 
     faq = root / "data/raw/business_documents/techconsult-pro/faq.md"
-    faq.write_text(faq.read_text() + "\n## Gift Vouchers\nGift vouchers can be bought at the front desk for any amount.\n")
+    faq.write_text(
+        faq.read_text() + "\n## Gift Vouchers\nGift vouchers can be bought at the front desk for any amount.\n"
+    )
     one_changed = dvc(root, "repro").stdout
     assert "Running stage 'process_documents'" in one_changed
     processing = _json(root, "metrics/document_processing.json")

@@ -160,7 +160,8 @@ def test_writes_are_refused_with_405(api: Client, kb_root: Path) -> None:
 
 @pytest.mark.django_db
 def test_odd_query_strings_never_produce_a_server_error(api: Client, kb_root: Path) -> None:
-    from hypothesis import HealthCheck, given, settings as hypothesis_settings
+    from hypothesis import HealthCheck, given
+    from hypothesis import settings as hypothesis_settings
     from hypothesis import strategies as st
 
     @hypothesis_settings(max_examples=60, deadline=None, database=None, suppress_health_check=list(HealthCheck))
@@ -170,7 +171,9 @@ def test_odd_query_strings_never_produce_a_server_error(api: Client, kb_root: Pa
         business_id=st.one_of(st.none(), st.just(SAMPLE), st.text(max_size=40)),
     )
     def check(q, k, business_id) -> None:  # type: ignore[no-untyped-def]
-        params = {name: value for name, value in (("q", q), ("k", k), ("business_id", business_id)) if value is not None}
+        params = {
+            name: value for name, value in (("q", q), ("k", k), ("business_id", business_id)) if value is not None
+        }
         response = api.get("/api/knowledge-base/search", params)
         assert response.status_code in (200, 400), (params, response.content)
         assert response["Content-Type"] == "application/json"

@@ -35,7 +35,9 @@ class Workspace:
 
     def build(self, **overrides) -> dict:  # type: ignore[no-untyped-def]
         params = replace(KnowledgeBaseParams(), **overrides)
-        return pipeline.update_knowledge_base(self.root / "emb.json", self.root / "kb.json", self.root / "m2.json", params)
+        return pipeline.update_knowledge_base(
+            self.root / "emb.json", self.root / "kb.json", self.root / "m2.json", params
+        )
 
     def documents(self) -> dict[str, dict]:
         report = json.loads((self.root / "emb.json").read_text())["documents"]
@@ -64,7 +66,10 @@ def test_bad_files_are_skipped_with_their_reason_while_the_others_are_processed(
     metrics = ws.process()
 
     docs = ws.documents()
-    assert {name for name, d in docs.items() if d["status"] == "processed"} == {"clinic/services.pdf", "clinic/prices.docx"}
+    assert {name for name, d in docs.items() if d["status"] == "processed"} == {
+        "clinic/services.pdf",
+        "clinic/prices.docx",
+    }
     assert {name: d["reason"] for name, d in docs.items() if d["status"] == "skipped"} == {
         "clinic/locked.pdf": "encrypted",
         "clinic/broken.pdf": "corrupt",
@@ -77,8 +82,13 @@ def test_bad_files_are_skipped_with_their_reason_while_the_others_are_processed(
     assert metrics["documents_seen"] == 9
     assert metrics["documents_processed"] == 2
     assert metrics["skipped_by_reason"] == {
-        "corrupt": 1, "empty": 1, "encrypted": 1, "mislabelled": 1, "no_business_folder": 1,
-        "too_little_text": 1, "unsupported_format": 1,
+        "corrupt": 1,
+        "empty": 1,
+        "encrypted": 1,
+        "mislabelled": 1,
+        "no_business_folder": 1,
+        "too_little_text": 1,
+        "unsupported_format": 1,
     }
     assert metrics["chunks"] >= 2
     assert json.loads((ws.root / "m1.json").read_text()) == metrics
@@ -166,7 +176,9 @@ def test_a_rerun_after_one_document_changed_parses_only_that_document(ws: Worksp
 
 def test_bad_parameters_stop_the_stage_with_a_clear_message(tmp_path: Path) -> None:
     params = tmp_path / "params.yaml"
-    params.write_text("process_documents:\n  embedding_method: magic\nupdate_knowledge_base:\n  similarity_threshold: 2\n")
+    params.write_text(
+        "process_documents:\n  embedding_method: magic\nupdate_knowledge_base:\n  similarity_threshold: 2\n"
+    )
     with pytest.raises(pipeline.PipelineError) as caught:
         pipeline.load_params(params)
     assert "unknown embedding method 'magic'" in str(caught.value)
@@ -184,7 +196,9 @@ def test_a_parser_crash_on_one_file_skips_that_file_as_corrupt(ws: Workspace, mo
     ws.add("clinic/info.txt", "Services\n" + BODY)
     metrics = ws.process()
     docs = ws.documents()
-    assert docs["clinic/crafted.pdf"]["reason"] == "corrupt" and "RecursionError" in docs["clinic/crafted.pdf"]["detail"]
+    assert (
+        docs["clinic/crafted.pdf"]["reason"] == "corrupt" and "RecursionError" in docs["clinic/crafted.pdf"]["detail"]
+    )
     assert docs["clinic/info.txt"]["status"] == "processed" and metrics["documents_processed"] == 1
 
 
@@ -204,8 +218,16 @@ def test_a_missing_embedding_package_stops_the_command_with_a_clear_message(tmp_
     params.write_text("process_documents:\n  embedding_method: minilm\n")
     with pytest.raises(CommandError, match="requirements-semantic.txt"):
         call_command(
-            "process_documents", "--params", str(params), "--raw-dir", str(tmp_path / "raw"),
-            "--output", str(tmp_path / "emb.json"), "--metrics", str(tmp_path / "m.json"),
-            "--cache-dir", str(tmp_path / "cache"),
+            "process_documents",
+            "--params",
+            str(params),
+            "--raw-dir",
+            str(tmp_path / "raw"),
+            "--output",
+            str(tmp_path / "emb.json"),
+            "--metrics",
+            str(tmp_path / "m.json"),
+            "--cache-dir",
+            str(tmp_path / "cache"),
         )
     assert not (tmp_path / "emb.json").exists()

@@ -42,7 +42,9 @@ def test_a_failed_run_keeps_its_log_and_frees_the_slot(built_clone: Path, tmp_pa
     root = tmp_path / "repo"
     shutil.copytree(built_clone, root, symlinks=True)
     (root / "params.yaml").write_text("process_documents:\n  min_text_length: -1\n")
-    (root / "data/raw/business_documents/techconsult-pro/new.txt").write_text("Services\nA new service for everyone.\n" * 3)
+    (root / "data/raw/business_documents/techconsult-pro/new.txt").write_text(
+        "Services\nA new service for everyone.\n" * 3
+    )
     settings.DOCUMENTS_PIPELINE_ROOT = root
 
     run = execute_run(request_run("all").pk)

@@ -33,7 +33,10 @@ def test_it_reads_headings_and_paragraphs_of_a_generated_docx(tmp_path: Path) ->
 
 def test_markdown_headings_start_sections() -> None:
     text = b"# Guide\n\n## Prices\nA visit costs $80.\n\n## Hours\nOpen daily.\n"
-    assert [(s.title, s.text) for s in read_sections(text, "md")] == [("Prices", "A visit costs $80."), ("Hours", "Open daily.")]
+    assert [(s.title, s.text) for s in read_sections(text, "md")] == [
+        ("Prices", "A visit costs $80."),
+        ("Hours", "Open daily."),
+    ]
 
 
 def test_plain_text_headings_with_a_colon_start_sections_as_in_the_seed_sample() -> None:

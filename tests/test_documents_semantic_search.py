@@ -29,10 +29,15 @@ def minilm_build(built_clone: Path, tmp_path_factory: pytest.TempPathFactory) ->
         root = tmp_path_factory.mktemp("minilm")
         process, update = pipeline.load_params(built_clone / "params.yaml")
         pipeline.process_documents(
-            built_clone / pipeline.RAW_DIR, root / pipeline.EMBEDDINGS_PATH, root / "m1.json",
-            replace(process, embedding_method="minilm"), cache_dir=root / "cache",
+            built_clone / pipeline.RAW_DIR,
+            root / pipeline.EMBEDDINGS_PATH,
+            root / "m1.json",
+            replace(process, embedding_method="minilm"),
+            cache_dir=root / "cache",
         )
-        pipeline.update_knowledge_base(root / pipeline.EMBEDDINGS_PATH, root / pipeline.KB_PATH, root / "m2.json", update)
+        pipeline.update_knowledge_base(
+            root / pipeline.EMBEDDINGS_PATH, root / pipeline.KB_PATH, root / "m2.json", update
+        )
     return root
 
 
@@ -47,7 +52,11 @@ def minilm_root(minilm_build: Path, settings) -> Path:  # type: ignore[no-untype
 def test_minilm_answers_the_written_customer_questions_through_the_search_endpoint(minilm_root: Path) -> None:
     api = Client()
     summary = api.get("/api/knowledge-base/", {"business_id": SAMPLE}).json()
-    assert summary["embedding"] == {"method": "minilm", "model": "sentence-transformers/all-MiniLM-L6-v2", "dimensions": 384}
+    assert summary["embedding"] == {
+        "method": "minilm",
+        "model": "sentence-transformers/all-MiniLM-L6-v2",
+        "dimensions": 384,
+    }
 
     def search(question: str, k: int) -> list[dict]:
         response = api.get("/api/knowledge-base/search", {"q": question, "k": k, "business_id": SAMPLE})

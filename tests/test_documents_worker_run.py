@@ -32,8 +32,13 @@ def _start_worker(pipeline_root: Path, log: Path) -> subprocess.Popen:
         "MLOPS_ENV": "development",
     }
     return subprocess.Popen(
-        [sys.executable, "manage.py", "qcluster"], cwd=ROOT, env=env, stdin=subprocess.DEVNULL,
-        stdout=log.open("w"), stderr=subprocess.STDOUT, start_new_session=True,
+        [sys.executable, "manage.py", "qcluster"],
+        cwd=ROOT,
+        env=env,
+        stdin=subprocess.DEVNULL,
+        stdout=log.open("w"),
+        stderr=subprocess.STDOUT,
+        start_new_session=True,
     )
 
 
@@ -61,7 +66,9 @@ def _wait_until_finished(run: PipelineRun, worker: subprocess.Popen, log: Path, 
 @pytest.mark.slow
 @pytest.mark.django_db(transaction=True)
 def test_an_uploaded_document_reaches_the_knowledge_base_through_the_worker(
-    built_clone: Path, tmp_path: Path, settings  # noqa: F811
+    built_clone: Path,  # noqa: F811
+    tmp_path: Path,
+    settings,
 ) -> None:
     root = tmp_path / "repo"
     shutil.copytree(built_clone, root, symlinks=True)

@@ -7,64 +7,145 @@ from django.db import migrations, models
 
 
 class Migration(migrations.Migration):
-
     initial = True
 
     dependencies = [
-        ('metrics_app', '0002_adopt_seed_rows'),
+        ("metrics_app", "0002_adopt_seed_rows"),
         migrations.swappable_dependency(settings.AUTH_USER_MODEL),
     ]
 
     operations = [
         migrations.CreateModel(
-            name='Document',
+            name="Document",
             fields=[
-                ('id', models.BigAutoField(auto_created=True, primary_key=True, serialize=False, verbose_name='ID')),
-                ('path', models.CharField(help_text='Path under data/raw/business_documents/, starting with the business id.', max_length=500, unique=True)),
-                ('name', models.CharField(max_length=255)),
-                ('format', models.CharField(max_length=16)),
-                ('size_bytes', models.BigIntegerField()),
-                ('sha256', models.CharField(blank=True, max_length=64)),
-                ('status', models.CharField(choices=[('new', 'new (not processed yet)'), ('processed', 'processed'), ('skipped', 'skipped')], default='new', max_length=16)),
-                ('skip_reason', models.CharField(blank=True, help_text='Why the last run left the file out.', max_length=32)),
-                ('skip_detail', models.CharField(blank=True, max_length=500)),
-                ('chunks', models.PositiveIntegerField(default=0)),
-                ('uploaded_at', models.DateTimeField(default=django.utils.timezone.now)),
-                ('processed_at', models.DateTimeField(blank=True, help_text='End of the run that last reported on it.', null=True)),
-                ('business', models.ForeignKey(on_delete=django.db.models.deletion.CASCADE, related_name='documents', to='metrics_app.business')),
-                ('uploaded_by', models.ForeignKey(blank=True, null=True, on_delete=django.db.models.deletion.SET_NULL, related_name='+', to=settings.AUTH_USER_MODEL)),
+                ("id", models.BigAutoField(auto_created=True, primary_key=True, serialize=False, verbose_name="ID")),
+                (
+                    "path",
+                    models.CharField(
+                        help_text="Path under data/raw/business_documents/, starting with the business id.",
+                        max_length=500,
+                        unique=True,
+                    ),
+                ),
+                ("name", models.CharField(max_length=255)),
+                ("format", models.CharField(max_length=16)),
+                ("size_bytes", models.BigIntegerField()),
+                ("sha256", models.CharField(blank=True, max_length=64)),
+                (
+                    "status",
+                    models.CharField(
+                        choices=[
+                            ("new", "new (not processed yet)"),
+                            ("processed", "processed"),
+                            ("skipped", "skipped"),
+                        ],
+                        default="new",
+                        max_length=16,
+                    ),
+                ),
+                (
+                    "skip_reason",
+                    models.CharField(blank=True, help_text="Why the last run left the file out.", max_length=32),
+                ),
+                ("skip_detail", models.CharField(blank=True, max_length=500)),
+                ("chunks", models.PositiveIntegerField(default=0)),
+                ("uploaded_at", models.DateTimeField(default=django.utils.timezone.now)),
+                (
+                    "processed_at",
+                    models.DateTimeField(blank=True, help_text="End of the run that last reported on it.", null=True),
+                ),
+                (
+                    "business",
+                    models.ForeignKey(
+                        on_delete=django.db.models.deletion.CASCADE, related_name="documents", to="metrics_app.business"
+                    ),
+                ),
+                (
+                    "uploaded_by",
+                    models.ForeignKey(
+                        blank=True,
+                        null=True,
+                        on_delete=django.db.models.deletion.SET_NULL,
+                        related_name="+",
+                        to=settings.AUTH_USER_MODEL,
+                    ),
+                ),
             ],
             options={
-                'db_table': 'documents_document',
-                'indexes': [models.Index(fields=['business', 'status'], name='documents_business_status_idx')],
-                'constraints': [models.CheckConstraint(condition=models.Q(('size_bytes__gte', 0)), name='documents_document_size_not_negative')],
+                "db_table": "documents_document",
+                "indexes": [models.Index(fields=["business", "status"], name="documents_business_status_idx")],
+                "constraints": [
+                    models.CheckConstraint(
+                        condition=models.Q(("size_bytes__gte", 0)), name="documents_document_size_not_negative"
+                    )
+                ],
             },
         ),
         migrations.CreateModel(
-            name='PipelineRun',
+            name="PipelineRun",
             fields=[
-                ('id', models.BigAutoField(auto_created=True, primary_key=True, serialize=False, verbose_name='ID')),
-                ('stage', models.CharField(choices=[('all', 'whole pipeline'), ('process_documents', 'process_documents'), ('update_knowledge_base', 'update_knowledge_base')], default='all', max_length=32)),
-                ('status', models.CharField(choices=[('queued', 'queued'), ('running', 'running'), ('succeeded', 'succeeded'), ('failed', 'failed')], default='queued', max_length=16)),
-                ('active', models.BooleanField(default=True, editable=False)),
-                ('created_at', models.DateTimeField(default=django.utils.timezone.now)),
-                ('started_at', models.DateTimeField(blank=True, null=True)),
-                ('finished_at', models.DateTimeField(blank=True, null=True)),
-                ('duration_seconds', models.FloatField(blank=True, null=True)),
-                ('command', models.CharField(blank=True, max_length=200)),
-                ('exit_code', models.IntegerField(blank=True, null=True)),
-                ('log', models.TextField(blank=True)),
-                ('params', models.JSONField(blank=True, default=dict)),
-                ('metrics', models.JSONField(blank=True, default=dict)),
-                ('kb_version', models.CharField(blank=True, max_length=100, verbose_name='knowledge-base version')),
-                ('error', models.CharField(blank=True, max_length=500)),
-                ('requested_by', models.ForeignKey(blank=True, null=True, on_delete=django.db.models.deletion.SET_NULL, related_name='+', to=settings.AUTH_USER_MODEL)),
+                ("id", models.BigAutoField(auto_created=True, primary_key=True, serialize=False, verbose_name="ID")),
+                (
+                    "stage",
+                    models.CharField(
+                        choices=[
+                            ("all", "whole pipeline"),
+                            ("process_documents", "process_documents"),
+                            ("update_knowledge_base", "update_knowledge_base"),
+                        ],
+                        default="all",
+                        max_length=32,
+                    ),
+                ),
+                (
+                    "status",
+                    models.CharField(
+                        choices=[
+                            ("queued", "queued"),
+                            ("running", "running"),
+                            ("succeeded", "succeeded"),
+                            ("failed", "failed"),
+                        ],
+                        default="queued",
+                        max_length=16,
+                    ),
+                ),
+                ("active", models.BooleanField(default=True, editable=False)),
+                ("created_at", models.DateTimeField(default=django.utils.timezone.now)),
+                ("started_at", models.DateTimeField(blank=True, null=True)),
+                ("finished_at", models.DateTimeField(blank=True, null=True)),
+                ("duration_seconds", models.FloatField(blank=True, null=True)),
+                ("command", models.CharField(blank=True, max_length=200)),
+                ("exit_code", models.IntegerField(blank=True, null=True)),
+                ("log", models.TextField(blank=True)),
+                ("params", models.JSONField(blank=True, default=dict)),
+                ("metrics", models.JSONField(blank=True, default=dict)),
+                ("kb_version", models.CharField(blank=True, max_length=100, verbose_name="knowledge-base version")),
+                ("error", models.CharField(blank=True, max_length=500)),
+                (
+                    "requested_by",
+                    models.ForeignKey(
+                        blank=True,
+                        null=True,
+                        on_delete=django.db.models.deletion.SET_NULL,
+                        related_name="+",
+                        to=settings.AUTH_USER_MODEL,
+                    ),
+                ),
             ],
             options={
-                'db_table': 'documents_pipeline_run',
-                'permissions': [('run_pipeline', 'Can run the document pipeline')],
-                'indexes': [models.Index(fields=['-created_at'], name='documents_run_created_idx')],
-                'constraints': [models.UniqueConstraint(condition=models.Q(('active', True)), fields=('active',), name='documents_one_active_run'), models.CheckConstraint(condition=models.Q(('active', False), ('status__in', ['queued', 'running']), _connector='OR'), name='documents_active_run_is_queued_or_running')],
+                "db_table": "documents_pipeline_run",
+                "permissions": [("run_pipeline", "Can run the document pipeline")],
+                "indexes": [models.Index(fields=["-created_at"], name="documents_run_created_idx")],
+                "constraints": [
+                    models.UniqueConstraint(
+                        condition=models.Q(("active", True)), fields=("active",), name="documents_one_active_run"
+                    ),
+                    models.CheckConstraint(
+                        condition=models.Q(("active", False), ("status__in", ["queued", "running"]), _connector="OR"),
+                        name="documents_active_run_is_queued_or_running",
+                    ),
+                ],
             },
         ),
     ]

@@ -89,7 +89,8 @@ class Command(BaseCommand):
         for row in rows:
             self.stdout.write(
                 f"{row['method']}: top-{options['k']} hit rate {row['hits']}/{row['questions']} "
-                f"({row['hit_rate']:.0%}), loaded in {row['load_seconds']} s, {row['chunks']} chunks built in {row['build_seconds']} s "
+                f"({row['hit_rate']:.0%}), loaded in {row['load_seconds']} s, "
+                f"{row['chunks']} chunks built in {row['build_seconds']} s "
                 f"({row['chunks_per_second']} chunks/s), {row['query_ms']} ms per query"
             )
             for missed in row["misses"]:

@@ -43,7 +43,8 @@ class Command(BaseCommand):
         skipped = ", ".join(f"{n} {reason}" for reason, n in metrics["skipped_by_reason"].items()) or "none"
         self.stdout.write(
             f"{metrics['documents_processed']}/{metrics['documents_seen']} documents processed "
-            f"({metrics['documents_parsed']} parsed, {metrics['documents_from_cache']} from cache; skipped: {skipped}), "
+            f"({metrics['documents_parsed']} parsed, {metrics['documents_from_cache']} from cache; "
+            f"skipped: {skipped}), "
             f"{metrics['chunks']} chunks with {metrics['embedding_method']} "
             f"in {metrics['processing_time_seconds']} s"
         )
