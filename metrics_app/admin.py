@@ -8,6 +8,7 @@ businesses see only those, in every list, filter and export.
 from __future__ import annotations
 
 import csv
+import hashlib
 import uuid
 from datetime import timedelta
 from typing import Any, Iterable, Iterator
@@ -35,8 +36,10 @@ from metrics_app.errors import error_response
 from metrics_app.models import AIMetric, Conversation, ModelPrice, StaffBusinessAccess
 
 # Counting beyond this many matching rows costs more than it tells: the page
-# then shows an estimate (PostgreSQL's planner) or this number.
-EXACT_COUNT_LIMIT = 10_000
+# then shows an estimate (PostgreSQL's planner) or this number. With a rare
+# filter (failed replies, 3%) a count to 10,000 read 330,000 rows, about 0.3 s
+# at 5M events; 1,000 (twenty pages) reads a tenth of that.
+EXACT_COUNT_LIMIT = 1_000
 # A CSV export streams at most this many rows; narrow the filters for more.
 MAX_EXPORT_ROWS = 1_000_000
 
@@ -114,7 +117,8 @@ class RecentValuesFilter(admin.SimpleListFilter):
 
     def lookups(self, request: HttpRequest, model_admin: admin.ModelAdmin) -> list[tuple[str, str]]:
         businesses = sorted(visible_businesses(request.user).values_list("id", flat=True))
-        cache_key = f"admin-choices:{self.field_name}:{hash(tuple(businesses))}"
+        scope = hashlib.sha256("\n".join(businesses).encode()).hexdigest()[:32]
+        cache_key = f"admin-choices:{self.field_name}:{scope}"
         values = cache.get(cache_key)
         if values is None:
             since = timezone.now() - timedelta(days=self.RECENT_DAYS)

@@ -9,6 +9,7 @@ import uuid
 from datetime import timedelta
 
 import pytest
+from django.core.cache import cache
 from django.db import connection
 from django.test.utils import CaptureQueriesContext
 from django.urls import reverse
@@ -21,6 +22,14 @@ pytestmark = pytest.mark.django_db
 pytest_plugins = ["tests.console_fixtures"]
 CHANGELIST = reverse("admin:metrics_app_aimetric_changelist")
 EXPORT = reverse("admin:metrics_app_aimetric_export")
+
+
+@pytest.fixture(autouse=True)
+def _fresh_filter_choices():
+    # Filter choices are cached for minutes; each test brings its own events.
+    cache.clear()
+    yield
+    cache.clear()
 
 
 def streamed(response) -> str:
