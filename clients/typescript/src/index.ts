@@ -17,18 +17,28 @@ export type { FlushResult, Logger, MetricsData, TrackerOptions, TrackerStats } f
 export { calculateTokenUsage, estimateApiCost, reportedUsage, tokenFields } from "./tokens.js";
 export type { ProviderUsage, TokenUsage } from "./tokens.js";
 
-let tracker: MetricsTracker | null = null;
-let exitHookInstalled = false;
+// Kept on globalThis so that Next.js dev reloads, which evaluate this module
+// again, share one queue and one exit hook instead of piling them up.
+interface Shared {
+  tracker: MetricsTracker | null;
+  exitHookInstalled: boolean;
+}
+const SHARED_KEY = Symbol.for("mlops-chat-tracking");
+const shared: Shared = ((globalThis as Record<symbol, Shared | undefined>)[SHARED_KEY] ??= {
+  tracker: null,
+  exitHookInstalled: false,
+});
 
 function installExitHook(): void {
-  if (exitHookInstalled || typeof process === "undefined" || typeof process.once !== "function") return;
-  exitHookInstalled = true;
+  if (shared.exitHookInstalled || typeof process === "undefined" || typeof process.once !== "function") return;
+  shared.exitHookInstalled = true;
   // 'beforeExit' comes when the event loop has run dry: the moment a script or
   // a server that is closing down would lose what is still queued. One try
   // only: against a service that is down, a second would keep the process
   // alive for ever.
   let attempted = false;
   process.on("beforeExit", () => {
+    const tracker = shared.tracker;
     if (!tracker || attempted || tracker.stats().pending === 0) return;
     attempted = true;
     void tracker.shutdown();
@@ -37,11 +47,11 @@ function installExitHook(): void {
 
 /** The process-wide tracker that `trackMetrics` uses, made on first use from the environment. */
 export function getTracker(): MetricsTracker {
-  if (!tracker) {
-    tracker = new MetricsTracker();
+  if (!shared.tracker) {
+    shared.tracker = new MetricsTracker();
     installExitHook();
   }
-  return tracker;
+  return shared.tracker;
 }
 
 /**
@@ -49,8 +59,9 @@ export function getTracker(): MetricsTracker {
  * What the old one still had queued is flushed in the background.
  */
 export function configureTracking(options: TrackerOptions = {}): MetricsTracker {
-  const previous = tracker;
-  tracker = new MetricsTracker(options);
+  const previous = shared.tracker;
+  const tracker = new MetricsTracker(options);
+  shared.tracker = tracker;
   installExitHook();
   if (previous && previous.stats().pending > 0) void previous.flush(previous.shutdownTimeoutMs);
   return tracker;
@@ -75,12 +86,12 @@ export function trackMetrics(metricsData: MetricsData): Promise<void> {
  * serverless routes: `waitUntil(flush())` or Next.js `after(() => flush())`.
  */
 export function flush(timeoutMs?: number): Promise<FlushResult> {
-  return tracker ? tracker.flush(timeoutMs) : Promise.resolve({ complete: true, pending: 0 });
+  return shared.tracker ? shared.tracker.flush(timeoutMs) : Promise.resolve({ complete: true, pending: 0 });
 }
 
 /** Flush with the shutdown deadline (MetricsTracker option `shutdownTimeoutMs`, 5 s by default). */
 export function shutdown(timeoutMs?: number): Promise<FlushResult> {
-  return tracker ? tracker.shutdown(timeoutMs) : Promise.resolve({ complete: true, pending: 0 });
+  return shared.tracker ? shared.tracker.shutdown(timeoutMs) : Promise.resolve({ complete: true, pending: 0 });
 }
 
 /** Counters of the process-wide tracker: created, duplicates, rejected, dropped... */
