@@ -128,6 +128,8 @@ def test_a_real_prometheus_stores_exactly_the_counts_sent_and_every_dashboard_qu
 ):
     require(have_prometheus(), "prometheus server (Debian package prometheus)")
     service = live_service(workers=3, extra_env={"MLOPS_METRICS_TOKEN": TOKEN})
+    status, headers, body = service.request("GET", "/metrics")
+    assert status == 401 and headers["WWW-Authenticate"].startswith("Bearer"), body
     prometheus = start_prometheus(tmp_path, service.url.removeprefix("http://"), token=TOKEN)
     try:
         wait_for(lambda: prometheus.scalar('up{job="mlops-service"}') == 1, 30, "the first scrape")
@@ -212,7 +214,9 @@ def test_prometheus_sees_a_restarted_service_as_a_counter_reset_and_increase_spa
         status, _, body = service.request("POST", "/track/batch", {"events": events})
         assert status == 200 and body["created"] == count, body
 
-    service = live_service(workers=2)
+    # An operator-given directory: the restart must empty it.
+    env = {"PROMETHEUS_MULTIPROC_DIR": str(tmp_path / "prometheus-multiproc")}
+    service = live_service(workers=2, extra_env=env)
     port = int(service.url.rsplit(":", 1)[1])
     prometheus = start_prometheus(tmp_path, f"127.0.0.1:{port}")
     try:
@@ -225,7 +229,9 @@ def test_prometheus_sees_a_restarted_service_as_a_counter_reset_and_increase_spa
 
         # The same address again, as a restart keeps it.
         monkeypatch.setattr(tests.pgserver, "free_port", lambda: port)
-        again = live_service(workers=2)
+        again = live_service(workers=2, extra_env=env)
+        status, _, text = again.request("GET", "/metrics")
+        assert status == 200 and "ai_requests_total{" not in text
         send(again, 20)
         wait_for(lambda: prometheus.scalar("sum(ai_requests_total)") == 20, 30, "the events after the restart")
 

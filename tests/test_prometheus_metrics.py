@@ -339,4 +339,5 @@ def test_a_batch_of_new_businesses_costs_one_query_for_their_labels(settings, dj
     assert [mapping[b] for b in ids] == ids[:100] + ["other"] * 200
     # The cap is full: more new ids cost no query at all.
     with django_assert_num_queries(0):
-        assert prometheus.labels.businesses(["never-registered", None]) == {"never-registered": "other", None: "unknown"}
+        mapping = prometheus.labels.businesses(["never-registered", None])
+    assert mapping == {"never-registered": "other", None: "unknown"}
