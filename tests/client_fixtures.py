@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import atexit
 import functools
 import json
 import os
 import shutil
 import subprocess
 import sys
+import tempfile
 import threading
 from pathlib import Path
 from typing import Any, Callable
@@ -37,17 +39,22 @@ def run(command: list[str], cwd: Path, timeout: float = 300, env: dict[str, str]
 
 
 @functools.cache
-def _build_typescript() -> None:
-    run(["npm", "ci", "--no-audit", "--no-fund"], TS_DIR)
-    run(["npm", "run", "pretest"], TS_DIR)
+def _build_typescript() -> Path:
+    # A private copy: runs that share the work tree (SQLite and PostgreSQL side
+    # by side, or two developers) must not rebuild each other's node_modules.
+    copy = Path(tempfile.mkdtemp(prefix="mlops-ts-client-")) / "typescript"
+    shutil.copytree(TS_DIR, copy, ignore=shutil.ignore_patterns("node_modules", "dist", "build-test", "*.tgz"))
+    atexit.register(shutil.rmtree, copy.parent, True)
+    run(["npm", "ci", "--no-audit", "--no-fund"], copy)
+    run(["npm", "run", "pretest"], copy)
+    return copy
 
 
 @pytest.fixture
 def typescript_package() -> Path:
-    """The TypeScript client installed from its lock file and built, its fixture route type-checked (once a run)."""
+    """A copy of the TypeScript client installed from its lock file and built, its chat route type-checked."""
     require(have_node(), "Node.js and npm (the TypeScript client's tests)")
-    _build_typescript()
-    return TS_DIR
+    return _build_typescript()
 
 
 def restart_on_same_port(service: LiveService, start: Callable[..., LiveService], **options: Any) -> LiveService:
