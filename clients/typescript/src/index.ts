@@ -116,8 +116,8 @@ export function flushOnSignals(signals: NodeJS.Signals[] = ["SIGTERM", "SIGINT"]
 }
 
 /** What `withMetrics` hands to its `describe` callback once the route has finished. */
-export interface RouteOutcome {
-  request: Request;
+export interface RouteOutcome<Req extends Request = Request> {
+  request: Req;
   response?: Response;
   error?: unknown;
   durationMs: number;
@@ -132,11 +132,11 @@ export interface RouteOutcome {
  * returns null to report nothing for that call; when it throws, nothing is
  * reported and the route is unaffected.
  */
-export function withMetrics<Args extends unknown[], R extends Response>(
-  handler: (request: Request, ...args: Args) => R | Promise<R>,
-  describe: (outcome: RouteOutcome) => Partial<MetricsData> | null | undefined,
-): (request: Request, ...args: Args) => Promise<R> {
-  const report = (outcome: RouteOutcome): void => {
+export function withMetrics<Req extends Request, Args extends unknown[], R extends Response>(
+  handler: (request: Req, ...args: Args) => R | Promise<R>,
+  describe: (outcome: RouteOutcome<Req>) => Partial<MetricsData> | null | undefined,
+): (request: Req, ...args: Args) => Promise<R> {
+  const report = (outcome: RouteOutcome<Req>): void => {
     try {
       const fields = describe(outcome);
       if (!fields) return;
@@ -153,7 +153,7 @@ export function withMetrics<Args extends unknown[], R extends Response>(
       // A failing describe() loses this event, never the response.
     }
   };
-  return async (request: Request, ...args: Args): Promise<R> => {
+  return async (request: Req, ...args: Args): Promise<R> => {
     const started = performance.now();
     let response: R;
     try {
