@@ -29,6 +29,7 @@ from django.db import DatabaseError
 from django.http import HttpRequest, HttpResponse
 from django.views.decorators.csrf import csrf_exempt
 from django_prometheus.middleware import PrometheusAfterMiddleware
+from django_prometheus.models import model_deletes, model_inserts, model_updates
 from prometheus_client import (
     CONTENT_TYPE_LATEST,
     REGISTRY,
@@ -245,6 +246,8 @@ def count_stored_events(events: list[dict[str, Any]]) -> None:
             HUMAN_HANDOFFS.labels(business).inc()
         if _is_failed(event):
             AI_FAILED_REPLIES.labels(business).inc()
+    # Events are written with one INSERT ... ON CONFLICT, which no model hook sees.
+    model_inserts.labels(_EVENT_MODEL).inc(len(events))
 
 
 def count_recorded_bookings(bookings: list[tuple[str, str | None]]) -> None:
@@ -362,9 +365,35 @@ def check_metrics_token(app_configs: Any, **kwargs: Any) -> list[checks.CheckMes
     return []
 
 
+# --- django-prometheus's model counters, fed by signals rather than a mixin on every model
+
+_MODEL_APPS = ("metrics_app", "documents_app")
+_EVENT_MODEL = "aimetric"
+
+
+def _model_saved(sender: type, created: bool, **kwargs: Any) -> None:
+    (model_inserts if created else model_updates).labels(sender._meta.model_name).inc()
+
+
+def _model_deleted(sender: type, **kwargs: Any) -> None:
+    model_deletes.labels(sender._meta.model_name).inc()
+
+
 def connect() -> None:
-    """Subscribe the counters to the event store (called from MetricsAppConfig.ready)."""
+    """Subscribe the counters to the event store and the models (called from MetricsAppConfig.ready)."""
+    from django.apps import apps
+    from django.db.models.signals import post_delete, post_save
+
     from metrics_app import services
 
     services.on_events_stored(count_stored_events)
     services.on_bookings_recorded(count_recorded_bookings)
+    for app_label in _MODEL_APPS:
+        if not apps.is_installed(app_label):
+            continue
+        for model in apps.get_app_config(app_label).get_models():
+            name = model._meta.model_name
+            for counter in (model_inserts, model_updates, model_deletes):
+                counter.labels(name)
+            post_save.connect(_model_saved, sender=model, dispatch_uid=f"prometheus-save-{name}")
+            post_delete.connect(_model_deleted, sender=model, dispatch_uid=f"prometheus-delete-{name}")

@@ -341,3 +341,22 @@ def test_a_batch_of_new_businesses_costs_one_query_for_their_labels(settings, dj
     with django_assert_num_queries(0):
         mapping = prometheus.labels.businesses(["never-registered", None])
     assert mapping == {"never-registered": "other", None: "unknown"}
+
+
+def test_model_operations_are_counted_including_events_written_by_the_ingest(scrape, send):
+    before = scrape()
+    biz = Business.objects.create(id=unique_business())
+    biz.name = "Renamed"
+    biz.save()
+    for _ in range(3):
+        send("/track", event(biz.id))
+    Business.objects.create(id=unique_business()).delete()
+    after = scrape()
+
+    def moved(sample: str, model: str) -> float:
+        return total(after, sample, model=model) - total(before, sample, model=model)
+
+    assert moved("django_model_inserts_total", "business") == 2
+    assert moved("django_model_updates_total", "business") == 1
+    assert moved("django_model_deletes_total", "business") == 1
+    assert moved("django_model_inserts_total", "aimetric") == AIMetric.objects.filter(business_id=biz.id).count() == 3
