@@ -21,8 +21,10 @@ from tests.conftest import ROOT, LiveService, require, stop_service
 
 TS_DIR = ROOT / "clients" / "typescript"
 PY_DIR = ROOT / "clients" / "python"
+# The Python client as its users import it; appended, so that its own tests/
+# folder can never shadow this project's.
 if str(PY_DIR) not in sys.path:
-    sys.path.insert(0, str(PY_DIR))
+    sys.path.append(str(PY_DIR))
 
 TURNS_PER_CONVERSATION = 5  # the scripted conversation in both chat-app scripts
 
