@@ -11,11 +11,13 @@ import zoneinfo
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
+import orjson
 from django.db.models import Count, Max, Min, Q, Sum
 from django.utils import timezone
 from drf_spectacular.utils import OpenApiResponse, extend_schema
 from rest_framework import permissions, serializers
 from rest_framework.exceptions import NotFound, PermissionDenied, ValidationError
+from rest_framework.renderers import JSONRenderer
 from rest_framework.request import Request
 from rest_framework.response import Response
 from rest_framework.views import APIView
@@ -268,8 +270,18 @@ class PeakHoursSerializer(serializers.Serializer):
 # --- Analytics views.
 
 
+class FastJSONRenderer(JSONRenderer):
+    """orjson instead of the json module: a 30-day hourly series is 720 buckets of 35 figures."""
+
+    def render(self, data: Any, accepted_media_type: str | None = None, renderer_context: Any = None) -> bytes:
+        if data is None:
+            return b""
+        return orjson.dumps(data, option=orjson.OPT_NON_STR_KEYS)
+
+
 class AnalyticsView(APIView):
     permission_classes = [CanRead]
+    renderer_classes = [FastJSONRenderer]
 
 
 class SummaryView(AnalyticsView):

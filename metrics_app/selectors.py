@@ -140,38 +140,46 @@ def _ratio(numerator: Any, denominator: Any) -> float | None:
     return float(numerator) / float(denominator) if denominator else None
 
 
+def _count(value: Any) -> int:
+    # PostgreSQL's SUM over bigint is numeric: counts come back as Decimal from the rollups.
+    return int(value or 0)
+
+
 def _event_figures(row: dict[str, Any]) -> dict[str, Any]:
-    events = row["events"] or 0
+    events = _count(row["events"])
+    errors = _count(row["errors"])
     return {
         "events": events,
-        "errors": row["errors"] or 0,
-        "error_rate": _ratio(row["errors"], events),
+        "errors": errors,
+        "error_rate": _ratio(errors, events),
         "success_rate": _ratio(row["success_sum"], events),
         "latency_mean_ms": _ratio(row["latency_sum"], row["latency_n"]),
-        "tokens": int(row["tokens"] or 0),
-        "input_tokens": int(row["input_tokens"] or 0),
-        "output_tokens": int(row["output_tokens"] or 0),
+        "tokens": _count(row["tokens"]),
+        "input_tokens": _count(row["input_tokens"]),
+        "output_tokens": _count(row["output_tokens"]),
         "cost_usd": _number(row["cost"]),
         "client_cost_usd": _number(row["client_cost"]),
-        "unpriced_events": row["unpriced"] or 0,
-        "estimated_cost_events": row["estimated"] or 0,
-        "appointments_requested": row["requested"] or 0,
-        "appointments_booked": row["booked"] or 0,
-        "human_handoffs": row["handoffs"] or 0,
+        "unpriced_events": _count(row["unpriced"]),
+        "estimated_cost_events": _count(row["estimated"]),
+        "appointments_requested": _count(row["requested"]),
+        "appointments_booked": _count(row["booked"]),
+        "human_handoffs": _count(row["handoffs"]),
     }
 
 
 def _conversation_figures(row: dict[str, Any], cost: float) -> dict[str, Any]:
-    conversations = row["conversations"] or 0
-    booked = row["conv_booked"] or 0
+    conversations = _count(row["conversations"])
+    requested = _count(row["conv_requested"])
+    booked = _count(row["conv_booked"])
+    handoffs = _count(row["conv_handoffs"])
     return {
         "conversations": conversations,
-        "conversations_with_request": row["conv_requested"] or 0,
+        "conversations_with_request": requested,
         "conversations_booked": booked,
-        "conversations_handed_off": row["conv_handoffs"] or 0,
-        "appointment_request_rate": _ratio(row["conv_requested"], conversations),
+        "conversations_handed_off": handoffs,
+        "appointment_request_rate": _ratio(requested, conversations),
         "booking_rate": _ratio(booked, conversations),
-        "handoff_rate": _ratio(row["conv_handoffs"], conversations),
+        "handoff_rate": _ratio(handoffs, conversations),
         "cost_per_conversation_usd": _ratio(cost, conversations),
         "cost_per_booked_appointment_usd": _ratio(cost, booked),
     }
@@ -316,18 +324,18 @@ def summary(filters: Filters) -> dict[str, Any]:
 def funnel(filters: Filters) -> dict[str, Any]:
     middle, edges = _split(filters)
     row = _conversation_sums(filters, middle, edges)
-    total = row["conversations"] or 0
+    total = _count(row["conversations"])
     steps = [
         ("conversations", total),
-        ("appointment_requested", row["conv_requested"] or 0),
-        ("appointment_booked", row["conv_booked"] or 0),
+        ("appointment_requested", _count(row["conv_requested"])),
+        ("appointment_booked", _count(row["conv_booked"])),
     ]
     return {
         "steps": [
             {"step": name, "conversations": count, "share_of_conversations": _ratio(count, total)}
             for name, count in steps
         ],
-        "human_handoffs": row["conv_handoffs"] or 0,
+        "human_handoffs": _count(row["conv_handoffs"]),
         "handoff_rate": _ratio(row["conv_handoffs"], total),
         "booked_of_requested": _ratio(row["conv_booked"], row["conv_requested"]),
     }

@@ -119,6 +119,8 @@ def test_hourly_series_buckets_by_local_hours_of_odd_offset_zones(api, agency, a
         assert moment.utcoffset() == moment.astimezone(ZoneInfo(tz)).utcoffset()
         got[moment.replace(tzinfo=None)] = point
     assert sum(p["events"] for p in series) == len(chosen)
+    # Counts are JSON integers (PostgreSQL sums bigints as numeric; 12.0 is not a count).
+    assert all(type(p[name]) is int for p in series for name in ("events", "errors", "tokens", "conversations"))
     for hour, events in by_hour.items():
         assert_figures(got[hour], expected_event_figures(events), sketch=True)
     # Every hour of the period is there, empty ones with zero events.
