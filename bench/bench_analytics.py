@@ -239,7 +239,7 @@ def main() -> None:
         ("30-day funnel, all businesses", "/api/analytics/funnel", month, False),
         ("30-day breakdown by intent, one business (raw rows)", "/api/analytics/breakdown/intent",
          {**month, "business_id": one}, False),
-        ("30-day peak hours, one business (raw rows)", "/api/analytics/peak-hours", {**month, "business_id": one}, False),
+        ("30-day peak hours, one business", "/api/analytics/peak-hours", {**month, "business_id": one}, False),
         ("30-day summary, one business, model filter (raw rows)", "/api/analytics/summary",
          {**month, "business_id": one, "model": "gpt-4o-mini"}, False),
     ]

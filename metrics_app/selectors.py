@@ -476,7 +476,7 @@ def breakdown(filters: Filters, dimension: str, limit: int) -> list[dict[str, An
     return result
 
 
-def peak_hours(filters: Filters) -> list[dict[str, Any]]:
+def _raw_peak_cells(filters: Filters) -> dict[tuple[int, int], dict[str, Any]]:
     rows = (
         events_in(filters)
         .annotate(
@@ -487,7 +487,33 @@ def peak_hours(filters: Filters) -> list[dict[str, Any]]:
         .annotate(**_event_aggregates())
         .order_by()
     )
-    cells = {(row["weekday"], row["hour"]): row for row in rows}
+    return {(row.pop("weekday"), row.pop("hour")): row for row in rows}
+
+
+def _rollup_peak_cells(filters: Filters, middle: tuple[datetime, datetime],
+                       edges: list[Filters]) -> dict[tuple[int, int], dict[str, Any]]:
+    """Hour-of-week sums from quarter-hour rollups (every local hour is whole quarter hours), plus the raw edges."""
+    cells: dict[tuple[int, int], dict[str, Any]] = defaultdict(dict)
+    rollup = EventRollup.objects.filter(business_id__in=_owners(filters), bucket__gte=middle[0], bucket__lt=middle[1])
+    if connection.vendor == "postgresql":
+        rows = rollup.annotate(
+            weekday=ExtractIsoWeekDay("bucket", tzinfo=filters.tz), hour=ExtractHour("bucket", tzinfo=filters.tz)
+        ).values("weekday", "hour").annotate(**{n: Sum(n) for n in rollups.EVENT_SUMS}).order_by()
+        for row in rows:
+            _merge(cells[(row.pop("weekday"), row.pop("hour"))], row)
+    else:
+        for bucket, *values in rollup.order_by().values_list("bucket", *rollups.EVENT_SUMS):
+            local = bucket.astimezone(filters.tz)
+            _merge(cells[(local.isoweekday(), local.hour)], dict(zip(rollups.EVENT_SUMS, values)))
+    for edge in edges:
+        for key, row in _raw_peak_cells(edge).items():
+            _merge(cells[key], row)
+    return {key: defaultdict(lambda: None, value) for key, value in cells.items()}
+
+
+def peak_hours(filters: Filters) -> list[dict[str, Any]]:
+    middle, edges = _split(filters)
+    cells = _raw_peak_cells(filters) if middle is None else _rollup_peak_cells(filters, middle, edges)
     empty = defaultdict(lambda: None)
     result = []
     for weekday in range(1, 8):

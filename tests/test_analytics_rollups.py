@@ -151,3 +151,20 @@ def datetime_from(text: str):
     from datetime import datetime
 
     return datetime.fromisoformat(text).replace(tzinfo=None)
+
+
+def test_peak_hours_over_an_unaligned_period_match_the_raw_rows_in_a_45_minute_zone(api, agency, analytics_data):
+    tz = "Australia/Eucla"
+    start = NOW - timedelta(days=9, minutes=11)
+    end = NOW - timedelta(minutes=3)
+    params = {"start": start.isoformat(), "end": end.isoformat(), "tz": tz}
+    cells = api.get("/api/analytics/peak-hours", params, headers=agency).json()["cells"]
+    expected = Counter()
+    booked = Counter()
+    for r in select(rows(), start, end):
+        local = r["timestamp"].astimezone(ZoneInfo(tz))
+        expected[(local.isoweekday(), local.hour)] += 1
+        booked[(local.isoweekday(), local.hour)] += r["appointment_booked"]
+    assert {(c["weekday"], c["hour"]): c["events"] for c in cells if c["events"]} == dict(expected)
+    assert {(c["weekday"], c["hour"]): c["appointments_booked"] for c in cells if c["appointments_booked"]} == +booked
+    assert all(type(c["events"]) is int for c in cells)
