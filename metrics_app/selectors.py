@@ -1,11 +1,11 @@
 """Reads for the analytics API: every figure of docs/analytics.md, computed in the database.
 
 Event figures come from `ai_metrics` rows whose `timestamp` is in [start, end).
-Without event filters, summary, funnel and time series read the 15-minute
+Without event filters, summary, funnel, time series and peak hours read the 15-minute
 rollups for the whole quarter hours of the period and the raw rows only for
 the partial quarter hours at its two ends; their percentiles then come from the
-latency sketch (within 1% of the exact value). Filtered queries, breakdowns
-and peak hours read the raw rows.
+latency sketch (within 1% of the exact value). Filtered queries and
+breakdowns read the raw rows.
 Conversation figures come from conversations that *started* in [start, end)
 (their first event), so a conversation is counted once however long it runs;
 with event filters (model, intent, versions) only conversations with at least
