@@ -6,7 +6,7 @@
 (function () {
   "use strict";
 
-  const TOP_INTENTS = 6;
+  const TOP_INTENTS = 5;
   const root = document.getElementById("mlops-dashboard");
   if (!root) return;
   const config = JSON.parse(document.getElementById("dashboard-config").textContent);
@@ -178,13 +178,25 @@
       drawKpis(summaryFigures(summary), summaryFigures(previous));
       drawSeries(series);
       drawFunnel(funnel);
-      await drawIntents(params);
       status.textContent = `Figures for ${config.filters.label}, ${config.filters.business_id || "all businesses"}, `
         + `from ${config.params.start} to ${config.params.end} (${config.filters.tz}).`;
       root.dataset.state = "ready";
     } catch (err) {
       status.textContent = `The figures could not be loaded: ${err.message}`;
       root.dataset.state = "error";
+      return;
+    }
+    // Intents over time come from the raw events (one query per intent), the
+    // slowest figures on a large table: they follow once the rest is on screen.
+    const intents = document.getElementById("chart-intents");
+    intents.dataset.state = "loading";
+    charts.empty(intents, "Loading the intents\u2026");
+    try {
+      await drawIntents(params);
+      intents.dataset.state = "ready";
+    } catch (err) {
+      charts.empty(intents, `The intents could not be loaded: ${err.message}`);
+      intents.dataset.state = "error";
     }
   }
 
