@@ -114,5 +114,3 @@ export function reply(overrides: Partial<Record<string, unknown>> = {}): Record<
     ...overrides,
   };
 }
-
-export const quiet = null;
