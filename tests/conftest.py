@@ -18,7 +18,7 @@ import pytest
 from django.db import connection
 from django.test import Client
 
-from metrics_app import services
+from metrics_app import pricing, services
 from metrics_app.models import Business
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -42,8 +42,10 @@ def on_postgres() -> bool:
 def _forget_known_businesses() -> Iterator[None]:
     # The ingest service remembers businesses it created; tests roll them back.
     services._known_businesses.clear()
+    pricing.forget_table()  # each test's prices are its own
     yield
     services._known_businesses.clear()
+    pricing.forget_table()
 
 
 @pytest.fixture
