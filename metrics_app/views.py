@@ -94,6 +94,14 @@ def _json_body(request: HttpRequest, max_bytes: int) -> Any:
         raise Refused(error_response(400, "Malformed JSON", {"body": [str(exc)[:200]]})) from None
 
 
+def _ingest_request(request: HttpRequest, max_bytes: int) -> tuple[ApiKey | None, Any]:
+    """The key and parsed body of an ingest request, or Refused with the answer to give."""
+    if request.method != "POST":
+        raise Refused(_method_not_allowed("POST"))
+    key = _ingest_key(request)
+    return key, _json_body(request, max_bytes)
+
+
 def _outside_business(key: ApiKey, business_id: str) -> HttpResponse:
     return error_response(
         403, "This API key may not write that business",
@@ -131,11 +139,8 @@ def health(request: HttpRequest) -> HttpResponse:
 @csrf_exempt
 def track(request: HttpRequest) -> HttpResponse:
     """Store one event: 201 when new, 200 with "duplicate": true for a repeated event_id."""
-    if request.method != "POST":
-        return _method_not_allowed("POST")
     try:
-        key = _ingest_key(request)
-        payload = _json_body(request, MAX_EVENT_BYTES)
+        key, payload = _ingest_request(request, MAX_EVENT_BYTES)
     except Refused as refused:
         return refused.response
     if not isinstance(payload, dict):
@@ -165,11 +170,8 @@ def track(request: HttpRequest) -> HttpResponse:
 @csrf_exempt
 def track_batch(request: HttpRequest) -> HttpResponse:
     """Store up to 500 events; valid ones are stored even when others are rejected."""
-    if request.method != "POST":
-        return _method_not_allowed("POST")
     try:
-        key = _ingest_key(request)
-        payload = _json_body(request, MAX_BATCH_BYTES)
+        key, payload = _ingest_request(request, MAX_BATCH_BYTES)
     except Refused as refused:
         return refused.response
     events = payload.get("events") if isinstance(payload, dict) else None
