@@ -26,14 +26,14 @@ from urllib.parse import urlencode
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from bench_analytics import ZONES, load  # noqa: E402  (sets Django up)
+from bench_analytics import prepare  # noqa: E402  (sets Django up)
 from django.contrib.auth.models import User  # noqa: E402
 from django.core.management import call_command  # noqa: E402
 from django.db import connection  # noqa: E402
 from django.db.models import Count  # noqa: E402
 from django.test import Client  # noqa: E402
 
-from metrics_app.models import AIMetric, Business, Conversation  # noqa: E402
+from metrics_app.models import AIMetric, Conversation  # noqa: E402
 
 
 def timed(client: Client, url: str, runs: int) -> tuple[float, float]:
@@ -61,19 +61,8 @@ def main() -> None:
     if connection.vendor != "postgresql":
         sys.exit("bench_admin needs PostgreSQL: run it under python -m tests.pgserver -- ...")
 
-    call_command("migrate", verbosity=0)
     now = datetime.now(UTC)
-    businesses = [f"bench-{i:03d}" for i in range(args.businesses)]
-    Business.objects.bulk_create(
-        [Business(id=b, time_zone=ZONES[i % len(ZONES)]) for i, b in enumerate(businesses)], ignore_conflicts=True
-    )
-    print(f"Loading {args.events:,} events ({args.businesses} businesses, {args.days} days) with COPY ...")
-    load(args.events, businesses, args.days, now)
-    started = time.perf_counter()
-    call_command("rebuild_analytics", "--quiet-progress")
-    print(f"  derived tables rebuilt in {time.perf_counter() - started:.1f} s")
-    with connection.cursor() as cursor:
-        cursor.execute("VACUUM ANALYZE")
+    prepare(args.events, args.businesses, args.days, now)
 
     client = Client()
     client.force_login(User.objects.create_superuser("bench", "bench@example.com", "bench-password-1"))

@@ -182,6 +182,24 @@ def timed(client: Client, path: str, params: dict[str, str], headers: dict[str, 
     return statistics.median(times), max(times)
 
 
+def prepare(events: int, business_count: int, days: int, now: datetime) -> list[str]:
+    """Migrate, load `events` events with COPY, build the derived tables; return the business ids."""
+    call_command("migrate", verbosity=0)
+    businesses = [f"bench-{i:03d}" for i in range(business_count)]
+    Business.objects.bulk_create(
+        [Business(id=b, time_zone=ZONES[i % len(ZONES)]) for i, b in enumerate(businesses)], ignore_conflicts=True
+    )
+    print(f"Loading {events:,} events ({business_count} businesses, {days} days) with COPY ...")
+    copy_rate = load(events, businesses, days, now)
+    print(f"  COPY: {copy_rate:,.0f} events/s")
+    started = time.perf_counter()
+    call_command("rebuild_analytics", "--quiet-progress")
+    print(f"  rebuild_analytics: {time.perf_counter() - started:.1f} s")
+    with connection.cursor() as cursor:
+        cursor.execute("VACUUM ANALYZE")
+    return businesses
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--events", type=int, default=10_000_000)
@@ -194,20 +212,8 @@ def main() -> None:
     if connection.vendor != "postgresql":
         sys.exit("bench_analytics needs PostgreSQL: run it under python -m tests.pgserver -- ...")
 
-    call_command("migrate", verbosity=0)
     now = datetime.now(UTC)
-    businesses = [f"bench-{i:03d}" for i in range(args.businesses)]
-    Business.objects.bulk_create(
-        [Business(id=b, time_zone=ZONES[i % len(ZONES)]) for i, b in enumerate(businesses)], ignore_conflicts=True
-    )
-    print(f"Loading {args.events:,} events ({args.businesses} businesses, {args.days} days) with COPY ...")
-    copy_rate = load(args.events, businesses, args.days, now)
-    print(f"  COPY: {copy_rate:,.0f} events/s")
-    started = time.perf_counter()
-    call_command("rebuild_analytics", "--quiet-progress")
-    print(f"  rebuild_analytics: {time.perf_counter() - started:.1f} s")
-    with connection.cursor() as cursor:
-        cursor.execute("VACUUM ANALYZE")
+    businesses = prepare(args.events, args.businesses, args.days, now)
 
     print("Ingest through record_events, 500-event batches, on the loaded database:")
     bare = ingest_rate(businesses, now, args.ingest_batches, hooks=False)
