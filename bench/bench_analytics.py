@@ -182,8 +182,8 @@ def timed(client: Client, path: str, params: dict[str, str], headers: dict[str, 
     return statistics.median(times), max(times)
 
 
-def prepare(events: int, business_count: int, days: int, now: datetime) -> list[str]:
-    """Migrate, load `events` events with COPY, build the derived tables; return the business ids."""
+def prepare(events: int, business_count: int, days: int, now: datetime) -> tuple[list[str], float]:
+    """Migrate, load `events` events with COPY, build the derived tables; return (business ids, COPY events/s)."""
     call_command("migrate", verbosity=0)
     businesses = [f"bench-{i:03d}" for i in range(business_count)]
     Business.objects.bulk_create(
@@ -197,7 +197,7 @@ def prepare(events: int, business_count: int, days: int, now: datetime) -> list[
     print(f"  rebuild_analytics: {time.perf_counter() - started:.1f} s")
     with connection.cursor() as cursor:
         cursor.execute("VACUUM ANALYZE")
-    return businesses
+    return businesses, copy_rate
 
 
 def main() -> None:
@@ -213,7 +213,7 @@ def main() -> None:
         sys.exit("bench_analytics needs PostgreSQL: run it under python -m tests.pgserver -- ...")
 
     now = datetime.now(UTC)
-    businesses = prepare(args.events, args.businesses, args.days, now)
+    businesses, copy_rate = prepare(args.events, args.businesses, args.days, now)
 
     print("Ingest through record_events, 500-event batches, on the loaded database:")
     bare = ingest_rate(businesses, now, args.ingest_batches, hooks=False)
