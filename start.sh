@@ -27,9 +27,19 @@ echo "Migrating the database"
 set -m
 children=()
 cleanup() {
-    for pid in "${children[@]}"; do kill "$pid" 2>/dev/null || true; done
-    # Return only once they are gone, so a stopped start.sh means a stopped service.
-    for pid in "${children[@]}"; do wait "$pid" 2>/dev/null || true; done
+    # Ask each process to stop (its main process only: the pipeline worker
+    # stops its own children in order), give them 15 s, then end what is left
+    # of each process group. Return only once they are gone, so a stopped
+    # start.sh means a stopped service.
+    for pid in "${children[@]}"; do kill -TERM "$pid" 2>/dev/null || true; done
+    for _ in $(seq 30); do
+        alive=""
+        for pid in "${children[@]}"; do kill -0 "$pid" 2>/dev/null && alive=1; done
+        [ -z "$alive" ] && break
+        sleep 0.5
+    done
+    for pid in "${children[@]}"; do kill -KILL -- "-$pid" 2>/dev/null || true; done
+    wait 2>/dev/null || true
 }
 trap cleanup EXIT
 trap 'exit 130' INT

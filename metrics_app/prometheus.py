@@ -19,6 +19,7 @@ import hmac
 import logging
 import os
 import time
+from collections import defaultdict
 from decimal import Decimal
 from typing import Any, Iterable
 
@@ -207,45 +208,61 @@ def _is_failed(event: dict[str, Any]) -> bool:
 
 
 def count_stored_events(events: list[dict[str, Any]]) -> None:
-    """Count events that were newly stored (never a duplicate or a rejected one)."""
+    """Count events that were newly stored (never a duplicate or a rejected one).
+
+    Counts are summed per label set first, so a batch of 500 events moves each
+    counter once per label set rather than once per event (each move takes a
+    lock and writes the worker's file). Histograms still observe every value.
+    """
     business_labels = labels.businesses(event.get("business_id") for event in events)
+    increments: defaultdict[tuple[Any, tuple[str, ...]], float] = defaultdict(float)
+    costs: defaultdict[str, Decimal] = defaultdict(Decimal)
+    observations: defaultdict[tuple[Any, tuple[str, ...]], list[float]] = defaultdict(list)
     for event in events:
         business = business_labels[event.get("business_id")]
         model = labels.model(event.get("model_name"))
-        AI_REQUESTS.labels(
-            business, labels.intent(event.get("intent_detected")), labels.response_type(event.get("response_type"))
-        ).inc()
-        INGEST_EVENTS.labels("created").inc()
+        intent = labels.intent(event.get("intent_detected"))
+        increments[AI_REQUESTS, (business, intent, labels.response_type(event.get("response_type")))] += 1
 
         response_ms = event.get("response_time_ms")
         if response_ms is not None:
             seconds = response_ms / 1000
-            AI_RESPONSE_TIME.labels(business).observe(seconds)
-            GEN_AI_DURATION.labels(GEN_AI_OPERATION, model).observe(seconds)
+            observations[AI_RESPONSE_TIME, (business,)].append(seconds)
+            observations[GEN_AI_DURATION, (GEN_AI_OPERATION, model)].append(seconds)
 
         tokens = event.get("tokens_used")
         if tokens:
-            AI_TOKENS.labels(business, model).inc(tokens)
+            increments[AI_TOKENS, (business, model)] += tokens
         input_tokens, output_tokens = event.get("input_tokens"), event.get("output_tokens")
         if input_tokens is not None or output_tokens is not None:
             if input_tokens is not None:
-                GEN_AI_TOKENS.labels(GEN_AI_OPERATION, model, "input").observe(input_tokens)
+                observations[GEN_AI_TOKENS, (GEN_AI_OPERATION, model, "input")].append(input_tokens)
             if output_tokens is not None:
-                GEN_AI_TOKENS.labels(GEN_AI_OPERATION, model, "output").observe(output_tokens)
+                observations[GEN_AI_TOKENS, (GEN_AI_OPERATION, model, "output")].append(output_tokens)
         elif tokens is not None:
-            GEN_AI_TOKENS.labels(GEN_AI_OPERATION, model, "total").observe(tokens)
+            observations[GEN_AI_TOKENS, (GEN_AI_OPERATION, model, "total")].append(tokens)
 
         cost = event.get("api_cost_usd")
         if cost:
-            AI_COST.labels(business).inc(float(cost))
+            costs[business] += Decimal(cost)
         if event.get("appointment_requested"):
-            APPOINTMENTS_REQUESTED.labels(business).inc()
+            increments[APPOINTMENTS_REQUESTED, (business,)] += 1
         if event.get("appointment_booked"):
-            APPOINTMENTS_BOOKED.labels(business).inc()
+            increments[APPOINTMENTS_BOOKED, (business,)] += 1
         if event.get("human_handoff_requested"):
-            HUMAN_HANDOFFS.labels(business).inc()
+            increments[HUMAN_HANDOFFS, (business,)] += 1
         if _is_failed(event):
-            AI_FAILED_REPLIES.labels(business).inc()
+            increments[AI_FAILED_REPLIES, (business,)] += 1
+
+    for (metric, label_values), amount in increments.items():
+        metric.labels(*label_values).inc(amount)
+    for business, cost in costs.items():
+        AI_COST.labels(business).inc(float(cost))
+    for (metric, label_values), values in observations.items():
+        child = metric.labels(*label_values)
+        for value in values:
+            child.observe(value)
+    INGEST_EVENTS.labels("created").inc(len(events))
     # Events are written with one INSERT ... ON CONFLICT, which no model hook sees.
     model_inserts.labels(_EVENT_MODEL).inc(len(events))
 
