@@ -14,7 +14,7 @@ worker, then:
   - splits one scrape's time into reading the workers' files, merging them
     and writing the text, by running the same steps in this process on the
     service's metric files.
-Targets of issue 3: a scrape under 50 ms and under 1 MB of text.
+Targets: a scrape under 50 ms and under 1 MB of text.
 """
 
 from __future__ import annotations
