@@ -78,7 +78,7 @@ def _text(max_length: int) -> Callable[[Any], str | None]:
     return check
 
 
-def _business_id(value: Any) -> str:
+def check_business_id(value: Any) -> str:
     if not isinstance(value, str) or not value:
         raise FieldError("must be a non-empty string")
     if len(value) > 255:
@@ -127,7 +127,7 @@ class Rule:
 
 
 RULES: dict[str, Rule] = {
-    "business_id": Rule(_business_id, required=True),
+    "business_id": Rule(check_business_id, required=True),
     "event_id": Rule(_event_id),
     "conversation_id": Rule(_text(255)),
     "session_id": Rule(_text(255)),

@@ -105,7 +105,7 @@ def _ingest_request(request: HttpRequest, max_bytes: int) -> tuple[ApiKey | None
 def _outside_business(key: ApiKey, business_id: str) -> HttpResponse:
     return error_response(
         403, "This API key may not write that business",
-        {"business_id": [f"the key belongs to {key.business_id!r}"]},
+        {"business_id": [f"this key belongs to {key.business_id!r}, not {business_id!r}"]},
     )
 
 

@@ -74,7 +74,8 @@ def test_a_key_may_not_write_another_business(api, keys_required, business, make
     Business.objects.create(id="rival-salon")
     _, raw = make_key(business)
 
-    assert_error_shape(post_json(api, "/track", event_for("rival-salon"), **bearer(raw)), 403, "business_id")
+    body = assert_error_shape(post_json(api, "/track", event_for("rival-salon"), **bearer(raw)), 403, "business_id")
+    assert "acme-dental" in body["errors"]["business_id"][0] and "rival-salon" in body["errors"]["business_id"][0]
     batch = {"events": [event_for(), event_for("rival-salon")]}
     assert_error_shape(post_json(api, "/track/batch", batch, **bearer(raw)), 403, "business_id")
     assert AIMetric.objects.count() == 0

@@ -8,7 +8,7 @@ from django.core.management.base import BaseCommand, CommandError, CommandParser
 
 from metrics_app import services
 from metrics_app.models import ApiKeyScope, Business
-from metrics_app.validation import FieldError, _business_id
+from metrics_app.validation import FieldError, check_business_id
 
 
 class Command(BaseCommand):
@@ -60,7 +60,7 @@ class Command(BaseCommand):
         if not business_id:
             raise CommandError("give the business id, or --agency for an agency read key")
         try:
-            _business_id(business_id)
+            check_business_id(business_id)
         except FieldError as exc:
             raise CommandError(f"business id {business_id!r} {exc}") from None
         business = Business.objects.filter(pk=business_id).first()
