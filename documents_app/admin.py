@@ -22,7 +22,7 @@ from django.utils.html import format_html
 
 from documents_app import services
 from documents_app.models import Document, PipelineRun, PipelineStage
-from metrics_app.models import Business
+from metrics_app import access
 
 RUN_PERMISSION = "documents_app.run_pipeline"
 # Multipart framing around the file; a body larger than the file limit plus this is refused unread.
@@ -50,7 +50,8 @@ class DocumentUploadForm(forms.ModelForm):
 @admin.register(Document)
 class DocumentAdmin(admin.ModelAdmin):
     list_display = ("name", "business", "format", "size", "status", "skip_reason", "chunks", "uploaded_at")
-    list_filter = ("status", "format", "skip_reason", "business")
+    # Only businesses with a visible document: the list's own queryset is already limited by access.
+    list_filter = ("status", "format", "skip_reason", ("business", admin.RelatedOnlyFieldListFilter))
     search_fields = ("name", "path")
     list_select_related = ("business",)
     ordering = ("business", "path")
@@ -64,6 +65,24 @@ class DocumentAdmin(admin.ModelAdmin):
                 return f"{size:.0f} {unit}" if unit == "B" else f"{size:.1f} {unit}"
             size /= 1024
         return ""
+
+    # Every door of this admin asks metrics_app.access: the list, the upload form's choices, each object.
+    def get_queryset(self, request: HttpRequest) -> QuerySet[Document]:
+        return access.visible_rows(request.user, super().get_queryset(request))
+
+    def formfield_for_foreignkey(self, db_field: Any, request: HttpRequest, **kwargs: Any) -> Any:
+        if db_field.name == "business":
+            kwargs["queryset"] = access.visible_businesses(request.user).order_by("id")
+        return super().formfield_for_foreignkey(db_field, request, **kwargs)
+
+    def has_view_permission(self, request: HttpRequest, obj: Document | None = None) -> bool:
+        return super().has_view_permission(request, obj) and _may_see(request, obj)
+
+    def has_delete_permission(self, request: HttpRequest, obj: Document | None = None) -> bool:
+        return super().has_delete_permission(request, obj) and _may_see(request, obj)
+
+    def has_add_permission(self, request: HttpRequest) -> bool:
+        return super().has_add_permission(request) and access.visible_business_ids(request.user) != set()
 
     def get_form(self, request: HttpRequest, obj: Document | None = None, change: bool = False, **kwargs: Any):  # type: ignore[no-untyped-def]
         if obj is None:
@@ -110,15 +129,20 @@ class DocumentAdmin(admin.ModelAdmin):
         return super().add_view(request, form_url, extra_context)
 
     def save_model(self, request: HttpRequest, obj: Document, form: forms.ModelForm, change: bool) -> None:
-        stored = services.store_document(form.cleaned_data["business"], form.cleaned_data["file"], request.user)
+        business = form.cleaned_data["business"]
+        if not access.can_see(request.user, business.pk):
+            raise PermissionDenied
+        stored = services.store_document(business, form.cleaned_data["file"], request.user)
         obj.pk = stored.pk
         obj.__dict__.update({k: v for k, v in stored.__dict__.items() if not k.startswith("_")})
 
     def delete_model(self, request: HttpRequest, obj: Document) -> None:
+        if not access.can_see(request.user, obj.business_id):
+            raise PermissionDenied
         services.delete_document(obj)
 
     def delete_queryset(self, request: HttpRequest, queryset: QuerySet[Document]) -> None:
-        for document in queryset:
+        for document in access.visible_rows(request.user, queryset):
             services.delete_document(document)
 
     def has_run_pipeline_permission(self, request: HttpRequest) -> bool:
@@ -127,6 +151,10 @@ class DocumentAdmin(admin.ModelAdmin):
     @admin.action(description="Run the whole pipeline (all documents)", permissions=["run_pipeline"])
     def run_whole_pipeline(self, request: HttpRequest, queryset: QuerySet[Document]) -> None:
         _queue(request, PipelineStage.ALL)
+
+
+def _may_see(request: HttpRequest, document: Document | None) -> bool:
+    return document is None or access.can_see(request.user, document.business_id)
 
 
 def _queue(request: HttpRequest, stage: str) -> PipelineRun | None:
@@ -205,6 +233,20 @@ class PipelineRunAdmin(admin.ModelAdmin):
     def has_change_permission(self, request: HttpRequest, obj: PipelineRun | None = None) -> bool:
         return False
 
+    def get_object(self, request: HttpRequest, object_id: str, from_field: str | None = None) -> PipelineRun | None:
+        """The run as this user may see it: a run covers every business, so limited staff get their part only."""
+        run = super().get_object(request, object_id, from_field)
+        visible = access.visible_business_ids(request.user)
+        if run is None or visible is None:
+            return run
+        by_business = (run.metrics or {}).get("by_business", {})
+        run.metrics = {"by_business": {b: part for b, part in sorted(by_business.items()) if b in visible}}
+        run.log = (
+            "The log covers every business's documents, so it is shown only to staff who see every business. "
+            "The metrics above are this run's figures for your businesses."
+        )
+        return run
+
     def get_urls(self):  # type: ignore[no-untyped-def]
         return [
             path("run/", self.admin_site.admin_view(self.run_view), name="documents_app_pipelinerun_run"),
@@ -243,7 +285,7 @@ def _run_view(model_admin: PipelineRunAdmin, request: HttpRequest) -> HttpRespon
         "opts": model_admin.model._meta,
         "stages": PipelineStage.choices,
         "active_run": PipelineRun.objects.filter(active=True).first(),
-        "businesses": Business.objects.filter(documents__isnull=False).distinct().count(),
-        "documents": Document.objects.count(),
+        "businesses": access.visible_businesses(request.user).filter(documents__isnull=False).distinct().count(),
+        "documents": access.visible_rows(request.user, Document.objects.all()).count(),
     }
     return TemplateResponse(request, "admin/documents_app/pipelinerun/run.html", context)

@@ -12,9 +12,10 @@ from rest_framework.views import APIView
 
 from documents_app.embeddings import MethodUnavailable
 from documents_app.knowledge_base import KnowledgeBase, KnowledgeBaseMissing, current_knowledge_base
-from documents_app.pipeline import BUSINESS_ID, KB_PATH
+from documents_app.pipeline import KB_PATH
 from metrics_app.api import ErrorSerializer
-from metrics_app.auth import ApiKeyUser
+from metrics_app.rules import business_id_problem
+from metrics_app import access
 
 MAX_RESULTS = 20
 
@@ -33,8 +34,9 @@ class ScopeQuery(serializers.Serializer):
     business_id = serializers.CharField(required=False, max_length=255)
 
     def validate_business_id(self, value: str) -> str:
-        if not BUSINESS_ID.match(value):
-            raise serializers.ValidationError("letters, digits, '.', '_' and '-' only")
+        problem = business_id_problem(value)
+        if problem is not None:
+            raise serializers.ValidationError(f"a business id {problem}")
         return value
 
 
@@ -88,29 +90,32 @@ ERRORS = {
 }
 
 
-def business_in_scope(request: Request, requested: str | None) -> str | None:
-    """The business whose knowledge the caller may read; None means every business (agency keys, staff).
+def business_in_scope(request: Request, requested: str | None) -> tuple[str | None, set[str] | None]:
+    """The business the caller asked for (None: all it may see), and the ids it may see (None: every one).
 
-    A business key reads only its own business; without a key (development
-    only) the caller names the business with ?business_id=.
+    Keys and staff go through metrics_app.access, the one rule for every door:
+    a business key reads only its own business, an agency key and staff who
+    see every business read any, limited staff their granted ones. Without a
+    key (development only) the caller names the business with ?business_id=.
     """
     user = request.user
-    if isinstance(user, ApiKeyUser):
-        key = user.key
-        if not key.can_read:
-            raise exceptions.PermissionDenied("This API key may not read the knowledge base (needs the read scope)")
-        if key.business_id is None:
-            return requested
-        if requested and requested != key.business_id:
-            raise exceptions.PermissionDenied(f"This API key may only read business {key.business_id!r}")
-        return key.business_id
-    if getattr(user, "is_authenticated", False) and getattr(user, "is_staff", False):
-        return requested
+    key = getattr(user, "key", None)
+    if key is not None and not key.can_read:
+        raise exceptions.PermissionDenied("This API key may not read the knowledge base (needs the read scope)")
+    if key is not None or getattr(user, "is_authenticated", False):
+        visible = access.visible_business_ids(user)
+        if visible == set():
+            raise exceptions.PermissionDenied("This user may not read any business's knowledge base")
+        if requested is not None and not access.can_see(user, requested):
+            raise exceptions.PermissionDenied(f"You may not read business {requested!r}")
+        if requested is None and visible is not None and len(visible) == 1 and key is not None:
+            (requested,) = visible  # a business key implies its business
+        return requested, visible
     if not settings.MLOPS_ALLOW_ANONYMOUS_CHAT:
         raise exceptions.NotAuthenticated("An API key is required")
     if not requested:
         raise exceptions.ValidationError({"business_id": ["required when no API key is sent"]})
-    return requested
+    return requested, {requested}
 
 
 def _knowledge_base() -> KnowledgeBase:
@@ -138,8 +143,8 @@ class KnowledgeBaseView(APIView):
     def get(self, request: Request) -> Response:
         query = ScopeQuery(data=request.query_params)
         query.is_valid(raise_exception=True)
-        business_id = business_in_scope(request, query.validated_data.get("business_id"))
-        return Response(_knowledge_base().summary(business_id))
+        business_id, visible = business_in_scope(request, query.validated_data.get("business_id"))
+        return Response(_knowledge_base().summary(business_id, visible))
 
 
 class KnowledgeBaseSearchView(APIView):
@@ -159,7 +164,7 @@ class KnowledgeBaseSearchView(APIView):
         query = SearchQuery(data=request.query_params)
         query.is_valid(raise_exception=True)
         data = query.validated_data
-        business_id = business_in_scope(request, data.get("business_id"))
+        business_id, _ = business_in_scope(request, data.get("business_id"))
         if business_id is None:
             raise exceptions.ValidationError({"business_id": ["name the business to search"]})
         kb = _knowledge_base()

@@ -33,8 +33,8 @@ class KnowledgeBase:
     _scorers: dict[str, Scorer] = field(default_factory=dict)
     _lock: threading.Lock = field(default_factory=threading.Lock)
 
-    def summary(self, business_id: str | None) -> dict[str, Any]:
-        """Version and what the knowledge base holds, for one business or for all."""
+    def summary(self, business_id: str | None, visible: set[str] | None = None) -> dict[str, Any]:
+        """Version and what the knowledge base holds, for one business or for all of `visible` (None: every one)."""
         body: dict[str, Any] = {
             "version": self.version,
             "built_at": self.built_at.isoformat(),
@@ -42,7 +42,9 @@ class KnowledgeBase:
             "params": self.params,
         }
         if business_id is None:
-            body["businesses"] = self.businesses
+            body["businesses"] = {
+                business: held for business, held in self.businesses.items() if visible is None or business in visible
+            }
         else:
             body["business_id"] = business_id
             body.update(self.businesses.get(business_id, {"documents": [], "chunks": 0, "topics": {}}))

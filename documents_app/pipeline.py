@@ -26,6 +26,7 @@ import yaml
 from documents_app.chunking import chunk_sections
 from documents_app.embeddings import get_method
 from documents_app.readers import SkipReason, UnreadableDocument, format_of, read_sections
+from metrics_app.rules import business_id_problem
 
 # Paths relative to the pipeline root (the folder holding dvc.yaml), as dvc.yaml names them.
 RAW_DIR = Path("data/raw/business_documents")
@@ -39,7 +40,6 @@ CACHE_DIR = Path("data/cache/documents")
 
 # Bump when parsing or chunking changes, so cached results of older code are not reused.
 PIPELINE_VERSION = 1
-BUSINESS_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,254}$")
 
 
 class PipelineError(Exception):
@@ -161,7 +161,7 @@ def _process_one(
         size = path.stat().st_size
     except OSError as exc:  # a dangling symlink, a file removed during the run
         return DocumentResult("", relative.as_posix(), fmt, 0, "skipped", SkipReason.CORRUPT, f"cannot read: {exc}")
-    if len(relative.parts) < 2 or not BUSINESS_ID.match(relative.parts[0]):
+    if len(relative.parts) < 2 or business_id_problem(relative.parts[0]) is not None:
         return DocumentResult(
             "",
             relative.as_posix(),

@@ -23,6 +23,7 @@ from documents_app import pipeline
 from documents_app.models import Document, DocumentStatus, PipelineRun, PipelineStage, RunStatus
 from documents_app.readers import READERS, format_of
 from metrics_app.models import Business
+from metrics_app.rules import business_id_problem
 
 MAX_LOG_CHARS = 200_000
 MAX_NAME_CHARS = 120
@@ -68,8 +69,10 @@ def check_upload(business: Business, upload: UploadedFile) -> str:
     fmt = format_of(Path(name))
     if fmt not in READERS:
         raise DocumentRejected(f"Only {', '.join(sorted(READERS))} documents can be uploaded, not .{fmt or '(none)'}.")
-    if not pipeline.BUSINESS_ID.match(business.pk):
-        raise DocumentRejected("This business id cannot be used as a folder name.")
+    problem = business_id_problem(business.pk)
+    if problem is not None:
+        # A business stored before the rule existed stays readable, but gets no folder of its own.
+        raise DocumentRejected(f"This business's id cannot hold documents: a business id {problem}.")
     if Document.objects.filter(path=f"{business.pk}/{name}").exists():
         raise DocumentRejected(f"{name} already exists for this business; delete it first to replace it.")
     return name
@@ -205,6 +208,7 @@ def execute_run(run_id: int) -> PipelineRun | None:
     metrics = {
         "process_documents": _read_json(workdir / pipeline.PROCESSING_METRICS_PATH),
         "update_knowledge_base": _read_json(workdir / pipeline.KB_METRICS_PATH),
+        "by_business": business_report(workdir / pipeline.EMBEDDINGS_PATH),
     }
     kb_version = str(_read_json(workdir / pipeline.KB_PATH).get("version", ""))[:100]
     if exit_code == 0:
@@ -225,6 +229,25 @@ def execute_run(run_id: int) -> PipelineRun | None:
         error=error[:500],
     )
     return PipelineRun.objects.get(pk=run_id)
+
+
+def business_report(embeddings_path: Path) -> dict[str, dict[str, Any]]:
+    """What the last processing run did, per business: what staff limited to some businesses are shown of a run."""
+    report: dict[str, dict[str, Any]] = {}
+    for entry in _read_json(embeddings_path).get("documents", []):
+        business_id = entry.get("business_id")
+        if not business_id:
+            continue
+        part = report.setdefault(
+            business_id, {"documents_processed": 0, "documents_skipped": 0, "chunks": 0, "skipped": []}
+        )
+        if entry.get("status") == "processed":
+            part["documents_processed"] += 1
+            part["chunks"] += int(entry.get("chunks", 0))
+        else:
+            part["documents_skipped"] += 1
+            part["skipped"].append({"source": entry.get("source", ""), "reason": entry.get("reason", "")})
+    return report
 
 
 def sync_documents(embeddings_path: Path) -> int:

@@ -1,36 +1,59 @@
-"""Who may see which businesses: one rule for the APIs, the admin and the dashboard.
+"""Who may see which businesses: the one rule for every door (APIs, admin, dashboard, documents).
 
 - An API key with the read scope sees its own business; an agency key (no
-  business) sees every business. A key without the read scope sees nothing.
+  business) sees every business. A key without the read scope, or one that is
+  revoked or expired, sees nothing.
 - A superuser sees every business.
-- An active staff user sees every business, unless StaffBusinessAccess rows
-  limit them: then only those businesses.
+- An active staff user sees the businesses their StaffBusinessAccess rows
+  grant: each row one business, or every business for a row without one.
+  With no row they see nothing, so a deleted business or a removed grant
+  narrows what they see and never widens it.
 - Anyone else (anonymous, a non-staff or inactive user) sees nothing.
+
+Everything that reads or writes a business's data asks this module; nothing
+else decides it.
 """
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, TypeVar
 
-from metrics_app.models import ApiKey, StaffBusinessAccess
+from django.db.models import Model, QuerySet
+
+from metrics_app.models import AIMetric, ApiKey, Business, StaffBusinessAccess
+
+_Row = TypeVar("_Row", bound=Model)
+
+
+def _key_of(user_or_key: Any) -> ApiKey | None:
+    key = user_or_key if isinstance(user_or_key, ApiKey) else getattr(user_or_key, "key", None)
+    return key if isinstance(key, ApiKey) else None
+
+
+def _is_active(user: Any) -> bool:
+    return bool(user is not None and getattr(user, "is_authenticated", False) and getattr(user, "is_active", False))
+
+
+def _is_active_staff(user: Any) -> bool:
+    return _is_active(user) and bool(getattr(user, "is_staff", False))
 
 
 def visible_business_ids(user_or_key: Any) -> set[str] | None:
     """The business ids this user or key may read; None means every business."""
-    key = user_or_key if isinstance(user_or_key, ApiKey) else getattr(user_or_key, "key", None)
-    if isinstance(key, ApiKey):
+    key = _key_of(user_or_key)
+    if key is not None:
         if not key.can_read or not key.is_usable:
             return set()
         return None if key.business_id is None else {key.business_id}
     user = user_or_key
-    if user is None or not getattr(user, "is_authenticated", False) or not getattr(user, "is_active", False):
-        return set()
-    if getattr(user, "is_superuser", False):
+    if _is_active(user) and getattr(user, "is_superuser", False):
         return None
-    if not getattr(user, "is_staff", False):
+    if not _is_active_staff(user):
         return set()
-    limited = set(StaffBusinessAccess.objects.filter(user_id=user.pk).values_list("business_id", flat=True))
-    return limited or None
+    granted = list(StaffBusinessAccess.objects.filter(user_id=user.pk).values_list("business_id", flat=True))
+    if None in granted:
+        return None
+    return set(granted)
 
 
 def can_see(user_or_key: Any, business_id: str) -> bool:
@@ -38,9 +61,35 @@ def can_see(user_or_key: Any, business_id: str) -> bool:
     return visible is None or business_id in visible
 
 
+def sees_every_business(user_or_key: Any) -> bool:
+    return visible_business_ids(user_or_key) is None
+
+
+def may_record_outcomes(user_or_key: Any) -> bool:
+    """Whether this user or key may record outcomes for some business (the business is checked next)."""
+    key = _key_of(user_or_key)
+    if key is not None:
+        return key.can_ingest and key.is_usable and key.business_id is not None
+    return visible_business_ids(user_or_key) != set()
+
+
 def can_record_outcomes(user_or_key: Any, business_id: str) -> bool:
-    """Outcomes are writes: a staff user who sees the business, or a key of that business with ingest."""
-    key = user_or_key if isinstance(user_or_key, ApiKey) else getattr(user_or_key, "key", None)
-    if isinstance(key, ApiKey):
+    """Outcomes are writes: a staff user who sees the business, or a usable ingest key of that business."""
+    key = _key_of(user_or_key)
+    if key is not None:
         return key.can_ingest and key.is_usable and key.business_id == business_id
-    return bool(getattr(user_or_key, "is_staff", False)) and can_see(user_or_key, business_id)
+    return can_see(user_or_key, business_id)
+
+
+def visible_rows(user_or_key: Any, rows: QuerySet[_Row], field: str = "business_id") -> QuerySet[_Row]:
+    """`rows` limited to the businesses `user_or_key` may see, by the row's business `field`."""
+    ids = visible_business_ids(user_or_key)
+    return rows if ids is None else rows.filter(**{f"{field}__in": ids})
+
+
+def visible_businesses(user_or_key: Any) -> QuerySet[Business]:
+    return visible_rows(user_or_key, Business.objects.all(), "id")
+
+
+def visible_events(user_or_key: Any, events: QuerySet[AIMetric] | None = None) -> QuerySet[AIMetric]:
+    return visible_rows(user_or_key, AIMetric.objects.all() if events is None else events)

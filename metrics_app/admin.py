@@ -31,7 +31,7 @@ from metrics_app import (
     admin_keys,  # noqa: F401  (businesses and their API keys)
     conversations,
 )
-from metrics_app.admin_scope import visible_businesses, visible_events, visible_rows
+from metrics_app.access import visible_businesses, visible_events, visible_rows
 from metrics_app.errors import error_response
 from metrics_app.models import AIMetric, Conversation, ModelPrice, StaffBusinessAccess
 
@@ -439,13 +439,17 @@ class ModelPriceAdmin(admin.ModelAdmin):
 
 @admin.register(StaffBusinessAccess)
 class StaffBusinessAccessAdmin(admin.ModelAdmin):
-    """Which businesses a staff user is limited to. Only superusers grant access: nobody widens their own."""
+    """What each staff user may see: one business per row, or every business. Only superusers grant: nobody widens their own."""
 
-    list_display = ("user", "business")
+    list_display = ("user", "grant")
     list_filter = (BusinessFilter,)
     list_select_related = ("user", "business")
     search_fields = ("user__username", "business__id", "business__name")
     autocomplete_fields = ("business",)
+
+    @admin.display(description="may see", ordering="business")
+    def grant(self, obj: StaffBusinessAccess) -> str:
+        return "every business" if obj.grants_every_business else str(obj.business_id)
 
     def has_module_permission(self, request: HttpRequest) -> bool:
         return request.user.is_superuser

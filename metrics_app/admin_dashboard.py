@@ -20,7 +20,7 @@ from django.urls import reverse
 from django.utils import timezone
 from django.views import View
 
-from metrics_app.admin_scope import visible_business_ids, visible_businesses
+from metrics_app.access import visible_business_ids, visible_businesses
 
 PERIODS = (
     ("1d", "Last 24 hours"),

@@ -12,7 +12,7 @@ from django.template.response import TemplateResponse
 from django.utils import timezone
 
 from metrics_app import services
-from metrics_app.admin_scope import visible_business_ids, visible_businesses, visible_rows
+from metrics_app.access import visible_business_ids, visible_businesses, visible_rows
 from metrics_app.models import ApiKey, Business
 
 

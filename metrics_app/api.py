@@ -517,11 +517,7 @@ class CanRecordOutcome(permissions.BasePermission):
     message = "Recording an outcome needs a staff session or an API key with the ingest scope"
 
     def has_permission(self, request: Request, view: Any) -> bool:
-        user = request.user
-        if not (user and user.is_authenticated):
-            return False
-        key = getattr(user, "key", None)
-        return bool(key.can_ingest) if key is not None else bool(user.is_staff)
+        return access.may_record_outcomes(request.user)
 
 
 class ConversationOutcomeView(APIView):

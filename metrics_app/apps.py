@@ -7,6 +7,6 @@ class MetricsAppConfig(AppConfig):
     default_auto_field = "django.db.models.BigAutoField"
 
     def ready(self) -> None:
-        from metrics_app import prometheus
+        from metrics_app import checks, prometheus  # noqa: F401  (checks registers the system checks)
 
         prometheus.connect()

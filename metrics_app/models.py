@@ -14,6 +14,8 @@ from django.db import models
 from django.db.models import Q
 from django.utils import timezone
 
+from metrics_app.rules import BUSINESS_ID_CHARACTERS, BUSINESS_ID_MAX_LENGTH, validate_business_id
+
 # Ranges that the API validates; the database enforces the same ones.
 MAX_RESPONSE_TIME_MS = 3_600_000  # one hour: anything longer is a broken clock
 MAX_TOKENS = 10_000_000  # well above the largest context windows
@@ -31,7 +33,13 @@ def validate_time_zone(value: str) -> None:
 class Business(models.Model):
     """A business whose receptionist sends events. Its id is the chat app's `business_id`."""
 
-    id = models.CharField(primary_key=True, max_length=255, verbose_name="business id")
+    id = models.CharField(
+        primary_key=True,
+        max_length=BUSINESS_ID_MAX_LENGTH,
+        validators=[validate_business_id],
+        verbose_name="business id",
+        help_text=f"The chat app's business_id: {BUSINESS_ID_CHARACTERS}.",
+    )
     name = models.CharField(max_length=200, blank=True, help_text="Display name; the id when empty.")
     time_zone = models.CharField(
         max_length=64,
@@ -345,19 +353,41 @@ class Conversation(models.Model):
 
 
 class StaffBusinessAccess(models.Model):
-    """Limits a staff user to some businesses. A staff user with no rows sees every business."""
+    """A grant of one business (or, with no business, of every business) to a staff user.
+
+    A staff user sees exactly what their rows grant and nothing without one, so
+    deleting a business (its rows cascade) or a grant can only narrow what
+    someone sees. Superusers see every business without a row.
+    """
 
     user = models.ForeignKey(settings.AUTH_USER_MODEL, on_delete=models.CASCADE, related_name="business_access")
-    business = models.ForeignKey(Business, on_delete=models.CASCADE, related_name="+")
+    business = models.ForeignKey(
+        Business,
+        on_delete=models.CASCADE,
+        null=True,
+        blank=True,
+        related_name="+",
+        help_text="Leave empty to grant every business.",
+    )
 
     class Meta:
         db_table = "mlops_staff_business_access"
         verbose_name = "staff business access"
         verbose_name_plural = "staff business access"
-        constraints = [models.UniqueConstraint(fields=["user", "business"], name="staff_access_user_business_uniq")]
+        constraints = [
+            models.UniqueConstraint(fields=["user", "business"], name="staff_access_user_business_uniq"),
+            # NULLs are distinct in the constraint above: one all-businesses grant per user, by this one.
+            models.UniqueConstraint(
+                fields=["user"], condition=Q(business__isnull=True), name="staff_access_one_all_grant"
+            ),
+        ]
 
     def __str__(self) -> str:
-        return f"{self.user} may see {self.business_id}"
+        return f"{self.user} may see {self.business_id or 'every business'}"
+
+    @property
+    def grants_every_business(self) -> bool:
+        return self.business_id is None
 
 
 ALL_BUSINESSES = "*"  # the business_id of rollup rows that sum every business

@@ -34,6 +34,21 @@ def require(available: bool, what: str) -> None:
     pytest.skip(f"{what} is not available on this machine")
 
 
+def staff_user(username: str, *, businesses: list[str] | None = None, password: str = "pw-for-tests-only") -> Any:
+    """An active staff user granted every business, or only `businesses` when given (made when absent)."""
+    from django.contrib.auth.models import User
+
+    from metrics_app.models import StaffBusinessAccess
+
+    user = User.objects.create_user(username, f"{username}@example.com", password, is_staff=True)
+    if businesses is None:
+        StaffBusinessAccess.objects.create(user=user, business=None)
+    for business_id in businesses or ():
+        business, _ = Business.objects.get_or_create(id=business_id)
+        StaffBusinessAccess.objects.create(user=user, business=business)
+    return user
+
+
 def on_postgres() -> bool:
     return connection.vendor == "postgresql"
 

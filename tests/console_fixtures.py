@@ -11,8 +11,9 @@ from django.contrib.auth.models import Permission, User
 from django.test import Client
 
 from metrics_app import services
-from metrics_app.models import AIMetric, Business, StaffBusinessAccess
+from metrics_app.models import AIMetric, Business
 from metrics_app.validation import check_event
+from tests.conftest import staff_user
 
 PASSWORD = "console-test-password-9"  # noqa: S105
 
@@ -41,14 +42,11 @@ def superuser(db) -> User:
 
 
 def make_staff(username: str, *, businesses: list[str] | None = None, perms: tuple[str, ...] = ()) -> User:
-    """A staff user with the given `app_label.codename` permissions, limited to `businesses` when given."""
-    user = User.objects.create_user(username, f"{username}@example.com", PASSWORD, is_staff=True)
+    """A staff user with the given `app_label.codename` permissions, granted every business or only `businesses`."""
+    user = staff_user(username, businesses=businesses, password=PASSWORD)
     for perm in perms:
         app_label, codename = perm.split(".")
         user.user_permissions.add(Permission.objects.get(content_type__app_label=app_label, codename=codename))
-    for business_id in businesses or ():
-        business, _ = Business.objects.get_or_create(id=business_id)
-        StaffBusinessAccess.objects.create(user=user, business=business)
     return user
 
 

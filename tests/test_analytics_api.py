@@ -11,6 +11,7 @@ import pytest
 from django.contrib.auth.models import User
 
 from metrics_app.models import StaffBusinessAccess
+from tests.conftest import staff_user
 from tests.analytics_fixtures import (
     NOW,
     analytics_data,  # noqa: F401  (fixture)
@@ -225,7 +226,7 @@ def test_a_staff_user_limited_to_some_businesses_sees_only_those(api, analytics_
 
 
 def test_an_unrestricted_staff_user_sees_every_business_and_a_non_staff_user_none(api, analytics_data):
-    staff = User.objects.create_user("agency", password="pw-for-tests-only", is_staff=True)
+    staff = staff_user("agency")
     api.force_login(staff)
     assert get(api, "/api/analytics/summary", {}, **PERIOD).json()["summary"]["events"] == len(
         select(rows(), START, NOW)

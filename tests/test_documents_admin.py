@@ -14,6 +14,7 @@ from django.test import Client
 from documents_app.models import Document, DocumentStatus, PipelineRun, RunStatus
 from documents_app.services import safe_document_name
 from metrics_app.models import Business
+from tests.conftest import staff_user
 from tests.documents_fixtures import make_docx
 
 ADD_URL = "/admin/documents_app/document/add/"
@@ -35,7 +36,7 @@ def clinic(db) -> Business:  # type: ignore[no-untyped-def]
 
 
 def _staff(username: str, *permissions: str) -> Client:
-    user = User.objects.create_user(username, password="pw-for-tests-only", is_staff=True)
+    user = staff_user(username)
     for codename in permissions:
         user.user_permissions.add(Permission.objects.get(codename=codename))
     client = Client()

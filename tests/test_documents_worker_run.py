@@ -17,7 +17,7 @@ from django.test import Client
 
 from documents_app.models import Document, DocumentStatus, PipelineRun, RunStatus
 from metrics_app.models import Business
-from tests.conftest import ROOT, database_url_for_subprocess
+from tests.conftest import ROOT, database_url_for_subprocess, staff_user
 from tests.documents_fixtures import built_clone, make_pdf, tool_env  # noqa: F401  (fixture)
 
 SAMPLE = "techconsult-pro"
@@ -77,7 +77,7 @@ def test_an_uploaded_document_reaches_the_knowledge_base_through_the_worker(
     api = Client()
     before = api.get("/api/knowledge-base/", {"business_id": SAMPLE}).json()["version"]
 
-    operator = User.objects.create_user("operator", password="pw-for-tests-only", is_staff=True)
+    operator = staff_user("operator")
     for codename in ("add_document", "view_document", "run_pipeline", "view_pipelinerun"):
         operator.user_permissions.add(Permission.objects.get(codename=codename))
     admin = Client()
