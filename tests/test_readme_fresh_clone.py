@@ -119,3 +119,18 @@ def test_the_readme_pipeline_commands_run_without_warnings_and_leave_git_clean(
     assert measured["processing_time_seconds"] > 0 and measured["documents_parsed"] == 5
     assert "processing_time_seconds" not in (clone / "metrics/document_processing.json").read_text()
 
+
+def test_the_readme_api_key_commands_run_as_written_on_a_new_database(clone: Path, tmp_path: Path) -> None:
+    env = user_env(tmp_path, activated=False)
+    sh(clone, ".venv/bin/python manage.py migrate --noinput", env)  # what ./start.sh does first
+    commands = readme_commands("API keys")
+    assert any("create_api_key acme-dental" in c.line for c in commands)
+    prefix = ""
+    for command in commands:
+        line = command.line.replace("<prefix>", prefix)
+        done = sh(clone, line, env)
+        if "create_api_key" in line:
+            assert done.stdout.startswith("mlk_"), done.stdout
+            prefix = prefix or re.search(r"Created key (\S+)", done.stderr).group(1)  # type: ignore[union-attr]
+    listed = sh(clone, ".venv/bin/python manage.py list_api_keys", env).stdout
+    assert "acme-dental" in listed and prefix in listed
