@@ -206,10 +206,13 @@ def execute_run(run_id: int) -> PipelineRun | None:
     except (OSError, yaml.YAMLError):
         params = {}
     metrics = {
-        "process_documents": _read_json(workdir / pipeline.PROCESSING_METRICS_PATH),
-        "update_knowledge_base": _read_json(workdir / pipeline.KB_METRICS_PATH),
-        "by_business": business_report(workdir / pipeline.EMBEDDINGS_PATH),
+        stage: {**_read_json(workdir / path), **_read_json(workdir / pipeline.last_run_path(path))}
+        for stage, path in (
+            ("process_documents", pipeline.PROCESSING_METRICS_PATH),
+            ("update_knowledge_base", pipeline.KB_METRICS_PATH),
+        )
     }
+    metrics["by_business"] = business_report(workdir / pipeline.EMBEDDINGS_PATH)
     kb_version = str(_read_json(workdir / pipeline.KB_PATH).get("version", ""))[:100]
     if exit_code == 0:
         sync_documents(workdir / pipeline.EMBEDDINGS_PATH)

@@ -143,6 +143,8 @@ STORAGES = {
 }
 # Serve admin assets straight from the apps when collectstatic has not run.
 WHITENOISE_USE_FINDERS = True
+# Files served at the site's root: the favicon that browsers ask every page for.
+WHITENOISE_ROOT = BASE_DIR / "mlops_site" / "public"
 
 # Bodies: the batch endpoint takes up to 1 MiB; Django refuses larger ones.
 DATA_UPLOAD_MAX_MEMORY_SIZE = 1024 * 1024

@@ -30,8 +30,9 @@ def require(available: bool, what: str) -> None:
     if available:
         return
     if IN_CI:
-        pytest.fail(f"{what} is missing, and CI=true does not allow skipping", pytrace=False)
-    pytest.skip(f"{what} is not available on this machine")
+        pytest.fail(f"missing on this machine, and CI=true does not allow skipping: {what}", pytrace=False)
+    # `what` may name one component or several ("Chromium and chromedriver"): no verb to agree with it.
+    pytest.skip(f"not available on this machine: {what}")
 
 
 def staff_user(username: str, *, businesses: list[str] | None = None, password: str = "pw-for-tests-only") -> Any:

@@ -99,10 +99,14 @@ def questions_hit_rate(search, k: int = 3) -> tuple[float, list[str]]:  # type: 
 
 @pytest.fixture(scope="session")
 def built_clone(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """A fresh clone of the repository after `dvc repro --pull`: the sample knowledge base, built.
+    """A fresh clone of the repository after `dvc repro --pull`, then `dvc repro --force`.
 
-    Shared by the tests that only read it; tests that change files make their own copy.
+    The pull alone runs no stage (the outputs come from the remote); the forced run
+    builds the sample knowledge base here, as on a machine that ran the pipeline,
+    so the content-hash cache holds the sample documents. Shared by the tests
+    that only read it; tests that change files make their own copy.
     """
     root = fresh_clone(tmp_path_factory.mktemp("clone"))
     dvc(root, "repro", "--pull")
+    dvc(root, "repro", "--force")
     return root

@@ -99,7 +99,14 @@ def open_dashboard(driver: Any, service: Any, query: dict[str, str]) -> dict[str
             kpis[card.dataset.kpi] = card.dataset.value === "" ? null : Number(card.dataset.value);
         }
         const options = [...document.querySelectorAll('select[name="business"] option')].map((o) => o.value);
-        return {charts, kpis, options,
+        const legends = {};
+        for (const id of ["chart-volume", "chart-latency"]) {
+            legends[id] = [...document.querySelectorAll(`#${id} .mlops-legend li`)].map((li) => ({
+                name: li.textContent, colour: getComputedStyle(li.querySelector(".swatch")).backgroundColor}));
+        }
+        const volumeLines = [...document.querySelectorAll("#chart-volume path.line")].map(
+            (line) => getComputedStyle(line).stroke);
+        return {charts, kpis, options, legends, volumeLines,
                 config: JSON.parse(document.getElementById("dashboard-config").textContent)};
     """)
 
@@ -146,6 +153,13 @@ def test_every_figure_the_dashboard_draws_equals_the_api_answer_for_the_same_fil
     for name in ("p50", "p95", "p99"):
         expected = [(b["start"], b[f"latency_{name}_ms"]) for b in series if b[f"latency_{name}_ms"] is not None]
         assert series_of(charts["chart-latency"], name) == expected
+
+    # The volume card says which mark is which: a legend for the bars and one for the line, in two colours.
+    volume_legend = page["legends"]["chart-volume"]
+    assert [item["name"] for item in volume_legend] == ["events", "conversations"]
+    assert volume_legend[0]["colour"] != volume_legend[1]["colour"]
+    assert page["volumeLines"] == [volume_legend[1]["colour"]]
+    assert [item["name"] for item in page["legends"]["chart-latency"]] == ["p50", "p95", "p99"]
 
     # The funnel and the summary figures.
     funnel = api(demo, browser, "/api/analytics/funnel", params)["funnel"]

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import shutil
+import subprocess
 from pathlib import Path
 
 import pytest
@@ -44,12 +45,13 @@ def test_a_fresh_clone_builds_the_knowledge_base_with_dvc_repro(built_clone: Pat
         5,
         0,
     )
-    assert processing["chunks"] == len(embeddings["chunks"]) and processing["processing_time_seconds"] > 0
+    assert processing["chunks"] == len(embeddings["chunks"])
+    assert _json(root, "metrics/last_run/document_processing.json")["processing_time_seconds"] > 0
     assert _json(root, "metrics/knowledge_base_update.json")["version"] == kb["version"]
 
     assert "Data and pipelines are up to date" in dvc(root, "status").stdout
     shown = dvc(root, "metrics", "show").stdout
-    for name in ("documents_processed", "duplicates_merged", "chunks_dropped_by_topic_cap", "processing_time_seconds"):
+    for name in ("documents_processed", "duplicates_merged", "chunks_dropped_by_topic_cap", "version"):
         assert name in shown
     again = dvc(root, "repro").stdout
     assert "didn't change, skipping" in again and "Running stage" not in again
@@ -74,8 +76,8 @@ def test_dvc_reruns_only_the_stages_whose_inputs_changed(built_clone: Path, tmp_
     )
     one_changed = dvc(root, "repro").stdout
     assert "Running stage 'process_documents'" in one_changed
-    processing = _json(root, "metrics/document_processing.json")
-    assert (processing["documents_parsed"], processing["documents_from_cache"]) == (1, 4)
+    measured = _json(root, "metrics/last_run/document_processing.json")
+    assert (measured["documents_parsed"], measured["documents_from_cache"]) == (1, 4)
     assert "Data and pipelines are up to date" in dvc(root, "status").stdout
 
     params["process_documents"]["min_text_length"] = 100_000
@@ -84,3 +86,17 @@ def test_dvc_reruns_only_the_stages_whose_inputs_changed(built_clone: Path, tmp_
     processing = _json(root, "metrics/document_processing.json")
     assert processing["skipped_by_reason"] == {"too_little_text": 5}
     assert _json(root, "data/knowledge_base/current_kb.json")["chunks"] == []
+
+
+def test_a_failed_stage_leaves_the_metrics_that_git_tracks_as_they_were(built_clone: Path, tmp_path: Path) -> None:  # noqa: F811
+    root = tmp_path / "repo"
+    shutil.copytree(built_clone, root, symlinks=True)
+    before = (root / "metrics/document_processing.json").read_text()
+    params_file = root / "params.yaml"
+    params_file.write_text(params_file.read_text().replace("min_text_length: 50", "min_text_length: -1"))
+
+    failed = dvc(root, "repro", check=False)
+    assert failed.returncode != 0 and "min_text_length must be 0 or more" in failed.stdout + failed.stderr
+    assert (root / "metrics/document_processing.json").read_text() == before
+    changed = subprocess.run(["git", "status", "--porcelain"], cwd=root, capture_output=True, text=True, check=True)
+    assert changed.stdout.splitlines() == [" M params.yaml"]

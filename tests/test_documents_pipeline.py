@@ -91,7 +91,9 @@ def test_bad_files_are_skipped_with_their_reason_while_the_others_are_processed(
         "unsupported_format": 1,
     }
     assert metrics["chunks"] >= 2
-    assert json.loads((ws.root / "m1.json").read_text()) == metrics
+    written = json.loads((ws.root / "m1.json").read_text())
+    measured = json.loads((ws.root / "last_run/m1.json").read_text())
+    assert {**written, **measured} == metrics and "processing_time_seconds" in measured
 
 
 def test_max_file_size_mb_skips_larger_files(ws: Workspace) -> None:

@@ -4,7 +4,10 @@ from __future__ import annotations
 
 import io
 import json
+import threading
 import uuid
+from collections.abc import Iterator
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import pytest
 from django.core.management import CommandError, call_command
@@ -92,3 +95,78 @@ def test_it_reads_the_same_totals_from_a_running_services_metrics(live_service, 
 def test_it_fails_with_a_clear_message_when_the_service_is_unreachable():
     with pytest.raises(CommandError, match="could not read http://127.0.0.1"):
         run("--url", f"http://127.0.0.1:{free_port()}/metrics")
+
+
+def exposition(totals: dict[str, dict[str, float]]) -> str:
+    """A /metrics page whose counters hold `totals`, as the service would write it."""
+    from metrics_app.management.commands.metrics_totals import COLUMNS
+
+    lines = []
+    for column, name in COLUMNS.items():
+        lines.append(f"# TYPE {name} counter")
+        for business, row in totals.items():
+            lines.append(f'{name}{{business_id="{business}"}} {float(row[column])}')
+    return "\n".join(lines) + "\n"
+
+
+@pytest.fixture
+def metrics_page() -> Iterator[tuple[str, dict]]:
+    """A stand-in /metrics on 127.0.0.1: set page["text"] to what it serves."""
+    page = {"text": ""}
+
+    class Handler(BaseHTTPRequestHandler):
+        def do_GET(self) -> None:  # noqa: N802 (http.server's name)
+            body = page["text"].encode()
+            self.send_response(200)
+            self.send_header("Content-Type", "text/plain; version=0.0.4")
+            self.send_header("Content-Length", str(len(body)))
+            self.end_headers()
+            self.wfile.write(body)
+
+        def log_message(self, *args: object) -> None:
+            pass
+
+    server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    try:
+        yield f"http://127.0.0.1:{server.server_port}/metrics", page
+    finally:
+        server.shutdown()
+        server.server_close()
+
+
+@pytest.mark.django_db
+def test_counts_are_whole_numbers_in_the_json_from_the_database_and_from_metrics(api, metrics_page):
+    events = sent_events()
+    assert post_json(api, "/track/batch", {"events": events}).status_code == 200
+    url, page = metrics_page
+    page["text"] = exposition(expected(events))
+    for args in (["--json"], ["--json", "--url", url]):
+        out, _ = run(*args)
+        for row in json.loads(out).values():
+            for column, value in row.items():
+                assert type(value) is (float if column == "cost_usd" else int), (args, column, value)
+        assert '"events": 15,' in out and '"events": 15.0' not in out
+
+
+@pytest.mark.django_db
+def test_it_explains_why_metrics_counted_fewer_events_than_generate_demo_data_stored(metrics_page):
+    call_command("generate_demo_data", "--events", "60", "--days", "2", stdout=io.StringIO(), stderr=io.StringIO())
+    url, page = metrics_page
+    page["text"] = exposition({"techconsult-pro": dict.fromkeys(
+        ("events", "failed", "tokens", "cost_usd", "requested", "booked", "handoffs"), 1)})
+    _, err = run("--url", url)
+    assert "/metrics and the database disagree" in err
+    assert "(1 events counted, 60 stored)" in err
+    assert "generate_demo_data" in err and "Run without --url" in err
+
+
+@pytest.mark.django_db
+def test_it_says_nothing_more_when_metrics_and_the_database_agree(api, metrics_page):
+    events = sent_events()
+    assert post_json(api, "/track/batch", {"events": events}).status_code == 200
+    url, page = metrics_page
+    page["text"] = exposition(expected(events))
+    _, err = run("--url", url)
+    assert "disagree" not in err and "2 businesses, 30 events in all" in err

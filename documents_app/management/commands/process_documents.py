@@ -18,7 +18,8 @@ class Command(BaseCommand):
     requires_system_checks: list[str] = []
     help = (
         "Read, clean, chunk and embed every document under the raw folder (one folder per business id). "
-        "Writes data/processed/document_embeddings.json and metrics/document_processing.json. "
+        "Writes data/processed/document_embeddings.json and metrics/document_processing.json "
+        "(times and cache hits of this run: metrics/last_run/document_processing.json). "
         "Unchanged documents come from the content-hash cache."
     )
 

@@ -15,7 +15,8 @@ class Command(BaseCommand):
     requires_system_checks: list[str] = []
     help = (
         "Merge near-duplicate chunks, cap each topic, and write data/knowledge_base/current_kb.json "
-        "with its version hash, plus metrics/knowledge_base_update.json."
+        "with its version hash, plus metrics/knowledge_base_update.json "
+        "(the time it took: metrics/last_run/knowledge_base_update.json)."
     )
 
     def add_arguments(self, parser: CommandParser) -> None:

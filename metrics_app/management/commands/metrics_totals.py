@@ -25,9 +25,25 @@ COLUMNS = {
     "booked": "appointments_booked_total",
     "handoffs": "human_handoffs_total",
 }
+# Every column but the cost counts something, so it is printed as a whole number.
+FRACTIONAL = {"cost_usd"}
+# Said when /metrics and the database disagree: the counters see only what /track* stored.
+WHY_THEY_DIFFER = (
+    "/metrics and the database disagree{detail}. The counters on /metrics count only the events that "
+    "this service stored through /track and /track/batch since it last started: events written to the "
+    "database directly (generate_demo_data, a COPY or a restore) or before a restart are in the database "
+    "but were never counted, and businesses beyond MLOPS_PROMETHEUS_MAX_BUSINESSES are counted under "
+    "'other'. Run without --url for the totals over every stored event."
+)
+
+Totals = dict[str, dict[str, int | float]]
 
 
-def totals_from_database(business_id: str | None) -> dict[str, dict[str, float]]:
+def _typed(column: str, value: float) -> int | float:
+    return float(value) if column in FRACTIONAL else int(round(value))
+
+
+def totals_from_database(business_id: str | None) -> Totals:
     """Totals over every stored event: what the counters hold when the service never restarted."""
     rows = AIMetric.objects.all()
     if business_id:
@@ -42,11 +58,11 @@ def totals_from_database(business_id: str | None) -> dict[str, dict[str, float]]
         handoffs=Count("id", filter=Q(human_handoff_requested=True)),
     )
     return {
-        row["business_id"]: {column: float(row[column] or 0) for column in COLUMNS} for row in grouped
+        row["business_id"]: {column: _typed(column, row[column] or 0) for column in COLUMNS} for row in grouped
     }
 
 
-def totals_from_metrics(url: str, token: str, business_id: str | None) -> dict[str, dict[str, float]]:
+def totals_from_metrics(url: str, token: str, business_id: str | None) -> Totals:
     """Totals as the running service's /metrics reports them (since it started; labels bounded)."""
     from prometheus_client.parser import text_string_to_metric_families
 
@@ -66,14 +82,37 @@ def totals_from_metrics(url: str, token: str, business_id: str | None) -> dict[s
             business = sample.labels.get("business_id")
             if column and business and (business_id is None or business == business_id):
                 found[business][column] += sample.value
-    return dict(sorted(found.items()))
+    return {
+        business: {column: _typed(column, value) for column, value in row.items()}
+        for business, row in sorted(found.items())
+    }
+
+
+def disagreement(from_metrics: Totals, from_database: Totals) -> str:
+    """Empty when both hold the same counts; otherwise what differs, in a few words."""
+    businesses = set(from_metrics) | set(from_database)
+    differing = sorted(
+        b for b in businesses
+        if any(
+            from_metrics.get(b, {}).get(c, 0) != from_database.get(b, {}).get(c, 0)
+            for c in COLUMNS if c not in FRACTIONAL
+        )
+    )
+    if not differing:
+        return ""
+    counted = sum(int(row["events"]) for row in from_metrics.values())
+    stored = sum(int(row["events"]) for row in from_database.values())
+    shown = ", ".join(differing[:5]) + (f" and {len(differing) - 5} more" if len(differing) > 5 else "")
+    return f" for {shown} ({counted} events counted, {stored} stored)"
 
 
 class Command(BaseCommand):
     help = (
         "Print the current totals per business (events, failed replies, tokens, cost, appointments, handoffs), "
         "named as the Prometheus counters. By default from the database; with --url from a running service's "
-        "/metrics. Example: manage.py metrics_totals --url http://127.0.0.1:5000/metrics"
+        "/metrics (which counts only what the service ingested since it started, so events written to the "
+        "database directly, as generate_demo_data does, are not in it). "
+        "Example: manage.py metrics_totals --url http://127.0.0.1:5000/metrics"
     )
 
     def add_arguments(self, parser: CommandParser) -> None:
@@ -97,9 +136,20 @@ class Command(BaseCommand):
         else:
             self._table(totals)
         events = sum(row["events"] for row in totals.values())
-        self.stderr.write(f"{len(totals)} businesses, {events:.0f} events in all (source: {source}).")
+        self.stderr.write(f"{len(totals)} businesses, {events} events in all (source: {source}).")
+        if options["url"]:
+            self._compare_with_database(totals, business_id)
 
-    def _table(self, totals: dict[str, dict[str, float]]) -> None:
+    def _compare_with_database(self, from_metrics: Totals, business_id: str | None) -> None:
+        try:
+            from_database = totals_from_database(business_id)
+        except DatabaseError:
+            return  # nothing to compare with; the counters are still worth printing
+        detail = disagreement(from_metrics, from_database)
+        if detail:
+            self.stderr.write(WHY_THEY_DIFFER.format(detail=detail))
+
+    def _table(self, totals: Totals) -> None:
         width = max([len("business_id"), *(len(b) for b in totals)])
         header = f"{'business_id':<{width}}" + "".join(f"{column:>12}" for column in COLUMNS)
         self.stdout.write(header)

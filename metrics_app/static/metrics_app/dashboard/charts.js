@@ -64,14 +64,17 @@
     });
   }
 
-  function legend(container, names) {
+  // The colour of a chart's k-th series; `first` shifts it, so two charts drawn together differ.
+  const colourOf = (k, first) => PALETTE[(first + k) % PALETTE.length];
+
+  function legend(container, names, first) {
     const list = document.createElement("ul");
     list.className = "mlops-legend";
     names.forEach((name, i) => {
       const item = document.createElement("li");
       const swatch = document.createElement("span");
       swatch.className = "swatch";
-      swatch.style.background = PALETTE[i % PALETTE.length];
+      swatch.style.background = colourOf(i, first);
       item.appendChild(swatch);
       item.appendChild(document.createTextNode(name));
       list.appendChild(item);
@@ -90,8 +93,11 @@
   /*
    * Lines over a shared x axis. series: [{name, values: [number|null]}], one value per label.
    * A null value (no events in that bucket) breaks the line and draws no point.
+   * A legend is drawn for several series, or when `legend` is true; `firstColour` picks the palette's start.
    */
-  function lineChart(container, { labels, series, format, formatLabel, height = 240 }) {
+  function lineChart(container, {
+    labels, series, format, formatLabel, height = 240, legend: withLegend = series.length > 1, firstColour = 0,
+  }) {
     if (!labels.length) return empty(container);
     const width = 720;
     const innerWidth = width - MARGIN.left - MARGIN.right;
@@ -105,7 +111,7 @@
     xAxis(svg, labels, xOf, innerHeight, formatLabel);
     const plot = el("g", { transform: `translate(${MARGIN.left},${MARGIN.top})` }, svg);
     series.forEach((s, k) => {
-      const colour = PALETTE[k % PALETTE.length];
+      const colour = colourOf(k, firstColour);
       let d = "";
       let pen = false;
       s.values.forEach((v, i) => {
@@ -123,13 +129,16 @@
         title(point, `${s.name} ${formatLabel(labels[i])}: ${format(v)}`);
       });
     });
-    if (series.length > 1) legend(container, series.map((s) => s.name));
+    if (withLegend) legend(container, series.map((s) => s.name), firstColour);
   }
 
   /*
    * Bars, stacked when there are several series. series: [{name, values: [number]}].
+   * Legend and colours as for lineChart.
    */
-  function barChart(container, { labels, series, format, formatLabel, height = 240 }) {
+  function barChart(container, {
+    labels, series, format, formatLabel, height = 240, legend: withLegend = series.length > 1, firstColour = 0,
+  }) {
     if (!labels.length) return empty(container);
     const width = 720;
     const innerWidth = width - MARGIN.left - MARGIN.right;
@@ -150,14 +159,14 @@
         const h = (innerHeight * v) / maxValue;
         const bar = el("rect", {
           x: (xOf(i) - barWidth / 2).toFixed(1), y: (innerHeight - base - h).toFixed(1),
-          width: barWidth.toFixed(1), height: h.toFixed(1), fill: PALETTE[k % PALETTE.length], class: "mark",
+          width: barWidth.toFixed(1), height: h.toFixed(1), fill: colourOf(k, firstColour), class: "mark",
           "data-series": s.name, "data-x": label, "data-value": s.values[i] === undefined ? 0 : s.values[i],
         }, plot);
         title(bar, `${s.name} ${formatLabel(label)}: ${format(v)}`);
         base += h;
       });
     });
-    if (series.length > 1) legend(container, series.map((s) => s.name));
+    if (withLegend) legend(container, series.map((s) => s.name), firstColour);
   }
 
   /*

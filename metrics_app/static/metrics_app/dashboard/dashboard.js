@@ -121,15 +121,17 @@
     const rows = buckets(series);
     const labels = rows.map((row) => row.start);
     const base = { labels, formatLabel: bucketLabel };
+    // Events (bars) and conversations (a line below them) share the card: each gets its own colour
+    // and a legend, so the line is not read as more events.
     charts.barChart(document.getElementById("chart-volume"), {
-      ...base, format: fmt.count,
+      ...base, format: fmt.count, legend: true,
       series: [{ name: "events", values: rows.map((row) => row.events) }],
     });
     const volume = document.getElementById("chart-volume");
     const conversations = document.createElement("div");
     volume.appendChild(conversations);
     charts.lineChart(conversations, {
-      ...base, format: fmt.count, height: 160,
+      ...base, format: fmt.count, height: 160, legend: true, firstColour: 1,
       series: [{ name: "conversations", values: rows.map((row) => row.conversations) }],
     });
     charts.lineChart(document.getElementById("chart-latency"), {
