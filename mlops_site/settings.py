@@ -198,6 +198,15 @@ if IS_PRODUCTION:
     CSRF_TRUSTED_ORIGINS = envlist("CSRF_TRUSTED_ORIGINS")
     if envbool("BEHIND_TLS_PROXY", False):
         SECURE_PROXY_SSL_HEADER = ("HTTP_X_FORWARDED_PROTO", "https")
+    # HSTS: browsers keep to HTTPS for this host. Django sends it on HTTPS answers only; 0 turns it off,
+    # for a plain-HTTP install behind a proxy that sends its own.
+    SECURE_HSTS_SECONDS = envint("SECURE_HSTS_SECONDS", 365 * 24 * 3600, minimum=0)
+    SECURE_HSTS_INCLUDE_SUBDOMAINS = envbool("SECURE_HSTS_INCLUDE_SUBDOMAINS", False)
+    SECURE_HSTS_PRELOAD = envbool("SECURE_HSTS_PRELOAD", False)
+    # Off by default: the TLS proxy in front usually redirects, and without BEHIND_TLS_PROXY every request
+    # would look like plain HTTP and loop. Load balancers and Prometheus may probe over plain HTTP.
+    SECURE_SSL_REDIRECT = envbool("SECURE_SSL_REDIRECT", False)
+    SECURE_REDIRECT_EXEMPT = [r"^health/?$", r"^metrics$"]
 
 # --- Prometheus (metrics_app/prometheus.py; README "Monitoring with Prometheus")
 # django-prometheus's database wrappers count connections, queries, their
