@@ -111,17 +111,24 @@ def _outside_business(key: ApiKey, business_id: str) -> HttpResponse:
 
 @csrf_exempt
 def health(request: HttpRequest) -> HttpResponse:
-    """Liveness with a real database round trip; 503 when the database is away."""
+    """Liveness with a real database round trip; 503 when the database is away.
+
+    Production says only what a load balancer needs; development adds the
+    environment, the database vendor and the error's type.
+    """
     if request.method not in ("GET", "HEAD"):
         return _method_not_allowed("GET, HEAD")
+    details = settings.MLOPS_ENV != "production"
     body: dict[str, Any] = {
         "status": "healthy",
         "service": SERVICE_NAME,
         "timestamp": _now_iso(),
         "monitoring": "prometheus",
-        "environment": settings.MLOPS_ENV,
-        "database": {"vendor": connection.vendor, "status": "ok"},
+        "database": {"status": "ok"},
     }
+    if details:
+        body["environment"] = settings.MLOPS_ENV
+        body["database"]["vendor"] = connection.vendor
     try:
         with connection.cursor() as cursor:
             cursor.execute("SELECT 1")
@@ -129,7 +136,9 @@ def health(request: HttpRequest) -> HttpResponse:
     except DatabaseError as exc:
         connection.close()
         body["status"] = "unhealthy"
-        body["database"] = {"vendor": connection.vendor, "status": "unreachable", "error": type(exc).__name__}
+        body["database"]["status"] = "unreachable"
+        if details:
+            body["database"]["error"] = type(exc).__name__
         response = JsonResponse(body, status=503)
         response["Retry-After"] = str(settings.MLOPS_RETRY_AFTER_SECONDS)
         return response

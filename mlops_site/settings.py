@@ -253,11 +253,16 @@ for _name, _values in (
 
 # --- Analytics API and its OpenAPI schema (metrics_app/api.py, docs/analytics.md)
 REST_FRAMEWORK["DEFAULT_SCHEMA_CLASS"] = "drf_spectacular.openapi.AutoSchema"
+# The schema and its UI (/api/schema/, /api/docs/) for everyone; otherwise for staff sessions and API keys.
+MLOPS_PUBLIC_API_DOCS = envbool("MLOPS_PUBLIC_API_DOCS", not IS_PRODUCTION)
 SPECTACULAR_SETTINGS = {
     "TITLE": "MLOps service for AI receptionists",
     "DESCRIPTION": "Events from the chat app, analytics, conversations. Figures are defined below (docs/analytics.md).",
     "VERSION": "1.0.0",
     "SERVE_INCLUDE_SCHEMA": False,
+    # metrics_app/schema_views.py decides who may read the schema (MLOPS_PUBLIC_API_DOCS); a key is
+    # counted there, once.
+    "SERVE_AUTHENTICATION": [],
     # The UI's scripts come from the drf-spectacular-sidecar package, not a CDN.
     "SWAGGER_UI_DIST": "SIDECAR",
     "SWAGGER_UI_FAVICON_HREF": "SIDECAR",

@@ -99,6 +99,13 @@ def test_check_deploy_in_production_warns_only_of_what_the_readme_explains(tmp_p
     assert {warning for warning in reported if f"`{warning}`" not in readme} == set()
 
 
+def test_the_api_docs_are_closed_in_production_unless_opened(tmp_path):
+    assert load_settings({}, tmp_path, "settings.MLOPS_PUBLIC_API_DOCS") == (0, "True\n")
+    assert load_settings(PRODUCTION, tmp_path, "settings.MLOPS_PUBLIC_API_DOCS") == (0, "False\n")
+    opened = {**PRODUCTION, "MLOPS_PUBLIC_API_DOCS": "true"}
+    assert load_settings(opened, tmp_path, "settings.MLOPS_PUBLIC_API_DOCS") == (0, "True\n")
+
+
 def test_development_defaults_to_sqlite_on_loopback_port_5000(tmp_path):
     code, output = load_settings(
         {}, tmp_path,
