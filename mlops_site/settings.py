@@ -59,7 +59,8 @@ if _db["ENGINE"] == "django.db.backends.sqlite3":
         # the write lock at BEGIN so concurrent writers queue instead of failing.
         "init_command": "PRAGMA journal_mode=WAL; PRAGMA synchronous=NORMAL;",
         "transaction_mode": "IMMEDIATE",
-        "timeout": 20,
+        # Seconds a write waits for another writer's lock before the request answers 503 "busy".
+        "timeout": envint("DB_BUSY_TIMEOUT", 20, minimum=1),
     }
     _db["TEST"] = {"NAME": envstr("MLOPS_TEST_SQLITE", str(DATA_DIR / "test.sqlite3"))}
 elif _db["ENGINE"] == "django.db.backends.postgresql":
