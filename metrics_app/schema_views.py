@@ -7,8 +7,9 @@ MLOPS_PUBLIC_API_DOCS opens it to everyone.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from functools import wraps
-from typing import Any, Callable
+from typing import Any
 
 from django.conf import settings
 from django.http import HttpRequest, HttpResponse
@@ -29,7 +30,7 @@ def refusal(request: HttpRequest) -> HttpResponse | None:
     if settings.MLOPS_PUBLIC_API_DOCS:
         return None
     user = request.user
-    if user.is_active and user.is_staff:
+    if user.is_active and getattr(user, "is_staff", False):
         return None
     try:
         key = authenticate_key(request)
