@@ -29,6 +29,14 @@ loglevel = os.environ.get("LOG_LEVEL", "info").lower()
 # Bodies are bounded by the views (1 MiB for a batch); headers are bounded here.
 limit_request_line = 8190
 limit_request_fields = 100
+# gunicorn 25+ opens a control socket for gunicornc at one path per user
+# ($XDG_RUNTIME_DIR/gunicorn.ctl or ~/.gunicorn/gunicorn.ctl): a second instance
+# on the host took that path over, and the first one's stop removed it. So none,
+# unless GUNICORN_CONTROL_SOCKET names a path of this instance's own.
+_control_socket = os.environ.get("GUNICORN_CONTROL_SOCKET", "").strip()
+if _control_socket:
+    control_socket = _control_socket
+control_socket_disable = not _control_socket
 
 # --- Prometheus: prometheus_client's multiprocess mode, so that /metrics served
 # by any worker sums the counts of all of them (metrics_app/prometheus_files.py).

@@ -6,12 +6,13 @@ import time
 from dataclasses import dataclass
 
 from django.conf import settings
-from django.db import connection, transaction
+from django.db import OperationalError, connection, transaction
 from django.http import HttpRequest
 from django.utils import timezone
 from rest_framework import authentication, exceptions
 
-from metrics_app.models import KEY_PREFIX_MARK, ApiKey, RateLimitWindow
+from metrics_app import database, rate_limit
+from metrics_app.models import KEY_PREFIX_MARK, ApiKey
 
 
 class KeyRejected(Exception):
@@ -54,36 +55,37 @@ def authenticate_key(request: HttpRequest) -> ApiKey | None:
     return None if raw is None else find_key(raw)
 
 
-def _upsert_sql() -> str:
-    table = connection.ops.quote_name(RateLimitWindow._meta.db_table)
-    return (
-        f"INSERT INTO {table} (key_id, minute, count) VALUES (%s, %s, 1) "
-        f"ON CONFLICT (key_id, minute) DO UPDATE SET count = {table}.count + 1 RETURNING count"
-    )
-
-
 def seconds_until_allowed(key: ApiKey) -> int:
     """Count one request against the key's per-minute budget; 0 when it is allowed.
 
-    The counter lives in the database, so every worker process shares it.
-    Otherwise the number of seconds until the current minute ends.
+    Otherwise the number of seconds until the current minute ends. The counter
+    is shared by every worker process (metrics_app/rate_limit.py); when it
+    cannot answer, LimiterUnavailable (503) rather than an uncounted request.
     """
     limit = key.rate_limit_per_minute or settings.MLOPS_KEY_RATE_LIMIT_PER_MINUTE
     now = time.time()
     minute = int(now // 60)
-    with transaction.atomic(), connection.cursor() as cursor:
-        if connection.vendor == "postgresql":
-            # A lost count after a crash is harmless; skipping the WAL flush is not.
-            cursor.execute("SET LOCAL synchronous_commit TO OFF")
-        cursor.execute(_upsert_sql(), [key.pk, minute])
-        (count,) = cursor.fetchone()
+    count = rate_limit.count_request(key, minute)
     if count == 1:
-        # First request of this minute: tidy old windows and note the key's use.
-        RateLimitWindow.objects.filter(key=key, minute__lt=minute - 1).delete()
-        ApiKey.objects.filter(pk=key.pk).update(last_used_at=timezone.now())
+        _note_use(key)
     if count > limit:
         return max(1, int(60 - (now % 60)) + 1)
     return 0
+
+
+def _note_use(key: ApiKey) -> None:
+    """Record the key's last use (once a minute, at its first request), unless the database is busy.
+
+    A note skipped while another writer holds SQLite's lock is made at the next
+    minute's first request; waiting for the lock would hold up a read that
+    needs no write.
+    """
+    try:
+        with database.sqlite_lock_wait(connection, 0), transaction.atomic():
+            ApiKey.objects.filter(pk=key.pk).update(last_used_at=timezone.now())
+    except OperationalError as exc:
+        if not database.is_busy(exc):
+            raise
 
 
 @dataclass

@@ -37,9 +37,19 @@ def too_many_requests(retry_after: int) -> JsonResponse:
     )
 
 
-def database_unavailable() -> JsonResponse:
+def database_unavailable(busy: bool = False) -> JsonResponse:
+    """503: the database is away, or (busy) locked by another writer for longer than a write may wait."""
+    summary = "The database is busy; retry later" if busy else "The database is unavailable; retry later"
     return error_response(
-        503, "The database is unavailable; retry later", {"database": ["unreachable"]},
+        503, summary, {"database": ["busy" if busy else "unreachable"]},
+        headers={"Retry-After": str(settings.MLOPS_RETRY_AFTER_SECONDS)},
+    )
+
+
+def rate_limiter_unavailable() -> JsonResponse:
+    """503: the per-key request counter could not answer, so the request is not let through uncounted."""
+    return error_response(
+        503, "The rate limiter cannot answer; retry later", {"rate_limit": ["the request counter is busy"]},
         headers={"Retry-After": str(settings.MLOPS_RETRY_AFTER_SECONDS)},
     )
 

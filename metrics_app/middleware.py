@@ -1,4 +1,4 @@
-"""Turns a lost database into 503 with Retry-After instead of a 500."""
+"""Turns a lost or busy database, and a rate limiter that cannot answer, into 503 with Retry-After instead of a 500."""
 
 from __future__ import annotations
 
@@ -8,7 +8,9 @@ from typing import Callable
 from django.db import InterfaceError, OperationalError, connections
 from django.http import HttpRequest, HttpResponse
 
-from metrics_app.errors import database_unavailable
+from metrics_app.database import is_busy
+from metrics_app.errors import database_unavailable, rate_limiter_unavailable
+from metrics_app.rate_limit import LimiterUnavailable
 
 logger = logging.getLogger(__name__)
 
@@ -27,9 +29,13 @@ class DatabaseUnavailableMiddleware:
         return self.get_response(request)
 
     def process_exception(self, request: HttpRequest, exception: Exception) -> HttpResponse | None:
+        if isinstance(exception, LimiterUnavailable):
+            # A limit fails closed: a request the counter cannot count is refused, not let through.
+            logger.warning("rate limiter unavailable during %s %s: %s", request.method, request.path, exception)
+            return rate_limiter_unavailable()
         if not isinstance(exception, (OperationalError, InterfaceError)):
             return None
         logger.warning("database unavailable during %s %s: %s", request.method, request.path, exception)
         for conn in connections.all(initialized_only=True):
             conn.close()
-        return database_unavailable()
+        return database_unavailable(busy=is_busy(exception))

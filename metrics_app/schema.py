@@ -128,8 +128,11 @@ def add_chat_endpoints(result: dict[str, Any], generator: Any, request: Any, pub
             "200": _json({"type": "object", "required": ["status", "service"], "properties": {
                 "status": {"type": "string", "enum": ["healthy"]}, "service": {"type": "string"},
                 "timestamp": {"type": "string"}, "monitoring": {"type": "string"}}}, "Healthy."),
-            "503": _json({"type": "object", "properties": {"status": {"type": "string", "enum": ["unhealthy"]}}},
-                         "The database is unreachable."),
+            "503": _json({"type": "object", "properties": {
+                "status": {"type": "string", "enum": ["unhealthy"]},
+                "database": {"type": "object", "properties": {
+                    "status": {"type": "string", "enum": ["busy", "unreachable"]}}}}},
+                "The database is unreachable, or busy (another writer holds SQLite's lock); see Retry-After."),
             **_errors(405),
         },
     }}

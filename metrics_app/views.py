@@ -12,11 +12,11 @@ from typing import Any
 import orjson
 from django.conf import settings
 from django.core.exceptions import RequestDataTooBig
-from django.db import DatabaseError, connection
+from django.db import connection
 from django.http import HttpRequest, HttpResponse, JsonResponse
 from django.views.decorators.csrf import csrf_exempt
 
-from metrics_app import services
+from metrics_app import database, services
 from metrics_app.auth import KeyRejected, authenticate_key, seconds_until_allowed
 from metrics_app.errors import error_response, too_many_requests, unauthorized
 from metrics_app.models import ApiKey
@@ -111,25 +111,31 @@ def _outside_business(key: ApiKey, business_id: str) -> HttpResponse:
 
 @csrf_exempt
 def health(request: HttpRequest) -> HttpResponse:
-    """Liveness with a real database round trip; 503 when the database is away."""
+    """Liveness with a real database round trip; 503 when the database is away or busy.
+
+    "busy" is an SQLite file whose write lock another writer holds: reads work,
+    writes wait. Production says only what a load balancer needs; development
+    adds the environment, the database vendor and the error's type.
+    """
     if request.method not in ("GET", "HEAD"):
         return _method_not_allowed("GET, HEAD")
+    details = settings.MLOPS_ENV != "production"
     body: dict[str, Any] = {
         "status": "healthy",
         "service": SERVICE_NAME,
         "timestamp": _now_iso(),
         "monitoring": "prometheus",
-        "environment": settings.MLOPS_ENV,
-        "database": {"vendor": connection.vendor, "status": "ok"},
+        "database": {"status": "ok"},
     }
-    try:
-        with connection.cursor() as cursor:
-            cursor.execute("SELECT 1")
-            cursor.fetchone()
-    except DatabaseError as exc:
-        connection.close()
+    if details:
+        body["environment"] = settings.MLOPS_ENV
+        body["database"]["vendor"] = connection.vendor
+    checked = database.probe(connection)
+    if checked.state != database.OK:
         body["status"] = "unhealthy"
-        body["database"] = {"vendor": connection.vendor, "status": "unreachable", "error": type(exc).__name__}
+        body["database"]["status"] = checked.state
+        if details:
+            body["database"]["error"] = checked.error
         response = JsonResponse(body, status=503)
         response["Retry-After"] = str(settings.MLOPS_RETRY_AFTER_SECONDS)
         return response

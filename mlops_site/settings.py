@@ -59,7 +59,8 @@ if _db["ENGINE"] == "django.db.backends.sqlite3":
         # the write lock at BEGIN so concurrent writers queue instead of failing.
         "init_command": "PRAGMA journal_mode=WAL; PRAGMA synchronous=NORMAL;",
         "transaction_mode": "IMMEDIATE",
-        "timeout": 20,
+        # Seconds a write waits for another writer's lock before the request answers 503 "busy".
+        "timeout": envint("DB_BUSY_TIMEOUT", 20, minimum=1),
     }
     _db["TEST"] = {"NAME": envstr("MLOPS_TEST_SQLITE", str(DATA_DIR / "test.sqlite3"))}
 elif _db["ENGINE"] == "django.db.backends.postgresql":
@@ -200,6 +201,15 @@ if IS_PRODUCTION:
     CSRF_TRUSTED_ORIGINS = envlist("CSRF_TRUSTED_ORIGINS")
     if envbool("BEHIND_TLS_PROXY", False):
         SECURE_PROXY_SSL_HEADER = ("HTTP_X_FORWARDED_PROTO", "https")
+    # HSTS: browsers keep to HTTPS for this host. Django sends it on HTTPS answers only; 0 turns it off,
+    # for a plain-HTTP install behind a proxy that sends its own.
+    SECURE_HSTS_SECONDS = envint("SECURE_HSTS_SECONDS", 365 * 24 * 3600, minimum=0)
+    SECURE_HSTS_INCLUDE_SUBDOMAINS = envbool("SECURE_HSTS_INCLUDE_SUBDOMAINS", False)
+    SECURE_HSTS_PRELOAD = envbool("SECURE_HSTS_PRELOAD", False)
+    # Off by default: the TLS proxy in front usually redirects, and without BEHIND_TLS_PROXY every request
+    # would look like plain HTTP and loop. Load balancers and Prometheus may probe over plain HTTP.
+    SECURE_SSL_REDIRECT = envbool("SECURE_SSL_REDIRECT", False)
+    SECURE_REDIRECT_EXEMPT = [r"^health/?$", r"^metrics$"]
 
 # --- Prometheus (metrics_app/prometheus.py; README "Monitoring with Prometheus")
 # django-prometheus's database wrappers count connections, queries, their
@@ -246,11 +256,16 @@ for _name, _values in (
 
 # --- Analytics API and its OpenAPI schema (metrics_app/api.py, docs/analytics.md)
 REST_FRAMEWORK["DEFAULT_SCHEMA_CLASS"] = "drf_spectacular.openapi.AutoSchema"
+# The schema and its UI (/api/schema/, /api/docs/) for everyone; otherwise for staff sessions and API keys.
+MLOPS_PUBLIC_API_DOCS = envbool("MLOPS_PUBLIC_API_DOCS", not IS_PRODUCTION)
 SPECTACULAR_SETTINGS = {
     "TITLE": "MLOps service for AI receptionists",
     "DESCRIPTION": "Events from the chat app, analytics, conversations. Figures are defined below (docs/analytics.md).",
     "VERSION": "1.0.0",
     "SERVE_INCLUDE_SCHEMA": False,
+    # metrics_app/schema_views.py decides who may read the schema (MLOPS_PUBLIC_API_DOCS); a key is
+    # counted there, once.
+    "SERVE_AUTHENTICATION": [],
     # The UI's scripts come from the drf-spectacular-sidecar package, not a CDN.
     "SWAGGER_UI_DIST": "SIDECAR",
     "SWAGGER_UI_FAVICON_HREF": "SIDECAR",

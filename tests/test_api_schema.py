@@ -48,6 +48,25 @@ def test_the_schema_documents_every_endpoint_and_its_errors(api, db):
     assert "cost_per_booked_appointment_usd" in schema["info"]["description"]
 
 
+@pytest.mark.parametrize("path", ["/api/schema/", "/api/docs/"])
+def test_closed_docs_answer_a_staff_session_or_a_key_and_nobody_else(api, settings, business, make_key, path):
+    from django.contrib.auth.models import User
+
+    from tests.test_track import assert_error_shape
+
+    settings.MLOPS_PUBLIC_API_DOCS = False
+    _, raw = make_key(business)
+
+    refused = assert_error_shape(api.get(path), 401)
+    assert "staff session" in refused["error"]
+    assert_error_shape(api.get(path, HTTP_AUTHORIZATION="Bearer mlk_000000000000_wrong"), 401)
+    assert api.get(path, HTTP_AUTHORIZATION=f"Bearer {raw}").status_code == 200
+    api.force_login(User.objects.create_user("visitor"))
+    assert_error_shape(api.get(path), 401)
+    api.force_login(User.objects.create_user("staff", is_staff=True))
+    assert api.get(path).status_code == 200
+
+
 def test_the_docs_page_is_served_without_a_cdn(api, db):
     page = api.get("/api/docs/")
     assert page.status_code == 200

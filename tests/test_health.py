@@ -23,6 +23,21 @@ def test_health_reports_healthy_with_the_seeds_fields(api):
     assert body["database"]["status"] == "ok"
 
 
+def test_in_development_health_names_the_environment_and_the_database(api):
+    body = api.get("/health").json()
+    assert body["environment"] == "development"
+    assert body["database"]["vendor"] in ("sqlite", "postgresql")
+
+
+def test_in_production_health_says_only_what_a_load_balancer_needs(api, settings):
+    settings.MLOPS_ENV = "production"
+    response = api.get("/health")
+    assert response.status_code == 200
+    body = response.json()
+    assert set(body) == {"status", "service", "timestamp", "monitoring", "database"}
+    assert body["database"] == {"status": "ok"}
+
+
 def test_health_refuses_post(api):
     assert_error_shape(api.post("/health"), 405)
 

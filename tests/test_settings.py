@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import os
+import re
+import secrets
 import subprocess
 import sys
 
@@ -71,6 +73,37 @@ def test_production_with_sound_settings_starts_and_needs_keys(tmp_path):
     )
     assert code == 0, output
     assert output.strip() == "(False, '0.0.0.0', True)"
+
+
+def test_production_sends_hsts_for_a_year_unless_turned_off_and_redirects_only_when_asked(tmp_path):
+    expr = "settings.SECURE_HSTS_SECONDS, settings.SECURE_SSL_REDIRECT"
+    assert load_settings(PRODUCTION, tmp_path, expr) == (0, "(31536000, False)\n")
+    changed = {**PRODUCTION, "SECURE_HSTS_SECONDS": "0", "SECURE_SSL_REDIRECT": "true"}
+    assert load_settings(changed, tmp_path, expr) == (0, "(0, True)\n")
+    code, output = load_settings({**PRODUCTION, "SECURE_HSTS_SECONDS": "-1"}, tmp_path)
+    assert code != 0 and "SECURE_HSTS_SECONDS" in output
+
+
+def test_check_deploy_in_production_warns_only_of_what_the_readme_explains(tmp_path):
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("MLOPS_", "DATABASE_URL", "DEBUG", "SECURE_"))}
+    env.update(PRODUCTION, SECRET_KEY=secrets.token_urlsafe(50), MLOPS_ENV_FILE=str(tmp_path / "absent.env"),
+               DATABASE_URL=f"sqlite:///{tmp_path / 'check.sqlite3'}")
+    result = subprocess.run(
+        [sys.executable, "manage.py", "check", "--deploy", "--fail-level", "ERROR"],
+        cwd=ROOT, env=env, capture_output=True, text=True, check=False,
+    )
+    assert result.returncode == 0, result.stdout + result.stderr
+    reported = set(re.findall(r"\(([a-z_]+\.[WE]\d{3})\)", result.stdout + result.stderr))
+    assert not reported & {"security.W004", "security.W009"}, reported
+    readme = (ROOT / "README.md").read_text()
+    assert {warning for warning in reported if f"`{warning}`" not in readme} == set()
+
+
+def test_the_api_docs_are_closed_in_production_unless_opened(tmp_path):
+    assert load_settings({}, tmp_path, "settings.MLOPS_PUBLIC_API_DOCS") == (0, "True\n")
+    assert load_settings(PRODUCTION, tmp_path, "settings.MLOPS_PUBLIC_API_DOCS") == (0, "False\n")
+    opened = {**PRODUCTION, "MLOPS_PUBLIC_API_DOCS": "true"}
+    assert load_settings(opened, tmp_path, "settings.MLOPS_PUBLIC_API_DOCS") == (0, "True\n")
 
 
 def test_development_defaults_to_sqlite_on_loopback_port_5000(tmp_path):

@@ -1,0 +1,88 @@
+"""Whether the database can take a write now: "ok", "busy" or "unreachable".
+
+SQLite lets one writer at a time hold the whole file. While another writer
+holds it (a long transaction, a backup, a second process), reads still work
+but every write waits, so `SELECT 1` says nothing about it: the probe takes the
+write lock for a moment instead. A lock held by another writer is "busy", not
+"unreachable": the database is there and the client should simply retry.
+"""
+
+from __future__ import annotations
+
+import sqlite3
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+
+from django.db import DatabaseError
+from django.db.backends.base.base import BaseDatabaseWrapper
+
+OK = "ok"
+BUSY = "busy"
+UNREACHABLE = "unreachable"
+
+# How long /health waits for SQLite's write lock before it says "busy". Writes
+# normally hold it for milliseconds; a load balancer's probe times out in seconds.
+PROBE_WAIT_SECONDS = 1.0
+
+_SQLITE_BUSY_CODES = {5, 6}  # SQLITE_BUSY, SQLITE_LOCKED (the module names them from Python 3.11 on)
+# PostgreSQL's lock_not_available: a lock_timeout ran out.
+_POSTGRES_BUSY_CODES = {"55P03"}
+
+
+def is_busy(exc: BaseException) -> bool:
+    """A database error that means "locked by another writer, retry soon" rather than "gone"."""
+    cause = exc.__cause__ if isinstance(exc.__cause__, Exception) else exc
+    if getattr(cause, "pgcode", None) in _POSTGRES_BUSY_CODES:
+        return True
+    if not isinstance(cause, sqlite3.OperationalError):
+        return False
+    code = getattr(cause, "sqlite_errorcode", None)  # Python 3.11+
+    if code is not None:
+        return code & 0xFF in _SQLITE_BUSY_CODES
+    return "is locked" in str(cause)
+
+
+@contextmanager
+def sqlite_lock_wait(connection: BaseDatabaseWrapper, seconds: float) -> Iterator[None]:
+    """Within the block, an SQLite write waits at most `seconds` for the lock (0: not at all).
+
+    Elsewhere a writer waits the connection's own timeout (DB_BUSY_TIMEOUT).
+    Nothing changes on other databases.
+    """
+    if connection.vendor != "sqlite":
+        yield
+        return
+    configured = float(connection.settings_dict["OPTIONS"].get("timeout", 5))
+    with connection.cursor() as cursor:
+        cursor.execute(f"PRAGMA busy_timeout = {int(seconds * 1000)}")
+        try:
+            yield
+        finally:
+            cursor.execute(f"PRAGMA busy_timeout = {int(configured * 1000)}")
+
+
+@dataclass(frozen=True)
+class Probe:
+    state: str
+    error: str | None = None
+
+
+def probe(connection: BaseDatabaseWrapper) -> Probe:
+    """A real round trip; on SQLite also a moment's hold of the write lock."""
+    try:
+        if connection.vendor == "sqlite" and not connection.in_atomic_block:
+            with sqlite_lock_wait(connection, PROBE_WAIT_SECONDS), connection.cursor() as cursor:
+                cursor.execute("BEGIN IMMEDIATE")
+                cursor.execute("ROLLBACK")
+        else:
+            # PostgreSQL locks rows, not the database; an open transaction (tests) already holds SQLite's lock.
+            with connection.cursor() as cursor:
+                cursor.execute("SELECT 1")
+                cursor.fetchone()
+    except DatabaseError as exc:
+        if is_busy(exc):
+            return Probe(BUSY, type(exc).__name__)
+        connection.close()
+        return Probe(UNREACHABLE, type(exc).__name__)
+    return Probe(OK)

@@ -1,0 +1,115 @@
+"""The per-key request counters: shared by every server process, kept where a busy event table cannot block them.
+
+- PostgreSQL: a small table of the service's database (mlops_rate_limit_window),
+  one short transaction per count. PostgreSQL locks rows, so a long ingest
+  transaction on the event tables does not hold it up, and every host that
+  serves the database shares the counts.
+- SQLite: a writer locks the whole database file, so a count there would wait
+  behind any write to the events and a keyed read would fail with them. The
+  counters live in a file of their own beside the database instead
+  (`<database>-ratelimit.sqlite3`), shared by the processes of the one host
+  that an SQLite install has.
+
+A counter that cannot answer within WAIT_SECONDS raises LimiterUnavailable, and
+the request is refused with 503 and Retry-After: a limit fails closed.
+"""
+
+from __future__ import annotations
+
+import os
+import sqlite3
+import threading
+from pathlib import Path
+
+from django.db import DatabaseError, connection, transaction
+
+from metrics_app.models import ApiKey, RateLimitWindow
+
+# A count takes microseconds; a counter still locked after this long is not coming back soon.
+WAIT_SECONDS = 2.0
+
+
+class LimiterUnavailable(Exception):
+    """The request could not be counted, so it may not go through."""
+
+
+def count_request(key: ApiKey, minute: int) -> int:
+    """Count one request of `key` in `minute` (minutes since the epoch); the minute's count so far."""
+    if connection.vendor == "sqlite":
+        return _count_in_sqlite_file(key.prefix, minute)
+    return _count_in_table(key.pk, minute)
+
+
+# --- PostgreSQL: a table of the service's database.
+
+
+def _count_in_table(key_id: int, minute: int) -> int:
+    table = connection.ops.quote_name(RateLimitWindow._meta.db_table)
+    try:
+        with transaction.atomic(), connection.cursor() as cursor:
+            # A lost count after a crash is harmless; waiting for the WAL flush is not.
+            cursor.execute("SET LOCAL synchronous_commit TO OFF")
+            cursor.execute(f"SET LOCAL lock_timeout = {int(WAIT_SECONDS * 1000)}")
+            cursor.execute(
+                f"INSERT INTO {table} (key_id, minute, count) VALUES (%s, %s, 1) "
+                f"ON CONFLICT (key_id, minute) DO UPDATE SET count = {table}.count + 1 RETURNING count",
+                [key_id, minute],
+            )
+            (count,) = cursor.fetchone()
+            if count == 1:
+                cursor.execute(f"DELETE FROM {table} WHERE key_id = %s AND minute < %s", [key_id, minute - 1])
+    except DatabaseError as exc:
+        raise LimiterUnavailable(f"the rate-limit table did not answer: {exc}") from exc
+    return count
+
+
+# --- SQLite: a file of its own. One connection per thread (gunicorn's gthread workers), opened after the fork.
+
+_local = threading.local()
+
+_SCHEMA = (
+    "CREATE TABLE IF NOT EXISTS request_count ("
+    " key TEXT NOT NULL, minute INTEGER NOT NULL, count INTEGER NOT NULL, PRIMARY KEY (key, minute)"
+    ") WITHOUT ROWID"
+)
+_COUNT = (
+    "INSERT INTO request_count (key, minute, count) VALUES (?, ?, 1) "
+    "ON CONFLICT (key, minute) DO UPDATE SET count = count + 1 RETURNING count"
+)
+
+
+def counter_file() -> Path:
+    """The counters' file: beside the SQLite database, named after it."""
+    database = Path(connection.settings_dict["NAME"])
+    return database.with_name(f"{database.stem}-ratelimit{database.suffix or '.sqlite3'}")
+
+
+def _counter_connection() -> sqlite3.Connection:
+    path = counter_file()
+    cached = getattr(_local, "counter", None)
+    if cached is not None and cached[0] == (os.getpid(), path):
+        return cached[1]
+    conn = sqlite3.connect(path, timeout=WAIT_SECONDS, isolation_level=None)
+    try:
+        # WAL and no fsync: many processes count at once, and a count lost to a power cut is harmless.
+        conn.execute("PRAGMA journal_mode=WAL")
+        conn.execute("PRAGMA synchronous=OFF")
+        conn.execute(_SCHEMA)
+    except sqlite3.Error:
+        conn.close()
+        raise
+    _local.counter = ((os.getpid(), path), conn)
+    return conn
+
+
+def _count_in_sqlite_file(key: str, minute: int) -> int:
+    # Keyed by the key's prefix, which is random and never reused, unlike a row id.
+    try:
+        conn = _counter_connection()
+        ((count,),) = conn.execute(_COUNT, (key, minute)).fetchall()
+        if count == 1:
+            # Writers take turns on this file, so one sweep of every key's past minutes is safe and cheap.
+            conn.execute("DELETE FROM request_count WHERE minute < ?", (minute - 1,))
+    except sqlite3.Error as exc:
+        raise LimiterUnavailable(f"the rate-limit file {counter_file()} did not answer: {exc}") from exc
+    return count
