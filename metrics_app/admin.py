@@ -13,6 +13,7 @@ import uuid
 from datetime import timedelta
 from typing import Any, Iterable, Iterator
 
+from django import forms
 from django.contrib import admin, messages
 from django.contrib.admin.options import IncorrectLookupParameters
 from django.core.cache import cache
@@ -437,10 +438,37 @@ class ModelPriceAdmin(admin.ModelAdmin):
         return format_html('<a href="{}" rel="noopener noreferrer" target="_blank">{}</a>', obj.source_url, obj.source_url)
 
 
+class StaffBusinessAccessForm(forms.ModelForm):
+    """A grant names one business, or says every business with a box of its own: an empty field is not a grant."""
+
+    every_business = forms.BooleanField(
+        required=False, help_text="Grant every business, present and future, instead of one."
+    )
+
+    class Meta:
+        model = StaffBusinessAccess
+        fields = ("user", "business", "every_business")
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.fields["business"].help_text = "The business this user may see."
+        if self.instance.pk and self.instance.grants_every_business:
+            self.initial["every_business"] = True
+
+    def clean(self) -> dict[str, Any]:
+        data = super().clean()
+        if data.get("every_business") and data.get("business"):
+            self.add_error("business", "Leave the business empty when granting every business.")
+        elif not data.get("every_business") and not data.get("business"):
+            self.add_error("business", "Choose a business, or tick 'every business'.")
+        return data
+
+
 @admin.register(StaffBusinessAccess)
 class StaffBusinessAccessAdmin(admin.ModelAdmin):
     """What each staff user may see: one business per row, or every business. Only superusers grant: nobody widens their own."""
 
+    form = StaffBusinessAccessForm
     list_display = ("user", "grant")
     list_filter = (BusinessFilter,)
     list_select_related = ("user", "business")

@@ -11,9 +11,10 @@ from django.http import HttpRequest, HttpResponse
 from django.template.response import TemplateResponse
 from django.utils import timezone
 
-from metrics_app import services
+from metrics_app import access, services
 from metrics_app.access import visible_business_ids, visible_businesses, visible_rows
 from metrics_app.models import ApiKey, Business
+from metrics_app.rules import business_id_problem
 
 
 class ApiKeyInline(admin.TabularInline):
@@ -48,6 +49,11 @@ class BusinessAdmin(admin.ModelAdmin):
     def active_keys(self, obj: Business) -> int:
         return obj._active_keys
 
+    def has_add_permission(self, request: HttpRequest) -> bool:
+        # A new business is visible only to staff who see every business; adding one blind would also tell
+        # limited staff which ids exist, and let them pick another tenant's name and time zone in advance.
+        return super().has_add_permission(request) and access.sees_every_business(request.user)
+
     def get_readonly_fields(self, request: HttpRequest, obj: Business | None = None) -> tuple[str, ...]:
         # The id is what the chat app sends: it cannot change once events refer to it.
         return (*self.readonly_fields, "id") if obj else self.readonly_fields
@@ -60,8 +66,11 @@ class ApiKeyForm(forms.ModelForm):
 
     def clean(self) -> dict[str, Any]:
         data = super().clean()
-        if not data.get("business") and data.get("can_ingest"):
+        business = data.get("business")
+        if not business and data.get("can_ingest"):
             self.add_error("can_ingest", "An agency key (no business) may only read.")
+        if business is not None and not self.instance.pk and business_id_problem(business.pk) is not None:
+            self.add_error("business", f"A business id {business_id_problem(business.pk)}: it gets no new keys.")
         if not data.get("can_ingest") and not data.get("can_read"):
             self.add_error(None, "Choose at least one scope.")
         expires = data.get("expires_at")

@@ -17,6 +17,7 @@ from django.utils import timezone
 
 from metrics_app import conversations, pricing, rollups
 from metrics_app.models import AIMetric, ApiKey, Business
+from metrics_app.rules import business_id_problem
 from metrics_app.validation import FIELD_NAMES
 
 logger = logging.getLogger(__name__)
@@ -202,6 +203,9 @@ def create_api_key(
         raise ValueError("an agency key (no business) may only read")
     if not (can_ingest or can_read):
         raise ValueError("a key needs at least one scope")
+    problem = business_id_problem(business.pk) if business is not None else None
+    if problem is not None:
+        raise ValueError(f"business id {business.pk!r} {problem}; its data stays readable, but it gets no new keys")
     raw, prefix, hashed = ApiKey.generate()
     key = ApiKey.objects.create(
         business=business,

@@ -14,7 +14,7 @@ from django.test import Client
 
 from documents_app import pipeline
 from documents_app.models import Document
-from metrics_app.models import AIMetric, Business
+from metrics_app.models import AIMetric, ApiKey, Business
 from tests.conftest import post_json
 
 pytestmark = pytest.mark.django_db
@@ -59,8 +59,10 @@ def test_create_api_key_refuses_an_id_that_breaks_the_rule() -> None:
 
 
 def test_a_key_of_a_business_stored_before_the_rule_cannot_ingest(api: Client, make_key) -> None:  # type: ignore[no-untyped-def]
-    legacy = Business.objects.create(id=ODD)  # as an older release let the admin store it
-    _, raw = make_key(legacy, can_ingest=True, can_read=True)
+    # As an older release let the admin store it, with a key made then.
+    legacy = Business.objects.create(id=ODD)
+    key, raw = make_key(Business.objects.create(id="placeholder"), can_ingest=True, can_read=True)
+    ApiKey.objects.filter(pk=key.pk).update(business=legacy)
     headers = {"Authorization": f"Bearer {raw}"}
     without_id = post_json(api, "/track", EVENT, **headers)
     assert without_id.status_code == 400
@@ -121,3 +123,16 @@ def test_the_knowledge_base_api_takes_every_id_that_track_takes(api: Client, set
     settings.MLOPS_ALLOW_ANONYMOUS_CHAT = True
     response = api.get("/api/knowledge-base/search", {"q": "hours", "business_id": COLON})
     assert "business_id" not in (response.json().get("errors") or {})
+
+
+def test_no_new_key_is_made_for_a_stored_id_that_breaks_the_rule(make_key) -> None:  # type: ignore[no-untyped-def]
+    legacy = Business.objects.create(id=ODD)
+    boss = Client()
+    boss.force_login(User.objects.create_superuser("boss", "boss@example.com", "pw-for-tests-only"))
+    response = boss.post(
+        "/admin/metrics_app/apikey/add/", {"business": ODD, "name": "k", "can_ingest": "on", "can_read": "on"}
+    )
+    assert response.status_code == 200 and "API key created" not in response.content.decode()
+    with pytest.raises(ValueError, match="gets no new keys"):
+        make_key(legacy, can_read=True)
+    assert not ApiKey.objects.exists()

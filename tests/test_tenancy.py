@@ -229,3 +229,54 @@ def test_the_upgrade_gives_staff_who_saw_everything_an_explicit_grant() -> None:
 
     executor = MigrationExecutor(connection)
     executor.migrate(executor.loader.graph.leaf_nodes())
+
+
+# --- Doors that are not split by business.
+
+
+def test_limited_staff_cannot_probe_run_logs_or_metrics_through_list_lookups(limited: User, two_businesses) -> None:  # type: ignore[no-untyped-def]
+    PipelineRun.objects.create(
+        status=RunStatus.SUCCEEDED, active=False, log="processing biz-b/secret-prices.txt\n",
+        metrics={"by_business": {"biz-b": {"chunks": 3}}},
+    )
+    client = _client(limited, *DOCUMENT_PERMS)
+    url = "/admin/documents_app/pipelinerun/"
+    for probe in ({"log__contains": "biz-b/secret"}, {"metrics__icontains": "biz-b"},
+                  {"metrics__by_business__has_key": "biz-b"}, {"error__startswith": ""}):
+        assert client.get(url, probe).status_code == 400, probe
+    assert client.get(url, {"status__exact": "succeeded"}).context["cl"].result_count == 1
+    everything = _client(staff_user("root-ops"), *DOCUMENT_PERMS)
+    assert everything.get(url, {"log__contains": "biz-b/secret"}).context["cl"].result_count == 1
+
+
+def test_limited_staff_cannot_start_or_cancel_a_run_that_covers_every_business(limited: User, two_businesses) -> None:  # type: ignore[no-untyped-def]
+    queued = PipelineRun.objects.create()
+    client = _client(limited, *DOCUMENT_PERMS)
+    assert client.get("/admin/documents_app/pipelinerun/run/").status_code == 403
+    assert client.post("/admin/documents_app/pipelinerun/run/", {"stage": "all"}).status_code == 403
+    client.post("/admin/documents_app/pipelinerun/", {"action": "cancel_queued_runs", "_selected_action": [queued.pk]})
+    queued.refresh_from_db()
+    assert queued.status == RunStatus.QUEUED
+    assert PipelineRun.objects.count() == 1
+
+
+def test_limited_staff_cannot_add_businesses_or_learn_which_ids_exist(limited: User, two_businesses) -> None:  # type: ignore[no-untyped-def]
+    client = _client(limited, "add_business", "view_business")
+    form = {"name": "probe", "time_zone": "UTC", "api_keys-TOTAL_FORMS": 0, "api_keys-INITIAL_FORMS": 0}
+    taken = client.post("/admin/metrics_app/business/add/", {"id": "biz-b", **form})
+    free = client.post("/admin/metrics_app/business/add/", {"id": "biz-zz", **form})
+    assert taken.status_code == free.status_code == 403
+    assert not Business.objects.filter(pk="biz-zz").exists()
+
+
+def test_a_grant_names_a_business_or_ticks_every_business_explicitly(two_businesses) -> None:  # type: ignore[no-untyped-def]
+    boss = Client()
+    boss.force_login(User.objects.create_superuser("boss", "boss@example.com", "pw-for-tests-only"))
+    newcomer = User.objects.create_user("newcomer", password="pw-for-tests-only", is_staff=True)
+    url = "/admin/metrics_app/staffbusinessaccess/add/"
+    blank = boss.post(url, {"user": newcomer.pk, "business": ""})
+    assert blank.status_code == 200 and "Choose a business, or tick" in blank.content.decode()
+    assert not StaffBusinessAccess.objects.exists()
+    assert boss.post(url, {"user": newcomer.pk, "business": "", "every_business": "on"}).status_code == 302
+    assert StaffBusinessAccess.objects.get(user=newcomer).business_id is None
+    assert _summary_status(newcomer) == 200
