@@ -25,7 +25,7 @@ import yaml
 
 from documents_app.chunking import chunk_sections
 from documents_app.embeddings import get_method
-from documents_app.readers import SkipReason, UnreadableDocument, format_of, read_sections
+from documents_app.readers import CutLimit, ReadLimits, SkipReason, UnreadableDocument, format_of, read_sections
 
 # Paths relative to the pipeline root (the folder holding dvc.yaml), as dvc.yaml names them.
 RAW_DIR = Path("data/raw/business_documents")
@@ -38,7 +38,7 @@ PARAMS_PATH = Path("params.yaml")
 CACHE_DIR = Path("data/cache/documents")
 
 # Bump when parsing or chunking changes, so cached results of older code are not reused.
-PIPELINE_VERSION = 1
+PIPELINE_VERSION = 2
 BUSINESS_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,254}$")
 
 
@@ -107,6 +107,29 @@ def load_params(path: Path = PARAMS_PATH) -> tuple[ProcessParams, KnowledgeBaseP
     return p, k
 
 
+# The setting that raises each read limit, named in the detail of a document it cut.
+LIMIT_SETTINGS = {
+    CutLimit.CHARACTERS: "DOCUMENTS_READ_MAX_CHARS",
+    CutLimit.PARAGRAPHS: "DOCUMENTS_READ_MAX_PARAGRAPHS",
+    CutLimit.PAGES: "DOCUMENTS_READ_MAX_PAGES",
+    CutLimit.XML_SIZE: "DOCUMENTS_READ_MAX_XML_MB",
+    CutLimit.TIME: "DOCUMENTS_READ_MAX_SECONDS",
+}
+
+
+def read_limits() -> ReadLimits:
+    """The read limits of the DOCUMENTS_READ_* settings (mlops_site/settings.py)."""
+    from django.conf import settings
+
+    return ReadLimits(
+        max_chars=settings.DOCUMENTS_READ_MAX_CHARS,
+        max_paragraphs=settings.DOCUMENTS_READ_MAX_PARAGRAPHS,
+        max_pages=settings.DOCUMENTS_READ_MAX_PAGES,
+        max_xml_mb=settings.DOCUMENTS_READ_MAX_XML_MB,
+        max_seconds=settings.DOCUMENTS_READ_MAX_SECONDS,
+    )
+
+
 def _write_json(path: Path, data: Any) -> None:
     """Write atomically, so a reader (the search endpoint) never sees half a file."""
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -142,6 +165,7 @@ class DocumentResult:
     sha256: str = ""
     chunks: int = 0
     text_length: int = 0
+    cut: str = ""  # the read limit that stopped reading early (CutLimit), "" when read whole
     from_cache: bool = False
     chunk_records: list[dict[str, Any]] = field(default_factory=list, repr=False)
 
@@ -153,7 +177,12 @@ class DocumentResult:
 
 
 def _process_one(
-    path: Path, raw_dir: Path, params: ProcessParams, cache_dir: Path, embed: Callable[[list[str]], list[Any]]
+    path: Path,
+    raw_dir: Path,
+    params: ProcessParams,
+    limits: ReadLimits,
+    cache_dir: Path,
+    embed: Callable[[list[str]], list[Any]],
 ) -> DocumentResult:
     relative = path.relative_to(raw_dir)
     fmt = format_of(path)
@@ -186,7 +215,9 @@ def _process_one(
         result.reason, result.detail = SkipReason.CORRUPT, f"cannot read: {exc}"
         return result
     result.sha256 = hashlib.sha256(data).hexdigest()
-    cache_key = _digest(PIPELINE_VERSION, result.sha256, fmt, params.max_chunk_chars, params.embedding_method)
+    cache_key = _digest(
+        PIPELINE_VERSION, result.sha256, fmt, params.max_chunk_chars, params.embedding_method, asdict(limits)
+    )
     cache_file = cache_dir / cache_key[:2] / f"{cache_key}.json"
     cached: dict[str, Any] | None = None
     if cache_file.exists():
@@ -197,7 +228,8 @@ def _process_one(
             cached = None
     if cached is None:
         try:
-            chunks = chunk_sections(read_sections(data, fmt), params.max_chunk_chars)
+            reading = read_sections(data, fmt, limits)
+            chunks = chunk_sections(reading.sections, params.max_chunk_chars)
         except UnreadableDocument as exc:
             cached = {"reason": exc.reason, "detail": exc.detail}
         except Exception as exc:  # parsers of untrusted files fail in many ways; one file never stops the run
@@ -209,7 +241,9 @@ def _process_one(
                 "chunks": [
                     {"section": c.section, "position": c.position, "text": c.text, "embedding": e}
                     for c, e in zip(chunks, embeddings, strict=True)
-                ]
+                ],
+                "cut": reading.cut,
+                "cut_detail": reading.cut_detail,
             }
         _write_json(cache_file, cached)
     if "reason" in cached:
@@ -222,6 +256,10 @@ def _process_one(
         return result
     result.status = "processed"
     result.chunks = len(cached["chunks"])
+    if cached.get("cut"):
+        # Processed with what was read before the limit; the reason tells the admin the rest is missing.
+        result.cut, result.reason = cached["cut"], SkipReason.TRUNCATED
+        result.detail = f"{cached['cut_detail']}; the rest was left out (limit: {LIMIT_SETTINGS[result.cut]})"
     for chunk in cached["chunks"]:
         chunk_id = _digest(business_id, source, chunk["position"], chunk["text"])[:16]
         result.chunk_records.append({"id": chunk_id, "business_id": business_id, "source": source, **chunk})
@@ -235,16 +273,21 @@ def process_documents(
     params: ProcessParams | None = None,
     cache_dir: Path = CACHE_DIR,
     progress: Callable[[Iterator[Path], int], Iterator[Path]] | None = None,
+    limits: ReadLimits | None = None,
 ) -> dict[str, Any]:
-    """Stage 1: read, clean, chunk and embed every document; returns the metrics it wrote."""
+    """Stage 1: read, clean, chunk and embed every document; returns the metrics it wrote.
+
+    `limits` (default: the DOCUMENTS_READ_* settings) bound what is read of each document.
+    """
     params = params or load_params()[0]
+    limits = limits or read_limits()
     if not raw_dir.is_dir():
         raise PipelineError(f"the raw documents folder {raw_dir} does not exist (dvc pull fetches it)")
     started = time.perf_counter()
     method = get_method(params.embedding_method)
     paths = list(iter_documents(raw_dir))
     iterator = progress(iter(paths), len(paths)) if progress else iter(paths)
-    results = [_process_one(path, raw_dir, params, cache_dir, method.embed) for path in iterator]
+    results = [_process_one(path, raw_dir, params, limits, cache_dir, method.embed) for path in iterator]
     duration = time.perf_counter() - started
 
     processed = [r for r in results if r.status == "processed"]
@@ -255,6 +298,7 @@ def process_documents(
         {
             "embedding": method.describe(),
             "params": asdict(params),
+            "read_limits": asdict(limits),
             "documents": [r.summary() for r in results],
             "chunks": chunks,
         },
@@ -264,6 +308,8 @@ def process_documents(
         "documents_processed": len(processed),
         "documents_skipped": sum(skipped.values()),
         "skipped_by_reason": dict(sorted(skipped.items())),
+        "documents_cut": sum(1 for r in processed if r.cut),
+        "cut_by_limit": dict(sorted(Counter(r.cut for r in processed if r.cut).items())),
         "businesses": len({r.business_id for r in processed}),
         "chunks": len(chunks),
         "characters": sum(r.text_length for r in processed),
