@@ -12,7 +12,9 @@ import hashlib
 import json
 import os
 import re
+import signal
 import tempfile
+import threading
 import time
 from collections import Counter, defaultdict
 from collections.abc import Callable, Iterator
@@ -42,8 +44,55 @@ PIPELINE_VERSION = 2
 BUSINESS_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,254}$")
 
 
+# Set by the worker (services.execute_run) for the stages of a run: when the run's time is up, and who runs it.
+RUN_DEADLINE_ENV = "DOCUMENTS_RUN_DEADLINE"
+RUN_WORKER_ENV = "DOCUMENTS_RUN_WORKER_PID"
+
+
 class PipelineError(Exception):
     """A stage cannot run at all (bad parameters, missing input); no output was written."""
+
+
+def _run_deadline() -> float | None:
+    try:
+        return float(os.environ[RUN_DEADLINE_ENV])
+    except (KeyError, ValueError):
+        return None
+
+
+def watch_run(poll_seconds: float = 0.5) -> None:
+    """In a stage of a worker's run: end the run's whole process group when its time is up or its worker is gone.
+
+    The worker stops the group itself on timeout; this covers a worker that
+    died without doing so (SIGKILL, e.g. a service stop that timed out), which
+    would otherwise leave the stage running with nobody to record it. Only a
+    group of its own (the worker starts dvc in a new session) is ever ended.
+    """
+    deadline = _run_deadline()
+    if deadline is None or not hasattr(os, "killpg") or os.getpgrp() != os.getsid(0):
+        return
+    try:
+        worker = int(os.environ.get(RUN_WORKER_ENV, ""))
+    except ValueError:
+        worker = 0
+
+    def worker_gone() -> bool:
+        if worker <= 0:
+            return False
+        try:
+            os.kill(worker, 0)
+        except ProcessLookupError:
+            return True
+        except PermissionError:
+            return False
+        return False
+
+    def watch() -> None:
+        while time.time() < deadline and not worker_gone():
+            time.sleep(poll_seconds)
+        os.killpg(os.getpgrp(), signal.SIGKILL)
+
+    threading.Thread(target=watch, name="run-watch", daemon=True).start()
 
 
 @dataclass(frozen=True)
@@ -131,12 +180,20 @@ def read_limits() -> ReadLimits:
 
 
 def _write_json(path: Path, data: Any) -> None:
-    """Write atomically, so a reader (the search endpoint) never sees half a file."""
+    """Write atomically, so a reader (the search endpoint) never sees half a file.
+
+    In a run past its deadline nothing is written: the worker marks such a run
+    failed, and a failed run must leave the outputs as they were.
+    """
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
     with os.fdopen(fd, "w", encoding="utf-8") as handle:
         json.dump(data, handle, ensure_ascii=False, indent=1, sort_keys=True)
         handle.write("\n")
+    deadline = _run_deadline()
+    if deadline is not None and time.time() >= deadline:
+        os.unlink(tmp)
+        raise PipelineError(f"the run's time is up; {path} was not written")
     os.replace(tmp, path)
 
 
