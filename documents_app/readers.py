@@ -9,7 +9,7 @@ Every reader works within `ReadLimits` (characters, paragraphs, pages, the
 size of a DOCX's XML, seconds): at a limit it stops, keeps what it has read,
 and says which limit cut the file. A small file can hold a lot: a 627 KB DOCX
 of six million one-letter paragraphs took python-docx over 4 GB and 13
-minutes, so DOCX is streamed rather than parsed whole.
+minutes, so DOCX is read as a stream of XML events and no tree is built.
 """
 
 from __future__ import annotations
@@ -18,12 +18,13 @@ import io
 import posixpath
 import re
 import time
+import xml.parsers.expat
 import zipfile
 import zlib
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import IO
+from typing import Any
 
 
 class SkipReason:
@@ -261,167 +262,245 @@ def read_pdf(data: bytes, budget: _Budget) -> list[Section]:
     return sections_from_plain_text("\n".join(pages))
 
 
-_W = "{http://schemas.openxmlformats.org/wordprocessingml/2006/main}"
-_RELATIONSHIPS = "{http://schemas.openxmlformats.org/package/2006/relationships}Relationship"
-# Package parts read whole (relationships): a real one is a few KB.
+# expat names a namespaced element "<namespace> <local name>".
+_W = "http://schemas.openxmlformats.org/wordprocessingml/2006/main "
+_BODY, _P, _R, _T, _HYPERLINK = _W + "body", _W + "p", _W + "r", _W + "t", _W + "hyperlink"
+_TBL, _TR, _TC, _PPR, _PSTYLE = _W + "tbl", _W + "tr", _W + "tc", _W + "pPr", _W + "pStyle"
+_RUN_CHARACTERS = {_W + "tab": "\t", _W + "ptab": "\t", _W + "cr": "\n", _W + "noBreakHyphen": "-"}
+_RELATIONSHIP = "http://schemas.openxmlformats.org/package/2006/relationships Relationship"
+# Package relationships are read whole: a real part is a few KB.
 _SMALL_PART_BYTES = 1024 * 1024
+# Word nests a few dozen levels deep; the element stack is the reader's only memory that grows with nesting.
+_MAX_DEPTH = 256
+_FEED_BYTES = 64 * 1024
 
 
-class _CappedStream:
-    """A part's bytes up to `limit`; `capped` turns true when the part had more."""
+def _expat() -> xml.parsers.expat.XMLParserType:
+    """A namespace-aware parser that refuses DTDs: Word writes none, and entity bombs need one."""
+    parser = xml.parsers.expat.ParserCreate(namespace_separator=" ")
 
-    def __init__(self, stream: IO[bytes], limit: int) -> None:
-        self.stream, self.left, self.capped = stream, limit, False
+    def refuse(*args: Any) -> None:
+        raise UnreadableDocument(SkipReason.CORRUPT, "the DOCX holds a DTD, which Word never writes")
 
-    def read(self, size: int = -1) -> bytes:
-        if self.left <= 0:
-            self.capped = self.capped or bool(self.stream.read(1))
-            return b""
-        data = self.stream.read(self.left if size < 0 else min(size, self.left))
-        self.left -= len(data)
-        return data
+    parser.StartDoctypeDeclHandler = refuse
+    parser.EntityDeclHandler = refuse
+    return parser
+
+
+def _feed(package: zipfile.ZipFile, info: zipfile.ZipInfo, parser: Any, limit: int, stop: Callable[[], bool]) -> bool:
+    """Feed a part to `parser` piece by piece, at most `limit` bytes; True when the part holds more than that."""
+    read = 0
+    with package.open(info) as stream:
+        while not stop():
+            if read >= limit:
+                return bool(stream.read(1))
+            piece = stream.read(min(_FEED_BYTES, limit - read))
+            if not piece:
+                parser.Parse(b"", True)  # the end: a document left open is reported here
+                return False
+            read += len(piece)
+            parser.Parse(piece, False)
+    return False
 
 
 def _relationship_target(package: zipfile.ZipFile, rels_name: str, kind: str, base: str) -> str | None:
     """The part that `rels_name` links to with a relationship type ending in `kind`, as a name in the ZIP."""
-    from lxml import etree
-
     try:
         info = package.getinfo(rels_name)
     except KeyError:
         return None
     if info.file_size > _SMALL_PART_BYTES:
         raise UnreadableDocument(SkipReason.CORRUPT, f"{rels_name} is {info.file_size} bytes, not a real DOCX")
-    root = etree.fromstring(package.read(info), etree.XMLParser(resolve_entities=False, no_network=True))
-    for relationship in root.iter(_RELATIONSHIPS):
-        if relationship.get("Type", "").endswith(kind) and relationship.get("TargetMode") != "External":
-            target = relationship.get("Target", "")
-            return posixpath.normpath(target.lstrip("/") if target.startswith("/") else posixpath.join(base, target))
-    return None
+    targets: list[str] = []
+
+    def start(name: str, attrs: dict[str, str]) -> None:
+        if name == _RELATIONSHIP and attrs.get("Type", "").endswith(kind) and attrs.get("TargetMode") != "External":
+            targets.append(attrs.get("Target", ""))
+
+    parser = _expat()
+    parser.StartElementHandler = start
+    parser.Parse(package.read(info), True)
+    if not targets:
+        return None
+    target = targets[0]
+    return posixpath.normpath(target.lstrip("/") if target.startswith("/") else posixpath.join(base, target))
 
 
 def _paragraph_styles(package: zipfile.ZipFile, name: str | None, limit: int) -> tuple[dict[str, str], str]:
     """Style id -> style name of the paragraph styles, and the id of the default one."""
-    from lxml import etree
-
     try:
         info = package.getinfo(name or "")
     except KeyError:
-        return {}, ""
-    if info.file_size > limit:
         return {}, ""  # headings are then told by their style id alone ("Heading2")
-    root = etree.fromstring(package.read(info), etree.XMLParser(resolve_entities=False, no_network=True))
-    names, default = {}, ""
-    for style in root.iter(f"{_W}style"):
-        if style.get(f"{_W}type") != "paragraph":
-            continue
-        style_id = style.get(f"{_W}styleId", "")
-        label = style.find(f"{_W}name")
-        names[style_id] = label.get(f"{_W}val", style_id) if label is not None else style_id
-        if style.get(f"{_W}default") in ("1", "true"):
-            default = style_id
-    return names, default
+    names: dict[str, str] = {}
+    current: list[str] = []  # the id of the paragraph style being read
+    default = [""]
+
+    def start(tag: str, attrs: dict[str, str]) -> None:
+        if tag == _W + "style":
+            current[:] = [attrs.get(_W + "styleId", "")] if attrs.get(_W + "type") == "paragraph" else []
+            if current:
+                names[current[0]] = current[0]
+                if attrs.get(_W + "default") in ("1", "true"):
+                    default[0] = current[0]
+        elif tag == _W + "name" and current:
+            names[current[0]] = attrs.get(_W + "val", current[0])
+
+    parser = _expat()
+    parser.StartElementHandler = start
+    _feed(package, info, parser, limit, lambda: False)
+    return names, default[0]
 
 
-def _paragraph_text(paragraph) -> str:  # type: ignore[no-untyped-def]
-    """A paragraph's text as Word shows it: its runs (also inside hyperlinks), tabs and line breaks."""
-    parts: list[str] = []
-    for run in paragraph.iterchildren(f"{_W}r", f"{_W}hyperlink"):
-        for piece in run.iterchildren(f"{_W}r") if run.tag == f"{_W}hyperlink" else (run,):
-            for item in piece.iterchildren():
-                tag = item.tag
-                if tag == f"{_W}t":
-                    parts.append(item.text or "")
-                elif tag in (f"{_W}tab", f"{_W}ptab"):
-                    parts.append("\t")
-                elif tag == f"{_W}br" and item.get(f"{_W}type") in (None, "textWrapping") or tag == f"{_W}cr":
-                    parts.append("\n")
-                elif tag == f"{_W}noBreakHyphen":
-                    parts.append("-")
-    return "".join(parts)
+class _WordBody:
+    """expat handlers that read a WordprocessingML body into sections without building its tree.
+
+    Like python-docx: the body's paragraphs, and the rows of its tables as
+    "cell | cell"; a paragraph's text is its runs' (also in hyperlinks), with
+    tabs and line breaks. Text boxes and nested tables are left out.
+    """
+
+    def __init__(self, budget: _Budget, style_names: dict[str, str], default_style: str) -> None:
+        self.budget, self.style_names, self.default_style = budget, style_names, default_style
+        self.stack: list[str] = []
+        self.sections: list[Section] = []
+        self.title = ""
+        self.body: list[str] = []
+        self.paragraph: list[str] | None = None  # the text of the paragraph being read
+        self.paragraph_at = self.table_at = self.cell_at = -1  # depths in the stack
+        self.style, self.in_text, self.held = "", False, 0  # held: characters read but not yet taken
+        self.row: list[str] | None = None
+        self.cell: list[str] | None = None
+
+    def start(self, name: str, attrs: dict[str, str]) -> None:
+        stack = self.stack
+        if not stack and name != _W + "document":
+            raise UnreadableDocument(SkipReason.MISLABELLED, "not a Word document (an Excel or PowerPoint file?)")
+        if len(stack) >= _MAX_DEPTH:
+            raise UnreadableDocument(SkipReason.CORRUPT, f"XML nested more than {_MAX_DEPTH} levels deep")
+        parent = stack[-1] if stack else ""
+        depth = len(stack)
+        stack.append(name)
+        if self.budget.spent:
+            return
+        if self.paragraph is not None:
+            inside = stack[self.paragraph_at + 1 : -1]  # the elements between the paragraph and this one
+            if name == _PSTYLE and inside == [_PPR]:
+                self.style = attrs.get(_W + "val", "")
+            elif inside == [_R] or inside == [_HYPERLINK, _R]:
+                if name == _T:
+                    self.in_text = True
+                elif name == _W + "br" and attrs.get(_W + "type", "textWrapping") == "textWrapping":
+                    self._add("\n")
+                elif name in _RUN_CHARACTERS:
+                    self._add(_RUN_CHARACTERS[name])
+        elif name == _P and (parent == _BODY or (self.cell is not None and depth == self.cell_at + 1)):
+            if self.budget.next_paragraph():
+                self.paragraph, self.paragraph_at, self.style = [], depth, self.default_style
+        elif name == _TBL and parent == _BODY:
+            self.table_at = depth
+        elif name == _TR and self.table_at >= 0 and depth == self.table_at + 1:
+            self.row = []
+        elif name == _TC and self.row is not None and depth == self.table_at + 2:
+            self.cell, self.cell_at = [], depth
+
+    def text(self, data: str) -> None:
+        if self.in_text and self.paragraph is not None:
+            self._add(data)
+
+    def _add(self, data: str) -> None:
+        # Text beyond the character limit is not even held: one paragraph can be megabytes long.
+        room = self.budget.limits.max_chars - self.budget.chars - self.held
+        if len(data) > room:
+            data = data[: max(room, 0)]
+            self.budget.stop(CutLimit.CHARACTERS, f"read the first {self.budget.limits.max_chars} characters")
+        self.held += len(data)
+        self.paragraph.append(data)  # type: ignore[union-attr]
+
+    def end(self, name: str) -> None:
+        self.stack.pop()
+        depth = len(self.stack)
+        if name == _T:
+            self.in_text = False
+        if self.paragraph is not None and depth == self.paragraph_at:
+            self._end_paragraph()
+        elif name == _TC and self.cell is not None and depth == self.cell_at:
+            self.row.append("\n".join(self.cell).strip())  # type: ignore[union-attr]
+            self.cell = None
+        elif name == _TR and self.row is not None and depth == self.table_at + 1:
+            self._end_row()
+        elif name == _TBL and depth == self.table_at:
+            self.table_at = -1
+
+    def _end_paragraph(self) -> None:
+        text = "".join(self.paragraph or []).strip()
+        self.paragraph = None
+        if self.cell is not None:
+            self.cell.append(text)
+            return
+        self.held = 0
+        text = self.budget.take(text)
+        if self.style_names.get(self.style, self.style).lower().startswith(("heading", "title")) and text:
+            if self.body:
+                self.sections.append(Section(self.title, "\n".join(self.body)))
+            self.title, self.body = text, []
+        elif text:
+            self.body.append(text)
+
+    def _end_row(self) -> None:
+        self.held = 0
+        line = self.budget.take(" | ".join(cell for cell in self.row or [] if cell))
+        self.row = None
+        if line:
+            self.body.append(line)
+
+    def finish(self) -> list[Section]:
+        """The sections read, with the paragraph or table row a limit stopped in."""
+        if self.cell is not None:
+            self.row.append("\n".join(self.cell + ["".join(self.paragraph or [])]).strip())  # type: ignore[union-attr]
+            self.paragraph = self.cell = None
+        if self.paragraph is not None:
+            self._end_paragraph()
+        if self.row is not None:
+            self._end_row()
+        if self.body:
+            self.sections.append(Section(self.title, "\n".join(self.body)))
+        return self.sections
 
 
 def read_docx(data: bytes, budget: _Budget) -> list[Section]:
     """Headings (paragraph styles named Heading or Title) start sections; table rows read as "a | b".
 
-    The main XML part is streamed (lxml iterparse) and each body element is
-    dropped once read, so memory follows the limits, not the file; at most
-    `max_xml_mb` of it is read, whatever its ZIP entry claims.
+    The main XML part is read in pieces through expat, building no tree, so
+    memory follows the limits, not the file; at most `max_xml_mb` of it is
+    read, whatever its ZIP entry claims.
     """
-    from lxml import etree
-
     if not data.startswith(b"PK"):
         if data.startswith(b"\xd0\xcf\x11\xe0"):
             raise UnreadableDocument(SkipReason.ENCRYPTED, "an encrypted or legacy Word file, not DOCX")
         raise UnreadableDocument(SkipReason.MISLABELLED, "not a DOCX file (not a ZIP package)")
     xml_limit = budget.limits.max_xml_mb * 1024 * 1024
-    sections: list[Section] = []
-    title, body = "", []
     try:
         package = zipfile.ZipFile(io.BytesIO(data))
         main = _relationship_target(package, "_rels/.rels", "/officeDocument", "") or "word/document.xml"
         info = package.getinfo(main)
         folder, part = posixpath.split(main)
-        styles_part = _relationship_target(package, posixpath.join(folder, "_rels", f"{part}.rels"), "/styles", folder)
-        style_names, default_style = _paragraph_styles(package, styles_part, xml_limit)
-        with package.open(info) as raw:
-            stream = _CappedStream(raw, xml_limit)
-            events = etree.iterparse(stream, events=("start", "end"), resolve_entities=False, no_network=True)
-            try:
-                for event, element in events:
-                    if event == "start":
-                        if element.getparent() is None and element.tag != f"{_W}document":
-                            raise UnreadableDocument(
-                                SkipReason.MISLABELLED, f"{main} is not a Word document (an Excel or PowerPoint file?)"
-                            )
-                        continue
-                    if element.tag == f"{_W}p" and not budget.next_paragraph():
-                        break
-                    parent = element.getparent()
-                    if parent is None or parent.tag != f"{_W}body":
-                        continue  # a paragraph of a table cell: read with its table
-                    if element.tag == f"{_W}p":
-                        style_element = element.find(f"{_W}pPr/{_W}pStyle")
-                        style = style_element.get(f"{_W}val", "") if style_element is not None else default_style
-                        text = budget.take(_paragraph_text(element).strip())
-                        if style_names.get(style, style).lower().startswith(("heading", "title")) and text:
-                            if body:
-                                sections.append(Section(title, "\n".join(body)))
-                            title, body = text, []
-                        elif text:
-                            body.append(text)
-                    elif element.tag == f"{_W}tbl":
-                        for row in element.iterchildren(f"{_W}tr"):
-                            cells = [
-                                "\n".join(_paragraph_text(p) for p in cell.iterchildren(f"{_W}p")).strip()
-                                for cell in row.iterchildren(f"{_W}tc")
-                            ]
-                            line = budget.take(" | ".join(c for c in cells if c))
-                            if line:
-                                body.append(line)
-                    # Read: drop it and what came before, so the tree never grows with the document.
-                    element.clear()
-                    while element.getprevious() is not None:
-                        del parent[0]
-                    if budget.spent:
-                        break
-            except etree.XMLSyntaxError:
-                if not stream.capped:
-                    raise
-            if stream.capped:
-                budget.stop(
-                    CutLimit.XML_SIZE,
-                    f"read the first {budget.limits.max_xml_mb} MB of {main} ({info.file_size // (1024 * 1024)} MB)",
-                )
+        styles = _relationship_target(package, posixpath.join(folder, "_rels", f"{part}.rels"), "/styles", folder)
+        reader = _WordBody(budget, *_paragraph_styles(package, styles, xml_limit))
+        parser = _expat()
+        parser.StartElementHandler, parser.EndElementHandler = reader.start, reader.end
+        parser.CharacterDataHandler = reader.text
+        parser.buffer_text = True
+        if _feed(package, info, parser, xml_limit, lambda: budget.spent or not budget.in_time()):
+            mb = info.file_size // (1024 * 1024)
+            budget.stop(CutLimit.XML_SIZE, f"read the first {budget.limits.max_xml_mb} MB of {main} ({mb} MB)")
     except UnreadableDocument:
         raise
+    except xml.parsers.expat.ExpatError as exc:
+        raise UnreadableDocument(SkipReason.CORRUPT, f"the DOCX cannot be parsed: {exc}") from None
     except (zipfile.BadZipFile, zipfile.LargeZipFile, KeyError, ValueError, EOFError, OSError, zlib.error) as exc:
         raise UnreadableDocument(SkipReason.CORRUPT, f"the DOCX cannot be parsed: {exc}") from None
-    except etree.LxmlError as exc:
-        raise UnreadableDocument(SkipReason.CORRUPT, f"the DOCX cannot be parsed: {type(exc).__name__}") from None
-    if body:
-        sections.append(Section(title, "\n".join(body)))
-    return sections
+    return reader.finish()
 
 
 READERS: dict[str, Callable[[bytes, _Budget], list[Section]]] = {

@@ -12,7 +12,7 @@ import pytest
 
 from documents_app import pipeline
 from documents_app.models import Document, DocumentStatus
-from documents_app.readers import ReadLimits, SkipReason, read_sections
+from documents_app.readers import ReadLimits, SkipReason, UnreadableDocument, read_sections
 from documents_app.services import sync_documents
 from metrics_app.models import Business
 from tests.conftest import ROOT
@@ -91,7 +91,7 @@ def test_a_small_docx_of_six_million_paragraphs_is_cut_at_the_paragraph_limit_in
     assert 0 < document["text_length"] <= 200_000  # 100,000 one-letter paragraphs and their separators
     metrics = json.loads((tmp_path / "m.json").read_text())
     assert metrics["documents_cut"] == 1 and metrics["cut_by_limit"] == {"paragraphs": 1}
-    # python-docx needed over 4 GB for this file; the stream holds one paragraph at a time.
+    # python-docx needed over 4 GB for this file; the reader builds no XML tree.
     assert json.loads(finished.stdout.splitlines()[-1])["peak_rss_mb"] < 400
 
 
@@ -102,6 +102,32 @@ def test_a_docx_is_cut_at_the_character_limit_and_keeps_its_first_sections(tmp_p
     assert reading.cut == "characters" and reading.cut_detail == "read the first 6000 characters"
     assert sum(len(s.title) + len(s.text) for s in reading.sections) <= 6000
     assert [s.title for s in reading.sections][:2] == ["Topic 0", "Topic 1"]
+
+
+def test_one_docx_paragraph_of_millions_of_runs_is_cut_at_the_character_limit(tmp_path: Path) -> None:
+    path = tmp_path / "one.docx"
+    with zipfile.ZipFile(path, "w", zipfile.ZIP_DEFLATED) as archive:
+        with archive.open("word/document.xml", "w") as part:
+            part.write(f"<w:document {WORD}><w:body><w:p>".encode())
+            for _ in range(200):
+                part.write(b"<w:r><w:t>a</w:t></w:r>" * 10_000)
+            part.write(b"</w:p></w:body></w:document>")
+    reading = read_sections(path.read_bytes(), "docx", ReadLimits(**{**vars(LIMITS), "max_chars": 5000}))
+    assert reading.cut == "characters"
+    assert [s.text for s in reading.sections] == ["a" * 5000]
+
+
+def test_a_docx_with_a_dtd_is_refused_as_corrupt(tmp_path: Path) -> None:
+    path = tmp_path / "bomb.docx"
+    with zipfile.ZipFile(path, "w") as archive:
+        archive.writestr(
+            "word/document.xml",
+            f'<!DOCTYPE d [<!ENTITY a "aaaaaaaaaa"><!ENTITY b "&a;&a;&a;&a;&a;&a;&a;&a;&a;&a;">]>'
+            f"<w:document {WORD}><w:body><w:p><w:r><w:t>&b;</w:t></w:r></w:p></w:body></w:document>",
+        )
+    with pytest.raises(UnreadableDocument) as caught:
+        read_sections(path.read_bytes(), "docx", LIMITS)
+    assert caught.value.reason == SkipReason.CORRUPT and "DTD" in caught.value.detail
 
 
 def test_a_docx_whose_xml_is_over_the_size_limit_is_read_up_to_it(tmp_path: Path) -> None:
