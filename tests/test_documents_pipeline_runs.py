@@ -15,7 +15,7 @@ import yaml
 from documents_app import pipeline
 from documents_app.models import PipelineRun, RunStatus
 from documents_app.services import execute_run, request_run
-from tests.conftest import ROOT, require
+from tests.conftest import ROOT, database_url_for_subprocess, require
 from tests.documents_fixtures import built_clone, fresh_clone, tool_env  # noqa: F401  (fixture)
 
 pytestmark = [pytest.mark.django_db, pytest.mark.slow]
@@ -96,18 +96,33 @@ def _group_members(group: int) -> list[int]:
     return members
 
 
-def test_a_run_past_its_timeout_ends_its_whole_process_tree_and_changes_no_output(  # type: ignore[no-untyped-def]
-    built_clone: Path,  # noqa: F811
-    tmp_path: Path,
-    settings,
-) -> None:
-    require(Path("/proc").is_dir(), "a /proc file system")
+# The worker's side of a run, in a process of its own that the test can stop as a service stop would.
+WORKER = """
+import sys
+import django
+django.setup()
+from documents_app.services import execute_run
+execute_run(int(sys.argv[1]))
+"""
+
+
+def _slow_clone(built_clone: Path, tmp_path: Path) -> Path:  # noqa: F811
     root = tmp_path / "repo"
     shutil.copytree(built_clone, root, symlinks=True)
     (root / "slow_stage.py").write_text(SLOW_STAGE)
     stages = yaml.safe_load((root / "dvc.yaml").read_text())
     stages["stages"]["process_documents"]["cmd"] = "python slow_stage.py"
     (root / "dvc.yaml").write_text(yaml.safe_dump(stages))
+    return root
+
+
+def test_a_run_past_its_timeout_ends_its_whole_process_tree_and_changes_no_output(  # type: ignore[no-untyped-def]
+    built_clone: Path,  # noqa: F811
+    tmp_path: Path,
+    settings,
+) -> None:
+    require(Path("/proc").is_dir(), "a /proc file system")
+    root = _slow_clone(built_clone, tmp_path)
     kb = root / "data/knowledge_base/current_kb.json"
     kb_before = kb.read_bytes()
     settings.DOCUMENTS_PIPELINE_ROOT = root
@@ -121,6 +136,46 @@ def test_a_run_past_its_timeout_ends_its_whole_process_tree_and_changes_no_outpu
     assert _group_members(group) == []  # dvc, its shell, the stage and the stage's child: all ended
     assert kb.read_bytes() == kb_before  # nobody is left to write it
     assert request_run("all").status == RunStatus.QUEUED  # the slot is free for the next run
+
+
+@pytest.mark.django_db(transaction=True)
+def test_a_worker_told_to_stop_ends_its_runs_whole_process_tree_first(  # type: ignore[no-untyped-def]
+    built_clone: Path,  # noqa: F811
+    tmp_path: Path,
+) -> None:
+    require(Path("/proc").is_dir(), "a /proc file system")
+    root = _slow_clone(built_clone, tmp_path)
+    kb = root / "data/knowledge_base/current_kb.json"
+    kb_before = kb.read_bytes()
+    run = request_run("all")
+    env = {
+        **tool_env(),
+        "DJANGO_SETTINGS_MODULE": "mlops_site.settings",
+        "DATABASE_URL": database_url_for_subprocess(),
+        "DOCUMENTS_PIPELINE_ROOT": str(root),
+        "MLOPS_ENV": "development",
+        "PYTHONPATH": str(ROOT),
+    }
+    worker = subprocess.Popen([sys.executable, "-c", WORKER, str(run.pk)], cwd=ROOT, env=env)
+    try:
+        pids = root / "stage.pids"
+        deadline = time.monotonic() + 120
+        while not (pids.exists() and pids.read_text()):
+            assert worker.poll() is None and time.monotonic() < deadline, "the stage never started"
+            time.sleep(0.1)
+        stage, child, group = (int(n) for n in pids.read_text().split())
+
+        worker.send_signal(signal.SIGTERM)  # django-q2 ending a task, or someone stopping the worker
+        worker.wait(timeout=60)
+    finally:
+        if worker.poll() is None:
+            worker.kill()
+            worker.wait()
+
+    assert not _running(stage) and not _running(child) and _group_members(group) == []
+    run.refresh_from_db()
+    assert run.status == RunStatus.FAILED and run.error == "the worker stopped during the run" and not run.active
+    assert kb.read_bytes() == kb_before
 
 
 def test_a_stage_past_its_run_deadline_writes_no_output(
