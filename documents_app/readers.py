@@ -22,7 +22,7 @@ import xml.parsers.expat
 import zipfile
 import zlib
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -94,7 +94,7 @@ class _Budget:
     limits: ReadLimits
     chars: int = 0
     paragraphs: int = 0
-    deadline: float = field(default=0.0)
+    deadline: float = 0.0  # time.monotonic() at which reading stops
     cut: str = ""
     cut_detail: str = ""
 
