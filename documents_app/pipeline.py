@@ -12,7 +12,9 @@ import hashlib
 import json
 import os
 import re
+import signal
 import tempfile
+import threading
 import time
 from collections import Counter, defaultdict
 from collections.abc import Callable, Iterator
@@ -25,7 +27,7 @@ import yaml
 
 from documents_app.chunking import chunk_sections
 from documents_app.embeddings import get_method
-from documents_app.readers import SkipReason, UnreadableDocument, format_of, read_sections
+from documents_app.readers import CutLimit, ReadLimits, SkipReason, UnreadableDocument, format_of, read_sections
 from metrics_app.rules import business_id_problem
 
 # Paths relative to the pipeline root (the folder holding dvc.yaml), as dvc.yaml names them.
@@ -43,11 +45,58 @@ PARAMS_PATH = Path("params.yaml")
 CACHE_DIR = Path("data/cache/documents")
 
 # Bump when parsing or chunking changes, so cached results of older code are not reused.
-PIPELINE_VERSION = 1
+PIPELINE_VERSION = 2
+
+
+# Set by the worker (services.execute_run) for the stages of a run: when the run's time is up, and who runs it.
+RUN_DEADLINE_ENV = "DOCUMENTS_RUN_DEADLINE"
+RUN_WORKER_ENV = "DOCUMENTS_RUN_WORKER_PID"
 
 
 class PipelineError(Exception):
     """A stage cannot run at all (bad parameters, missing input); no output was written."""
+
+
+def _run_deadline() -> float | None:
+    try:
+        return float(os.environ[RUN_DEADLINE_ENV])
+    except (KeyError, ValueError):
+        return None
+
+
+def watch_run(poll_seconds: float = 0.5) -> None:
+    """In a stage of a worker's run: end the run's whole process group when its time is up or its worker is gone.
+
+    The worker stops the group itself on timeout; this covers a worker that
+    died without doing so (SIGKILL, e.g. a service stop that timed out), which
+    would otherwise leave the stage running with nobody to record it. Only a
+    group of its own (the worker starts dvc in a new session) is ever ended.
+    """
+    deadline = _run_deadline()
+    if deadline is None or not hasattr(os, "killpg") or os.getpgrp() != os.getsid(0):
+        return
+    try:
+        worker = int(os.environ.get(RUN_WORKER_ENV, ""))
+    except ValueError:
+        worker = 0
+
+    def worker_gone() -> bool:
+        if worker <= 0:
+            return False
+        try:
+            os.kill(worker, 0)
+        except ProcessLookupError:
+            return True
+        except PermissionError:
+            return False
+        return False
+
+    def watch() -> None:
+        while time.time() < deadline and not worker_gone():
+            time.sleep(poll_seconds)
+        os.killpg(os.getpgrp(), signal.SIGKILL)
+
+    threading.Thread(target=watch, name="run-watch", daemon=True).start()
 
 
 @dataclass(frozen=True)
@@ -111,13 +160,44 @@ def load_params(path: Path = PARAMS_PATH) -> tuple[ProcessParams, KnowledgeBaseP
     return p, k
 
 
+# The setting that raises each read limit, named in the detail of a document it cut.
+LIMIT_SETTINGS = {
+    CutLimit.CHARACTERS: "DOCUMENTS_READ_MAX_CHARS",
+    CutLimit.PARAGRAPHS: "DOCUMENTS_READ_MAX_PARAGRAPHS",
+    CutLimit.PAGES: "DOCUMENTS_READ_MAX_PAGES",
+    CutLimit.XML_SIZE: "DOCUMENTS_READ_MAX_XML_MB",
+    CutLimit.TIME: "DOCUMENTS_READ_MAX_SECONDS",
+}
+
+
+def read_limits() -> ReadLimits:
+    """The read limits of the DOCUMENTS_READ_* settings (mlops_site/settings.py)."""
+    from django.conf import settings
+
+    return ReadLimits(
+        max_chars=settings.DOCUMENTS_READ_MAX_CHARS,
+        max_paragraphs=settings.DOCUMENTS_READ_MAX_PARAGRAPHS,
+        max_pages=settings.DOCUMENTS_READ_MAX_PAGES,
+        max_xml_mb=settings.DOCUMENTS_READ_MAX_XML_MB,
+        max_seconds=settings.DOCUMENTS_READ_MAX_SECONDS,
+    )
+
+
 def _write_json(path: Path, data: Any) -> None:
-    """Write atomically, so a reader (the search endpoint) never sees half a file."""
+    """Write atomically, so a reader (the search endpoint) never sees half a file.
+
+    In a run past its deadline nothing is written: the worker marks such a run
+    failed, and a failed run must leave the outputs as they were.
+    """
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
     with os.fdopen(fd, "w", encoding="utf-8") as handle:
         json.dump(data, handle, ensure_ascii=False, indent=1, sort_keys=True)
         handle.write("\n")
+    deadline = _run_deadline()
+    if deadline is not None and time.time() >= deadline:
+        os.unlink(tmp)
+        raise PipelineError(f"the run's time is up; {path} was not written")
     os.replace(tmp, path)
 
 
@@ -151,6 +231,7 @@ class DocumentResult:
     sha256: str = ""
     chunks: int = 0
     text_length: int = 0
+    cut: str = ""  # the read limit that stopped reading early (CutLimit), "" when read whole
     from_cache: bool = False
     chunk_records: list[dict[str, Any]] = field(default_factory=list, repr=False)
 
@@ -162,7 +243,12 @@ class DocumentResult:
 
 
 def _process_one(
-    path: Path, raw_dir: Path, params: ProcessParams, cache_dir: Path, embed: Callable[[list[str]], list[Any]]
+    path: Path,
+    raw_dir: Path,
+    params: ProcessParams,
+    limits: ReadLimits,
+    cache_dir: Path,
+    embed: Callable[[list[str]], list[Any]],
 ) -> DocumentResult:
     relative = path.relative_to(raw_dir)
     fmt = format_of(path)
@@ -195,7 +281,9 @@ def _process_one(
         result.reason, result.detail = SkipReason.CORRUPT, f"cannot read: {exc}"
         return result
     result.sha256 = hashlib.sha256(data).hexdigest()
-    cache_key = _digest(PIPELINE_VERSION, result.sha256, fmt, params.max_chunk_chars, params.embedding_method)
+    cache_key = _digest(
+        PIPELINE_VERSION, result.sha256, fmt, params.max_chunk_chars, params.embedding_method, asdict(limits)
+    )
     cache_file = cache_dir / cache_key[:2] / f"{cache_key}.json"
     cached: dict[str, Any] | None = None
     if cache_file.exists():
@@ -206,7 +294,8 @@ def _process_one(
             cached = None
     if cached is None:
         try:
-            chunks = chunk_sections(read_sections(data, fmt), params.max_chunk_chars)
+            reading = read_sections(data, fmt, limits)
+            chunks = chunk_sections(reading.sections, params.max_chunk_chars)
         except UnreadableDocument as exc:
             cached = {"reason": exc.reason, "detail": exc.detail}
         except Exception as exc:  # parsers of untrusted files fail in many ways; one file never stops the run
@@ -218,7 +307,9 @@ def _process_one(
                 "chunks": [
                     {"section": c.section, "position": c.position, "text": c.text, "embedding": e}
                     for c, e in zip(chunks, embeddings, strict=True)
-                ]
+                ],
+                "cut": reading.cut,
+                "cut_detail": reading.cut_detail,
             }
         _write_json(cache_file, cached)
     if "reason" in cached:
@@ -231,6 +322,10 @@ def _process_one(
         return result
     result.status = "processed"
     result.chunks = len(cached["chunks"])
+    if cached.get("cut"):
+        # Processed with what was read before the limit; the reason tells the admin the rest is missing.
+        result.cut, result.reason = cached["cut"], SkipReason.TRUNCATED
+        result.detail = f"{cached['cut_detail']}; the rest was left out (limit: {LIMIT_SETTINGS[result.cut]})"
     for chunk in cached["chunks"]:
         chunk_id = _digest(business_id, source, chunk["position"], chunk["text"])[:16]
         result.chunk_records.append({"id": chunk_id, "business_id": business_id, "source": source, **chunk})
@@ -244,20 +339,23 @@ def process_documents(
     params: ProcessParams | None = None,
     cache_dir: Path = CACHE_DIR,
     progress: Callable[[Iterator[Path], int], Iterator[Path]] | None = None,
+    limits: ReadLimits | None = None,
 ) -> dict[str, Any]:
     """Stage 1: read, clean, chunk and embed every document; returns the metrics it wrote.
 
     `metrics_path` gets the figures that depend only on the inputs and parameters,
     `last_run_path(metrics_path)` what this run measured; the result holds both.
+    `limits` (default: the DOCUMENTS_READ_* settings) bound what is read of each document.
     """
     params = params or load_params()[0]
+    limits = limits or read_limits()
     if not raw_dir.is_dir():
         raise PipelineError(f"the raw documents folder {raw_dir} does not exist (dvc pull fetches it)")
     started = time.perf_counter()
     method = get_method(params.embedding_method)
     paths = list(iter_documents(raw_dir))
     iterator = progress(iter(paths), len(paths)) if progress else iter(paths)
-    results = [_process_one(path, raw_dir, params, cache_dir, method.embed) for path in iterator]
+    results = [_process_one(path, raw_dir, params, limits, cache_dir, method.embed) for path in iterator]
     duration = time.perf_counter() - started
 
     processed = [r for r in results if r.status == "processed"]
@@ -268,6 +366,7 @@ def process_documents(
         {
             "embedding": method.describe(),
             "params": asdict(params),
+            "read_limits": asdict(limits),
             "documents": [r.summary() for r in results],
             "chunks": chunks,
         },
@@ -277,6 +376,8 @@ def process_documents(
         "documents_processed": len(processed),
         "documents_skipped": sum(skipped.values()),
         "skipped_by_reason": dict(sorted(skipped.items())),
+        "documents_cut": sum(1 for r in processed if r.cut),
+        "cut_by_limit": dict(sorted(Counter(r.cut for r in processed if r.cut).items())),
         "businesses": len({r.business_id for r in processed}),
         "chunks": len(chunks),
         "characters": sum(r.text_length for r in processed),

@@ -4,9 +4,13 @@ from __future__ import annotations
 
 import json
 import os
+import signal
 import subprocess
 import sys
+import threading
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from datetime import timedelta
 from pathlib import Path
 from typing import Any
@@ -163,10 +167,98 @@ def _read_json(path: Path) -> dict[str, Any]:
         return {}
 
 
+def _group_alive(group: int) -> bool:
+    """Whether a process of process group `group` is still running (a zombie has stopped: it only awaits reaping)."""
+    proc = Path("/proc")
+    if not proc.is_dir():
+        try:
+            os.killpg(group, 0)
+        except ProcessLookupError:
+            return False
+        except PermissionError:
+            return True
+        return True
+    for stat in proc.glob("[0-9]*/stat"):
+        try:
+            # "pid (command) state ppid pgrp ...": the command may hold spaces and parentheses.
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+        except (OSError, IndexError):
+            continue  # ended while we looked
+        if int(fields[2]) == group and fields[0] not in ("Z", "X"):
+            return True
+    return False
+
+
+def _stop_process_group(process: subprocess.Popen[str], grace_seconds: float = 5) -> None:
+    """End the run's whole process tree (dvc, its shell, the stage) and return only once none of it runs.
+
+    dvc runs in a process group of its own (see execute_run), so the stage it
+    starts is reached even after dvc itself has gone: killing dvc alone left
+    the stage writing outputs after its run had been marked failed.
+    """
+    if os.name == "nt":
+        subprocess.run(["taskkill", "/F", "/T", "/PID", str(process.pid)], capture_output=True, check=False)
+        process.wait()
+        return
+    group = process.pid  # a session leader's pid is its group id
+    for signum, wait_seconds in ((signal.SIGTERM, grace_seconds), (signal.SIGKILL, 30.0)):
+        try:
+            os.killpg(group, signum)
+        except ProcessLookupError:
+            break
+        if _wait_until_group_ended(process, group, wait_seconds):
+            break
+    process.wait()
+
+
+def _wait_until_group_ended(process: subprocess.Popen[str], group: int, seconds: float) -> bool:
+    until = time.monotonic() + seconds
+    while time.monotonic() < until:
+        process.poll()  # reap dvc, so that it does not count as alive
+        if not _group_alive(group):
+            return True
+        time.sleep(0.05)
+    return False
+
+
+def _own_process_group() -> dict[str, Any]:
+    if os.name == "nt":
+        return {"creationflags": subprocess.CREATE_NEW_PROCESS_GROUP}  # type: ignore[attr-defined]
+    return {"start_new_session": True}
+
+
+@contextmanager
+def _sigterm_raises() -> Iterator[None]:
+    """While a run goes on, SIGTERM to the worker (django-q2 ending a task) unwinds it, so its tree is stopped."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+
+    def stop(signum: int, frame: Any) -> None:
+        raise SystemExit(128 + signum)
+
+    previous = signal.signal(signal.SIGTERM, stop)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+
+
+def _rest_of_output(process: subprocess.Popen[str]) -> str:
+    """What a stopped run wrote to its log (once its tree has ended, the pipe is closed)."""
+    try:
+        output, _ = process.communicate(timeout=10)
+    except (subprocess.TimeoutExpired, ValueError, OSError):
+        return ""
+    return output or ""
+
+
 def execute_run(run_id: int) -> PipelineRun | None:
     """Run a queued pipeline run to its end and record the outcome. Called by the worker process.
 
     Returns None when the run was not queued (already taken by another worker, or done).
+    A run stopped on timeout, or by the worker being stopped, is marked failed
+    only once its whole process tree has ended, so nothing of it writes later.
     """
     claimed = PipelineRun.objects.filter(pk=run_id, status=RunStatus.QUEUED).update(
         status=RunStatus.RUNNING, started_at=timezone.now()
@@ -176,10 +268,17 @@ def execute_run(run_id: int) -> PipelineRun | None:
     run = PipelineRun.objects.get(pk=run_id)
     workdir = root()
     command = _repro_command(run.stage)
-    env = {**os.environ, "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}"}
+    timeout = settings.DOCUMENTS_RUN_TIMEOUT_SECONDS
+    env = {
+        **os.environ,
+        "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}",
+        # The stages end the run's tree themselves if this worker dies without stopping it (SIGKILL).
+        pipeline.RUN_DEADLINE_ENV: str(time.time() + timeout),
+        pipeline.RUN_WORKER_ENV: str(os.getpid()),
+    }
     started = time.perf_counter()
     try:
-        completed = subprocess.run(
+        process = subprocess.Popen(
             command,
             cwd=workdir,
             env=env,
@@ -188,17 +287,33 @@ def execute_run(run_id: int) -> PipelineRun | None:
             stderr=subprocess.STDOUT,
             text=True,
             errors="replace",
-            timeout=settings.DOCUMENTS_RUN_TIMEOUT_SECONDS,
-            check=False,
+            **_own_process_group(),
         )
-        exit_code, output, error = completed.returncode, completed.stdout, ""
-        if exit_code != 0:
-            error = f"dvc repro exited with {exit_code}; see the log"
-    except subprocess.TimeoutExpired as exc:
-        output = exc.stdout if isinstance(exc.stdout, str) else ""
-        exit_code, error = -1, f"stopped after {settings.DOCUMENTS_RUN_TIMEOUT_SECONDS} s"
     except OSError as exc:
         exit_code, output, error = -1, "", f"could not start dvc: {exc}"
+    else:
+        try:
+            with _sigterm_raises():
+                output, _ = process.communicate(timeout=timeout)
+            exit_code, error = process.returncode, ""
+            if exit_code != 0:
+                error = f"dvc repro exited with {exit_code}; see the log"
+        except subprocess.TimeoutExpired:
+            _stop_process_group(process)
+            output = _rest_of_output(process)
+            exit_code, error = -1, f"stopped after {timeout} s"
+        except BaseException:
+            # The worker is being stopped (SIGTERM, django-q2's own timeout): take the tree down with it.
+            _stop_process_group(process)
+            PipelineRun.objects.filter(pk=run_id, active=True).update(
+                status=RunStatus.FAILED,
+                active=False,
+                finished_at=timezone.now(),
+                exit_code=-1,
+                log=_rest_of_output(process)[-MAX_LOG_CHARS:],
+                error="the worker stopped during the run",
+            )
+            raise
     duration = time.perf_counter() - started
 
     try:

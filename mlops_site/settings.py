@@ -285,6 +285,13 @@ INSTALLED_APPS += ["django_q"]
 DOCUMENTS_PIPELINE_ROOT = Path(envstr("DOCUMENTS_PIPELINE_ROOT") or BASE_DIR).resolve()
 # The largest document the admin accepts; the pipeline's own max_file_size_mb (params.yaml) also applies.
 DOCUMENTS_MAX_UPLOAD_MB = envint("DOCUMENTS_MAX_UPLOAD_MB", 10, minimum=1, maximum=500)
+# What the pipeline reads of one document: past a limit it keeps what it read and records the cut
+# ("truncated" with the limit). A 627 KB DOCX can hold six million paragraphs; these bound memory and time.
+DOCUMENTS_READ_MAX_CHARS = envint("DOCUMENTS_READ_MAX_CHARS", 1_000_000, minimum=1000)
+DOCUMENTS_READ_MAX_PARAGRAPHS = envint("DOCUMENTS_READ_MAX_PARAGRAPHS", 100_000, minimum=100)
+DOCUMENTS_READ_MAX_PAGES = envint("DOCUMENTS_READ_MAX_PAGES", 1000, minimum=1)
+DOCUMENTS_READ_MAX_XML_MB = envint("DOCUMENTS_READ_MAX_XML_MB", 50, minimum=1, maximum=2000)
+DOCUMENTS_READ_MAX_SECONDS = envint("DOCUMENTS_READ_MAX_SECONDS", 60, minimum=1)
 # A pipeline run still going after this long is stopped and marked failed.
 DOCUMENTS_RUN_TIMEOUT_SECONDS = envint("DOCUMENTS_RUN_TIMEOUT_SECONDS", 3600, minimum=10)
 # django-q2 with the database as its queue, so no broker server is needed. One worker: runs go one at a time.

@@ -190,7 +190,7 @@ def test_bad_parameters_stop_the_stage_with_a_clear_message(tmp_path: Path) -> N
 def test_a_parser_crash_on_one_file_skips_that_file_as_corrupt(ws: Workspace, monkeypatch) -> None:  # type: ignore[no-untyped-def]
     from documents_app import readers
 
-    def explode(data: bytes):  # type: ignore[no-untyped-def]
+    def explode(data: bytes, budget):  # type: ignore[no-untyped-def]
         raise RecursionError("maximum recursion depth exceeded in a crafted file")
 
     monkeypatch.setitem(readers.READERS, "pdf", explode)

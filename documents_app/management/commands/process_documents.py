@@ -34,6 +34,7 @@ class Command(BaseCommand):
         def progress(paths, total):  # type: ignore[no-untyped-def]
             return tqdm(paths, total=total, unit="doc", file=sys.stderr, disable=None, desc="documents")
 
+        pipeline.watch_run()
         try:
             params = pipeline.load_params(options["params"])[0]
             metrics = pipeline.process_documents(

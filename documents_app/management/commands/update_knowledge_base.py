@@ -26,6 +26,7 @@ class Command(BaseCommand):
         parser.add_argument("--metrics", type=Path, default=pipeline.KB_METRICS_PATH)
 
     def handle(self, *args: Any, **options: Any) -> None:
+        pipeline.watch_run()
         try:
             params = pipeline.load_params(options["params"])[1]
             metrics = pipeline.update_knowledge_base(options["input"], options["output"], options["metrics"], params)
