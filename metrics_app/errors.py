@@ -8,7 +8,6 @@ from django.conf import settings
 from django.http import JsonResponse
 from rest_framework import exceptions, status
 from rest_framework.response import Response
-from rest_framework.views import exception_handler
 
 ErrorMap = dict[str, list[str]]
 
@@ -44,6 +43,22 @@ def database_unavailable() -> JsonResponse:
     )
 
 
+BODY_TOO_LARGE = "Request body too large"
+
+
+def body_limit(max_bytes: int) -> ErrorMap:
+    return {"body": [f"at most {max_bytes} bytes"]}
+
+
+class ApiError(exceptions.APIException):
+    """An error raised inside the DRF API that already has its summary and field reasons."""
+
+    def __init__(self, status_code: int, summary: str, errors: ErrorMap | None = None) -> None:
+        super().__init__(summary)
+        self.status_code = status_code
+        self.errors = errors or {}
+
+
 def _flatten(detail: Any) -> list[str]:
     if isinstance(detail, dict):
         return [f"{key}: {msg}" for key, value in detail.items() for msg in _flatten(value)]
@@ -54,10 +69,16 @@ def _flatten(detail: Any) -> list[str]:
 
 def api_exception_handler(exc: Exception, context: dict[str, Any]) -> Response | None:
     """DRF's handler, reshaped into the service's error shape."""
+    # Imported here: rest_framework.views loads the parser classes, and the API's parser uses this module.
+    from rest_framework.views import exception_handler
+
     response = exception_handler(exc, context)
     if response is None:
         return None
-    if isinstance(exc, exceptions.ValidationError) and isinstance(exc.detail, dict):
+    if isinstance(exc, ApiError):
+        errors = exc.errors
+        summary = str(exc.detail)
+    elif isinstance(exc, exceptions.ValidationError) and isinstance(exc.detail, dict):
         errors = {str(field): _flatten(value) for field, value in exc.detail.items()}
         summary = "Invalid input"
     elif isinstance(exc, exceptions.ValidationError):
