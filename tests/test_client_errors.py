@@ -6,8 +6,11 @@ import json
 from typing import Any
 
 import pytest
+from django.urls import reverse
 
 from metrics_app.json_bodies import MAX_JSON_DEPTH
+
+pytest_plugins = ["tests.console_fixtures"]
 
 OUTCOME = "/api/conversations/outcome"
 
@@ -59,3 +62,53 @@ def test_an_outcome_body_over_1_mib_is_the_json_413(api, writer):
     response = api.post(OUTCOME, body, content_type="application/json", headers=writer)
 
     assert assert_error_shape(response, 413)["errors"] == {"body": ["at most 1048576 bytes"]}
+
+
+# --- NUL characters never reach PostgreSQL.
+
+NUL_PAGES = [
+    reverse("admin:metrics_app_aimetric_changelist") + "?business=%00",
+    reverse("admin:metrics_app_aimetric_export") + "?business=%00",
+    reverse("admin:metrics_app_aimetric_changelist") + "?model=gemini%00",
+    reverse("admin:metrics_app_conversation_changelist") + "?business=%00",
+    reverse("admin:metrics_app_conversation_changelist") + "?business__id__exact=%00",
+    reverse("admin:metrics_app_conversation_changelist") + "?q=chat%00",
+    reverse("admin:metrics_app_business_changelist") + "?q=%00",
+    reverse("admin:metrics_app_business_changelist") + "acme%00/change/",
+    reverse("admin:autocomplete") + "?app_label=metrics_app&model_name=staffbusinessaccess&field_name=business&term=%00",
+]
+
+
+@pytest.mark.django_db
+@pytest.mark.parametrize("url", NUL_PAGES)
+def test_a_nul_character_in_an_admin_filter_search_or_term_is_a_clear_400(superuser, logged_in, store_event, url):
+    store_event(business_id="acme-dental", conversation_id="chat-1")
+
+    response = logged_in(superuser).get(url)
+
+    body = assert_error_shape(response, 400)
+    assert list(body["errors"].values()) == [["must not contain NUL (0x00) characters"]]
+
+
+@pytest.mark.django_db
+@pytest.mark.parametrize("url, form", [
+    (reverse("admin:metrics_app_business_changelist"), {"action": "delete_selected", "_selected_action": ["acme\x00"]}),
+    (reverse("admin:metrics_app_conversation_changelist"), {"action": "mark_booked", "_selected_action": ["1\x00"]}),
+    (reverse("admin:metrics_app_staffbusinessaccess_add"), {"user": "1", "business": "acme-dental\x00"}),
+])
+def test_a_nul_character_in_an_admin_form_is_a_clear_400(superuser, logged_in, store_event, url, form):
+    store_event(business_id="acme-dental", conversation_id="chat-1")
+
+    response = logged_in(superuser).post(url, form)
+
+    body = assert_error_shape(response, 400)
+    assert list(body["errors"].values()) == [["must not contain NUL (0x00) characters"]]
+
+
+@pytest.mark.django_db
+def test_a_nul_character_in_an_analytics_query_names_the_parameter(api, make_key, business):
+    _, raw = make_key(business, can_read=True)
+
+    response = api.get("/api/analytics/summary", {"intent": "pricing\x00"}, headers={"Authorization": f"Bearer {raw}"})
+
+    assert assert_error_shape(response, 400)["errors"] == {"intent": ["must not contain NUL (0x00) characters"]}
