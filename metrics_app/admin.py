@@ -31,6 +31,7 @@ from metrics_app import (
     admin_keys,  # noqa: F401  (businesses and their API keys)
     conversations,
 )
+from metrics_app.admin_actions import CheckedSelectionAdmin
 from metrics_app.admin_scope import visible_businesses, visible_events, visible_rows
 from metrics_app.errors import error_response
 from metrics_app.models import AIMetric, Conversation, ModelPrice, StaffBusinessAccess
@@ -206,7 +207,7 @@ def stream_csv(rows: Iterable[tuple[Any, ...]]) -> Iterator[str]:
 
 
 @admin.register(AIMetric)
-class AIMetricAdmin(admin.ModelAdmin):
+class AIMetricAdmin(CheckedSelectionAdmin):
     """The events: read-only, filtered, searchable by id, exportable as CSV."""
 
     list_display = (
@@ -312,7 +313,7 @@ def _conversation_events(business_field: str = "business_id") -> QuerySet[AIMetr
 
 
 @admin.register(Conversation)
-class ConversationAdmin(admin.ModelAdmin):
+class ConversationAdmin(CheckedSelectionAdmin):
     """Conversations with their figures; the change page lists the conversation's events in order."""
 
     list_display = (
@@ -422,7 +423,7 @@ class ConversationAdmin(admin.ModelAdmin):
 
 
 @admin.register(ModelPrice)
-class ModelPriceAdmin(admin.ModelAdmin):
+class ModelPriceAdmin(CheckedSelectionAdmin):
     list_display = (
         "model_pattern", "input_usd_per_mtok", "output_usd_per_mtok", "cached_input_usd_per_mtok", "valid_from",
         "source_as_of", "source_link",
@@ -438,7 +439,7 @@ class ModelPriceAdmin(admin.ModelAdmin):
 
 
 @admin.register(StaffBusinessAccess)
-class StaffBusinessAccessAdmin(admin.ModelAdmin):
+class StaffBusinessAccessAdmin(CheckedSelectionAdmin):
     """Which businesses a staff user is limited to. Only superusers grant access: nobody widens their own."""
 
     list_display = ("user", "business")

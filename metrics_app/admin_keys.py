@@ -12,6 +12,7 @@ from django.template.response import TemplateResponse
 from django.utils import timezone
 
 from metrics_app import services
+from metrics_app.admin_actions import CheckedSelectionAdmin
 from metrics_app.admin_scope import visible_business_ids, visible_businesses, visible_rows
 from metrics_app.models import ApiKey, Business
 
@@ -30,7 +31,7 @@ class ApiKeyInline(admin.TabularInline):
 
 
 @admin.register(Business)
-class BusinessAdmin(admin.ModelAdmin):
+class BusinessAdmin(CheckedSelectionAdmin):
     list_display = ("id", "name", "time_zone", "active_keys", "created_at")
     search_fields = ("id", "name")
     readonly_fields = ("created_at",)
@@ -71,7 +72,7 @@ class ApiKeyForm(forms.ModelForm):
 
 
 @admin.register(ApiKey)
-class ApiKeyAdmin(admin.ModelAdmin):
+class ApiKeyAdmin(CheckedSelectionAdmin):
     form = ApiKeyForm
     list_display = ("name", "prefix", "business", "scope_list", "state", "expires_at", "last_used_at", "created_at")
     list_filter = ("can_ingest", "can_read", ("revoked_at", admin.EmptyFieldListFilter))

@@ -9,6 +9,7 @@ import pytest
 from django.urls import reverse
 
 from metrics_app.json_bodies import MAX_JSON_DEPTH
+from metrics_app.models import Conversation
 
 pytest_plugins = ["tests.console_fixtures"]
 
@@ -112,3 +113,18 @@ def test_a_nul_character_in_an_analytics_query_names_the_parameter(api, make_key
     response = api.get("/api/analytics/summary", {"intent": "pricing\x00"}, headers={"Authorization": f"Bearer {raw}"})
 
     assert assert_error_shape(response, 400)["errors"] == {"intent": ["must not contain NUL (0x00) characters"]}
+
+
+# --- Admin actions on a selection that is no list of row ids.
+
+
+@pytest.mark.django_db
+@pytest.mark.parametrize("selected", ["abc", "99999999999999999999"])
+def test_an_admin_action_on_a_selection_that_is_no_row_id_is_a_clear_400(superuser, logged_in, store_event, selected):
+    store_event(business_id="acme-dental", conversation_id="chat-1")
+    page = reverse("admin:metrics_app_conversation_changelist")
+
+    response = logged_in(superuser).post(page, {"action": "mark_booked", "_selected_action": [selected], "index": "0"})
+
+    assert assert_error_shape(response, 400)["errors"] == {"_selected_action": [f"{selected!r} is not an id of this list"]}
+    assert not Conversation.objects.filter(appointment_booked=True).exists()
