@@ -5,6 +5,7 @@ from __future__ import annotations
 from typing import Any
 
 from django.conf import settings
+from django.core.exceptions import DisallowedHost, RequestDataTooBig, TooManyFieldsSent, TooManyFilesSent
 from django.http import JsonResponse
 from rest_framework import exceptions, status
 from rest_framework.response import Response
@@ -57,6 +58,17 @@ class ApiError(exceptions.APIException):
         super().__init__(summary)
         self.status_code = status_code
         self.errors = errors or {}
+
+
+def client_error_response(exception: Exception | None) -> JsonResponse:
+    """Django's own 400s (a bad Host header, a body past its limit, a malformed form), in the error shape."""
+    if isinstance(exception, DisallowedHost):
+        return error_response(400, "Bad Host header", {"host": ["not a host name this service answers to"]})
+    if isinstance(exception, (TooManyFieldsSent, TooManyFilesSent)):
+        return error_response(400, "Too many form fields", {"body": ["send fewer fields or files"]})
+    if isinstance(exception, RequestDataTooBig):
+        return error_response(413, BODY_TOO_LARGE, body_limit(settings.DATA_UPLOAD_MAX_MEMORY_SIZE))
+    return error_response(400, "Bad request", {"request": ["the request could not be read"]})
 
 
 def _flatten(detail: Any) -> list[str]:

@@ -128,3 +128,54 @@ def test_an_admin_action_on_a_selection_that_is_no_row_id_is_a_clear_400(superus
 
     assert assert_error_shape(response, 400)["errors"] == {"_selected_action": [f"{selected!r} is not an id of this list"]}
     assert not Conversation.objects.filter(appointment_booked=True).exists()
+
+
+# --- Django's own errors come in the error shape.
+
+
+@pytest.mark.django_db
+@pytest.mark.parametrize("path", ["/track", "/api/analytics/summary", "/api/knowledge-base/search", "/health"])
+def test_a_bad_host_header_gets_the_json_400(api, settings, path):
+    settings.ALLOWED_HOSTS = ["mlops.example.com"]
+
+    response = api.get(path, headers={"Host": "attacker.example.net"})
+
+    assert assert_error_shape(response, 400)["errors"] == {"host": ["not a host name this service answers to"]}
+
+
+@pytest.mark.django_db
+def test_a_form_over_the_body_limit_is_the_json_413(api):
+    response = api.post("/admin/login/", "username=" + "x" * (1024 * 1024), content_type="application/x-www-form-urlencoded")
+
+    assert assert_error_shape(response, 413)["errors"] == {"body": ["at most 1048576 bytes"]}
+
+
+@pytest.mark.django_db
+def test_a_form_with_too_many_fields_is_the_json_400(api):
+    fields = "&".join(f"f{i}=1" for i in range(1001))
+
+    response = api.post("/admin/login/", fields, content_type="application/x-www-form-urlencoded")
+
+    assert assert_error_shape(response, 400)["error"] == "Too many form fields"
+
+
+@pytest.mark.django_db
+def test_a_multipart_body_without_a_boundary_is_the_json_400(api):
+    response = api.post("/admin/login/", b"username=x", content_type="multipart/form-data")
+
+    assert_error_shape(response, 400)
+
+
+@pytest.mark.django_db
+def test_a_body_sent_to_the_api_in_another_format_is_the_json_415(api, writer):
+    response = api.post(OUTCOME, b"--b\r\nbad", content_type="multipart/form-data; boundary=b", headers=writer)
+
+    assert response.status_code == 415
+    assert set(response.json()) == {"error", "errors"}
+
+
+@pytest.mark.django_db
+def test_a_staff_page_refused_by_django_is_the_json_403(staff_factory, logged_in):
+    response = logged_in(staff_factory(perms=())).get(reverse("admin:metrics_app_aimetric_export"))
+
+    assert assert_error_shape(response, 403)["errors"] == {"permission": ["this account may not do that"]}
