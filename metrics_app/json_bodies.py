@@ -3,12 +3,13 @@
 The ingest views call `read_json`; the DRF API parses with `StrictJSONParser`.
 Both go through `read_body` and `parse_json`, so a body that is too large, too
 deeply nested or malformed gets the same answer everywhere, in the service's
-error shape.
+error shape. `ChunkedBodies` lets chunked request bodies reach all of them.
 """
 
 from __future__ import annotations
 
-from typing import Any
+import io
+from typing import Any, Callable, Iterable
 
 import orjson
 from django.conf import settings
@@ -117,3 +118,31 @@ class StrictJSONParser(BaseParser):
         except BodyRefused as refused:
             raise refused.api_error() from None
 
+
+# --- Chunked bodies.
+
+WSGIApp = Callable[[dict[str, Any], Callable[..., Any]], Iterable[bytes]]
+
+
+class ChunkedBodies:
+    """WSGI wrapper: a chunked body, read up to the largest size any endpoint takes, gets a Content-Length.
+
+    gunicorn hands a `Transfer-Encoding: chunked` body over without
+    CONTENT_LENGTH, and Django then reads it as empty (a valid event became a
+    400 "No metrics data provided"). Stock HTTP clients (the Node
+    OpenTelemetry exporter, for one) never set Content-Length. Reading one byte
+    past the limit is enough for every endpoint to answer its own 413.
+    """
+
+    def __init__(self, application: WSGIApp) -> None:
+        self.application = application
+
+    def __call__(self, environ: dict[str, Any], start_response: Callable[..., Any]) -> Iterable[bytes]:
+        chunked = "chunked" in environ.get("HTTP_TRANSFER_ENCODING", "").lower()
+        # Only input that the server ends with the body (gunicorn says so with wsgi.input_terminated) may be
+        # read this way; on other servers (Django's runserver) the read would wait for the client to close.
+        if chunked and not environ.get("CONTENT_LENGTH") and environ.get("wsgi.input_terminated"):
+            body = environ["wsgi.input"].read(max_body_bytes() + 1)
+            environ["wsgi.input"] = io.BytesIO(body)
+            environ["CONTENT_LENGTH"] = str(len(body))
+        return self.application(environ, start_response)

@@ -2,14 +2,17 @@
 
 from __future__ import annotations
 
+import http.client
 import json
-from typing import Any
+from typing import Any, Iterator
+from urllib.parse import urlsplit
 
 import pytest
 from django.urls import reverse
 
 from metrics_app.json_bodies import MAX_JSON_DEPTH
-from metrics_app.models import Conversation
+from metrics_app.models import AIMetric, Conversation
+from tests.conftest import LiveService
 
 pytest_plugins = ["tests.console_fixtures"]
 
@@ -174,8 +177,89 @@ def test_a_body_sent_to_the_api_in_another_format_is_the_json_415(api, writer):
     assert set(response.json()) == {"error", "errors"}
 
 
+
 @pytest.mark.django_db
 def test_a_staff_page_refused_by_django_is_the_json_403(staff_factory, logged_in):
     response = logged_in(staff_factory(perms=())).get(reverse("admin:metrics_app_aimetric_export"))
 
     assert assert_error_shape(response, 403)["errors"] == {"permission": ["this account may not do that"]}
+
+
+# --- Chunked bodies, sent to the real service.
+
+
+@pytest.fixture
+def service(live_service) -> Iterator[LiveService]:
+    yield live_service(workers=1)
+
+
+def post_chunked(service: LiveService, path: str, body: bytes, headers: dict[str, str] | None = None) -> tuple[int, Any]:
+    """POST `body` with Transfer-Encoding: chunked and no Content-Length, as stock HTTP clients do."""
+    address = urlsplit(service.url)
+    connection = http.client.HTTPConnection(address.hostname, address.port, timeout=30)
+    try:
+        pieces = (body[i:i + 16384] for i in range(0, len(body), 16384))
+        connection.request(
+            "POST", path, body=pieces, encode_chunked=True,
+            headers={"Content-Type": "application/json", "Transfer-Encoding": "chunked", **(headers or {})},
+        )
+        response = connection.getresponse()
+        return response.status, json.loads(response.read())
+    finally:
+        connection.close()
+
+
+@pytest.mark.slow
+def test_a_chunked_event_is_stored(service, seed_event):
+    status, body = post_chunked(service, "/track", json.dumps(seed_event).encode())
+
+    assert status == 201, body
+    assert AIMetric.objects.filter(event_id=body["event_id"], business_id="test-business").count() == 1
+
+
+@pytest.mark.slow
+def test_a_chunked_batch_is_stored(service, seed_event):
+    events = [{**seed_event, "conversation_id": f"chat-{n}"} for n in range(3)]
+
+    status, body = post_chunked(service, "/track/batch", json.dumps({"events": events}).encode())
+
+    assert status == 200, body
+    assert body["created"] == 3 and AIMetric.objects.count() == 3
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("path, limit", [("/track", 64 * 1024), ("/track/batch", 1024 * 1024)])
+def test_a_chunked_body_over_the_limit_is_the_json_413(service, seed_event, path, limit):
+    padded = json.dumps({**seed_event, "padding": "x" * limit}).encode()
+
+    status, body = post_chunked(service, path, padded)
+
+    assert status == 413, body
+    assert body == {"error": "Request body too large", "errors": {"body": [f"at most {limit} bytes"]}}
+    assert AIMetric.objects.count() == 0
+
+
+@pytest.mark.slow
+def test_a_chunked_outcome_is_recorded(service, seed_event, make_key, business):
+    _, raw = make_key(business, can_ingest=True)
+    auth = {"Authorization": f"Bearer {raw}"}
+    event = {**seed_event, "business_id": business.id, "conversation_id": "chat-1"}
+    assert post_chunked(service, "/track", json.dumps(event).encode(), auth)[0] == 201
+    outcome = {"conversation_id": "chat-1", "appointment_booked": True}
+
+    status, body = post_chunked(service, OUTCOME, json.dumps(outcome).encode(), auth)
+
+    assert status == 200, body
+    assert body["changed"] == ["appointment_booked"]
+    assert Conversation.objects.get(business_id=business.id, conversation_id="chat-1").appointment_booked
+
+
+@pytest.mark.slow
+def test_a_chunked_outcome_over_1_mib_is_the_json_413(service, make_key, business):
+    _, raw = make_key(business, can_ingest=True)
+    outcome = {"conversation_id": "chat-1", "appointment_booked": True, "note": "x" * (1024 * 1024)}
+
+    status, body = post_chunked(service, OUTCOME, json.dumps(outcome).encode(), {"Authorization": f"Bearer {raw}"})
+
+    assert status == 413, body
+    assert body == {"error": "Request body too large", "errors": {"body": ["at most 1048576 bytes"]}}
