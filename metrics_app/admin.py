@@ -33,6 +33,7 @@ from metrics_app import (
     conversations,
 )
 from metrics_app.access import visible_businesses, visible_events, visible_rows
+from metrics_app.admin_actions import CheckedSelectionAdmin
 from metrics_app.errors import error_response
 from metrics_app.models import AIMetric, Conversation, ModelPrice, StaffBusinessAccess
 
@@ -207,7 +208,7 @@ def stream_csv(rows: Iterable[tuple[Any, ...]]) -> Iterator[str]:
 
 
 @admin.register(AIMetric)
-class AIMetricAdmin(admin.ModelAdmin):
+class AIMetricAdmin(CheckedSelectionAdmin):
     """The events: read-only, filtered, searchable by id, exportable as CSV."""
 
     list_display = (
@@ -313,7 +314,7 @@ def _conversation_events(business_field: str = "business_id") -> QuerySet[AIMetr
 
 
 @admin.register(Conversation)
-class ConversationAdmin(admin.ModelAdmin):
+class ConversationAdmin(CheckedSelectionAdmin):
     """Conversations with their figures; the change page lists the conversation's events in order."""
 
     list_display = (
@@ -423,7 +424,7 @@ class ConversationAdmin(admin.ModelAdmin):
 
 
 @admin.register(ModelPrice)
-class ModelPriceAdmin(admin.ModelAdmin):
+class ModelPriceAdmin(CheckedSelectionAdmin):
     list_display = (
         "model_pattern", "input_usd_per_mtok", "output_usd_per_mtok", "cached_input_usd_per_mtok", "valid_from",
         "source_as_of", "source_link",
@@ -465,7 +466,7 @@ class StaffBusinessAccessForm(forms.ModelForm):
 
 
 @admin.register(StaffBusinessAccess)
-class StaffBusinessAccessAdmin(admin.ModelAdmin):
+class StaffBusinessAccessAdmin(CheckedSelectionAdmin):
     """What each staff user may see: one business per row, or every business. Only superusers grant: nobody widens their own."""
 
     form = StaffBusinessAccessForm

@@ -13,6 +13,7 @@ from django.utils import timezone
 
 from metrics_app import access, services
 from metrics_app.access import visible_business_ids, visible_businesses, visible_rows
+from metrics_app.admin_actions import CheckedSelectionAdmin
 from metrics_app.models import ApiKey, Business
 from metrics_app.rules import business_id_problem
 
@@ -31,7 +32,7 @@ class ApiKeyInline(admin.TabularInline):
 
 
 @admin.register(Business)
-class BusinessAdmin(admin.ModelAdmin):
+class BusinessAdmin(CheckedSelectionAdmin):
     list_display = ("id", "name", "time_zone", "active_keys", "created_at")
     search_fields = ("id", "name")
     readonly_fields = ("created_at",)
@@ -80,7 +81,7 @@ class ApiKeyForm(forms.ModelForm):
 
 
 @admin.register(ApiKey)
-class ApiKeyAdmin(admin.ModelAdmin):
+class ApiKeyAdmin(CheckedSelectionAdmin):
     form = ApiKeyForm
     list_display = ("name", "prefix", "business", "scope_list", "state", "expires_at", "last_used_at", "created_at")
     list_filter = ("can_ingest", "can_read", ("revoked_at", admin.EmptyFieldListFilter))

@@ -73,6 +73,13 @@ class CanRead(permissions.BasePermission):
 # --- Query parameters.
 
 
+def _refuse_outside_calendar(**moments: datetime | None) -> None:
+    outside = {name: ["must be between 2000-01-01 and 2100-01-01"]
+               for name, moment in moments.items() if moment is not None and not EARLIEST <= moment <= LATEST}
+    if outside:
+        raise serializers.ValidationError(outside)
+
+
 class AnalyticsQuerySerializer(serializers.Serializer):
     business_id = serializers.CharField(required=False, max_length=255, help_text="One business; all visible ones when absent.")
     start = serializers.DateTimeField(required=False, help_text="ISO 8601; default `end` minus 7 days. A time without a zone is UTC.")
@@ -95,11 +102,10 @@ class AnalyticsQuerySerializer(serializers.Serializer):
 
     def validate(self, attrs: dict[str, Any]) -> dict[str, Any]:
         end = attrs.get("end") or timezone.now()
+        # Checked before the default start is derived: `end - 7 days` overflows for an end in year 1.
+        _refuse_outside_calendar(start=attrs.get("start"), end=end)
         start = attrs.get("start") or end - DEFAULT_RANGE
-        outside = {name: ["must be between 2000-01-01 and 2100-01-01"]
-                   for name, moment in (("start", start), ("end", end)) if not EARLIEST <= moment <= LATEST}
-        if outside:
-            raise serializers.ValidationError(outside)
+        _refuse_outside_calendar(start=start)
         if start >= end:
             raise serializers.ValidationError({"start": ["must be before end"]})
         if end - start > MAX_RANGE:

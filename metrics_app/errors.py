@@ -5,10 +5,10 @@ from __future__ import annotations
 from typing import Any
 
 from django.conf import settings
+from django.core.exceptions import DisallowedHost, RequestDataTooBig, TooManyFieldsSent, TooManyFilesSent
 from django.http import JsonResponse
 from rest_framework import exceptions, status
 from rest_framework.response import Response
-from rest_framework.views import exception_handler
 
 ErrorMap = dict[str, list[str]]
 
@@ -54,6 +54,33 @@ def rate_limiter_unavailable() -> JsonResponse:
     )
 
 
+BODY_TOO_LARGE = "Request body too large"
+
+
+def body_limit(max_bytes: int) -> ErrorMap:
+    return {"body": [f"at most {max_bytes} bytes"]}
+
+
+class ApiError(exceptions.APIException):
+    """An error raised inside the DRF API that already has its summary and field reasons."""
+
+    def __init__(self, status_code: int, summary: str, errors: ErrorMap | None = None) -> None:
+        super().__init__(summary)
+        self.status_code = status_code
+        self.errors = errors or {}
+
+
+def client_error_response(exception: Exception | None) -> JsonResponse:
+    """Django's own 400s (a bad Host header, a body past its limit, a malformed form), in the error shape."""
+    if isinstance(exception, DisallowedHost):
+        return error_response(400, "Bad Host header", {"host": ["not a host name this service answers to"]})
+    if isinstance(exception, (TooManyFieldsSent, TooManyFilesSent)):
+        return error_response(400, "Too many form fields", {"body": ["send fewer fields or files"]})
+    if isinstance(exception, RequestDataTooBig):
+        return error_response(413, BODY_TOO_LARGE, body_limit(settings.DATA_UPLOAD_MAX_MEMORY_SIZE))
+    return error_response(400, "Bad request", {"request": ["the request could not be read"]})
+
+
 def _flatten(detail: Any) -> list[str]:
     if isinstance(detail, dict):
         return [f"{key}: {msg}" for key, value in detail.items() for msg in _flatten(value)]
@@ -64,10 +91,16 @@ def _flatten(detail: Any) -> list[str]:
 
 def api_exception_handler(exc: Exception, context: dict[str, Any]) -> Response | None:
     """DRF's handler, reshaped into the service's error shape."""
+    # Imported here: rest_framework.views loads the parser classes, and the API's parser uses this module.
+    from rest_framework.views import exception_handler
+
     response = exception_handler(exc, context)
     if response is None:
         return None
-    if isinstance(exc, exceptions.ValidationError) and isinstance(exc.detail, dict):
+    if isinstance(exc, ApiError):
+        errors = exc.errors
+        summary = str(exc.detail)
+    elif isinstance(exc, exceptions.ValidationError) and isinstance(exc.detail, dict):
         errors = {str(field): _flatten(value) for field, value in exc.detail.items()}
         summary = "Invalid input"
     elif isinstance(exc, exceptions.ValidationError):

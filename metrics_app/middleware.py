@@ -1,18 +1,21 @@
-"""Turns a lost or busy database, and a rate limiter that cannot answer, into 503 with Retry-After instead of a 500."""
+"""Middleware that keeps client-caused and database failures out of 500s: a lost or busy database, a rate
+limiter that cannot answer (503 with Retry-After), a NUL character (400)."""
 
 from __future__ import annotations
 
 import logging
-from typing import Callable
+from typing import Any, Callable
 
 from django.db import InterfaceError, OperationalError, connections
-from django.http import HttpRequest, HttpResponse
+from django.http import HttpRequest, HttpResponse, QueryDict
 
 from metrics_app.database import is_busy
-from metrics_app.errors import database_unavailable, rate_limiter_unavailable
+from metrics_app.errors import database_unavailable, error_response, rate_limiter_unavailable
 from metrics_app.rate_limit import LimiterUnavailable
 
 logger = logging.getLogger(__name__)
+
+NUL_REFUSED = "must not contain NUL (0x00) characters"
 
 
 class DatabaseUnavailableMiddleware:
@@ -39,3 +42,42 @@ class DatabaseUnavailableMiddleware:
         for conn in connections.all(initialized_only=True):
             conn.close()
         return database_unavailable(busy=is_busy(exception))
+
+
+def _nul_field(fields: QueryDict) -> str | None:
+    """The name of the first field whose name or value holds a NUL character, if any."""
+    for name, values in fields.lists():
+        if "\x00" in name or any("\x00" in value for value in values):
+            return name.replace("\x00", "\\x00")[:100]
+    return None
+
+
+class RefuseNulCharactersMiddleware:
+    """A NUL character in the path, the query string or a form is a 400, on every page and endpoint.
+
+    PostgreSQL text cannot hold NUL (0x00), and psycopg refuses such a
+    parameter with ValueError: an admin filter, search, autocomplete term,
+    action or the CSV export would otherwise answer 500. SQLite gets the same
+    answer, so both databases behave alike.
+    """
+
+    def __init__(self, get_response: Callable[[HttpRequest], HttpResponse]) -> None:
+        self.get_response = get_response
+
+    def __call__(self, request: HttpRequest) -> HttpResponse:
+        name = "path" if "\x00" in request.path else _nul_field(request.GET)
+        if name is not None:
+            return _nul_refused(name)
+        return self.get_response(request)
+
+    def process_view(self, request: HttpRequest, view: Callable[..., Any], args: Any, kwargs: Any) -> HttpResponse | None:
+        # Forms are read by the views that take them (the admin's), which the CSRF check reads anyway; the
+        # csrf-exempt JSON endpoints keep their bodies unread, so that they can answer 415 to a form.
+        if request.method != "POST" or getattr(view, "csrf_exempt", False):
+            return None
+        name = _nul_field(request.POST)
+        return _nul_refused(name) if name is not None else None
+
+
+def _nul_refused(name: str) -> HttpResponse:
+    return error_response(400, "Invalid input", {name: [NUL_REFUSED]})

@@ -11,12 +11,11 @@ from typing import Any
 
 import orjson
 from django.conf import settings
-from django.core.exceptions import RequestDataTooBig
 from django.db import connection
 from django.http import HttpRequest, HttpResponse, JsonResponse
 from django.views.decorators.csrf import csrf_exempt
 
-from metrics_app import database, services
+from metrics_app import database, json_bodies, services
 from metrics_app.auth import KeyRejected, authenticate_key, seconds_until_allowed
 from metrics_app.errors import error_response, too_many_requests, unauthorized
 from metrics_app.models import ApiKey
@@ -74,24 +73,9 @@ def _json_body(request: HttpRequest, max_bytes: int) -> Any:
             error_response(415, "Unsupported content type", {"content_type": ["send application/json"]})
         )
     try:
-        declared = int(request.META.get("CONTENT_LENGTH") or 0)
-    except ValueError:
-        declared = 0
-    too_big = error_response(413, "Request body too large", {"body": [f"at most {max_bytes} bytes"]})
-    if declared > max_bytes:
-        raise Refused(too_big)
-    try:
-        body = request.body
-    except RequestDataTooBig:
-        raise Refused(too_big) from None
-    if len(body) > max_bytes:
-        raise Refused(too_big)
-    if not body.strip():
-        raise Refused(error_response(400, "No metrics data provided", {"body": ["send a JSON object"]}))
-    try:
-        return orjson.loads(body)
-    except orjson.JSONDecodeError as exc:
-        raise Refused(error_response(400, "Malformed JSON", {"body": [str(exc)[:200]]})) from None
+        return json_bodies.read_json(request, max_bytes)
+    except json_bodies.BodyRefused as refused:
+        raise Refused(refused.response()) from None
 
 
 def _ingest_request(request: HttpRequest, max_bytes: int) -> tuple[ApiKey | None, Any]:

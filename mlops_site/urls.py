@@ -5,7 +5,7 @@ from django.http import HttpRequest, HttpResponse
 from django.urls import include, path
 
 from metrics_app import prometheus, schema_views, views
-from metrics_app.errors import error_response
+from metrics_app.errors import client_error_response, error_response
 
 urlpatterns = [
     path("health", views.health, name="health"),
@@ -23,6 +23,14 @@ urlpatterns = [
 ]
 
 
+def bad_request(request: HttpRequest, exception: Exception | None = None) -> HttpResponse:
+    return client_error_response(exception)
+
+
+def permission_denied(request: HttpRequest, exception: Exception | None = None) -> HttpResponse:
+    return error_response(403, "Permission denied", {"permission": ["this account may not do that"]})
+
+
 def not_found(request: HttpRequest, exception: Exception | None = None) -> HttpResponse:
     return error_response(404, "Not found", {"path": [f"no endpoint at {request.path[:200]}"]})
 
@@ -31,5 +39,7 @@ def server_error(request: HttpRequest) -> HttpResponse:
     return error_response(500, "Internal server error")
 
 
+handler400 = bad_request
+handler403 = permission_denied
 handler404 = not_found
 handler500 = server_error

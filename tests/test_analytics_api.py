@@ -247,6 +247,7 @@ def test_an_unrestricted_staff_user_sees_every_business_and_a_non_staff_user_non
         ({"start": "yesterday"}, "start"),
         ({"end": "9999-12-31T23:59:59+14:00"}, "end"),
         ({"start": "0001-01-01T00:00:00", "end": "0001-01-02T00:00:00"}, "start"),
+        ({"end": "0001-01-01T00:00:00Z"}, "end"),
         ({"bucket": "minute"}, "bucket"),
         ({"bucket": "hour", "start": "2025-01-01T00:00:00Z", "end": "2026-01-01T00:00:00Z"}, "bucket"),
         ({"business_id": "x" * 300}, "business_id"),

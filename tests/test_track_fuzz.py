@@ -10,15 +10,10 @@ from hypothesis import strategies as st
 
 from metrics_app.validation import FIELD_NAMES
 from tests.conftest import post_json
+from tests.fuzz_fixtures import json_values
 
 pytestmark = pytest.mark.django_db
 
-json_values = st.recursive(
-    st.none() | st.booleans() | st.integers(min_value=-(2**70), max_value=2**70)
-    | st.floats(allow_nan=False, allow_infinity=False) | st.text(max_size=300),
-    lambda children: st.lists(children, max_size=4) | st.dictionaries(st.text(max_size=20), children, max_size=4),
-    max_leaves=10,
-)
 # Events built from the real field names, so most of them get past the first check.
 events = st.dictionaries(st.sampled_from([*FIELD_NAMES, "extra"]), json_values, max_size=len(FIELD_NAMES) + 1)
 near_valid = st.fixed_dictionaries(
