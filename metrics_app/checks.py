@@ -5,7 +5,7 @@ from __future__ import annotations
 from typing import Any
 
 from django.core import checks
-from django.db import DatabaseError
+from django.db import DatabaseError, connection
 
 from metrics_app.models import Business
 from metrics_app.rules import BUSINESS_ID_CHARACTERS, business_id_problem
@@ -19,8 +19,11 @@ def check_stored_business_ids(app_configs: Any, databases: Any = None, **kwargs:
     if not databases:
         return []
     try:
-        ids = list(Business.objects.order_by("id").values_list("id", flat=True).iterator(chunk_size=2000))
-    except DatabaseError:  # before the first migration there is nothing to check
+        # `migrate` runs this check before it creates the tables, so look for the table first.
+        if Business._meta.db_table not in connection.introspection.table_names():
+            return []
+        ids = list(Business.objects.order_by("id").values_list("id", flat=True))
+    except DatabaseError:  # a database that cannot answer is reported by /health, not here
         return []
     broken = [business_id for business_id in ids if business_id_problem(business_id) is not None]
     if not broken:
