@@ -50,7 +50,7 @@ if _own_metrics_dir:
     os.environ["PROMETHEUS_MULTIPROC_DIR"] = tempfile.mkdtemp(prefix="mlops-prometheus-")
 
 # prometheus_client picks its value store when first imported: only after the directory is set.
-from metrics_app import prometheus_files  # noqa: E402
+from metrics_app.monitoring import files as prometheus_files  # noqa: E402
 
 
 def on_starting(server):

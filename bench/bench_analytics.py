@@ -38,9 +38,10 @@ from django.db import connection, transaction  # noqa: E402
 from django.db.models import Count  # noqa: E402
 from django.test import Client  # noqa: E402
 
-from metrics_app import pricing, services  # noqa: E402
+from metrics_app.ingest import services
+from metrics_app.ingest.validation import check_event  # noqa: E402
 from metrics_app.models import AIMetric, Business, ModelPrice  # noqa: E402
-from metrics_app.validation import check_event  # noqa: E402
+from metrics_app.pricing import services as pricing  # noqa: E402
 
 ZONES = ["Asia/Kolkata", "Asia/Kathmandu", "Australia/Eucla", "Europe/London", "America/New_York", "UTC",
          "Australia/Adelaide", "America/St_Johns", "Asia/Tokyo", "Europe/Berlin"]
@@ -221,7 +222,7 @@ def main() -> None:
     print(f"  bare insert: {bare:,.0f} events/s; with pricing, conversations and rollups: {full:,.0f} events/s "
           f"({full / copy_rate:.0%} of COPY)")
 
-    from metrics_app.services import create_api_key
+    from metrics_app.keys.services import create_api_key
 
     _, raw = create_api_key(business=None, name="bench", can_ingest=False, can_read=True)
     headers = {"Authorization": f"Bearer {raw}"}

@@ -248,7 +248,7 @@ def breakdown(metrics_dir: Path) -> None:
           f"{merge:.1f} ms + text {whole - read - merge:.1f} ms = {whole:.1f} ms per scrape "
           f"({len(merged)} metrics, {len(text)} bytes)")
 
-    from metrics_app import prometheus_exposition as fast
+    from metrics_app.monitoring import exposition as fast
 
     exposition = fast.FastMultiProcessExposition(str(metrics_dir))
     t0 = time.perf_counter()

@@ -13,9 +13,9 @@ from rest_framework.views import APIView
 from documents_app.embeddings import MethodUnavailable
 from documents_app.knowledge_base import KnowledgeBase, KnowledgeBaseMissing, current_knowledge_base
 from documents_app.pipeline import KB_PATH
-from metrics_app.api import ErrorSerializer
-from metrics_app.rules import business_id_problem
 from metrics_app import access
+from metrics_app.api.serializers import ErrorSerializer
+from metrics_app.rules import business_id_problem
 
 MAX_RESULTS = 20
 

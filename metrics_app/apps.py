@@ -7,6 +7,9 @@ class MetricsAppConfig(AppConfig):
     default_auto_field = "django.db.models.BigAutoField"
 
     def ready(self) -> None:
-        from metrics_app import checks, prometheus  # noqa: F401  (checks registers the system checks)
+        # Imported for what they register: the system checks, and the OpenAPI description of key authentication.
+        from metrics_app import checks  # noqa: F401
+        from metrics_app.api import schema  # noqa: F401
+        from metrics_app.monitoring import prometheus
 
         prometheus.connect()

@@ -6,7 +6,7 @@ from typing import Any
 
 from django.conf import settings
 from django.core.exceptions import DisallowedHost, RequestDataTooBig, TooManyFieldsSent, TooManyFilesSent
-from django.http import JsonResponse
+from django.http import HttpResponse, JsonResponse
 from rest_framework import exceptions, status
 from rest_framework.response import Response
 
@@ -113,4 +113,10 @@ def api_exception_handler(exc: Exception, context: dict[str, Any]) -> Response |
     if response.status_code == status.HTTP_401_UNAUTHORIZED:
         response["WWW-Authenticate"] = 'Bearer realm="mlops"'
     response.data = error_body(summary, errors)
+    return response
+
+
+def method_not_allowed(allowed: str) -> HttpResponse:
+    response = error_response(405, "Method not allowed", {"method": [f"use {allowed}"]})
+    response["Allow"] = allowed
     return response

@@ -95,15 +95,15 @@ MIDDLEWARE = [
     "django.middleware.security.SecurityMiddleware",
     "whitenoise.middleware.WhiteNoiseMiddleware",
     "corsheaders.middleware.CorsMiddleware",
-    "metrics_app.middleware.DatabaseUnavailableMiddleware",
-    "metrics_app.middleware.RefuseNulCharactersMiddleware",
+    "metrics_app.http.middleware.DatabaseUnavailableMiddleware",
+    "metrics_app.http.middleware.RefuseNulCharactersMiddleware",
     "django.contrib.sessions.middleware.SessionMiddleware",
     "django.middleware.common.CommonMiddleware",
     "django.middleware.csrf.CsrfViewMiddleware",
     "django.contrib.auth.middleware.AuthenticationMiddleware",
     "django.contrib.messages.middleware.MessageMiddleware",
     "django.middleware.clickjacking.XFrameOptionsMiddleware",
-    "metrics_app.prometheus.MetricsAfterMiddleware",
+    "metrics_app.monitoring.prometheus.MetricsAfterMiddleware",
 ]
 
 ROOT_URLCONF = "mlops_site.urls"
@@ -154,13 +154,13 @@ DATA_UPLOAD_MAX_MEMORY_SIZE = 1024 * 1024
 REST_FRAMEWORK = {
     "EXCEPTION_HANDLER": "metrics_app.errors.api_exception_handler",
     "DEFAULT_AUTHENTICATION_CLASSES": [
-        "metrics_app.auth.ApiKeyAuthentication",
+        "metrics_app.keys.auth.ApiKeyAuthentication",
         "rest_framework.authentication.SessionAuthentication",
     ],
     "DEFAULT_PERMISSION_CLASSES": ["rest_framework.permissions.IsAuthenticated"],
     "DEFAULT_RENDERER_CLASSES": ["rest_framework.renderers.JSONRenderer"],
     # The ingest's parser (orjson, bounded size and depth), so every API answers a bad body alike.
-    "DEFAULT_PARSER_CLASSES": ["metrics_app.json_bodies.StrictJSONParser"],
+    "DEFAULT_PARSER_CLASSES": ["metrics_app.http.bodies.StrictJSONParser"],
     "UNAUTHENTICATED_USER": "django.contrib.auth.models.AnonymousUser",
 }
 
@@ -276,7 +276,7 @@ SPECTACULAR_SETTINGS = {
     # /health, /track and /track/batch are plain Django views: described by hand.
     "POSTPROCESSING_HOOKS": [
         "drf_spectacular.hooks.postprocess_schema_enums",
-        "metrics_app.schema.add_chat_endpoints",
+        "metrics_app.api.schema.add_chat_endpoints",
     ],
 }
 

@@ -4,20 +4,22 @@ from django.contrib import admin
 from django.http import HttpRequest, HttpResponse
 from django.urls import include, path
 
-from metrics_app import prometheus, schema_views, views
+from metrics_app.api import docs
 from metrics_app.errors import client_error_response, error_response
+from metrics_app.ingest import views as ingest
+from metrics_app.monitoring import health, prometheus
 
 urlpatterns = [
-    path("health", views.health, name="health"),
-    path("health/", views.health),
-    path("track", views.track, name="track"),
-    path("track/", views.track),
-    path("track/batch", views.track_batch, name="track-batch"),
-    path("track/batch/", views.track_batch),
+    path("health", health.health, name="health"),
+    path("health/", health.health),
+    path("track", ingest.track, name="track"),
+    path("track/", ingest.track),
+    path("track/batch", ingest.track_batch, name="track-batch"),
+    path("track/batch/", ingest.track_batch),
     path("metrics", prometheus.metrics_view, name="metrics"),
-    path("api/", include("metrics_app.api_urls")),
-    path("api/schema/", schema_views.schema, name="api-schema"),
-    path("api/docs/", schema_views.docs, name="api-docs"),
+    path("api/", include("metrics_app.api.urls")),
+    path("api/schema/", docs.schema, name="api-schema"),
+    path("api/docs/", docs.docs, name="api-docs"),
     path("api/knowledge-base/", include("documents_app.urls")),
     path("admin/", admin.site.urls),
 ]

@@ -8,7 +8,7 @@ os.environ.setdefault("DJANGO_SETTINGS_MODULE", "mlops_site.settings")
 
 django_application = get_wsgi_application()
 
-from metrics_app.json_bodies import ChunkedBodies  # noqa: E402  (imports DRF: only once Django is set up)
+from metrics_app.http.bodies import ChunkedBodies  # noqa: E402  (imports DRF: only once Django is set up)
 
 # Chunked request bodies get a Content-Length first, so Django reads them instead of seeing none.
 application = ChunkedBodies(django_application)

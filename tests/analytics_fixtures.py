@@ -18,9 +18,9 @@ from zoneinfo import ZoneInfo
 
 import pytest
 
-from metrics_app import services
+from metrics_app.ingest import services
+from metrics_app.ingest.validation import check_event
 from metrics_app.models import AIMetric, Business
-from metrics_app.validation import check_event
 
 # A fixed "now" for the data: every event lies in the ten days before it.
 NOW = datetime(2026, 3, 20, 12, 0, tzinfo=UTC)

@@ -18,8 +18,10 @@ import pytest
 from django.db import connection
 from django.test import Client
 
-from metrics_app import pricing, services
+from metrics_app.ingest import services
+from metrics_app.keys import services as key_services
 from metrics_app.models import Business
+from metrics_app.pricing import services as pricing
 
 ROOT = Path(__file__).resolve().parent.parent
 IN_CI = os.environ.get("CI", "").lower() in ("1", "true", "yes")
@@ -98,7 +100,7 @@ def business(db) -> Business:
 def make_key(db) -> Callable[..., tuple[Any, str]]:
     def make(business: Business | None, **options: Any):
         options.setdefault("name", "test key")
-        return services.create_api_key(business=business, **options)
+        return key_services.create_api_key(business=business, **options)
 
     return make
 

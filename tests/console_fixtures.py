@@ -10,9 +10,9 @@ import pytest
 from django.contrib.auth.models import Permission, User
 from django.test import Client
 
-from metrics_app import services
-from metrics_app.models import AIMetric, Business
-from metrics_app.validation import check_event
+from metrics_app.ingest import services
+from metrics_app.ingest.validation import check_event
+from metrics_app.models import AIMetric
 from tests.conftest import staff_user
 
 PASSWORD = "console-test-password-9"  # noqa: S105

@@ -11,7 +11,6 @@ import pytest
 from django.contrib.auth.models import User
 
 from metrics_app.models import StaffBusinessAccess
-from tests.conftest import staff_user
 from tests.analytics_fixtures import (
     NOW,
     analytics_data,  # noqa: F401  (fixture)
@@ -22,6 +21,7 @@ from tests.analytics_fixtures import (
     rows,
     select,
 )
+from tests.conftest import staff_user
 
 START = NOW - timedelta(days=12)
 PERIOD = {"start": START.isoformat(), "end": NOW.isoformat()}

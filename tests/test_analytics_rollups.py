@@ -12,7 +12,7 @@ from zoneinfo import ZoneInfo
 import pytest
 from django.core.management import call_command
 
-from metrics_app import rollups
+from metrics_app.analytics import rollups
 from metrics_app.models import ConversationRollup, EventRollup, LatencyRollup, ModelPrice
 from tests.analytics_fixtures import (
     NOW,

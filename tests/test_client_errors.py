@@ -10,7 +10,7 @@ from urllib.parse import urlsplit
 import pytest
 from django.urls import reverse
 
-from metrics_app.json_bodies import MAX_JSON_DEPTH
+from metrics_app.http.bodies import MAX_JSON_DEPTH
 from metrics_app.models import AIMetric, Conversation
 from tests.conftest import LiveService
 

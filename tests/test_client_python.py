@@ -8,11 +8,10 @@ import sys
 from collections import Counter
 
 import pytest
+from mlops_tracking import MetricsTracker  # noqa: E402 (clients/python is put on sys.path by client_fixtures)
 
 from metrics_app.models import AIMetric, Business
 from tests.client_fixtures import PY_DIR
-
-from mlops_tracking import MetricsTracker  # noqa: E402 (clients/python is put on sys.path by client_fixtures)
 
 pytestmark = pytest.mark.slow
 

@@ -9,7 +9,7 @@ from typing import Any
 import pytest
 from django.contrib.auth.models import User
 
-from metrics_app import services
+from metrics_app.ingest import services
 from metrics_app.models import AIMetric, Business, Conversation
 from tests.analytics_fixtures import NOW, store
 

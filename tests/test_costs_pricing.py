@@ -9,9 +9,9 @@ from io import StringIO
 import pytest
 from django.core.management import call_command
 
+from metrics_app.ingest import services
+from metrics_app.ingest.validation import check_event
 from metrics_app.models import AIMetric, CostBasis, ModelPrice
-from metrics_app.validation import check_event
-from metrics_app import services
 
 WHEN = datetime(2026, 3, 1, 12, 0, tzinfo=UTC)
 

@@ -10,7 +10,7 @@ from urllib.parse import urlencode
 import pytest
 from django.urls import reverse
 
-from metrics_app.admin_dashboard import parse_filters
+from metrics_app.console.dashboard import parse_filters
 from metrics_app.models import Business
 
 pytestmark = pytest.mark.django_db

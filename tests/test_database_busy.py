@@ -13,7 +13,7 @@ from contextlib import contextmanager
 import pytest
 from django.db import connection
 
-from metrics_app import rate_limit
+from metrics_app.keys import rate_limit
 from metrics_app.models import AIMetric, RateLimitWindow
 from tests.conftest import on_postgres
 

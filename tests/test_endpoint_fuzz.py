@@ -23,8 +23,8 @@ from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 
 from documents_app.embeddings import get_method
-from metrics_app.api import BreakdownQuerySerializer, ConversationQuerySerializer, TimeseriesQuerySerializer
-from metrics_app.json_bodies import MAX_JSON_DEPTH
+from metrics_app.api.queries import BreakdownQuerySerializer, ConversationQuerySerializer, TimeseriesQuerySerializer
+from metrics_app.http.bodies import MAX_JSON_DEPTH
 from metrics_app.models import Business
 from tests.fuzz_fixtures import json_values
 

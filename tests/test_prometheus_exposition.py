@@ -12,8 +12,8 @@ from prometheus_client import CollectorRegistry, generate_latest
 from prometheus_client.multiprocess import MultiProcessCollector
 from prometheus_client.parser import text_string_to_metric_families
 
-from metrics_app.prometheus_exposition import FastMultiProcessExposition
-from metrics_app.prometheus_files import fold_dead_worker
+from metrics_app.monitoring.exposition import FastMultiProcessExposition
+from metrics_app.monitoring.files import fold_dead_worker
 
 # A worker: writes metrics to the directory in its own files, as a gunicorn worker does.
 WORKER = textwrap.dedent('''

@@ -10,8 +10,9 @@ import pytest
 from django.db.models import Sum
 from django.utils import timezone
 
-from metrics_app import prometheus, services
+from metrics_app.ingest import services
 from metrics_app.models import AIMetric, Business
+from metrics_app.monitoring import prometheus
 from tests.conftest import post_json
 from tests.prometheus_fixtures import label_values, samples, total
 
@@ -310,7 +311,7 @@ def test_invented_http_methods_share_one_label(api, scrape):
 
 
 def test_production_without_a_metrics_token_is_warned_about(settings):
-    from metrics_app.prometheus import check_metrics_token
+    from metrics_app.monitoring.prometheus import check_metrics_token
 
     settings.IS_PRODUCTION = True
     settings.MLOPS_METRICS_TOKEN = ""

@@ -136,7 +136,7 @@ def test_migrate_adopts_the_seeds_table_and_keeps_every_row(tmp_path):
     # New events go on after the adopted ids.
     result = manage(
         url, "shell", "-c",
-        "from metrics_app.services import record_events; from metrics_app.validation import check_event; "
+        "from metrics_app.ingest.services import record_events; from metrics_app.ingest.validation import check_event; "
         "record_events([check_event({'business_id': 'salon-42', 'response_time_ms': 5, 'tokens_used': 5}).values])",
     )
     assert result.returncode == 0, result.stderr

@@ -8,7 +8,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from metrics_app.validation import FIELD_NAMES
+from metrics_app.ingest.validation import FIELD_NAMES
 from tests.conftest import post_json
 from tests.fuzz_fixtures import json_values
 

@@ -5,7 +5,7 @@ from django.db.models import Count, Max, Min, Q
 
 
 def load_prices_and_backfill(apps, schema_editor):
-    from metrics_app import pricing
+    from metrics_app.pricing import services as pricing
 
     ModelPrice = apps.get_model("metrics_app", "ModelPrice")
     AIMetric = apps.get_model("metrics_app", "AIMetric")

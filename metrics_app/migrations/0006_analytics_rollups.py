@@ -4,7 +4,7 @@ from django.db import migrations, models
 
 
 def build_rollups(apps, schema_editor):
-    from metrics_app import rollups
+    from metrics_app.analytics import rollups
 
     rollups.rebuild(apps=apps)
 

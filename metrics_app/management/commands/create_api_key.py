@@ -6,9 +6,9 @@ from typing import Any
 
 from django.core.management.base import BaseCommand, CommandError, CommandParser
 
-from metrics_app import services
+from metrics_app.ingest.validation import FieldError, check_business_id
+from metrics_app.keys import services as key_services
 from metrics_app.models import ApiKeyScope, Business
-from metrics_app.validation import FieldError, check_business_id
 
 
 class Command(BaseCommand):
@@ -43,12 +43,12 @@ class Command(BaseCommand):
             raise CommandError("--expires-in-days must be at least 1")
         if options["rate_limit"] is not None and options["rate_limit"] < 1:
             raise CommandError("--rate-limit must be at least 1")
-        key, raw = services.create_api_key(
+        key, raw = key_services.create_api_key(
             business=business,
             name=options["name"],
             can_ingest=ApiKeyScope.INGEST in scopes,
             can_read=ApiKeyScope.READ in scopes,
-            expires_at=services.expiry_in_days(options["expires_in_days"]),
+            expires_at=key_services.expiry_in_days(options["expires_in_days"]),
             rate_limit_per_minute=options["rate_limit"],
         )
         owner = business.id if business else "all businesses"

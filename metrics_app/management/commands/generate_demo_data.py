@@ -21,9 +21,9 @@ from django.core.management.base import BaseCommand, CommandError, CommandParser
 from django.db import DatabaseError
 from tqdm import tqdm
 
-from metrics_app import services
+from metrics_app.ingest import services
+from metrics_app.ingest.validation import check_event
 from metrics_app.models import Business
-from metrics_app.validation import check_event
 
 CHUNK_SIZE = 500  # the batch endpoint's own limit: one INSERT per chunk
 MAX_EVENTS = 50_000_000

@@ -1,6 +1,6 @@
 """`manage.py metrics_report`: how the AI receptionist did over a period, in the terminal.
 
-The figures are the analytics API's own (metrics_app.selectors), so the report,
+The figures are the analytics API's own (metrics_app.analytics.selectors), so the report,
 the API and the dashboard always agree.
 """
 
@@ -14,7 +14,7 @@ from django.core.management.base import BaseCommand, CommandError, CommandParser
 from django.db import DatabaseError
 from django.utils import timezone
 
-from metrics_app import selectors
+from metrics_app.analytics import selectors
 from metrics_app.models import Business
 
 Formatter = Callable[[Any], str]

@@ -7,7 +7,8 @@ from typing import Any
 from django.core.management.base import BaseCommand, CommandParser
 from tqdm import tqdm
 
-from metrics_app import conversations, rollups
+from metrics_app.analytics import rollups
+from metrics_app.conversations import services as conversations
 from metrics_app.models import AIMetric
 
 

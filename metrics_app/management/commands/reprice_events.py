@@ -9,8 +9,8 @@ from django.core.management.base import BaseCommand, CommandError, CommandParser
 from django.utils.dateparse import parse_datetime
 from tqdm import tqdm
 
-from metrics_app import pricing
 from metrics_app.models import AIMetric, Business, ModelPrice
+from metrics_app.pricing import services as pricing
 
 
 class Command(BaseCommand):

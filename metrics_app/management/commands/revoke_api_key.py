@@ -6,7 +6,7 @@ from typing import Any
 
 from django.core.management.base import BaseCommand, CommandError, CommandParser
 
-from metrics_app import services
+from metrics_app.keys import services as key_services
 from metrics_app.models import KEY_PREFIX_MARK, ApiKey
 
 
@@ -24,5 +24,5 @@ class Command(BaseCommand):
         if key is None:
             raise CommandError(f"no API key with prefix {prefix!r}")
         already = key.revoked_at is not None
-        services.revoke_api_key(key)
+        key_services.revoke_api_key(key)
         self.stdout.write(f"Key {key.prefix} ({key.name}) {'was already' if already else 'is now'} revoked.")

@@ -41,7 +41,7 @@ from prometheus_client import (
 )
 
 from metrics_app.errors import error_response
-from metrics_app.prometheus_exposition import render_directory
+from metrics_app.monitoring.exposition import render_directory
 
 logger = logging.getLogger(__name__)
 
@@ -199,7 +199,7 @@ class LabelPolicy:
 labels = LabelPolicy()
 
 
-# --- Listeners called by metrics_app.services after commit
+# --- Listeners called by metrics_app.ingest.services after commit
 
 
 def _is_failed(event: dict[str, Any]) -> bool:
@@ -297,7 +297,7 @@ class MetricsAfterMiddleware(PrometheusAfterMiddleware):
     def process_response(self, request: HttpRequest, response: HttpResponse) -> HttpResponse:
         match = getattr(request, "resolver_match", None)
         if match is not None and request.method == "POST":
-            from metrics_app import views
+            from metrics_app.ingest import views
 
             if match.func is views.track:
                 _count_ingest_answer("track", response)
@@ -401,7 +401,7 @@ def connect() -> None:
     from django.apps import apps
     from django.db.models.signals import post_delete, post_save
 
-    from metrics_app import services
+    from metrics_app.ingest import services
 
     services.on_events_stored(count_stored_events)
     services.on_bookings_recorded(count_recorded_bookings)

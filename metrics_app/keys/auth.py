@@ -11,7 +11,8 @@ from django.http import HttpRequest
 from django.utils import timezone
 from rest_framework import authentication, exceptions
 
-from metrics_app import database, rate_limit
+from metrics_app import database
+from metrics_app.keys import rate_limit
 from metrics_app.models import KEY_PREFIX_MARK, ApiKey
 
 

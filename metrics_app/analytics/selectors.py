@@ -27,8 +27,16 @@ from django.db import connection
 from django.db.models import Aggregate, Count, Exists, F, FloatField, OuterRef, Q, QuerySet, Sum
 from django.db.models.functions import ExtractHour, ExtractIsoWeekDay, Trunc
 
-from metrics_app import rollups
-from metrics_app.models import ALL_BUSINESSES, AIMetric, Conversation, ConversationRollup, CostBasis, EventRollup, LatencyRollup
+from metrics_app.analytics import rollups
+from metrics_app.models import (
+    ALL_BUSINESSES,
+    AIMetric,
+    Conversation,
+    ConversationRollup,
+    CostBasis,
+    EventRollup,
+    LatencyRollup,
+)
 
 PERCENTILES = (("p50", 0.5), ("p95", 0.95), ("p99", 0.99))
 FAILED = Q(success_rate=0) | Q(response_type="error")

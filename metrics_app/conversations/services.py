@@ -11,7 +11,7 @@ from django.db import connection, transaction
 from django.utils import timezone
 from django.utils.dateparse import parse_datetime
 
-from metrics_app import rollups
+from metrics_app.analytics import rollups
 from metrics_app.models import AIMetric, Conversation
 
 _FLAGS = ("appointment_requested", "appointment_booked", "human_handoff_requested")
@@ -147,7 +147,7 @@ def record_outcome(
     figures agree; a booking newly recorded is announced to the listeners
     (the Prometheus counter) once the transaction commits.
     """
-    from metrics_app import services  # services imports this module for ingest
+    from metrics_app.ingest import services  # services imports this module for ingest
 
     changed: list[str] = []
     with transaction.atomic():

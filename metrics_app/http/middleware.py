@@ -11,7 +11,7 @@ from django.http import HttpRequest, HttpResponse, QueryDict
 
 from metrics_app.database import is_busy
 from metrics_app.errors import database_unavailable, error_response, rate_limiter_unavailable
-from metrics_app.rate_limit import LimiterUnavailable
+from metrics_app.keys.rate_limit import LimiterUnavailable
 
 logger = logging.getLogger(__name__)
 

@@ -29,7 +29,7 @@ from prometheus_client import CollectorRegistry, generate_latest
 from prometheus_client.multiprocess import MultiProcessCollector
 from prometheus_client.utils import floatToGoString
 
-from metrics_app.prometheus_files import directory_lock
+from metrics_app.monitoring.files import directory_lock
 
 _INT = struct.Struct("i")  # native, as prometheus_client writes it
 ADDITIVE_TYPES = frozenset({"counter", "histogram", "summary"})

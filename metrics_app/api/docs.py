@@ -15,8 +15,8 @@ from django.conf import settings
 from django.http import HttpRequest, HttpResponse
 from drf_spectacular.views import SpectacularAPIView, SpectacularSwaggerView
 
-from metrics_app.auth import KeyRejected, authenticate_key, seconds_until_allowed
 from metrics_app.errors import too_many_requests, unauthorized
+from metrics_app.keys.auth import KeyRejected, authenticate_key, seconds_until_allowed
 
 View = Callable[..., HttpResponse]
 

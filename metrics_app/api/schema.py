@@ -13,14 +13,14 @@ from typing import Any
 from django.conf import settings
 from drf_spectacular.extensions import OpenApiAuthenticationExtension
 
-from metrics_app.validation import RULES
-from metrics_app.views import MAX_BATCH_EVENTS
+from metrics_app.ingest.validation import RULES
+from metrics_app.ingest.views import MAX_BATCH_EVENTS
 
 ERROR = {"$ref": "#/components/schemas/Error"}
 
 
 class ApiKeyAuthenticationScheme(OpenApiAuthenticationExtension):
-    target_class = "metrics_app.auth.ApiKeyAuthentication"
+    target_class = "metrics_app.keys.auth.ApiKeyAuthentication"
     name = "bearerAuth"
 
     def get_security_definition(self, auto_schema: Any) -> dict[str, Any]:

@@ -1,4 +1,5 @@
-"""Writes to the event store: ingesting events, creating and revoking API keys."""
+"""Writes of the ingest: storing events once, with their prices, conversations and rollups.
+"""
 
 from __future__ import annotations
 
@@ -9,16 +10,16 @@ import operator
 import time
 import uuid
 from dataclasses import dataclass
-from datetime import datetime, timedelta
 from typing import Any, Callable, Iterable
 
 from django.db import connection, transaction
 from django.utils import timezone
 
-from metrics_app import conversations, pricing, rollups
-from metrics_app.models import AIMetric, ApiKey, Business
-from metrics_app.rules import business_id_problem
-from metrics_app.validation import FIELD_NAMES
+from metrics_app.analytics import rollups
+from metrics_app.conversations import services as conversations
+from metrics_app.ingest.validation import FIELD_NAMES
+from metrics_app.models import AIMetric, Business
+from metrics_app.pricing import services as pricing
 
 logger = logging.getLogger(__name__)
 
@@ -30,41 +31,36 @@ _COLUMNS = (*FIELD_NAMES, "created_at", "cost_usd", "cost_basis")
 # reaches a listener.
 _stored_listeners: list[Callable[[list[dict[str, Any]]], None]] = []
 
-
 def on_events_stored(listener: Callable[[list[dict[str, Any]]], None]) -> None:
     if listener not in _stored_listeners:
         _stored_listeners.append(listener)
-
 
 # Called after commit with (business_id, model_name) for each event that became
 # booked after it was stored (an outcome recorded later, by another system).
 _booked_listeners: list[Callable[[list[tuple[str, str | None]]], None]] = []
 
-
 def on_bookings_recorded(listener: Callable[[list[tuple[str, str | None]]], None]) -> None:
     if listener not in _booked_listeners:
         _booked_listeners.append(listener)
-
 
 def notify_bookings_recorded(booked: list[tuple[str, str | None]]) -> None:
     """Tell listeners, once the current transaction commits, about events newly marked booked."""
     if booked and _booked_listeners:
         transaction.on_commit(lambda: _call_all(_booked_listeners, booked))
 
-
 @dataclass(frozen=True)
 class StoredOutcome:
     event_id: uuid.UUID
     created: bool
 
-
 # Business ids this process has created or seen in the database, forgotten now
 # and then so that a business deleted in the admin (only possible while it has
 # no events) is created again by its next event.
 _known_businesses: set[str] = set()
-_KNOWN_BUSINESSES_TTL = 300.0
-_known_since = time.monotonic()
 
+_KNOWN_BUSINESSES_TTL = 300.0
+
+_known_since = time.monotonic()
 
 def ensure_businesses(business_ids: Iterable[str]) -> None:
     """Create a Business row for each id not yet known (display name = id)."""
@@ -80,7 +76,6 @@ def ensure_businesses(business_ids: Iterable[str]) -> None:
     # process must not skip the insert and commit events before this one does.
     transaction.on_commit(lambda: _known_businesses.update(missing))
 
-
 def _row_values() -> Callable[[dict[str, Any]], tuple[Any, ...]]:
     """A function from an event dict to its column values, as the database driver takes them."""
     values = operator.itemgetter(*_COLUMNS)
@@ -95,7 +90,6 @@ def _row_values() -> Callable[[dict[str, Any]], tuple[Any, ...]]:
             convert.append(None)
     return lambda row: tuple(value if c is None else c(value) for c, value in zip(convert, values(row)))
 
-
 @functools.lru_cache(maxsize=64)
 def _insert_sql(vendor: str, count: int) -> str:
     table = connection.ops.quote_name(AIMetric._meta.db_table)
@@ -105,7 +99,6 @@ def _insert_sql(vendor: str, count: int) -> str:
         f"INSERT INTO {table} ({columns}) VALUES {', '.join([placeholder] * count)} "
         f"ON CONFLICT (business_id, event_id) DO NOTHING RETURNING business_id, event_id"
     )
-
 
 def _insert_events(rows: list[dict[str, Any]]) -> set[tuple[str, uuid.UUID]]:
     """Insert rows with one statement, skipping (business_id, event_id) pairs that exist.
@@ -122,7 +115,6 @@ def _insert_events(rows: list[dict[str, Any]]) -> set[tuple[str, uuid.UUID]]:
         (business_id, value if isinstance(value, uuid.UUID) else uuid.UUID(str(value)))
         for business_id, value in returned
     }
-
 
 def record_events(events: list[dict[str, Any]]) -> list[StoredOutcome]:
     """Store validated events once each; report, in order, which were new.
@@ -163,7 +155,6 @@ def record_events(events: list[dict[str, Any]]) -> list[StoredOutcome]:
         transaction.on_commit(lambda: _call_all(_stored_listeners, stored))
     return outcomes
 
-
 def _store(rows: list[dict[str, Any]]) -> set[tuple[str, uuid.UUID]]:
     with transaction.atomic():
         ensure_businesses({row["business_id"] for row in rows})
@@ -176,57 +167,9 @@ def _store(rows: list[dict[str, Any]]) -> set[tuple[str, uuid.UUID]]:
             rollups.add_events(new_rows)
         return inserted
 
-
 def _call_all(listeners: list[Callable[[Any], None]], items: list[Any]) -> None:
     for listener in listeners:
         try:
             listener(items)
         except Exception:  # a listener must never fail a write that has committed
             logger.exception("listener %r failed for %d items", listener, len(items))
-
-
-# --- API keys
-
-
-def create_api_key(
-    *,
-    business: Business | None,
-    name: str,
-    can_ingest: bool = True,
-    can_read: bool = False,
-    expires_at: datetime | None = None,
-    rate_limit_per_minute: int | None = None,
-    created_by: Any = None,
-) -> tuple[ApiKey, str]:
-    """Make a key and return it with its raw value, which is shown once and never stored."""
-    if business is None and can_ingest:
-        raise ValueError("an agency key (no business) may only read")
-    if not (can_ingest or can_read):
-        raise ValueError("a key needs at least one scope")
-    problem = business_id_problem(business.pk) if business is not None else None
-    if problem is not None:
-        raise ValueError(f"business id {business.pk!r} {problem}; its data stays readable, but it gets no new keys")
-    raw, prefix, hashed = ApiKey.generate()
-    key = ApiKey.objects.create(
-        business=business,
-        name=name,
-        prefix=prefix,
-        hashed_key=hashed,
-        can_ingest=can_ingest,
-        can_read=can_read,
-        expires_at=expires_at,
-        rate_limit_per_minute=rate_limit_per_minute,
-        created_by=created_by if getattr(created_by, "pk", None) else None,
-    )
-    return key, raw
-
-
-def revoke_api_key(key: ApiKey) -> ApiKey:
-    if key.revoked_at is None:
-        key.revoked_at = timezone.now()
-        key.save(update_fields=["revoked_at"])
-    return key
-
-
-def expiry_in_days(days: int | None) -> datetime | None:
-    return timezone.now() + timedelta(days=days) if days else None

@@ -208,7 +208,7 @@ def reprice(
             with transaction.atomic():
                 model.objects.bulk_update(updates, ["cost_usd", "cost_basis"], batch_size=500)
                 if update_rollups:
-                    from metrics_app import rollups
+                    from metrics_app.analytics import rollups
 
                     rollups.replace_costs(before, after)
             changed += len(updates)

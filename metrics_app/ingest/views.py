@@ -1,4 +1,4 @@
-"""The chat app's endpoints: /health, /track and /track/batch.
+"""The chat app's ingest endpoints: /track and /track/batch.
 
 These are plain Django views rather than DRF ones: they are the hot path, and
 their parsing, validation and answers are all the service's own.
@@ -11,21 +11,21 @@ from typing import Any
 
 import orjson
 from django.conf import settings
-from django.db import connection
-from django.http import HttpRequest, HttpResponse, JsonResponse
+from django.http import HttpRequest, HttpResponse
 from django.views.decorators.csrf import csrf_exempt
 
-from metrics_app import database, json_bodies, services
-from metrics_app.auth import KeyRejected, authenticate_key, seconds_until_allowed
-from metrics_app.errors import error_response, too_many_requests, unauthorized
+from metrics_app.errors import error_response, method_not_allowed, too_many_requests, unauthorized
+from metrics_app.http import bodies as json_bodies
+from metrics_app.ingest import services
+from metrics_app.ingest.validation import check_event
+from metrics_app.keys.auth import KeyRejected, authenticate_key, seconds_until_allowed
 from metrics_app.models import ApiKey
-from metrics_app.validation import check_event
 
 MAX_EVENT_BYTES = 64 * 1024
-MAX_BATCH_BYTES = 1024 * 1024
-MAX_BATCH_EVENTS = 500
-SERVICE_NAME = "mlops-service"
 
+MAX_BATCH_BYTES = 1024 * 1024
+
+MAX_BATCH_EVENTS = 500
 
 class Refused(Exception):
     """A request refused with a complete error response."""
@@ -33,20 +33,11 @@ class Refused(Exception):
     def __init__(self, response: HttpResponse) -> None:
         self.response = response
 
-
 def _json(data: Any, status: int = 200) -> HttpResponse:
     return HttpResponse(orjson.dumps(data), status=status, content_type="application/json")
 
-
 def _now_iso() -> str:
     return datetime.now(UTC).isoformat()
-
-
-def _method_not_allowed(allowed: str) -> HttpResponse:
-    response = error_response(405, "Method not allowed", {"method": [f"use {allowed}"]})
-    response["Allow"] = allowed
-    return response
-
 
 def _ingest_key(request: HttpRequest) -> ApiKey | None:
     """The request's ingest key; None in development when no key was sent."""
@@ -65,7 +56,6 @@ def _ingest_key(request: HttpRequest) -> ApiKey | None:
         raise Refused(too_many_requests(wait))
     return key
 
-
 def _json_body(request: HttpRequest, max_bytes: int) -> Any:
     content_type = request.content_type or ""
     if content_type != "application/json" and not content_type.endswith("+json"):
@@ -77,54 +67,18 @@ def _json_body(request: HttpRequest, max_bytes: int) -> Any:
     except json_bodies.BodyRefused as refused:
         raise Refused(refused.response()) from None
 
-
 def _ingest_request(request: HttpRequest, max_bytes: int) -> tuple[ApiKey | None, Any]:
     """The key and parsed body of an ingest request, or Refused with the answer to give."""
     if request.method != "POST":
-        raise Refused(_method_not_allowed("POST"))
+        raise Refused(method_not_allowed("POST"))
     key = _ingest_key(request)
     return key, _json_body(request, max_bytes)
-
 
 def _outside_business(key: ApiKey, business_id: str) -> HttpResponse:
     return error_response(
         403, "This API key may not write that business",
         {"business_id": [f"this key belongs to {key.business_id!r}, not {business_id!r}"]},
     )
-
-
-@csrf_exempt
-def health(request: HttpRequest) -> HttpResponse:
-    """Liveness with a real database round trip; 503 when the database is away or busy.
-
-    "busy" is an SQLite file whose write lock another writer holds: reads work,
-    writes wait. Production says only what a load balancer needs; development
-    adds the environment, the database vendor and the error's type.
-    """
-    if request.method not in ("GET", "HEAD"):
-        return _method_not_allowed("GET, HEAD")
-    details = settings.MLOPS_ENV != "production"
-    body: dict[str, Any] = {
-        "status": "healthy",
-        "service": SERVICE_NAME,
-        "timestamp": _now_iso(),
-        "monitoring": "prometheus",
-        "database": {"status": "ok"},
-    }
-    if details:
-        body["environment"] = settings.MLOPS_ENV
-        body["database"]["vendor"] = connection.vendor
-    checked = database.probe(connection)
-    if checked.state != database.OK:
-        body["status"] = "unhealthy"
-        body["database"]["status"] = checked.state
-        if details:
-            body["database"]["error"] = checked.error
-        response = JsonResponse(body, status=503)
-        response["Retry-After"] = str(settings.MLOPS_RETRY_AFTER_SECONDS)
-        return response
-    return JsonResponse(body)
-
 
 @csrf_exempt
 def track(request: HttpRequest) -> HttpResponse:
@@ -155,7 +109,6 @@ def track(request: HttpRequest) -> HttpResponse:
     if checked.ignored_fields:
         body["ignored_fields"] = checked.ignored_fields
     return _json(body, status=201 if outcome.created else 200)
-
 
 @csrf_exempt
 def track_batch(request: HttpRequest) -> HttpResponse:

@@ -11,9 +11,10 @@ from django.http import HttpRequest, HttpResponse
 from django.template.response import TemplateResponse
 from django.utils import timezone
 
-from metrics_app import access, services
+from metrics_app import access
 from metrics_app.access import visible_business_ids, visible_businesses, visible_rows
-from metrics_app.admin_actions import CheckedSelectionAdmin
+from metrics_app.console.actions import CheckedSelectionAdmin
+from metrics_app.keys import services as key_services
 from metrics_app.models import ApiKey, Business
 from metrics_app.rules import business_id_problem
 
@@ -125,7 +126,7 @@ class ApiKeyAdmin(CheckedSelectionAdmin):
         if change:
             super().save_model(request, obj, form, change)
             return
-        key, raw = services.create_api_key(
+        key, raw = key_services.create_api_key(
             business=form.cleaned_data.get("business"),
             name=form.cleaned_data["name"],
             can_ingest=form.cleaned_data.get("can_ingest", False),
@@ -157,7 +158,7 @@ class ApiKeyAdmin(CheckedSelectionAdmin):
     def revoke_selected(self, request: HttpRequest, queryset: QuerySet[ApiKey]) -> None:
         revoked = 0
         for key in queryset.filter(revoked_at__isnull=True):
-            services.revoke_api_key(key)
+            key_services.revoke_api_key(key)
             revoked += 1
         self.message_user(request, f"Revoked {revoked} API key(s).", messages.SUCCESS)
 

@@ -1,0 +1,115 @@
+"""Query parameters of the analytics and conversations API, and the filters they become after the access check.
+"""
+
+from __future__ import annotations
+
+import zoneinfo
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+from django.utils import timezone
+from rest_framework import serializers
+from rest_framework.exceptions import PermissionDenied
+from rest_framework.request import Request
+
+from metrics_app import access
+from metrics_app.analytics import selectors
+
+MAX_RANGE = timedelta(days=400)
+
+# Periods stay well inside the calendar, so local-time arithmetic in any zone cannot overflow.
+EARLIEST = datetime(2000, 1, 1, tzinfo=UTC)
+
+LATEST = datetime(2100, 1, 1, tzinfo=UTC)
+
+DEFAULT_RANGE = timedelta(days=7)
+
+def _refuse_outside_calendar(**moments: datetime | None) -> None:
+    outside = {name: ["must be between 2000-01-01 and 2100-01-01"]
+               for name, moment in moments.items() if moment is not None and not EARLIEST <= moment <= LATEST}
+    if outside:
+        raise serializers.ValidationError(outside)
+
+class AnalyticsQuerySerializer(serializers.Serializer):
+    business_id = serializers.CharField(required=False, max_length=255, help_text="One business; all visible ones when absent.")
+    start = serializers.DateTimeField(required=False, help_text="ISO 8601; default `end` minus 7 days. A time without a zone is UTC.")
+    end = serializers.DateTimeField(required=False, help_text="ISO 8601, exclusive; default now.")
+    model = serializers.CharField(required=False, max_length=100)
+    intent = serializers.CharField(required=False, max_length=100)
+    prompt_version = serializers.CharField(required=False, max_length=100)
+    kb_version = serializers.CharField(required=False, max_length=100)
+    tz = serializers.CharField(
+        required=False, max_length=64,
+        help_text="IANA time zone of buckets and hours; default the business's zone for one business, else UTC.",
+    )
+
+    def validate_tz(self, value: str) -> str:
+        try:
+            zoneinfo.ZoneInfo(value)
+        except (zoneinfo.ZoneInfoNotFoundError, ValueError):
+            raise serializers.ValidationError("not an IANA time zone such as Europe/London") from None
+        return value
+
+    def validate(self, attrs: dict[str, Any]) -> dict[str, Any]:
+        end = attrs.get("end") or timezone.now()
+        # Checked before the default start is derived: `end - 7 days` overflows for an end in year 1.
+        _refuse_outside_calendar(start=attrs.get("start"), end=end)
+        start = attrs.get("start") or end - DEFAULT_RANGE
+        _refuse_outside_calendar(start=start)
+        if start >= end:
+            raise serializers.ValidationError({"start": ["must be before end"]})
+        if end - start > MAX_RANGE:
+            raise serializers.ValidationError({"start": [f"the period may span at most {MAX_RANGE.days} days"]})
+        attrs["start"], attrs["end"] = start, end
+        return attrs
+
+class TimeseriesQuerySerializer(AnalyticsQuerySerializer):
+    bucket = serializers.ChoiceField(choices=["hour", "day"], default="day")
+    percentiles = serializers.BooleanField(
+        required=False, default=True,
+        help_text="false leaves latency_p50/p95/p99_ms null in every bucket: much faster for long hourly series.",
+    )
+
+    def validate(self, attrs: dict[str, Any]) -> dict[str, Any]:
+        attrs = super().validate(attrs)
+        if attrs["bucket"] == "hour" and attrs["end"] - attrs["start"] > timedelta(hours=selectors.BUCKET_LIMIT):
+            raise serializers.ValidationError({"bucket": [f"hour buckets cover at most {selectors.BUCKET_LIMIT} hours; use day"]})
+        return attrs
+
+class BreakdownQuerySerializer(AnalyticsQuerySerializer):
+    limit = serializers.IntegerField(required=False, default=20, min_value=1, max_value=100)
+
+def _query(request: Request, serializer_class: type[serializers.Serializer]) -> tuple[selectors.Filters, dict[str, Any]]:
+    query = serializer_class(data=request.query_params)
+    query.is_valid(raise_exception=True)
+    data = query.validated_data
+    visible = access.visible_business_ids(request.user)
+    business_id = data.get("business_id")
+    if business_id is not None:
+        if visible is not None and business_id not in visible:
+            raise PermissionDenied("You may not read that business")
+        businesses: frozenset[str] | None = frozenset([business_id])
+    else:
+        businesses = frozenset(visible) if visible is not None else None
+    tz_name = data.get("tz") or selectors.time_zone_of(businesses)
+    filters = selectors.Filters(
+        businesses=businesses, start=data["start"], end=data["end"], tz=zoneinfo.ZoneInfo(tz_name),
+        model=data.get("model"), intent=data.get("intent"),
+        prompt_version=data.get("prompt_version"), kb_version=data.get("kb_version"),
+    )
+    return filters, data
+
+def _period(filters: selectors.Filters) -> dict[str, Any]:
+    return {
+        "start": filters.start.isoformat(),
+        "end": filters.end.isoformat(),
+        "time_zone": filters.tz.key,
+        "business_ids": sorted(filters.businesses) if filters.businesses is not None else None,
+    }
+
+class ConversationQuerySerializer(AnalyticsQuerySerializer):
+    conversation_id = serializers.CharField(required=False, max_length=255)
+    booked = serializers.BooleanField(required=False, allow_null=True, default=None)
+    handed_off = serializers.BooleanField(required=False, allow_null=True, default=None)
+    limit = serializers.IntegerField(required=False, default=50, min_value=1, max_value=200)
+    offset = serializers.IntegerField(required=False, default=0, min_value=0, max_value=100_000)

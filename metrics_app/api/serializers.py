@@ -1,0 +1,195 @@
+"""Shapes of the analytics and conversations API: the error body, and what each answer holds.
+
+They document the answers (the selectors build the same keys) and validate the outcome body.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from drf_spectacular.utils import OpenApiResponse
+from rest_framework import serializers
+
+from metrics_app.analytics import selectors
+
+
+class ErrorSerializer(serializers.Serializer):
+    error = serializers.CharField(help_text="One-line summary.")
+    errors = serializers.DictField(
+        child=serializers.ListField(child=serializers.CharField()), help_text="Reasons, by field."
+    )
+
+def _errors(*codes: int) -> dict[int, OpenApiResponse]:
+    meaning = {
+        400: "Invalid query or body; `errors` names each bad field.",
+        401: "No API key or session, or an unknown, revoked or expired key (with WWW-Authenticate).",
+        403: "The key lacks the scope, or asks about a business it may not see.",
+        404: "No such conversation (or not one this caller may see).",
+        405: "Method not allowed.",
+        429: "Too many requests for this key (with Retry-After).",
+        503: "The database is unavailable (with Retry-After).",
+    }
+    return {code: OpenApiResponse(ErrorSerializer, description=meaning[code]) for code in codes}
+
+READ_ERRORS = _errors(400, 401, 403, 405, 429, 503)
+
+class PeriodSerializer(serializers.Serializer):
+    start = serializers.DateTimeField()
+    end = serializers.DateTimeField()
+    time_zone = serializers.CharField()
+    business_ids = serializers.ListField(child=serializers.CharField(), allow_null=True,
+                                         help_text="null: every business the caller may see.")
+
+def _float(help_text: str = "", null: bool = True) -> serializers.FloatField:
+    return serializers.FloatField(allow_null=null, help_text=help_text)
+
+class EventFiguresSerializer(serializers.Serializer):
+    events = serializers.IntegerField()
+    errors = serializers.IntegerField(help_text="Failed replies: success_rate 0 or response_type \"error\".")
+    error_rate = _float("errors / events")
+    success_rate = _float("mean success_rate of the events")
+    latency_mean_ms = _float()
+    latency_p50_ms = _float("exact (percentile_cont)")
+    latency_p95_ms = _float("exact (percentile_cont)")
+    latency_p99_ms = _float("exact (percentile_cont)")
+    tokens = serializers.IntegerField()
+    input_tokens = serializers.IntegerField()
+    output_tokens = serializers.IntegerField()
+    cost_usd = _float("analytics cost: the server's price when the model has one, else the client's figure", null=False)
+    client_cost_usd = _float("sum of the clients' api_cost_usd", null=False)
+    unpriced_events = serializers.IntegerField()
+    estimated_cost_events = serializers.IntegerField()
+    appointments_requested = serializers.IntegerField(help_text="events")
+    appointments_booked = serializers.IntegerField(help_text="events")
+    human_handoffs = serializers.IntegerField(help_text="events")
+
+class ConversationFiguresSerializer(serializers.Serializer):
+    conversations = serializers.IntegerField(help_text="conversations that started in the period")
+    conversations_with_request = serializers.IntegerField()
+    conversations_booked = serializers.IntegerField()
+    conversations_handed_off = serializers.IntegerField()
+    appointment_request_rate = _float()
+    booking_rate = _float()
+    handoff_rate = _float()
+    cost_per_conversation_usd = _float("cost_usd / conversations")
+    cost_per_booked_appointment_usd = _float("cost_usd / conversations_booked")
+
+class SummaryFiguresSerializer(EventFiguresSerializer, ConversationFiguresSerializer):
+    pass
+
+class SummarySerializer(serializers.Serializer):
+    period = PeriodSerializer()
+    summary = SummaryFiguresSerializer()
+
+class FunnelStepSerializer(serializers.Serializer):
+    step = serializers.ChoiceField(choices=["conversations", "appointment_requested", "appointment_booked"])
+    conversations = serializers.IntegerField()
+    share_of_conversations = _float()
+
+class FunnelFiguresSerializer(serializers.Serializer):
+    steps = FunnelStepSerializer(many=True)
+    human_handoffs = serializers.IntegerField()
+    handoff_rate = _float()
+    booked_of_requested = _float()
+
+class FunnelSerializer(serializers.Serializer):
+    period = PeriodSerializer()
+    funnel = FunnelFiguresSerializer()
+
+class BucketSerializer(SummaryFiguresSerializer):
+    start = serializers.DateTimeField(help_text="Local start of the bucket, with its UTC offset.")
+
+class TimeseriesSerializer(serializers.Serializer):
+    period = PeriodSerializer()
+    bucket = serializers.ChoiceField(choices=["hour", "day"])
+    series = BucketSerializer(many=True)
+
+class BreakdownRowSerializer(EventFiguresSerializer):
+    key = serializers.CharField(allow_null=True, help_text="The dimension's value; null when events had none.")
+    conversations = serializers.IntegerField(help_text="distinct conversations among these events")
+
+class BreakdownSerializer(serializers.Serializer):
+    period = PeriodSerializer()
+    dimension = serializers.ChoiceField(choices=sorted(selectors.DIMENSIONS))
+    rows = BreakdownRowSerializer(many=True)
+
+class PeakCellSerializer(serializers.Serializer):
+    weekday = serializers.IntegerField(min_value=1, max_value=7, help_text="ISO weekday: 1 Monday .. 7 Sunday")
+    hour = serializers.IntegerField(min_value=0, max_value=23)
+    events = serializers.IntegerField()
+    errors = serializers.IntegerField()
+    latency_mean_ms = _float()
+    appointments_booked = serializers.IntegerField()
+    human_handoffs = serializers.IntegerField()
+
+class PeakHoursSerializer(serializers.Serializer):
+    period = PeriodSerializer()
+    cells = PeakCellSerializer(many=True)
+
+class ConversationSerializer(serializers.Serializer):
+    id = serializers.IntegerField()
+    business_id = serializers.CharField()
+    conversation_id = serializers.CharField()
+    first_at = serializers.DateTimeField()
+    last_at = serializers.DateTimeField()
+    turns = serializers.IntegerField()
+    tokens = serializers.IntegerField()
+    cost_usd = serializers.FloatField()
+    unpriced_events = serializers.IntegerField()
+    latency_mean_ms = serializers.FloatField(allow_null=True)
+    errors = serializers.IntegerField()
+    appointment_requested = serializers.BooleanField()
+    appointment_booked = serializers.BooleanField()
+    human_handoff_requested = serializers.BooleanField()
+    outcome_recorded_at = serializers.DateTimeField(allow_null=True)
+    outcome_note = serializers.CharField(allow_blank=True)
+
+class ConversationListSerializer(serializers.Serializer):
+    period = PeriodSerializer()
+    count = serializers.IntegerField(help_text="conversations on this page")
+    next_offset = serializers.IntegerField(allow_null=True)
+    conversations = ConversationSerializer(many=True)
+
+class EventSerializer(serializers.Serializer):
+    event_id = serializers.UUIDField()
+    timestamp = serializers.DateTimeField()
+    response_time_ms = serializers.IntegerField(allow_null=True)
+    success_rate = serializers.FloatField()
+    tokens_used = serializers.IntegerField(allow_null=True)
+    input_tokens = serializers.IntegerField(allow_null=True)
+    output_tokens = serializers.IntegerField(allow_null=True)
+    cost_usd = serializers.FloatField(allow_null=True)
+    cost_basis = serializers.CharField()
+    api_cost_usd = serializers.FloatField(allow_null=True)
+    model_name = serializers.CharField(allow_null=True)
+    intent_detected = serializers.CharField(allow_null=True)
+    response_type = serializers.CharField(allow_null=True)
+    appointment_requested = serializers.BooleanField()
+    appointment_booked = serializers.BooleanField()
+    human_handoff_requested = serializers.BooleanField()
+    prompt_version = serializers.CharField(allow_null=True)
+    kb_version = serializers.CharField(allow_null=True)
+
+class ConversationDetailSerializer(ConversationSerializer):
+    events = EventSerializer(many=True)
+
+class OutcomeSerializer(serializers.Serializer):
+    business_id = serializers.CharField(required=False, max_length=255,
+                                        help_text="Required for a staff session; a business key implies it.")
+    conversation_id = serializers.CharField(max_length=255)
+    appointment_booked = serializers.BooleanField(required=False, default=False)
+    appointment_requested = serializers.BooleanField(required=False, default=False)
+    human_handoff_requested = serializers.BooleanField(required=False, default=False)
+    note = serializers.CharField(required=False, allow_blank=True, max_length=300, default="")
+
+    def validate(self, attrs: dict[str, Any]) -> dict[str, Any]:
+        if not (attrs["appointment_booked"] or attrs["appointment_requested"] or attrs["human_handoff_requested"]):
+            raise serializers.ValidationError(
+                {"non_field_errors": ["set at least one of appointment_booked, appointment_requested, "
+                                      "human_handoff_requested to true"]}
+            )
+        return attrs
+
+class OutcomeResultSerializer(serializers.Serializer):
+    changed = serializers.ListField(child=serializers.CharField(), help_text="Flags this request turned on.")
+    conversation = ConversationSerializer()
