@@ -250,6 +250,25 @@ def _process_one(
     cache_dir: Path,
     embed: Callable[[list[str]], list[Any]],
 ) -> DocumentResult:
+    result = _placed(path, raw_dir)
+    if result.reason or _refused(result, params):
+        return result
+    try:
+        data = path.read_bytes()
+    except OSError as exc:
+        result.reason, result.detail = SkipReason.CORRUPT, f"cannot read: {exc}"
+        return result
+    result.sha256 = hashlib.sha256(data).hexdigest()
+    cached = _cached_reading(result, data, params, limits, cache_dir, embed)
+    if "reason" in cached:
+        result.reason, result.detail = cached["reason"], cached["detail"]
+        return result
+    _take_chunks(result, cached, params)
+    return result
+
+
+def _placed(path: Path, raw_dir: Path) -> DocumentResult:
+    """The file's business, place and size; skipped (with a reason) when it cannot be sized or has no business."""
     relative = path.relative_to(raw_dir)
     fmt = format_of(path)
     try:
@@ -266,60 +285,82 @@ def _process_one(
             SkipReason.NO_BUSINESS_FOLDER,
             "documents live in a folder named after their business id",
         )
-    business_id, source = relative.parts[0], Path(*relative.parts[1:]).as_posix()
-    result = DocumentResult(business_id, source, fmt, size, "skipped")
-    if size > params.max_file_size_mb * 1024 * 1024:
-        result.reason, result.detail = SkipReason.TOO_LARGE, f"{size} bytes, over {params.max_file_size_mb} MB"
-        return result
-    if fmt not in params.supported_formats:
+    return DocumentResult(relative.parts[0], Path(*relative.parts[1:]).as_posix(), fmt, size, "skipped")
+
+
+def _refused(result: DocumentResult, params: ProcessParams) -> bool:
+    """True (with the reason set) for a file too large to read or of a format the pipeline does not take."""
+    if result.size_bytes > params.max_file_size_mb * 1024 * 1024:
+        result.reason = SkipReason.TOO_LARGE
+        result.detail = f"{result.size_bytes} bytes, over {params.max_file_size_mb} MB"
+        return True
+    if result.format not in params.supported_formats:
         result.reason = SkipReason.UNSUPPORTED_FORMAT
-        result.detail = f".{fmt} is not one of {', '.join(params.supported_formats)}" if fmt else "no file extension"
-        return result
-    try:
-        data = path.read_bytes()
-    except OSError as exc:
-        result.reason, result.detail = SkipReason.CORRUPT, f"cannot read: {exc}"
-        return result
-    result.sha256 = hashlib.sha256(data).hexdigest()
+        result.detail = (
+            f".{result.format} is not one of {', '.join(params.supported_formats)}"
+            if result.format
+            else "no file extension"
+        )
+        return True
+    return False
+
+
+def _cached_reading(
+    result: DocumentResult,
+    data: bytes,
+    params: ProcessParams,
+    limits: ReadLimits,
+    cache_dir: Path,
+    embed: Callable[[list[str]], list[Any]],
+) -> dict[str, Any]:
+    """The file's chunks and embeddings (or why it was skipped), from the cache when this content was read before
+    with the same settings."""
     cache_key = _digest(
-        PIPELINE_VERSION, result.sha256, fmt, params.max_chunk_chars, params.embedding_method, asdict(limits)
+        PIPELINE_VERSION, result.sha256, result.format, params.max_chunk_chars, params.embedding_method, asdict(limits)
     )
     cache_file = cache_dir / cache_key[:2] / f"{cache_key}.json"
-    cached: dict[str, Any] | None = None
     if cache_file.exists():
         try:
-            cached = json.loads(cache_file.read_text(encoding="utf-8"))
-            result.from_cache = True
+            cached: dict[str, Any] = json.loads(cache_file.read_text(encoding="utf-8"))
         except (OSError, ValueError):
-            cached = None
-    if cached is None:
-        try:
-            reading = read_sections(data, fmt, limits)
-            chunks = chunk_sections(reading.sections, params.max_chunk_chars)
-        except UnreadableDocument as exc:
-            cached = {"reason": exc.reason, "detail": exc.detail}
-        except Exception as exc:  # parsers of untrusted files fail in many ways; one file never stops the run
-            cached = {"reason": SkipReason.CORRUPT, "detail": f"{type(exc).__name__}: {exc}"[:300]}
+            pass
         else:
-            # Embedding errors (a missing optional package) stop the stage: they are not the file's fault.
-            embeddings = embed([f"{c.section}\n{c.text}" if c.section else c.text for c in chunks])
-            cached = {
-                "chunks": [
-                    {"section": c.section, "position": c.position, "text": c.text, "embedding": e}
-                    for c, e in zip(chunks, embeddings, strict=True)
-                ],
-                "cut": reading.cut,
-                "cut_detail": reading.cut_detail,
-            }
-        _write_json(cache_file, cached)
-    if "reason" in cached:
-        result.reason, result.detail = cached["reason"], cached["detail"]
-        return result
+            result.from_cache = True
+            return cached
+    cached = _read_and_embed(data, result.format, params, limits, embed)
+    _write_json(cache_file, cached)
+    return cached
+
+
+def _read_and_embed(
+    data: bytes, fmt: str, params: ProcessParams, limits: ReadLimits, embed: Callable[[list[str]], list[Any]]
+) -> dict[str, Any]:
+    try:
+        reading = read_sections(data, fmt, limits)
+        chunks = chunk_sections(reading.sections, params.max_chunk_chars)
+    except UnreadableDocument as exc:
+        return {"reason": exc.reason, "detail": exc.detail}
+    except Exception as exc:  # parsers of untrusted files fail in many ways; one file never stops the run
+        return {"reason": SkipReason.CORRUPT, "detail": f"{type(exc).__name__}: {exc}"[:300]}
+    # Embedding errors (a missing optional package) stop the stage: they are not the file's fault.
+    embeddings = embed([f"{c.section}\n{c.text}" if c.section else c.text for c in chunks])
+    return {
+        "chunks": [
+            {"section": c.section, "position": c.position, "text": c.text, "embedding": e}
+            for c, e in zip(chunks, embeddings, strict=True)
+        ],
+        "cut": reading.cut,
+        "cut_detail": reading.cut_detail,
+    }
+
+
+def _take_chunks(result: DocumentResult, cached: dict[str, Any], params: ProcessParams) -> None:
+    """Processed, with its chunk records, unless too little text was read."""
     result.text_length = sum(len(c["text"]) for c in cached["chunks"])
     if result.text_length < params.min_text_length:
         result.reason = SkipReason.TOO_LITTLE_TEXT if result.text_length else SkipReason.EMPTY
         result.detail = f"{result.text_length} characters of text, under {params.min_text_length}"
-        return result
+        return
     result.status = "processed"
     result.chunks = len(cached["chunks"])
     if cached.get("cut"):
@@ -327,9 +368,10 @@ def _process_one(
         result.cut, result.reason = cached["cut"], SkipReason.TRUNCATED
         result.detail = f"{cached['cut_detail']}; the rest was left out (limit: {LIMIT_SETTINGS[result.cut]})"
     for chunk in cached["chunks"]:
-        chunk_id = _digest(business_id, source, chunk["position"], chunk["text"])[:16]
-        result.chunk_records.append({"id": chunk_id, "business_id": business_id, "source": source, **chunk})
-    return result
+        chunk_id = _digest(result.business_id, result.source, chunk["position"], chunk["text"])[:16]
+        result.chunk_records.append(
+            {"id": chunk_id, "business_id": result.business_id, "source": result.source, **chunk}
+        )
 
 
 def process_documents(

@@ -24,7 +24,10 @@ import zlib
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:  # pypdf is imported when a PDF is read, not when the module loads
+    from pypdf import PdfReader
 
 
 class SkipReason:
@@ -156,7 +159,8 @@ def sections_from_plain_text(text: str) -> list[Section]:
         if lines[index].strip():
             upcoming = lines[index].strip()
     sections: list[Section] = []
-    title, body = "", []
+    title = ""
+    body: list[str] = []
     last_heading = -2
     for index, line in enumerate(lines):
         stripped = line.strip()
@@ -190,7 +194,8 @@ _MD_HEADING = re.compile(r"^\s{0,3}(#{1,6})\s+(.*?)\s*#*\s*$")
 
 def sections_from_markdown(text: str) -> list[Section]:
     sections: list[Section] = []
-    title, body = "", []
+    title = ""
+    body: list[str] = []
     in_code = False
     for line in text.splitlines():
         if line.strip().startswith("```"):
@@ -227,32 +232,12 @@ def read_md(data: bytes, budget: _Budget) -> list[Section]:
 
 
 def read_pdf(data: bytes, budget: _Budget) -> list[Section]:
-    from pypdf import PdfReader
     from pypdf.errors import FileNotDecryptedError, PdfReadError
 
     if not data.lstrip()[:5].startswith(b"%PDF-"):
         raise UnreadableDocument(SkipReason.MISLABELLED, "not a PDF file (no %PDF- header)")
     try:
-        reader = PdfReader(io.BytesIO(data))
-        if reader.is_encrypted:
-            # An owner-password-only PDF opens with the empty password; others are refused.
-            try:
-                if not reader.decrypt(""):
-                    raise UnreadableDocument(SkipReason.ENCRYPTED, "the PDF needs a password")
-            except (NotImplementedError, FileNotDecryptedError) as exc:
-                raise UnreadableDocument(SkipReason.ENCRYPTED, f"the PDF cannot be decrypted: {exc}") from None
-        pages: list[str] = []
-        total = len(reader.pages)
-        for number, page in enumerate(reader.pages):
-            if number >= budget.limits.max_pages:
-                budget.stop(CutLimit.PAGES, f"read the first {budget.limits.max_pages} of {total} pages")
-                break
-            # Checked between pages: one page's extraction is not interrupted.
-            if not budget.in_time():
-                break
-            pages.append(budget.take(page.extract_text() or ""))
-            if budget.spent:
-                break
+        pages = _pdf_pages(_open_pdf(data), budget)
     except UnreadableDocument:
         raise
     except FileNotDecryptedError:
@@ -260,6 +245,37 @@ def read_pdf(data: bytes, budget: _Budget) -> list[Section]:
     except (PdfReadError, ValueError, KeyError, TypeError, AttributeError, IndexError, OSError) as exc:
         raise UnreadableDocument(SkipReason.CORRUPT, f"the PDF cannot be parsed: {exc}") from None
     return sections_from_plain_text("\n".join(pages))
+
+
+def _open_pdf(data: bytes) -> PdfReader:
+    from pypdf import PdfReader
+    from pypdf.errors import FileNotDecryptedError
+
+    reader = PdfReader(io.BytesIO(data))
+    if reader.is_encrypted:
+        # An owner-password-only PDF opens with the empty password; others are refused.
+        try:
+            if not reader.decrypt(""):
+                raise UnreadableDocument(SkipReason.ENCRYPTED, "the PDF needs a password")
+        except (NotImplementedError, FileNotDecryptedError) as exc:
+            raise UnreadableDocument(SkipReason.ENCRYPTED, f"the PDF cannot be decrypted: {exc}") from None
+    return reader
+
+
+def _pdf_pages(reader: PdfReader, budget: _Budget) -> list[str]:
+    pages: list[str] = []
+    total = len(reader.pages)
+    for number, page in enumerate(reader.pages):
+        if number >= budget.limits.max_pages:
+            budget.stop(CutLimit.PAGES, f"read the first {budget.limits.max_pages} of {total} pages")
+            break
+        # Checked between pages: one page's extraction is not interrupted.
+        if not budget.in_time():
+            break
+        pages.append(budget.take(page.extract_text() or ""))
+        if budget.spent:
+            break
+    return pages
 
 
 # expat names a namespaced element "<namespace> <local name>".
@@ -384,17 +400,25 @@ class _WordBody:
         if self.budget.spent:
             return
         if self.paragraph is not None:
-            inside = stack[self.paragraph_at + 1 : -1]  # the elements between the paragraph and this one
-            if name == _PSTYLE and inside == [_PPR]:
-                self.style = attrs.get(_W + "val", "")
-            elif inside == [_R] or inside == [_HYPERLINK, _R]:
-                if name == _T:
-                    self.in_text = True
-                elif name == _W + "br" and attrs.get(_W + "type", "textWrapping") == "textWrapping":
-                    self._add("\n")
-                elif name in _RUN_CHARACTERS:
-                    self._add(_RUN_CHARACTERS[name])
-        elif name == _P and (parent == _BODY or (self.cell is not None and depth == self.cell_at + 1)):
+            self._start_inside_paragraph(name, attrs)
+        else:
+            self._start_block(name, parent, depth)
+
+    def _start_inside_paragraph(self, name: str, attrs: dict[str, str]) -> None:
+        inside = self.stack[self.paragraph_at + 1 : -1]  # the elements between the paragraph and this one
+        if name == _PSTYLE and inside == [_PPR]:
+            self.style = attrs.get(_W + "val", "")
+        elif inside == [_R] or inside == [_HYPERLINK, _R]:
+            if name == _T:
+                self.in_text = True
+            elif name == _W + "br" and attrs.get(_W + "type", "textWrapping") == "textWrapping":
+                self._add("\n")
+            elif name in _RUN_CHARACTERS:
+                self._add(_RUN_CHARACTERS[name])
+
+    def _start_block(self, name: str, parent: str, depth: int) -> None:
+        """A paragraph of the body or of a table cell, or a table, row or cell of the body."""
+        if name == _P and (parent == _BODY or (self.cell is not None and depth == self.cell_at + 1)):
             if self.budget.next_paragraph():
                 self.paragraph, self.paragraph_at, self.style = [], depth, self.default_style
         elif name == _TBL and parent == _BODY:
@@ -415,7 +439,7 @@ class _WordBody:
             data = data[: max(room, 0)]
             self.budget.stop(CutLimit.CHARACTERS, f"read the first {self.budget.limits.max_chars} characters")
         self.held += len(data)
-        self.paragraph.append(data)  # type: ignore[union-attr]
+        self.paragraph.append(data)  # type: ignore[union-attr]  # called only while a paragraph is open
 
     def end(self, name: str) -> None:
         self.stack.pop()
@@ -425,7 +449,7 @@ class _WordBody:
         if self.paragraph is not None and depth == self.paragraph_at:
             self._end_paragraph()
         elif name == _TC and self.cell is not None and depth == self.cell_at:
-            self.row.append("\n".join(self.cell).strip())  # type: ignore[union-attr]
+            self.row.append("\n".join(self.cell).strip())  # type: ignore[union-attr]  # a cell opens only in a row
             self.cell = None
         elif name == _TR and self.row is not None and depth == self.table_at + 1:
             self._end_row()
@@ -457,7 +481,7 @@ class _WordBody:
     def finish(self) -> list[Section]:
         """The sections read, with the paragraph or table row a limit stopped in."""
         if self.cell is not None:
-            self.row.append("\n".join(self.cell + ["".join(self.paragraph or [])]).strip())  # type: ignore[union-attr]
+            self.row.append("\n".join(self.cell + ["".join(self.paragraph or [])]).strip())  # type: ignore[union-attr]  # a cell opens only in a row
             self.paragraph = self.cell = None
         if self.paragraph is not None:
             self._end_paragraph()

@@ -222,8 +222,8 @@ def _wait_until_group_ended(process: subprocess.Popen[str], group: int, seconds:
 
 
 def _own_process_group() -> dict[str, Any]:
-    if os.name == "nt":
-        return {"creationflags": subprocess.CREATE_NEW_PROCESS_GROUP}  # type: ignore[attr-defined]
+    if sys.platform == "win32":  # os.name == "nt" in the form mypy reads as a platform check
+        return {"creationflags": subprocess.CREATE_NEW_PROCESS_GROUP}
     return {"start_new_session": True}
 
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import sys
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -31,7 +32,7 @@ class Command(BaseCommand):
         parser.add_argument("--cache-dir", type=Path, default=pipeline.CACHE_DIR)
 
     def handle(self, *args: Any, **options: Any) -> None:
-        def progress(paths, total):  # type: ignore[no-untyped-def]
+        def progress(paths: Iterator[Path], total: int) -> Iterator[Path]:
             return tqdm(paths, total=total, unit="doc", file=sys.stderr, disable=None, desc="documents")
 
         pipeline.watch_run()
