@@ -21,7 +21,9 @@ class CheckedSelectionAdmin(admin.ModelAdmin):
     ValueError or OverflowError, a 500, instead of selecting nothing.
     """
 
-    def response_action(self, request: HttpRequest, queryset: QuerySet[Any]) -> HttpResponse | None:
+    def response_action(  # type: ignore[override]  # Django 5.2's signature; the stubs add 6.0's action_location
+        self, request: HttpRequest, queryset: QuerySet[Any]
+    ) -> HttpResponse | None:
         pk = self.model._meta.pk
         for value in request.POST.getlist(helpers.ACTION_CHECKBOX_NAME):
             try:

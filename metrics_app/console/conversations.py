@@ -3,6 +3,8 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 from django.contrib import admin, messages
 from django.db.models import Avg, OuterRef, QuerySet, Subquery, Sum
 from django.http import HttpRequest
@@ -16,7 +18,7 @@ from metrics_app.conversations import services as conversations
 from metrics_app.models import AIMetric, Conversation
 
 
-def _conversation_events(business_field: str = "business_id") -> QuerySet[AIMetric]:
+def _conversation_events(business_field: str = "business_id") -> QuerySet[AIMetric, Any]:  # rows of values()
     """The events of the outer conversation row, grouped to one row (uses ai_metrics_conversation_idx)."""
     return (
         AIMetric.objects.filter(business_id=OuterRef(business_field), conversation_id=OuterRef("conversation_id"))
@@ -67,15 +69,17 @@ class ConversationAdmin(CheckedSelectionAdmin):
 
     @admin.display(description="tokens", ordering="_tokens")
     def tokens(self, obj: Conversation) -> int | None:
-        return obj._tokens
+        return obj._tokens  # type: ignore[attr-defined]  # annotated by get_queryset
 
     @admin.display(description="cost (USD)", ordering="_cost")
     def cost(self, obj: Conversation) -> str:
-        return "" if obj._cost is None else f"{obj._cost:.6f}"
+        cost = obj._cost  # type: ignore[attr-defined]  # annotated by get_queryset
+        return "" if cost is None else f"{cost:.6f}"
 
     @admin.display(description="mean latency (ms)", ordering="_latency")
     def mean_latency_ms(self, obj: Conversation) -> str:
-        return "" if obj._latency is None else f"{obj._latency:.0f}"
+        latency = obj._latency  # type: ignore[attr-defined]  # annotated by get_queryset
+        return "" if latency is None else f"{latency:.0f}"
 
     @admin.display(description="events, in order")
     def events_table(self, obj: Conversation) -> str:
@@ -128,7 +132,9 @@ class ConversationAdmin(CheckedSelectionAdmin):
         changed = 0
         for conversation in queryset[:1000]:
             result = conversations.record_outcome(
-                conversation, flags={"appointment_booked": True}, note=f"booked, recorded in the admin by {request.user}"
+                conversation,
+                flags={"appointment_booked": True},
+                note=f"booked, recorded in the admin by {request.user}",
             )
             changed += bool(result.changed)
         self.message_user(request, f"Recorded a booking for {changed} conversation(s).", messages.SUCCESS)

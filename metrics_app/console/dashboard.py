@@ -106,7 +106,9 @@ def parse_filters(query: Any, *, zones: dict[str, str], now: datetime) -> tuple[
             problems.append("Give both dates, the first not after the second; showing the last 7 days.")
             period = "7d"
         elif (end_day - start_day).days + 1 > MAX_DAYS:
-            problems.append(f"A period holds at most {MAX_DAYS} days; showing the last {MAX_DAYS} days up to the end date.")
+            problems.append(
+                f"A period holds at most {MAX_DAYS} days; showing the last {MAX_DAYS} days up to the end date."
+            )
             start_day = end_day - timedelta(days=MAX_DAYS - 1)
             period = "custom"
         else:

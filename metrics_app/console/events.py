@@ -98,13 +98,13 @@ class AIMetricAdmin(CheckedSelectionAdmin):
         return False
 
     def get_urls(self) -> list:
-        info = self.opts.app_label, self.opts.model_name
+        prefix = f"{self.opts.app_label}_{self.opts.model_name}"
         return [
-            path("export.csv", self.admin_site.admin_view(self.export_view), name="%s_%s_export" % info),
+            path("export.csv", self.admin_site.admin_view(self.export_view), name=f"{prefix}_export"),
             path(
                 "dashboard/",
                 self.admin_site.admin_view(admin_dashboard.DashboardView.as_view(model_admin=self)),
-                name="%s_%s_dashboard" % info,
+                name=f"{prefix}_dashboard",
             ),
             *super().get_urls(),
         ]
@@ -115,7 +115,7 @@ class AIMetricAdmin(CheckedSelectionAdmin):
         response["Content-Disposition"] = f'attachment; filename="{filename}"'
         return response
 
-    def export_view(self, request: HttpRequest) -> HttpResponse:
+    def export_view(self, request: HttpRequest) -> HttpResponse | StreamingHttpResponse:
         """Every event that the change list shows with the same filters and search, as CSV."""
         if not self.has_view_permission(request):
             raise PermissionDenied

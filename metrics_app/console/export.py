@@ -4,7 +4,8 @@
 from __future__ import annotations
 
 import csv
-from typing import Any, Iterable, Iterator
+from collections.abc import Iterable, Iterator
+from typing import Any
 
 # A CSV export streams at most this many rows; narrow the filters for more.
 MAX_EXPORT_ROWS = 1_000_000

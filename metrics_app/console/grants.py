@@ -32,7 +32,8 @@ class StaffBusinessAccessForm(forms.ModelForm):
             self.initial["every_business"] = True
 
     def clean(self) -> dict[str, Any]:
-        data = super().clean()
+        super().clean()
+        data = self.cleaned_data
         if data.get("every_business") and data.get("business"):
             self.add_error("business", "Leave the business empty when granting every business.")
         elif not data.get("every_business") and not data.get("business"):
@@ -41,7 +42,9 @@ class StaffBusinessAccessForm(forms.ModelForm):
 
 @admin.register(StaffBusinessAccess)
 class StaffBusinessAccessAdmin(CheckedSelectionAdmin):
-    """What each staff user may see: one business per row, or every business. Only superusers grant: nobody widens their own."""
+    """What each staff user may see: one business per row, or every business.
+
+    Only superusers grant: nobody widens their own."""
 
     form = StaffBusinessAccessForm
     list_display = ("user", "grant")

@@ -49,7 +49,7 @@ class BusinessAdmin(CheckedSelectionAdmin):
 
     @admin.display(description="active keys", ordering="_active_keys")
     def active_keys(self, obj: Business) -> int:
-        return obj._active_keys
+        return obj._active_keys  # type: ignore[attr-defined]  # annotated by get_queryset
 
     def has_add_permission(self, request: HttpRequest) -> bool:
         # A new business is visible only to staff who see every business; adding one blind would also tell
@@ -67,7 +67,8 @@ class ApiKeyForm(forms.ModelForm):
         fields = ("business", "name", "can_ingest", "can_read", "expires_at", "rate_limit_per_minute")
 
     def clean(self) -> dict[str, Any]:
-        data = super().clean()
+        super().clean()
+        data = self.cleaned_data
         business = data.get("business")
         if not business and data.get("can_ingest"):
             self.add_error("can_ingest", "An agency key (no business) may only read.")
@@ -137,7 +138,7 @@ class ApiKeyAdmin(CheckedSelectionAdmin):
         )
         obj.pk = key.pk
         obj.prefix = key.prefix
-        request._new_raw_api_key = raw  # shown once by response_add, never stored
+        request._new_raw_api_key = raw  # type: ignore[attr-defined]  # shown once by response_add, never stored
 
     def response_add(self, request: HttpRequest, obj: ApiKey, post_url_continue: str | None = None) -> HttpResponse:
         raw = getattr(request, "_new_raw_api_key", None)

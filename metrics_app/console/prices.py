@@ -23,4 +23,6 @@ class ModelPriceAdmin(CheckedSelectionAdmin):
 
     @admin.display(description="source")
     def source_link(self, obj: ModelPrice) -> str:
-        return format_html('<a href="{}" rel="noopener noreferrer" target="_blank">{}</a>', obj.source_url, obj.source_url)
+        return format_html(
+            '<a href="{}" rel="noopener noreferrer" target="_blank">{}</a>', obj.source_url, obj.source_url
+        )

@@ -9,7 +9,8 @@ error shape. `ChunkedBodies` lets chunked request bodies reach all of them.
 from __future__ import annotations
 
 import io
-from typing import Any, Callable, Iterable
+from collections.abc import Callable, Iterable, Mapping
+from typing import Any
 
 import orjson
 from django.conf import settings
@@ -46,7 +47,9 @@ def _too_large(max_bytes: int) -> BodyRefused:
 
 
 def _too_deep() -> BodyRefused:
-    return BodyRefused(400, "JSON nested too deeply", {"body": [f"at most {MAX_JSON_DEPTH} levels of arrays and objects"]})
+    return BodyRefused(
+        400, "JSON nested too deeply", {"body": [f"at most {MAX_JSON_DEPTH} levels of arrays and objects"]}
+    )
 
 
 def max_body_bytes() -> int:
@@ -110,7 +113,9 @@ class StrictJSONParser(BaseParser):
 
     media_type = "application/json"
 
-    def parse(self, stream: Any, media_type: str | None = None, parser_context: dict[str, Any] | None = None) -> Any:
+    def parse(
+        self, stream: Any, media_type: str | None = None, parser_context: Mapping[str, Any] | None = None
+    ) -> Any:
         request = (parser_context or {})["request"]  # DRF's request, which hands META and body to Django's
         try:
             body = read_body(request, max_body_bytes())

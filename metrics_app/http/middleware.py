@@ -4,7 +4,8 @@ limiter that cannot answer (503 with Retry-After), a NUL character (400)."""
 from __future__ import annotations
 
 import logging
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 from django.db import InterfaceError, OperationalError, connections
 from django.http import HttpRequest, HttpResponse, QueryDict
@@ -70,7 +71,9 @@ class RefuseNulCharactersMiddleware:
             return _nul_refused(name)
         return self.get_response(request)
 
-    def process_view(self, request: HttpRequest, view: Callable[..., Any], args: Any, kwargs: Any) -> HttpResponse | None:
+    def process_view(
+        self, request: HttpRequest, view: Callable[..., Any], args: Any, kwargs: Any
+    ) -> HttpResponse | None:
         # Forms are read by the views that take them (the admin's), which the CSRF check reads anyway; the
         # csrf-exempt JSON endpoints keep their bodies unread, so that they can answer 415 to a form.
         if request.method != "POST" or getattr(view, "csrf_exempt", False):

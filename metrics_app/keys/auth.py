@@ -10,6 +10,7 @@ from django.db import OperationalError, connection, transaction
 from django.http import HttpRequest
 from django.utils import timezone
 from rest_framework import authentication, exceptions
+from rest_framework.request import Request
 
 from metrics_app import database
 from metrics_app.keys import rate_limit
@@ -111,7 +112,7 @@ class ApiKeyUser:
 class ApiKeyAuthentication(authentication.BaseAuthentication):
     """DRF authentication by API key, with the shared rate limit."""
 
-    def authenticate(self, request):  # type: ignore[no-untyped-def]
+    def authenticate(self, request: Request) -> tuple[ApiKeyUser, ApiKey] | None:
         try:
             key = authenticate_key(request._request)
         except KeyRejected as exc:
@@ -123,5 +124,5 @@ class ApiKeyAuthentication(authentication.BaseAuthentication):
             raise exceptions.Throttled(wait=wait, detail="Too many requests for this API key")
         return ApiKeyUser(key), key
 
-    def authenticate_header(self, request) -> str:  # type: ignore[no-untyped-def]
+    def authenticate_header(self, request: Request) -> str:
         return 'Bearer realm="mlops"'

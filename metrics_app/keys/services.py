@@ -27,8 +27,7 @@ def create_api_key(
         raise ValueError("an agency key (no business) may only read")
     if not (can_ingest or can_read):
         raise ValueError("a key needs at least one scope")
-    problem = business_id_problem(business.pk) if business is not None else None
-    if problem is not None:
+    if business is not None and (problem := business_id_problem(business.pk)) is not None:
         raise ValueError(f"business id {business.pk!r} {problem}; its data stays readable, but it gets no new keys")
     raw, prefix, hashed = ApiKey.generate()
     key = ApiKey.objects.create(

@@ -22,11 +22,14 @@ import json
 import os
 import struct
 import threading
+from collections.abc import Iterable
 from dataclasses import dataclass, field
+from typing import NamedTuple
 
 import numpy as np
-from prometheus_client import CollectorRegistry, generate_latest
+from prometheus_client import CollectorRegistry, Metric, generate_latest
 from prometheus_client.multiprocess import MultiProcessCollector
+from prometheus_client.registry import Collector
 from prometheus_client.utils import floatToGoString
 
 from metrics_app.monitoring.files import directory_lock
@@ -58,12 +61,35 @@ class _Histogram:
     sum_slot: int | None = None
 
 
+class _Line(NamedTuple):
+    """One sample line of a counter or summary."""
+
+    prefix: str  # the text before the value
+    slot: int
+
+
+class _SeriesPlan(NamedTuple):
+    """How one histogram series is written: running totals over its buckets, then count and sum."""
+
+    bucket_prefixes: list[str]  # by bound, ascending
+    bucket_slots: list[int]  # the same order
+    count_prefix: str
+    sum_prefix: str
+    sum_slot: int | None
+
+
+class _FamilyPlan(NamedTuple):
+    header: str  # HELP and TYPE lines
+    lines: list[_Line]  # counters and summaries
+    histograms: list[_SeriesPlan]
+
+
 @dataclass
 class _Family:
     name: str  # the name on HELP and TYPE lines (counters end in _total)
     typ: str
     help: str
-    lines: list[tuple[str, int]] = field(default_factory=list)  # (text before the value, slot)
+    lines: list[_Line] = field(default_factory=list)
     histograms: dict[tuple[tuple[str, str], ...], _Histogram] = field(default_factory=dict)
 
 
@@ -91,7 +117,7 @@ class FastMultiProcessExposition:
         self._slot_of: dict[tuple[str, str, tuple[tuple[str, str], ...]], int] = {}
         self._key_slot: dict[str, int] = {}
         self._families: dict[str, _Family] = {}
-        self._plan: list[tuple] | None = None
+        self._plan: list[_FamilyPlan] | None = None
         # Most series do not move between two scrapes: keep each value's text.
         self._formatted: dict[float, str] = {}
 
@@ -128,11 +154,11 @@ class FastMultiProcessExposition:
             else:
                 series.sum_slot = slot
         else:
-            family.lines.append((f"{sample_name}{_labels_text(label_items)} ", slot))
+            family.lines.append(_Line(f"{sample_name}{_labels_text(label_items)} ", slot))
         self._plan = None
         return slot
 
-    def _read(self, file_path: str, typ: str) -> tuple[_FileIndex, memoryview] | None:
+    def _read(self, file_path: str, typ: str) -> tuple[_FileIndex, np.ndarray] | None:
         try:
             with open(file_path, "rb") as handle:
                 inode = os.fstat(handle.fileno()).st_ino
@@ -161,26 +187,15 @@ class FastMultiProcessExposition:
 
     # --- writing the text
 
-    def _build_plan(self) -> list[tuple]:
-        plan: list[tuple] = []
+    def _build_plan(self) -> list[_FamilyPlan]:
+        plan: list[_FamilyPlan] = []
         for family in self._families.values():
             header = f"# HELP {family.name} {_escape_help(family.help)}\n# TYPE {family.name} {family.typ}\n"
             if family.typ == "histogram":
-                series_plans = []
-                for series in family.histograms.values():
-                    bounds = sorted(series.buckets)
-                    prefixes = []
-                    for bound in bounds:
-                        labels = tuple(sorted((*series.labels, ("le", floatToGoString(bound)))))
-                        prefixes.append(f"{family.name}_bucket{_labels_text(labels)} ")
-                    series_plans.append((
-                        prefixes, [series.buckets[b] for b in bounds],
-                        f"{family.name}_count{_labels_text(series.labels)} ",
-                        f"{family.name}_sum{_labels_text(series.labels)} ", series.sum_slot,
-                    ))
-                plan.append(("histogram", header, series_plans))
+                series_plans = [_series_plan(family.name, series) for series in family.histograms.values()]
+                plan.append(_FamilyPlan(header, [], series_plans))
             else:
-                plan.append(("lines", header, list(family.lines)))
+                plan.append(_FamilyPlan(header, list(family.lines), []))
         return plan
 
     def render(self) -> str:
@@ -210,7 +225,22 @@ class FastMultiProcessExposition:
             return _render(self._plan, totals.tolist(), self._formatted) + gauges
 
 
-def _render(plan: list[tuple], totals: list[float], formatted: dict[float, str] | None = None) -> str:
+def _series_plan(family_name: str, series: _Histogram) -> _SeriesPlan:
+    bounds = sorted(series.buckets)
+    prefixes = []
+    for bound in bounds:
+        labels = tuple(sorted((*series.labels, ("le", floatToGoString(bound)))))
+        prefixes.append(f"{family_name}_bucket{_labels_text(labels)} ")
+    return _SeriesPlan(
+        bucket_prefixes=prefixes,
+        bucket_slots=[series.buckets[b] for b in bounds],
+        count_prefix=f"{family_name}_count{_labels_text(series.labels)} ",
+        sum_prefix=f"{family_name}_sum{_labels_text(series.labels)} ",
+        sum_slot=series.sum_slot,
+    )
+
+
+def _render(plan: list[_FamilyPlan], totals: list[float], formatted: dict[float, str] | None = None) -> str:
     cache = formatted if formatted is not None else {}
     if len(cache) > 100_000:
         cache.clear()
@@ -222,24 +252,23 @@ def _render(plan: list[tuple], totals: list[float], formatted: dict[float, str] 
         return text
 
     out: list[str] = []
-    for kind, header, body in plan:
-        out.append(header)
-        if kind == "lines":
-            out.extend(f"{prefix}{fmt(totals[slot])}\n" for prefix, slot in body)
-            continue
-        for prefixes, slots, count_prefix, sum_prefix, sum_slot in body:
+    for family in plan:
+        out.append(family.header)
+        out.extend(f"{line.prefix}{fmt(totals[line.slot])}\n" for line in family.lines)
+        for series in family.histograms:
             running = 0.0
-            for prefix, slot in zip(prefixes, slots):
+            for prefix, slot in zip(series.bucket_prefixes, series.bucket_slots, strict=True):
                 running += totals[slot]
                 out.append(f"{prefix}{fmt(running)}\n")
-            out.append(f"{count_prefix}{fmt(running)}\n")
-            out.append(f"{sum_prefix}{fmt(totals[sum_slot] if sum_slot is not None else 0.0)}\n")
+            out.append(f"{series.count_prefix}{fmt(running)}\n")
+            sum_value = totals[series.sum_slot] if series.sum_slot is not None else 0.0
+            out.append(f"{series.sum_prefix}{fmt(sum_value)}\n")
     return "".join(out)
 
 
 def _render_gauges(files: list[str]) -> str:
-    class _Gauges:
-        def collect(self):  # type: ignore[no-untyped-def]
+    class _Gauges(Collector):
+        def collect(self) -> Iterable[Metric]:
             return MultiProcessCollector.merge(files, accumulate=True)
 
     registry = CollectorRegistry()

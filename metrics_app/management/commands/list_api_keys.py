@@ -26,5 +26,5 @@ class Command(BaseCommand):
             rows.append((key.prefix, key.business_id or "(all, agency)", key.name, ",".join(key.scopes), state, last))
         widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]
         for row in rows:
-            self.stdout.write("  ".join(cell.ljust(width) for cell, width in zip(row, widths)).rstrip())
+            self.stdout.write("  ".join(cell.ljust(width) for cell, width in zip(row, widths, strict=True)).rstrip())
         self.stdout.write(f"{len(rows) - 1} key(s).")

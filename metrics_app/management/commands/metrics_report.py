@@ -7,8 +7,9 @@ the API and the dashboard always agree.
 from __future__ import annotations
 
 import zoneinfo
+from collections.abc import Callable
 from datetime import date, datetime, time, timedelta
-from typing import Any, Callable
+from typing import Any
 
 from django.core.management.base import BaseCommand, CommandError, CommandParser
 from django.db import DatabaseError
@@ -72,7 +73,8 @@ def _table(header: list[str], rows: list[list[str]]) -> list[str]:
 
     def line(cells: list[str]) -> str:
         first, *rest = cells
-        return "  ".join([first.ljust(widths[0]), *(c.rjust(w) for c, w in zip(rest, widths[1:], strict=True))]).rstrip()
+        cells = [first.ljust(widths[0]), *(c.rjust(w) for c, w in zip(rest, widths[1:], strict=True))]
+        return "  ".join(cells).rstrip()
 
     return [line(header), line(["-" * w for w in widths]), *(line(row) for row in rows)]
 
