@@ -11,10 +11,13 @@ from __future__ import annotations
 
 import math
 from collections import defaultdict
+from collections.abc import Iterable
+from dataclasses import dataclass, fields
 from datetime import UTC, datetime, timedelta
 from decimal import Decimal
-from typing import Any, Iterable
+from typing import Any
 
+from django.apps import apps as global_apps
 from django.db import connection, transaction
 
 from metrics_app.models import ALL_BUSINESSES, ConversationRollup, EventRollup, LatencyRollup
@@ -25,10 +28,101 @@ SKETCH_RELATIVE_ERROR = 0.01
 GAMMA = (1 + SKETCH_RELATIVE_ERROR) / (1 - SKETCH_RELATIVE_ERROR)
 LOG_GAMMA = math.log(GAMMA)
 
-EVENT_SUMS = ("events", "errors", "success_sum", "latency_sum", "latency_n", "tokens", "input_tokens",
-              "output_tokens", "cost", "client_cost", "unpriced", "estimated", "requested", "booked", "handoffs")
-CONVERSATION_SUMS = ("started", "requested", "booked", "handoffs")
 _UNPRICED = ("client", "none")
+
+
+@dataclass(slots=True)
+class EventSums:
+    """The sums of one event rollup row (per business and quarter); each field is a column of EventRollup."""
+
+    events: int = 0
+    errors: int = 0
+    success_sum: Decimal = Decimal(0)
+    latency_sum: int = 0
+    latency_n: int = 0
+    tokens: int = 0
+    input_tokens: int = 0
+    output_tokens: int = 0
+    cost: Decimal = Decimal(0)
+    client_cost: Decimal = Decimal(0)
+    unpriced: int = 0
+    estimated: int = 0
+    requested: int = 0
+    booked: int = 0
+    handoffs: int = 0
+
+    @classmethod
+    def of_event(cls, event: dict[str, Any]) -> EventSums:
+        latency = event.get("response_time_ms")
+        basis = event.get("cost_basis")
+        rate = event.get("success_rate")
+        return cls(
+            events=1,
+            errors=1 if rate == 0 or event.get("response_type") == "error" else 0,
+            success_sum=Decimal(rate if rate is not None else 1),
+            latency_sum=latency or 0,
+            latency_n=0 if latency is None else 1,
+            tokens=event.get("tokens_used") or 0,
+            input_tokens=event.get("input_tokens") or 0,
+            output_tokens=event.get("output_tokens") or 0,
+            cost=Decimal(event.get("cost_usd") or 0),
+            client_cost=Decimal(event.get("api_cost_usd") or 0),
+            unpriced=1 if basis in _UNPRICED else 0,
+            estimated=1 if basis == "estimated" else 0,
+            requested=1 if event.get("appointment_requested") else 0,
+            booked=1 if event.get("appointment_booked") else 0,
+            handoffs=1 if event.get("human_handoff_requested") else 0,
+        )
+
+    def add(self, other: EventSums) -> None:
+        # Field by field, not a loop over fields(): this runs twice per ingested event.
+        self.events += other.events
+        self.errors += other.errors
+        self.success_sum += other.success_sum
+        self.latency_sum += other.latency_sum
+        self.latency_n += other.latency_n
+        self.tokens += other.tokens
+        self.input_tokens += other.input_tokens
+        self.output_tokens += other.output_tokens
+        self.cost += other.cost
+        self.client_cost += other.client_cost
+        self.unpriced += other.unpriced
+        self.estimated += other.estimated
+        self.requested += other.requested
+        self.booked += other.booked
+        self.handoffs += other.handoffs
+
+    def row(self) -> tuple[Any, ...]:
+        """The values in EVENT_SUMS order."""
+        return tuple(getattr(self, name) for name in EVENT_SUMS)
+
+
+@dataclass(slots=True)
+class ConversationSums:
+    """The sums (or deltas) of one conversation rollup row; each field is a column of ConversationRollup."""
+
+    started: int = 0
+    requested: int = 0
+    booked: int = 0
+    handoffs: int = 0
+
+    def add(self, other: ConversationSums) -> None:
+        self.started += other.started
+        self.requested += other.requested
+        self.booked += other.booked
+        self.handoffs += other.handoffs
+
+    def negated(self) -> ConversationSums:
+        return ConversationSums(-self.started, -self.requested, -self.booked, -self.handoffs)
+
+    def row(self) -> tuple[int, ...]:
+        """The values in CONVERSATION_SUMS order."""
+        return tuple(getattr(self, name) for name in CONVERSATION_SUMS)
+
+
+# The rollup columns, in the order the upserts write them: the dataclasses' own field order.
+EVENT_SUMS = tuple(f.name for f in fields(EventSums))
+CONVERSATION_SUMS = tuple(f.name for f in fields(ConversationSums))
 
 
 def quarter_of(moment: datetime) -> datetime:
@@ -82,32 +176,19 @@ class Accumulator:
     """Sums of new events per (business, quarter), both per business and for "*"."""
 
     def __init__(self) -> None:
-        self.events: dict[tuple[str, datetime], list[Any]] = {}
+        self.events: dict[tuple[str, datetime], EventSums] = {}
         self.latency: dict[tuple[str, int, datetime, int], int] = defaultdict(int)
 
     def add(self, event: dict[str, Any]) -> None:
         moment = event["timestamp"]
         bucket = quarter_of(moment)
         latency = event.get("response_time_ms")
-        basis = event.get("cost_basis")
-        rate = event.get("success_rate")
-        failed = rate == 0 or event.get("response_type") == "error"
-        values = (
-            1, 1 if failed else 0, Decimal(rate if rate is not None else 1),
-            latency or 0, 0 if latency is None else 1,
-            event.get("tokens_used") or 0, event.get("input_tokens") or 0, event.get("output_tokens") or 0,
-            Decimal(event.get("cost_usd") or 0), Decimal(event.get("api_cost_usd") or 0),
-            1 if basis in _UNPRICED else 0, 1 if basis == "estimated" else 0,
-            1 if event.get("appointment_requested") else 0, 1 if event.get("appointment_booked") else 0,
-            1 if event.get("human_handoff_requested") else 0,
-        )
+        one = EventSums.of_event(event)
         for business_id in (event["business_id"], ALL_BUSINESSES):
             sums = self.events.get((business_id, bucket))
             if sums is None:
-                self.events[(business_id, bucket)] = list(values)
-            else:
-                for i, value in enumerate(values):
-                    sums[i] += value
+                sums = self.events[(business_id, bucket)] = EventSums()
+            sums.add(one)
             if latency is not None:
                 index = latency_bin(latency)
                 self.latency[(business_id, QUARTER, bucket, index)] += 1
@@ -116,7 +197,7 @@ class Accumulator:
     def write(self) -> None:
         if self.events:
             _upsert(EventRollup._meta.db_table, ("business_id", "bucket"), EVENT_SUMS,
-                    [(*key, *values) for key, values in sorted(self.events.items())])
+                    [(*key, *sums.row()) for key, sums in sorted(self.events.items())])
         if self.latency:
             _upsert(LatencyRollup._meta.db_table, ("business_id", "span_minutes", "bucket", "bin"), ("count",),
                     [(*key, count) for key, count in sorted(self.latency.items())])
@@ -132,50 +213,43 @@ def add_events(events: list[dict[str, Any]]) -> None:
 
 def replace_costs(before: list[dict[str, Any]], after: list[dict[str, Any]]) -> None:
     """Repricing changed these events' cost and cost basis: move the rollups' cost figures to match."""
-    deltas: dict[tuple[str, datetime], list[Any]] = {}
-    for old, new in zip(before, after):
+    deltas: dict[tuple[str, datetime], EventSums] = defaultdict(EventSums)
+    for old, new in zip(before, after, strict=True):
         bucket = quarter_of(old["timestamp"])
-        change = (
-            Decimal(new["cost_usd"] or 0) - Decimal(old["cost_usd"] or 0),
-            (new["cost_basis"] in _UNPRICED) - (old["cost_basis"] in _UNPRICED),
-            (new["cost_basis"] == "estimated") - (old["cost_basis"] == "estimated"),
+        change = EventSums(
+            cost=Decimal(new["cost_usd"] or 0) - Decimal(old["cost_usd"] or 0),
+            unpriced=(new["cost_basis"] in _UNPRICED) - (old["cost_basis"] in _UNPRICED),
+            estimated=(new["cost_basis"] == "estimated") - (old["cost_basis"] == "estimated"),
         )
         for owner in (old["business_id"], ALL_BUSINESSES):
-            sums = deltas.setdefault((owner, bucket), [Decimal(0), 0, 0])
-            for i, value in enumerate(change):
-                sums[i] += value
-    changed = ("cost", "unpriced", "estimated")
-    rows = []
-    for key, values in sorted(deltas.items()):
-        by_name = dict(zip(changed, values))
-        rows.append((*key, *(by_name.get(name, 0) for name in EVENT_SUMS)))
+            deltas[(owner, bucket)].add(change)
+    rows = [(*key, *sums.row()) for key, sums in sorted(deltas.items())]
     _upsert(EventRollup._meta.db_table, ("business_id", "bucket"), EVENT_SUMS, rows)
 
 
-def add_conversation_deltas(deltas: dict[tuple[str, datetime], list[int]]) -> None:
-    """Add (started, requested, booked, handoffs) deltas per (business, quarter); "*" rows too."""
-    both: dict[tuple[str, datetime], list[int]] = defaultdict(lambda: [0, 0, 0, 0])
+def add_conversation_deltas(deltas: dict[tuple[str, datetime], ConversationSums]) -> None:
+    """Add conversation deltas per (business, quarter); "*" rows too."""
+    both: dict[tuple[str, datetime], ConversationSums] = defaultdict(ConversationSums)
     for (business_id, bucket), delta in deltas.items():
         for owner in (business_id, ALL_BUSINESSES):
-            sums = both[(owner, bucket)]
-            for i, value in enumerate(delta):
-                sums[i] += value
-    rows = [(*key, *values) for key, values in sorted(both.items()) if any(values)]
+            both[(owner, bucket)].add(delta)
+    rows = [(*key, *row) for key, sums in sorted(both.items()) if any(row := sums.row())]
     if rows:
         _upsert(ConversationRollup._meta.db_table, ("business_id", "bucket"), CONVERSATION_SUMS, rows)
 
 
 def add_event_flags(business_id: str, moment: datetime, flags: Iterable[str]) -> None:
     """An outcome recorded later turned these flags on for one stored event."""
-    column = {"appointment_requested": "requested", "appointment_booked": "booked",
-              "human_handoff_requested": "handoffs"}
-    delta = {column[f]: 1 for f in flags}
-    if not delta:
+    turned_on = set(flags)
+    if not turned_on:
         return
-    names = tuple(EVENT_SUMS)
-    values = [delta.get(name, 0) for name in names]
+    values = EventSums(
+        requested=int("appointment_requested" in turned_on),
+        booked=int("appointment_booked" in turned_on),
+        handoffs=int("human_handoff_requested" in turned_on),
+    ).row()
     bucket = quarter_of(moment)
-    _upsert(EventRollup._meta.db_table, ("business_id", "bucket"), names,
+    _upsert(EventRollup._meta.db_table, ("business_id", "bucket"), EVENT_SUMS,
             [(business_id, bucket, *values), (ALL_BUSINESSES, bucket, *values)])
 
 
@@ -215,14 +289,9 @@ def rebuild(progress: Any = None, chunk: int = 20_000, apps: Any = None) -> dict
 
     `apps` is a migration's app registry, when a migration calls it.
     """
-    if apps is None:
-        from metrics_app.models import AIMetric, Conversation
-    else:
-        AIMetric, Conversation = apps.get_model("metrics_app", "AIMetric"), apps.get_model("metrics_app", "Conversation")
-
-    fields = ("business_id", "timestamp", "response_time_ms", "success_rate", "response_type", "tokens_used",
-              "input_tokens", "output_tokens", "cost_usd", "api_cost_usd", "cost_basis",
-              "appointment_requested", "appointment_booked", "human_handoff_requested")
+    registry = apps if apps is not None else global_apps
+    event_model = registry.get_model("metrics_app", "AIMetric")
+    conversation_model = registry.get_model("metrics_app", "Conversation")
     with transaction.atomic():
         for model in (EventRollup, LatencyRollup, ConversationRollup):
             table = connection.ops.quote_name(model._meta.db_table)
@@ -231,29 +300,44 @@ def rebuild(progress: Any = None, chunk: int = 20_000, apps: Any = None) -> dict
         if connection.vendor == "postgresql":
             # The same sums and bins in SQL: about 20 times faster on millions of rows. PostgreSQL's ln()
             # and Python's math.log are the same C function, so each latency lands in the same bin.
-            _rebuild_in_sql(AIMetric._meta.db_table, Conversation._meta.db_table)
+            _rebuild_in_sql(event_model._meta.db_table, conversation_model._meta.db_table)
             return {} if apps is not None else _counts()
-        accumulator = Accumulator()
-        for n, values in enumerate(AIMetric.objects.order_by().values_list(*fields).iterator(chunk_size=chunk), 1):
-            accumulator.add(dict(zip(fields, values)))
-            if n % chunk == 0:
-                if progress is not None:
-                    progress(chunk)
-                if len(accumulator.latency) > 200_000:
-                    accumulator.write()
-                    accumulator = Accumulator()
-        accumulator.write()
-        deltas: dict[tuple[str, datetime], list[int]] = defaultdict(lambda: [0, 0, 0, 0])
-        for business_id, first, requested, booked, handoff in Conversation.objects.order_by().values_list(
-            "business_id", "first_at", "appointment_requested", "appointment_booked", "human_handoff_requested"
-        ).iterator(chunk_size=chunk):
-            sums = deltas[(business_id, quarter_of(first))]
-            sums[0] += 1
-            sums[1] += requested
-            sums[2] += booked
-            sums[3] += handoff
-        add_conversation_deltas(deltas)
+        _rebuild_events(event_model, progress, chunk)
+        _rebuild_conversations(conversation_model, chunk)
     return {} if apps is not None else _counts()
+
+
+_EVENT_COLUMNS = (
+    "business_id", "timestamp", "response_time_ms", "success_rate", "response_type", "tokens_used",
+    "input_tokens", "output_tokens", "cost_usd", "api_cost_usd", "cost_basis",
+    "appointment_requested", "appointment_booked", "human_handoff_requested",
+)
+
+
+def _rebuild_events(event_model: Any, progress: Any, chunk: int) -> None:
+    """Event and latency rollups through the accumulator that ingest uses, written every 200,000 latency rows."""
+    accumulator = Accumulator()
+    rows = event_model.objects.order_by().values_list(*_EVENT_COLUMNS).iterator(chunk_size=chunk)
+    for n, values in enumerate(rows, 1):
+        accumulator.add(dict(zip(_EVENT_COLUMNS, values, strict=True)))
+        if n % chunk == 0:
+            if progress is not None:
+                progress(chunk)
+            if len(accumulator.latency) > 200_000:
+                accumulator.write()
+                accumulator = Accumulator()
+    accumulator.write()
+
+
+def _rebuild_conversations(conversation_model: Any, chunk: int) -> None:
+    deltas: dict[tuple[str, datetime], ConversationSums] = defaultdict(ConversationSums)
+    for business_id, first, requested, booked, handoff in conversation_model.objects.order_by().values_list(
+        "business_id", "first_at", "appointment_requested", "appointment_booked", "human_handoff_requested"
+    ).iterator(chunk_size=chunk):
+        deltas[(business_id, quarter_of(first))].add(
+            ConversationSums(started=1, requested=requested, booked=booked, handoffs=handoff)
+        )
+    add_conversation_deltas(deltas)
 
 
 def _counts() -> dict[str, int]:
@@ -297,7 +381,8 @@ def _rebuild_in_sql(events_table: str, conversations_table: str) -> None:
                 f"INSERT INTO {q(LatencyRollup._meta.db_table)} (business_id, span_minutes, bucket, bin, count) "
                 f"SELECT {owner}, {span}, bucket, bin, COUNT(*) FROM ("
                 f"SELECT business_id, {bucket_sql} AS bucket, {latency_bin_sql} AS bin FROM {events} "
-                f"WHERE response_time_ms IS NOT NULL) e GROUP BY GROUPING SETS ((business_id, bucket, bin), (bucket, bin))",
+                f"WHERE response_time_ms IS NOT NULL) e "
+                f"GROUP BY GROUPING SETS ((business_id, bucket, bin), (bucket, bin))",
                 [LOG_GAMMA],
             )
         cursor.execute(

@@ -5,16 +5,76 @@ from __future__ import annotations
 from collections import defaultdict
 from dataclasses import dataclass
 from datetime import UTC, datetime
-from typing import Any
+from typing import Any, NamedTuple
 
 from django.db import connection, transaction
+from django.db.models import DateTimeField
 from django.utils import timezone
 from django.utils.dateparse import parse_datetime
 
 from metrics_app.analytics import rollups
+from metrics_app.analytics.rollups import ConversationSums
 from metrics_app.models import AIMetric, Conversation
 
-_FLAGS = ("appointment_requested", "appointment_booked", "human_handoff_requested")
+
+class Flags(NamedTuple):
+    """A conversation's outcome flags, named as its columns (and its events' columns) are."""
+
+    appointment_requested: bool
+    appointment_booked: bool
+    human_handoff_requested: bool
+
+    @classmethod
+    def of_event(cls, event: dict[str, Any]) -> Flags:
+        return cls(
+            bool(event.get("appointment_requested")),
+            bool(event.get("appointment_booked")),
+            bool(event.get("human_handoff_requested")),
+        )
+
+    def merged(self, other: Flags) -> Flags:
+        """A flag, once on, stays on."""
+        return Flags(
+            self.appointment_requested or other.appointment_requested,
+            self.appointment_booked or other.appointment_booked,
+            self.human_handoff_requested or other.human_handoff_requested,
+        )
+
+    def turned_on_since(self, before: Flags) -> Flags:
+        return Flags(
+            self.appointment_requested and not before.appointment_requested,
+            self.appointment_booked and not before.appointment_booked,
+            self.human_handoff_requested and not before.human_handoff_requested,
+        )
+
+    def counted(self, started: int = 0) -> ConversationSums:
+        """These flags as conversation rollup sums, with `started` conversations."""
+        return ConversationSums(
+            started=started,
+            requested=int(self.appointment_requested),
+            booked=int(self.appointment_booked),
+            handoffs=int(self.human_handoff_requested),
+        )
+
+
+_FLAGS = Flags._fields
+
+
+@dataclass(slots=True)
+class _Folded:
+    """What one batch adds to one conversation."""
+
+    first_at: datetime
+    last_at: datetime
+    turns: int
+    flags: Flags
+
+
+class _Stored(NamedTuple):
+    """The part of a stored conversation that its rollup deltas depend on."""
+
+    first_at: datetime
+    flags: Flags
 
 
 _COLUMNS = ("business_id", "conversation_id", "first_at", "last_at", "turns", *_FLAGS, "outcome_note")
@@ -34,7 +94,7 @@ def _insert_sql(count: int, merge: bool) -> str:
     )
 
 
-def _locked_states(keys: list[tuple[str, str]]) -> dict[tuple[str, str], tuple[datetime, list[bool]]]:
+def _locked_states(keys: list[tuple[str, str]]) -> dict[tuple[str, str], _Stored]:
     """First time and flags of existing conversations, locked until the transaction ends (PostgreSQL)."""
     table = connection.ops.quote_name(Conversation._meta.db_table)
     pairs = ", ".join(["(%s, %s)"] * len(keys))
@@ -46,7 +106,7 @@ def _locked_states(keys: list[tuple[str, str]]) -> dict[tuple[str, str], tuple[d
     with connection.cursor() as cursor:
         cursor.execute(sql, [value for key in keys for value in key])
         rows = cursor.fetchall()
-    return {(b, c): (_as_datetime(first), [bool(v) for v in flags]) for b, c, first, *flags in rows}
+    return {(b, c): _Stored(_as_datetime(first), Flags(*(bool(v) for v in flags))) for b, c, first, *flags in rows}
 
 
 def _as_datetime(value: Any) -> datetime:
@@ -65,70 +125,85 @@ def apply_events(events: list[dict[str, Any]]) -> None:
     rollup deltas are exact under concurrent batches. Keys go in sorted order,
     so concurrent batches lock in one order and cannot deadlock.
     """
-    folded: dict[tuple[str, str], list[Any]] = {}
+    folded = _fold(events)
+    if not folded:
+        return
+    keys = sorted(folded)
+    deltas: dict[tuple[str, datetime], ConversationSums] = defaultdict(ConversationSums)
+    created = _insert_new(keys, folded)
+    for key in created:
+        deltas[(key[0], rollups.quarter_of(folded[key].first_at))].add(folded[key].flags.counted(started=1))
+    existing = [key for key in keys if key not in created]
+    if existing:
+        _merge_existing(existing, folded, deltas)
+    rollups.add_conversation_deltas(deltas)
+
+
+def _fold(events: list[dict[str, Any]]) -> dict[tuple[str, str], _Folded]:
+    """The batch's events per (business, conversation); events without a conversation are left out."""
+    folded: dict[tuple[str, str], _Folded] = {}
     for event in events:
         conversation_id = event.get("conversation_id")
         if not conversation_id:
             continue
         moment = event["timestamp"]
-        state = folded.get((event["business_id"], conversation_id))
+        key = (event["business_id"], conversation_id)
+        state = folded.get(key)
         if state is None:
-            folded[(event["business_id"], conversation_id)] = [
-                moment, moment, 1, *(bool(event.get(f)) for f in _FLAGS)
-            ]
+            folded[key] = _Folded(moment, moment, 1, Flags.of_event(event))
         else:
-            state[0] = min(state[0], moment)
-            state[1] = max(state[1], moment)
-            state[2] += 1
-            for i, f in enumerate(_FLAGS, start=3):
-                state[i] = state[i] or bool(event.get(f))
-    if not folded:
-        return
-    keys = sorted(folded)
+            state.first_at = min(state.first_at, moment)
+            state.last_at = max(state.last_at, moment)
+            state.turns += 1
+            state.flags = state.flags.merged(Flags.of_event(event))
+    return folded
+
+
+def _params(chosen: list[tuple[str, str]], folded: dict[tuple[str, str], _Folded]) -> list[Any]:
+    """The INSERT's values for these conversations, in _COLUMNS order."""
     field = Conversation._meta.get_field("first_at")
+    assert isinstance(field, DateTimeField)
+    values: list[Any] = []
+    for key in chosen:
+        state = folded[key]
+        values.extend([
+            *key,
+            field.get_db_prep_save(state.first_at, connection),
+            field.get_db_prep_save(state.last_at, connection),
+            state.turns,
+            *state.flags,
+            "",
+        ])
+    return values
 
-    def params(chosen: list[tuple[str, str]]) -> list[Any]:
-        values: list[Any] = []
-        for key in chosen:
-            first, last, turns, *flags = folded[key]
-            values.extend([*key, field.get_db_prep_save(first, connection),
-                           field.get_db_prep_save(last, connection), turns, *flags, ""])
-        return values
 
+def _insert_new(keys: list[tuple[str, str]], folded: dict[tuple[str, str], _Folded]) -> set[tuple[str, str]]:
+    """Insert the conversations that do not exist yet; returns their keys."""
     with connection.cursor() as cursor:
-        cursor.execute(_insert_sql(len(keys), merge=False), params(keys))
-        created = {tuple(row) for row in cursor.fetchall()}
-    deltas: dict[tuple[str, datetime], list[int]] = defaultdict(lambda: [0, 0, 0, 0])
-    for key in created:
-        first, _, _, *flags = folded[key]
-        sums = deltas[(key[0], rollups.quarter_of(first))]
-        sums[0] += 1
-        for i, flag in enumerate(flags, start=1):
-            sums[i] += flag
-    existing = [key for key in keys if key not in created]
-    if existing:
-        before = _locked_states(existing)
-        with connection.cursor() as cursor:
-            cursor.execute(_insert_sql(len(existing), merge=True), params(existing))
-        for key in existing:
-            old_first, old_flags = before[key]
-            first, _, _, *flags = folded[key]
-            new_first = min(old_first, first)
-            new_flags = [a or b for a, b in zip(old_flags, flags)]
-            old_bucket, new_bucket = rollups.quarter_of(old_first), rollups.quarter_of(new_first)
-            if old_bucket != new_bucket:
-                moved_out = deltas[(key[0], old_bucket)]
-                moved_out[0] -= 1
-                moved_in = deltas[(key[0], new_bucket)]
-                moved_in[0] += 1
-                for i, (was, now) in enumerate(zip(old_flags, new_flags), start=1):
-                    moved_out[i] -= was
-                    moved_in[i] += now
-            else:
-                sums = deltas[(key[0], new_bucket)]
-                for i, (was, now) in enumerate(zip(old_flags, new_flags), start=1):
-                    sums[i] += now and not was
-    rollups.add_conversation_deltas(deltas)
+        cursor.execute(_insert_sql(len(keys), merge=False), _params(keys, folded))
+        return {(business_id, conversation_id) for business_id, conversation_id in cursor.fetchall()}
+
+
+def _merge_existing(
+    existing: list[tuple[str, str]],
+    folded: dict[tuple[str, str], _Folded],
+    deltas: dict[tuple[str, datetime], ConversationSums],
+) -> None:
+    """Merge the batch into stored conversations and add what changed to `deltas`: a conversation whose first
+    event moved to an earlier quarter moves there with its flags."""
+    before = _locked_states(existing)
+    with connection.cursor() as cursor:
+        cursor.execute(_insert_sql(len(existing), merge=True), _params(existing, folded))
+    for key in existing:
+        old = before[key]
+        new_first = min(old.first_at, folded[key].first_at)
+        new_flags = old.flags.merged(folded[key].flags)
+        old_bucket, new_bucket = rollups.quarter_of(old.first_at), rollups.quarter_of(new_first)
+        if old_bucket != new_bucket:
+            deltas[(key[0], old_bucket)].add(old.flags.counted(started=1).negated())
+            deltas[(key[0], new_bucket)].add(new_flags.counted(started=1))
+        else:
+            deltas[(key[0], new_bucket)].add(new_flags.turned_on_since(old.flags).counted())
 
 
 @dataclass(frozen=True)
@@ -168,7 +243,7 @@ def record_outcome(
                     booked_models.append((locked.business_id, latest.model_name))
         if latest is not None:
             rollups.add_event_flags(locked.business_id, latest.timestamp, event_flags)
-        delta = [0, *(1 if name in changed else 0 for name in _FLAGS)]
+        delta = Flags(**{name: name in changed for name in _FLAGS}).counted()
         rollups.add_conversation_deltas({(locked.business_id, rollups.quarter_of(locked.first_at)): delta})
         locked.outcome_recorded_at = at or timezone.now()
         if note:
