@@ -61,7 +61,7 @@ class KnowledgeBaseChunkSerializer(serializers.Serializer):
     chunk_id = serializers.CharField()
     score = serializers.FloatField(help_text="BM25 score or cosine similarity, by the method; higher is better.")
     text = serializers.CharField()
-    source = serializers.CharField(help_text="The document, as a path inside the business's folder.")
+    source = serializers.CharField(help_text="The document, as a path inside the business's folder.")  # type: ignore[assignment]  # a declared field: DRF's metaclass takes it off the class
     section = serializers.CharField()
     position = serializers.IntegerField(help_text="Order of the chunk in its document, from 0.")
     topic = serializers.CharField()

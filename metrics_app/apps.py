@@ -8,8 +8,8 @@ class MetricsAppConfig(AppConfig):
 
     def ready(self) -> None:
         # Imported for what they register: the system checks, and the OpenAPI description of key authentication.
-        from metrics_app import checks  # noqa: F401
-        from metrics_app.api import schema  # noqa: F401
+        from metrics_app import checks  # noqa: F401  (registers the system checks)
+        from metrics_app.api import schema  # noqa: F401  (registers the OpenAPI extension for key authentication)
         from metrics_app.monitoring import prometheus
 
         prometheus.connect()

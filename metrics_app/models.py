@@ -242,7 +242,8 @@ class ApiKey(models.Model):
 
     @property
     def scopes(self) -> list[str]:
-        return [s for s, allowed in ((ApiKeyScope.INGEST, self.can_ingest), (ApiKeyScope.READ, self.can_read)) if allowed]
+        granted = ((ApiKeyScope.INGEST, self.can_ingest), (ApiKeyScope.READ, self.can_read))
+        return [scope for scope, allowed in granted if allowed]
 
     def has_scope(self, scope: str) -> bool:
         return scope in self.scopes
@@ -312,7 +313,8 @@ class ModelPrice(models.Model):
         ]
 
     def __str__(self) -> str:
-        return f"{self.model_pattern} from {self.valid_from:%Y-%m-%d}: ${self.input_usd_per_mtok}/${self.output_usd_per_mtok} per 1M"
+        prices = f"${self.input_usd_per_mtok}/${self.output_usd_per_mtok}"
+        return f"{self.model_pattern} from {self.valid_from:%Y-%m-%d}: {prices} per 1M"
 
 
 class Conversation(models.Model):

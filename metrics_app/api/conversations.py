@@ -100,7 +100,8 @@ class ConversationOutcomeView(APIView):
         ).first()
         if conversation is None:
             raise NotFound("No such conversation")
-        flags = {name: data[name] for name in ("appointment_booked", "appointment_requested", "human_handoff_requested")}
+        names = ("appointment_booked", "appointment_requested", "human_handoff_requested")
+        flags = {name: data[name] for name in names}
         result = conversations.record_outcome(conversation, flags=flags, note=data["note"])
         (item,) = _with_figures([result.conversation])
         return Response({"changed": result.changed, "conversation": ConversationSerializer(item).data})

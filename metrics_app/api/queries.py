@@ -31,8 +31,12 @@ def _refuse_outside_calendar(**moments: datetime | None) -> None:
         raise serializers.ValidationError(outside)
 
 class AnalyticsQuerySerializer(serializers.Serializer):
-    business_id = serializers.CharField(required=False, max_length=255, help_text="One business; all visible ones when absent.")
-    start = serializers.DateTimeField(required=False, help_text="ISO 8601; default `end` minus 7 days. A time without a zone is UTC.")
+    business_id = serializers.CharField(
+        required=False, max_length=255, help_text="One business; all visible ones when absent."
+    )
+    start = serializers.DateTimeField(
+        required=False, help_text="ISO 8601; default `end` minus 7 days. A time without a zone is UTC."
+    )
     end = serializers.DateTimeField(required=False, help_text="ISO 8601, exclusive; default now.")
     model = serializers.CharField(required=False, max_length=100)
     intent = serializers.CharField(required=False, max_length=100)
@@ -73,13 +77,17 @@ class TimeseriesQuerySerializer(AnalyticsQuerySerializer):
     def validate(self, attrs: dict[str, Any]) -> dict[str, Any]:
         attrs = super().validate(attrs)
         if attrs["bucket"] == "hour" and attrs["end"] - attrs["start"] > timedelta(hours=selectors.BUCKET_LIMIT):
-            raise serializers.ValidationError({"bucket": [f"hour buckets cover at most {selectors.BUCKET_LIMIT} hours; use day"]})
+            raise serializers.ValidationError(
+                {"bucket": [f"hour buckets cover at most {selectors.BUCKET_LIMIT} hours; use day"]}
+            )
         return attrs
 
 class BreakdownQuerySerializer(AnalyticsQuerySerializer):
     limit = serializers.IntegerField(required=False, default=20, min_value=1, max_value=100)
 
-def _query(request: Request, serializer_class: type[serializers.Serializer]) -> tuple[selectors.Filters, dict[str, Any]]:
+def _query(
+    request: Request, serializer_class: type[serializers.Serializer]
+) -> tuple[selectors.Filters, dict[str, Any]]:
     query = serializer_class(data=request.query_params)
     query.is_valid(raise_exception=True)
     data = query.validated_data

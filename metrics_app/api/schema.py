@@ -93,9 +93,9 @@ def add_chat_endpoints(result: dict[str, Any], generator: Any, request: Any, pub
         },
     }
     schemas["TrackEvent"] = _event_schema()
-    security = [{"bearerAuth": []}, {}]
+    security: list[dict[str, list[str]]] = [{"bearerAuth": []}, {}]
     result["components"].setdefault("securitySchemes", {}).setdefault(
-        "bearerAuth", ApiKeyAuthenticationScheme.get_security_definition(None, None)  # type: ignore[arg-type]
+        "bearerAuth", ApiKeyAuthenticationScheme.get_security_definition(None, None)  # type: ignore[arg-type]  # uses neither
     )
     stored = {
         "type": "object",
@@ -139,7 +139,10 @@ def add_chat_endpoints(result: dict[str, Any], generator: Any, request: Any, pub
     track = {
         "operationId": "track", "tags": ["chat app"], "security": security,
         "description": "Store one event. A repeated event_id answers 200 with duplicate true; the first write stands.",
-        "requestBody": {"required": True, "content": {"application/json": {"schema": {"$ref": "#/components/schemas/TrackEvent"}}}},
+        "requestBody": {
+            "required": True,
+            "content": {"application/json": {"schema": {"$ref": "#/components/schemas/TrackEvent"}}},
+        },
         "responses": {"201": _json(stored, "Stored."), "200": _json(stored, "Duplicate; nothing changed."),
                       **_errors(400, 401, 403, 405, 413, 415, 429, 503)},
     }

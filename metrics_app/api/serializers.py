@@ -15,7 +15,7 @@ from metrics_app.analytics import selectors
 
 class ErrorSerializer(serializers.Serializer):
     error = serializers.CharField(help_text="One-line summary.")
-    errors = serializers.DictField(
+    errors = serializers.DictField(  # type: ignore[assignment]  # a declared field: DRF's metaclass takes it off the class
         child=serializers.ListField(child=serializers.CharField()), help_text="Reasons, by field."
     )
 
@@ -45,7 +45,7 @@ def _float(help_text: str = "", null: bool = True) -> serializers.FloatField:
 
 class EventFiguresSerializer(serializers.Serializer):
     events = serializers.IntegerField()
-    errors = serializers.IntegerField(help_text="Failed replies: success_rate 0 or response_type \"error\".")
+    errors = serializers.IntegerField(help_text="Failed replies: success_rate 0 or response_type \"error\".")  # type: ignore[assignment]  # a declared field: DRF's metaclass takes it off the class
     error_rate = _float("errors / events")
     success_rate = _float("mean success_rate of the events")
     latency_mean_ms = _float()
@@ -117,7 +117,7 @@ class PeakCellSerializer(serializers.Serializer):
     weekday = serializers.IntegerField(min_value=1, max_value=7, help_text="ISO weekday: 1 Monday .. 7 Sunday")
     hour = serializers.IntegerField(min_value=0, max_value=23)
     events = serializers.IntegerField()
-    errors = serializers.IntegerField()
+    errors = serializers.IntegerField()  # type: ignore[assignment]  # a declared field: DRF's metaclass takes it off the class
     latency_mean_ms = _float()
     appointments_booked = serializers.IntegerField()
     human_handoffs = serializers.IntegerField()
@@ -137,7 +137,7 @@ class ConversationSerializer(serializers.Serializer):
     cost_usd = serializers.FloatField()
     unpriced_events = serializers.IntegerField()
     latency_mean_ms = serializers.FloatField(allow_null=True)
-    errors = serializers.IntegerField()
+    errors = serializers.IntegerField()  # type: ignore[assignment]  # a declared field: DRF's metaclass takes it off the class
     appointment_requested = serializers.BooleanField()
     appointment_booked = serializers.BooleanField()
     human_handoff_requested = serializers.BooleanField()

@@ -9,10 +9,12 @@ import logging
 import operator
 import time
 import uuid
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
-from typing import Any, Callable, Iterable
+from typing import Any
 
 from django.db import connection, transaction
+from django.db.models import Field
 from django.utils import timezone
 
 from metrics_app.analytics import rollups
@@ -81,14 +83,14 @@ def _row_values() -> Callable[[dict[str, Any]], tuple[Any, ...]]:
     values = operator.itemgetter(*_COLUMNS)
     if connection.vendor == "postgresql":
         return values  # psycopg2 adapts UUID, aware datetime and Decimal itself
-    convert = []
+    convert: list[Callable[[Any], Any] | None] = []
     for name in _COLUMNS:
         model_field = AIMetric._meta.get_field("business" if name == "business_id" else name)
-        if model_field.get_internal_type() in ("UUIDField", "DateTimeField"):
-            convert.append(lambda value, f=model_field: f.get_db_prep_save(value, connection))
+        if isinstance(model_field, Field) and model_field.get_internal_type() in ("UUIDField", "DateTimeField"):
+            convert.append(functools.partial(model_field.get_db_prep_save, connection=connection))
         else:
             convert.append(None)
-    return lambda row: tuple(value if c is None else c(value) for c, value in zip(convert, values(row)))
+    return lambda row: tuple(value if c is None else c(value) for c, value in zip(convert, values(row), strict=True))
 
 @functools.lru_cache(maxsize=64)
 def _insert_sql(vendor: str, count: int) -> str:

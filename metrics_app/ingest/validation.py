@@ -10,10 +10,11 @@ from __future__ import annotations
 
 import re
 import uuid
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from decimal import ROUND_HALF_EVEN, Decimal, InvalidOperation
-from typing import Any, Callable
+from typing import Any
 
 from metrics_app.models import MAX_COST_USD, MAX_MESSAGE_LENGTH, MAX_RESPONSE_TIME_MS, MAX_TOKENS
 from metrics_app.rules import business_id_problem

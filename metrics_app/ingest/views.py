@@ -143,7 +143,7 @@ def track_batch(request: HttpRequest) -> HttpResponse:
     created = duplicates = 0
     if valid:
         outcomes = services.record_events([values for _, values in valid])
-        for (index, _), outcome in zip(valid, outcomes):
+        for (index, _), outcome in zip(valid, outcomes, strict=True):
             results[index]["event_id"] = str(outcome.event_id)
             results[index]["status"] = "created" if outcome.created else "duplicate"
             created += outcome.created

@@ -20,13 +20,16 @@ import logging
 import os
 import time
 from collections import defaultdict
+from collections.abc import Iterable
+from dataclasses import dataclass, field
 from decimal import Decimal
-from typing import Any, Iterable
+from typing import Any
 
 import orjson
 from django.conf import settings
 from django.core import checks
 from django.db import DatabaseError
+from django.db.models import Model
 from django.http import HttpRequest, HttpResponse
 from django.views.decorators.csrf import csrf_exempt
 from django_prometheus.middleware import PrometheusAfterMiddleware
@@ -215,56 +218,74 @@ def count_stored_events(events: list[dict[str, Any]]) -> None:
     lock and writes the worker's file). Histograms still observe every value.
     """
     business_labels = labels.businesses(event.get("business_id") for event in events)
-    increments: defaultdict[tuple[Any, tuple[str, ...]], float] = defaultdict(float)
-    costs: defaultdict[str, Decimal] = defaultdict(Decimal)
-    observations: defaultdict[tuple[Any, tuple[str, ...]], list[float]] = defaultdict(list)
+    tally = _Tally()
     for event in events:
-        business = business_labels[event.get("business_id")]
-        model = labels.model(event.get("model_name"))
-        intent = labels.intent(event.get("intent_detected"))
-        increments[AI_REQUESTS, (business, intent, labels.response_type(event.get("response_type")))] += 1
-
-        response_ms = event.get("response_time_ms")
-        if response_ms is not None:
-            seconds = response_ms / 1000
-            observations[AI_RESPONSE_TIME, (business,)].append(seconds)
-            observations[GEN_AI_DURATION, (GEN_AI_OPERATION, model)].append(seconds)
-
-        tokens = event.get("tokens_used")
-        if tokens:
-            increments[AI_TOKENS, (business, model)] += tokens
-        input_tokens, output_tokens = event.get("input_tokens"), event.get("output_tokens")
-        if input_tokens is not None or output_tokens is not None:
-            if input_tokens is not None:
-                observations[GEN_AI_TOKENS, (GEN_AI_OPERATION, model, "input")].append(input_tokens)
-            if output_tokens is not None:
-                observations[GEN_AI_TOKENS, (GEN_AI_OPERATION, model, "output")].append(output_tokens)
-        elif tokens is not None:
-            observations[GEN_AI_TOKENS, (GEN_AI_OPERATION, model, "total")].append(tokens)
-
-        cost = event.get("api_cost_usd")
-        if cost:
-            costs[business] += Decimal(cost)
-        if event.get("appointment_requested"):
-            increments[APPOINTMENTS_REQUESTED, (business,)] += 1
-        if event.get("appointment_booked"):
-            increments[APPOINTMENTS_BOOKED, (business,)] += 1
-        if event.get("human_handoff_requested"):
-            increments[HUMAN_HANDOFFS, (business,)] += 1
-        if _is_failed(event):
-            increments[AI_FAILED_REPLIES, (business,)] += 1
-
-    for (metric, label_values), amount in increments.items():
-        metric.labels(*label_values).inc(amount)
-    for business, cost in costs.items():
-        AI_COST.labels(business).inc(float(cost))
-    for (metric, label_values), values in observations.items():
-        child = metric.labels(*label_values)
-        for value in values:
-            child.observe(value)
+        tally.add(event, business_labels[event.get("business_id")])
+    tally.publish()
     INGEST_EVENTS.labels("created").inc(len(events))
     # Events are written with one INSERT ... ON CONFLICT, which no model hook sees.
     model_inserts.labels(_EVENT_MODEL).inc(len(events))
+
+
+_LabelledMetric = tuple[Any, tuple[str, ...]]  # a metric and the values of its labels
+# Each outcome flag of an event and the per-business counter it moves.
+_FLAG_COUNTERS = (
+    ("appointment_requested", APPOINTMENTS_REQUESTED),
+    ("appointment_booked", APPOINTMENTS_BOOKED),
+    ("human_handoff_requested", HUMAN_HANDOFFS),
+)
+
+
+@dataclass
+class _Tally:
+    """A batch's counter increments, costs and histogram observations, per label set."""
+
+    increments: defaultdict[_LabelledMetric, float] = field(default_factory=lambda: defaultdict(float))
+    costs: defaultdict[str, Decimal] = field(default_factory=lambda: defaultdict(Decimal))
+    observations: defaultdict[_LabelledMetric, list[float]] = field(default_factory=lambda: defaultdict(list))
+
+    def add(self, event: dict[str, Any], business: str) -> None:
+        model = labels.model(event.get("model_name"))
+        intent = labels.intent(event.get("intent_detected"))
+        self.increments[AI_REQUESTS, (business, intent, labels.response_type(event.get("response_type")))] += 1
+        self._observe(event, business, model)
+        tokens = event.get("tokens_used")
+        if tokens:
+            self.increments[AI_TOKENS, (business, model)] += tokens
+        cost = event.get("api_cost_usd")
+        if cost:
+            self.costs[business] += Decimal(cost)
+        for flag, metric in _FLAG_COUNTERS:
+            if event.get(flag):
+                self.increments[metric, (business,)] += 1
+        if _is_failed(event):
+            self.increments[AI_FAILED_REPLIES, (business,)] += 1
+
+    def _observe(self, event: dict[str, Any], business: str, model: str) -> None:
+        response_ms = event.get("response_time_ms")
+        if response_ms is not None:
+            seconds = response_ms / 1000
+            self.observations[AI_RESPONSE_TIME, (business,)].append(seconds)
+            self.observations[GEN_AI_DURATION, (GEN_AI_OPERATION, model)].append(seconds)
+        tokens = event.get("tokens_used")
+        input_tokens, output_tokens = event.get("input_tokens"), event.get("output_tokens")
+        if input_tokens is not None or output_tokens is not None:
+            if input_tokens is not None:
+                self.observations[GEN_AI_TOKENS, (GEN_AI_OPERATION, model, "input")].append(input_tokens)
+            if output_tokens is not None:
+                self.observations[GEN_AI_TOKENS, (GEN_AI_OPERATION, model, "output")].append(output_tokens)
+        elif tokens is not None:
+            self.observations[GEN_AI_TOKENS, (GEN_AI_OPERATION, model, "total")].append(tokens)
+
+    def publish(self) -> None:
+        for (metric, label_values), amount in self.increments.items():
+            metric.labels(*label_values).inc(amount)
+        for business, cost in self.costs.items():
+            AI_COST.labels(business).inc(float(cost))
+        for (metric, label_values), values in self.observations.items():
+            child = metric.labels(*label_values)
+            for value in values:
+                child.observe(value)
 
 
 def count_recorded_bookings(bookings: list[tuple[str, str | None]]) -> None:
@@ -288,7 +309,9 @@ class MetricsAfterMiddleware(PrometheusAfterMiddleware):
     /track/batch answered; created ones are counted when they commit.
     """
 
-    def label_metric(self, metric, request, response=None, **label_values):  # type: ignore[no-untyped-def]
+    def label_metric(
+        self, metric: Any, request: HttpRequest, response: HttpResponse | None = None, **label_values: Any
+    ) -> Any:
         method = label_values.get("method")
         if method is not None and method not in _HTTP_METHODS:
             label_values["method"] = "<invalid method>"
@@ -388,11 +411,11 @@ _MODEL_APPS = ("metrics_app", "documents_app")
 _EVENT_MODEL = "aimetric"
 
 
-def _model_saved(sender: type, created: bool, **kwargs: Any) -> None:
+def _model_saved(sender: type[Model], created: bool, **kwargs: Any) -> None:
     (model_inserts if created else model_updates).labels(sender._meta.model_name).inc()
 
 
-def _model_deleted(sender: type, **kwargs: Any) -> None:
+def _model_deleted(sender: type[Model], **kwargs: Any) -> None:
     model_deletes.labels(sender._meta.model_name).inc()
 
 

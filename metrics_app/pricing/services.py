@@ -26,11 +26,12 @@ from __future__ import annotations
 import fnmatch
 import json
 import time
+from collections.abc import Iterable
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from decimal import Decimal
 from pathlib import Path
-from typing import Any, Iterable
+from typing import Any
 
 from django.conf import settings
 from django.db import transaction

@@ -6,6 +6,7 @@ import json
 import urllib.error
 import urllib.request
 from collections import defaultdict
+from collections.abc import Iterable, Mapping
 from typing import Any
 
 from django.conf import settings
@@ -48,15 +49,17 @@ def totals_from_database(business_id: str | None) -> Totals:
     rows = AIMetric.objects.all()
     if business_id:
         rows = rows.filter(business_id=business_id)
-    grouped = rows.values("business_id").order_by("business_id").annotate(
-        events=Count("id"),
-        failed=Count("id", filter=Q(success_rate=0) | Q(response_type="error")),
-        tokens=Sum("tokens_used"),
-        cost_usd=Sum("api_cost_usd"),
-        requested=Count("id", filter=Q(appointment_requested=True)),
-        booked=Count("id", filter=Q(appointment_booked=True)),
-        handoffs=Count("id", filter=Q(human_handoff_requested=True)),
-    )
+    # By name: "failed" is also AIMetric's property, which a keyword annotation shadows for the type checker.
+    aggregates = {
+        "events": Count("id"),
+        "failed": Count("id", filter=Q(success_rate=0) | Q(response_type="error")),
+        "tokens": Sum("tokens_used"),
+        "cost_usd": Sum("api_cost_usd"),
+        "requested": Count("id", filter=Q(appointment_requested=True)),
+        "booked": Count("id", filter=Q(appointment_booked=True)),
+        "handoffs": Count("id", filter=Q(human_handoff_requested=True)),
+    }
+    grouped: Iterable[Mapping[str, Any]] = rows.values("business_id").order_by("business_id").annotate(**aggregates)
     return {
         row["business_id"]: {column: _typed(column, row[column] or 0) for column in COLUMNS} for row in grouped
     }
