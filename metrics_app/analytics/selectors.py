@@ -18,10 +18,11 @@ from __future__ import annotations
 import math
 import zoneinfo
 from collections import defaultdict
+from collections.abc import Iterable
 from dataclasses import dataclass, replace
 from datetime import datetime, timedelta
 from decimal import Decimal
-from typing import Any, Iterable
+from typing import Any
 
 from django.db import connection
 from django.db.models import Aggregate, Count, Exists, F, FloatField, OuterRef, Q, QuerySet, Sum
@@ -193,6 +194,16 @@ def _conversation_figures(row: dict[str, Any], cost: float) -> dict[str, Any]:
     }
 
 
+def _dict_rows(rows: QuerySet[Any, Any]) -> QuerySet[Any, dict[str, Any]]:
+    """`rows` typed as plain dicts: the type checker sees values() rows as TypedDicts, whose keys cannot be popped."""
+    return rows
+
+
+def _with_none_default(sums: dict[Any, dict[str, Any]]) -> dict[Any, defaultdict[str, Any]]:
+    """Each bucket's sums answering None for a figure it lacks."""
+    return {key: defaultdict(lambda: None, value) for key, value in sums.items()}
+
+
 def _grouped_percentiles(events: QuerySet[AIMetric], group: Any = None) -> dict[Any, dict[str, float | None]]:
     """p50/p95/p99 of response_time_ms, per value of `group` (an expression), or overall under key None."""
     with_latency = events.exclude(response_time_ms__isnull=True)
@@ -200,22 +211,22 @@ def _grouped_percentiles(events: QuerySet[AIMetric], group: Any = None) -> dict[
         aggregates = {name: PercentileCont("response_time_ms", fraction) for name, fraction in PERCENTILES}
         if group is None:
             return {None: with_latency.aggregate(**aggregates)}
-        rows = with_latency.annotate(group=group).values("group").annotate(**aggregates).order_by()
+        rows = _dict_rows(with_latency.annotate(group=group).values("group").annotate(**aggregates).order_by())
         return {row.pop("group"): row for row in rows}
-    values: dict[Any, list[int]] = defaultdict(list)
+    values: dict[Any, list[Any]] = defaultdict(list)
     if group is None:
         values[None] = list(with_latency.values_list("response_time_ms", flat=True))
     else:
         for key, latency in with_latency.annotate(group=group).values_list("group", "response_time_ms"):
             values[key].append(latency)
-    result = {}
+    result: dict[Any, dict[str, float | None]] = {}
     for key, latencies in values.items():
         latencies.sort()
         result[key] = {name: percentile(latencies, fraction) for name, fraction in PERCENTILES}
     return result
 
 
-def _no_percentiles() -> dict[str, None]:
+def _no_percentiles() -> dict[str, float | None]:
     return {name: None for name, _ in PERCENTILES}
 
 
@@ -248,9 +259,10 @@ def _merge(total: dict[str, Any], part: dict[str, Any]) -> None:
         total[name] = total.get(name, 0) + value
 
 
-def _bins_of(latencies: Iterable[int], bins: dict[int, int]) -> None:
+def _bins_of(latencies: Iterable[int | None], bins: dict[int, int]) -> None:
+    """Count latencies into `bins`; the callers leave out nulls."""
     for latency in latencies:
-        index = rollups.latency_bin(latency)
+        index = rollups.latency_bin(latency or 0)
         bins[index] = bins.get(index, 0) + 1
 
 
@@ -274,10 +286,12 @@ def _period_bins(owners: list[str], middle: tuple[datetime, datetime], edges: li
     bins: dict[int, int] = {}
     for span, start, end in parts:
         if start < end:
-            for index, count in _sketch_rows(owners, span, start, end).values("bin").annotate(n=Sum("count")).order_by().values_list("bin", "n"):
+            sums = _sketch_rows(owners, span, start, end).values("bin").annotate(n=Sum("count")).order_by()
+            for index, count in sums.values_list("bin", "n"):
                 bins[index] = bins.get(index, 0) + count
     for edge in edges:
-        _bins_of(events_in(edge).exclude(response_time_ms__isnull=True).values_list("response_time_ms", flat=True), bins)
+        latencies = events_in(edge).exclude(response_time_ms__isnull=True).values_list("response_time_ms", flat=True)
+        _bins_of(latencies, bins)
     return bins
 
 
@@ -296,7 +310,7 @@ def _event_sums(filters: Filters, middle: tuple[datetime, datetime], edges: list
 
 
 _CONVERSATION_NAMES = dict(zip(rollups.CONVERSATION_SUMS, ("conversations", "conv_requested", "conv_booked",
-                                                            "conv_handoffs")))
+                                                            "conv_handoffs"), strict=True))
 
 
 def _conversation_sums(filters: Filters, middle: tuple[datetime, datetime] | None,
@@ -388,7 +402,7 @@ def timeseries(filters: Filters, bucket: str, percentiles: bool = True) -> list[
         event_sums, latency, conversations = _raw_buckets(filters, kind, percentiles)
     else:
         event_sums, latency, conversations = _rollup_buckets(filters, kind, middle, edges, percentiles)
-    empty = defaultdict(lambda: None)
+    empty: defaultdict[str, Any] = defaultdict(lambda: None)
     series = []
     for start in bucket_starts(filters, kind):
         figures = _event_figures(event_sums.get(start, empty))
@@ -405,13 +419,13 @@ Buckets = tuple[dict[datetime, Any], dict[datetime, dict[str, float | None]], di
 def _raw_buckets(filters: Filters, kind: str, percentiles: bool = True) -> Buckets:
     trunc = Trunc("timestamp", kind, tzinfo=filters.tz)
     events = events_in(filters)
-    rows = events.annotate(bucket=trunc).values("bucket").annotate(**_event_aggregates()).order_by()
+    rows = _dict_rows(events.annotate(bucket=trunc).values("bucket").annotate(**_event_aggregates()).order_by())
     event_sums = {_as_local_key(row.pop("bucket"), filters.tz): row for row in rows}
     latency = {
         _as_local_key(key, filters.tz): value
         for key, value in _grouped_percentiles(events, Trunc("timestamp", kind, tzinfo=filters.tz)).items()
     } if percentiles else {}
-    conv_rows = (
+    conv_rows = _dict_rows(
         conversations_in(filters)
         .annotate(bucket=Trunc("first_at", kind, tzinfo=filters.tz))
         .values("bucket")
@@ -440,7 +454,7 @@ def _rollup_buckets(filters: Filters, kind: str, middle: tuple[datetime, datetim
     for bucket, *values in EventRollup.objects.filter(
         business_id__in=owners, bucket__gte=middle[0], bucket__lt=middle[1]
     ).order_by().values_list("bucket", *rollups.EVENT_SUMS):
-        _merge(event_sums[local(bucket)], dict(zip(rollups.EVENT_SUMS, values)))
+        _merge(event_sums[local(bucket)], dict(zip(rollups.EVENT_SUMS, values, strict=True)))
     bins: dict[datetime, dict[int, int]] = defaultdict(dict)
     sketch = _sketch_rows(owners, rollups.QUARTER, *middle) if percentiles else LatencyRollup.objects.none()
     for bucket, index, count in sketch.order_by().values_list("bucket", "bin", "count"):
@@ -450,23 +464,32 @@ def _rollup_buckets(filters: Filters, kind: str, middle: tuple[datetime, datetim
     for bucket, *values in ConversationRollup.objects.filter(
         business_id__in=owners, bucket__gte=middle[0], bucket__lt=middle[1]
     ).order_by().values_list("bucket", *rollups.CONVERSATION_SUMS):
-        _merge(conversations[local(bucket)], {_CONVERSATION_NAMES[k]: v for k, v in zip(rollups.CONVERSATION_SUMS, values)})
-
+        named = {_CONVERSATION_NAMES[k]: v for k, v in zip(rollups.CONVERSATION_SUMS, values, strict=True)}
+        _merge(conversations[local(bucket)], named)
     for edge in edges:
-        raw_sums, _, raw_conversations = _raw_buckets(edge, kind, percentiles=False)
-        for key, row in raw_sums.items():
-            _merge(event_sums[key], row)
-        for key, row in raw_conversations.items():
-            _merge(conversations[key], row)
-        if not percentiles:
-            continue
-        for moment, latency in events_in(edge).exclude(response_time_ms__isnull=True).values_list(
-            "timestamp", "response_time_ms"
-        ):
-            _bins_of([latency], bins[local_bucket(moment, kind, filters.tz)])
+        _add_raw_edge(edge, kind, event_sums, conversations)
+        if percentiles:
+            _add_raw_edge_bins(edge, kind, filters.tz, bins)
     latency = {key: _sketch_percentiles(value) for key, value in bins.items()}
-    wrap = lambda sums: {k: defaultdict(lambda: None, v) for k, v in sums.items()}  # noqa: E731
-    return wrap(event_sums), latency, wrap(conversations)
+    return _with_none_default(event_sums), latency, _with_none_default(conversations)
+
+
+def _add_raw_edge(
+    edge: Filters, kind: str, event_sums: dict[datetime, dict[str, Any]], conversations: dict[datetime, dict[str, Any]]
+) -> None:
+    """Add the sums of a part of the period that no whole quarter hour covers, from the raw rows."""
+    raw_sums, _, raw_conversations = _raw_buckets(edge, kind, percentiles=False)
+    for key, row in raw_sums.items():
+        _merge(event_sums.setdefault(key, {}), row)
+    for key, row in raw_conversations.items():
+        _merge(conversations.setdefault(key, {}), row)
+
+
+def _add_raw_edge_bins(edge: Filters, kind: str, tz: zoneinfo.ZoneInfo, bins: dict[datetime, dict[int, int]]) -> None:
+    for moment, latency in events_in(edge).exclude(response_time_ms__isnull=True).values_list(
+        "timestamp", "response_time_ms"
+    ):
+        _bins_of([latency], bins[local_bucket(moment, kind, tz)])
 
 
 def breakdown(filters: Filters, dimension: str, limit: int) -> list[dict[str, Any]]:
@@ -495,7 +518,7 @@ def _raw_peak_cells(filters: Filters) -> dict[tuple[int, int], dict[str, Any]]:
         .annotate(**_event_aggregates())
         .order_by()
     )
-    return {(row.pop("weekday"), row.pop("hour")): row for row in rows}
+    return {(row.pop("weekday"), row.pop("hour")): row for row in _dict_rows(rows)}
 
 
 def _rollup_peak_cells(filters: Filters, middle: tuple[datetime, datetime],
@@ -507,12 +530,12 @@ def _rollup_peak_cells(filters: Filters, middle: tuple[datetime, datetime],
         rows = rollup.annotate(
             weekday=ExtractIsoWeekDay("bucket", tzinfo=filters.tz), hour=ExtractHour("bucket", tzinfo=filters.tz)
         ).values("weekday", "hour").annotate(**{n: Sum(n) for n in rollups.EVENT_SUMS}).order_by()
-        for row in rows:
+        for row in _dict_rows(rows):
             _merge(cells[(row.pop("weekday"), row.pop("hour"))], row)
     else:
         for bucket, *values in rollup.order_by().values_list("bucket", *rollups.EVENT_SUMS):
             local = bucket.astimezone(filters.tz)
-            _merge(cells[(local.isoweekday(), local.hour)], dict(zip(rollups.EVENT_SUMS, values)))
+            _merge(cells[(local.isoweekday(), local.hour)], dict(zip(rollups.EVENT_SUMS, values, strict=True)))
     for edge in edges:
         for key, row in _raw_peak_cells(edge).items():
             _merge(cells[key], row)
@@ -522,7 +545,7 @@ def _rollup_peak_cells(filters: Filters, middle: tuple[datetime, datetime],
 def peak_hours(filters: Filters) -> list[dict[str, Any]]:
     middle, edges = _split(filters)
     cells = _raw_peak_cells(filters) if middle is None else _rollup_peak_cells(filters, middle, edges)
-    empty = defaultdict(lambda: None)
+    empty: defaultdict[str, Any] = defaultdict(lambda: None)
     result = []
     for weekday in range(1, 8):
         for hour in range(24):
@@ -560,7 +583,7 @@ def _rollup_buckets_in_sql(filters: Filters, kind: str, middle: tuple[datetime, 
     owners = _owners(filters)
     local = f"date_trunc('{kind}', bucket AT TIME ZONE %s)"
     where = "business_id = ANY(%s) AND bucket >= %s AND bucket < %s"
-    args = [filters.tz.key, owners, middle[0], middle[1]]
+    args: list[Any] = [filters.tz.key, owners, middle[0], middle[1]]
     event_table = EventRollup._meta.db_table
     conv_table = ConversationRollup._meta.db_table
     event_sums: dict[datetime, dict[str, Any]] = {}
@@ -571,26 +594,24 @@ def _rollup_buckets_in_sql(filters: Filters, kind: str, middle: tuple[datetime, 
             f"FROM {event_table} WHERE {where} GROUP BY 1", args,
         )
         for key, *values in cursor.fetchall():
-            event_sums[key] = dict(zip(rollups.EVENT_SUMS, values))
+            event_sums[key] = dict(zip(rollups.EVENT_SUMS, values, strict=True))
         cursor.execute(
             f"SELECT {local} AS local, {', '.join(f'SUM({n})' for n in rollups.CONVERSATION_SUMS)} "
             f"FROM {conv_table} WHERE {where} GROUP BY 1", args,
         )
         for key, *values in cursor.fetchall():
-            conversations[key] = {_CONVERSATION_NAMES[k]: v for k, v in zip(rollups.CONVERSATION_SUMS, values)}
+            conversations[key] = {
+                _CONVERSATION_NAMES[k]: v for k, v in zip(rollups.CONVERSATION_SUMS, values, strict=True)
+            }
         bins_by_bucket = _percentile_bins_in_sql(cursor, filters, kind, owners, middle, edges) if percentiles else {}
     for edge in edges:
-        raw_sums, _, raw_conversations = _raw_buckets(edge, kind, percentiles=False)
-        for key, row in raw_sums.items():
-            _merge(event_sums.setdefault(key, {}), row)
-        for key, row in raw_conversations.items():
-            _merge(conversations.setdefault(key, {}), row)
-    wrap = lambda sums: {k: defaultdict(lambda: None, v) for k, v in sums.items()}  # noqa: E731
-    return wrap(event_sums), bins_by_bucket, wrap(conversations)
+        _add_raw_edge(edge, kind, event_sums, conversations)
+    return _with_none_default(event_sums), bins_by_bucket, _with_none_default(conversations)
 
 
-def _percentile_bins_in_sql(cursor: Any, filters: Filters, kind: str, owners: list[str],
-                            middle: tuple[datetime, datetime], edges: list[Filters]) -> dict[datetime, dict[str, float | None]]:
+def _percentile_bins_in_sql(
+    cursor: Any, filters: Filters, kind: str, owners: list[str], middle: tuple[datetime, datetime], edges: list[Filters]
+) -> dict[datetime, dict[str, float | None]]:
     """Per local bucket, the sketch bins at the two ranks around each percentile, from cumulative counts."""
     table = LatencyRollup._meta.db_table
     parts = [
@@ -608,10 +629,10 @@ def _percentile_bins_in_sql(cursor: Any, filters: Filters, kind: str, owners: li
         )
         args.extend([filters.tz.key, rollups.LOG_GAMMA, *raw_args])
     picks = []
-    for name, fraction in PERCENTILES:
-        low = f"floor({fraction!r} * (n - 1))"
-        picks.append(f"MIN(bin) FILTER (WHERE cum > {low})")
-        picks.append(f"MIN(bin) FILTER (WHERE cum > LEAST({low} + 1, n - 1))")
+    for _name, fraction in PERCENTILES:
+        low_rank = f"floor({fraction!r} * (n - 1))"
+        picks.append(f"MIN(bin) FILTER (WHERE cum > {low_rank})")
+        picks.append(f"MIN(bin) FILTER (WHERE cum > LEAST({low_rank} + 1, n - 1))")
     cursor.execute(
         f"WITH s AS (SELECT local, bin, SUM(c) AS c FROM ({' UNION ALL '.join(parts)}) u GROUP BY 1, 2), "
         f"w AS (SELECT local, bin, SUM(c) OVER (PARTITION BY local ORDER BY bin) AS cum, "
@@ -619,9 +640,9 @@ def _percentile_bins_in_sql(cursor: Any, filters: Filters, kind: str, owners: li
         f"SELECT local, n, {', '.join(picks)} FROM w GROUP BY local, n",
         args,
     )
-    result = {}
+    result: dict[datetime, dict[str, float | None]] = {}
     for key, total, *bins in cursor.fetchall():
-        figures = {}
+        figures: dict[str, float | None] = {}
         for i, (name, fraction) in enumerate(PERCENTILES):
             position = fraction * (int(total) - 1)
             low, high = rollups.bin_value(bins[2 * i]), rollups.bin_value(bins[2 * i + 1])

@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from typing import Any
 
 from django.db.models import Count, Max, Min, Q, Sum
@@ -19,7 +20,7 @@ def with_figures(conversations_qs: Any) -> list[dict[str, Any]]:
     wanted = Q()
     for row in rows:
         wanted |= Q(business_id=row.business_id, conversation_id=row.conversation_id)
-    figures = {
+    figures: dict[tuple[str, str | None], Mapping[str, Any]] = {
         (f["business_id"], f["conversation_id"]): f
         for f in AIMetric.objects.filter(wanted).values("business_id", "conversation_id").annotate(
             tokens=Sum("tokens_used"), cost=Sum("cost_usd"), unpriced=Count("id", filter=selectors.UNPRICED),
