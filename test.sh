@@ -1,6 +1,8 @@
 #!/usr/bin/env bash
-# Runs the whole test suite twice: on SQLite, then on a temporary PostgreSQL
-# server that it starts itself (initdb in a temporary directory, loopback only).
+# Runs the linters (ruff, mypy), then the whole test suite twice: on SQLite,
+# then on a temporary PostgreSQL server that it starts itself (initdb in a
+# temporary directory, loopback only). Any failing step fails the run; the
+# last line names the failed steps.
 # Arguments go to pytest, e.g. ./test.sh -k track -x
 # With CI=true a component the tests need (PostgreSQL among them) must be
 # present: its absence fails the run instead of skipping.
@@ -14,19 +16,27 @@ fi
 .venv/bin/pip install --quiet --disable-pip-version-check -r requirements-dev.txt || exit 1
 
 status=0
+failed=()
+echo "=== Lint: ruff check"
+.venv/bin/ruff check metrics_app documents_app mlops_site || { status=1; failed+=("ruff check"); }
+
+echo "=== Types: mypy"
+.venv/bin/mypy || { status=1; failed+=("mypy"); }
+
 echo "=== Test suite on SQLite"
-.venv/bin/python -m pytest "$@" || status=1
+.venv/bin/python -m pytest "$@" || { status=1; failed+=("tests on SQLite"); }
 
 echo "=== Test suite on PostgreSQL"
 if .venv/bin/python -c "import sys; from tests.pgserver import find_bindir; sys.exit(0 if find_bindir() else 1)"; then
-    .venv/bin/python -m tests.pgserver -- .venv/bin/python -m pytest "$@" || status=1
+    .venv/bin/python -m tests.pgserver -- .venv/bin/python -m pytest "$@" || { status=1; failed+=("tests on PostgreSQL"); }
 else
     echo "PostgreSQL server binaries not found (install the postgresql package): the PostgreSQL run did NOT happen."
-    case "${CI:-}" in true|1|yes) status=1 ;; esac
+    case "${CI:-}" in true|1|yes) status=1; failed+=("PostgreSQL run (server binaries missing)") ;; esac
 fi
 
 if [ "$status" -ne 0 ]; then
-    echo "=== FAILED"
+    echo "=== FAILED:"
+    printf '    %s\n' "${failed[@]}"
 else
     echo "=== All test runs passed"
 fi
