@@ -218,7 +218,7 @@ def test_gunicorn_serves_a_sound_production_configuration(live_service):
     assert service.request("POST", "/track", {"business_id": "acme"})[0] == 401
 
 
-# --- Every variable is read by the typed helpers
+# --- Every variable is read by the typed helpers and documented
 
 
 READERS = ("envstr", "envbool", "envint", "envchoice", "envlist", "envorigins")
@@ -236,3 +236,11 @@ def test_the_entry_points_read_the_environment_only_through_the_typed_helpers():
     assert {"PORT", "DATABASE_URL"} <= variables_read("mlops_site/settings.py")
     assert {"WEB_CONCURRENCY", "GUNICORN_TIMEOUT"} <= variables_read("gunicorn.conf.py")
 
+
+def test_every_variable_the_service_reads_is_in_the_readme_configuration_table():
+    readme = (ROOT / "README.md").read_text()
+    section = readme.split("\n## Configuration\n", 1)[1].split("\n## ", 1)[0]
+    documented = {name for row in section.splitlines() if row.startswith("| `") for name in re.findall(
+        r"`([A-Z0-9_]+)`", row.split("|")[1])}
+    read = set().union(*(variables_read(path) for path in ENTRY_POINTS))
+    assert read - documented == set()
