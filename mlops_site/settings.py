@@ -65,8 +65,8 @@ if _db["ENGINE"] not in _PROMETHEUS_ENGINES:
     raise ImproperlyConfigured(
         f"DATABASE_URL must be a sqlite:/// or postgresql:// URL, got engine {_db['ENGINE']}"
     )
-_options: dict[str, object] = {}
-_test: dict[str, object] = {}
+_options: dict[str, object]
+_test: dict[str, object] = {}  # the test database's name, SQLite only
 if _db["ENGINE"] == "django.db.backends.sqlite3":
     _options = {
         # WAL lets readers work while gunicorn workers write; IMMEDIATE takes
