@@ -311,7 +311,7 @@ def test_invented_http_methods_share_one_label(api, scrape):
 
 
 def test_production_without_a_metrics_token_is_warned_about(settings):
-    from metrics_app.monitoring.prometheus import check_metrics_token
+    from metrics_app.checks import check_metrics_token
 
     settings.IS_PRODUCTION = True
     settings.MLOPS_METRICS_TOKEN = ""

@@ -24,7 +24,6 @@ from decimal import Decimal
 from typing import Any, Iterable
 
 from django.conf import settings
-from django.core import checks
 from django.db import DatabaseError
 from django.http import HttpRequest, HttpResponse
 from django.views.decorators.csrf import csrf_exempt
@@ -334,22 +333,6 @@ def metrics_view(request: HttpRequest) -> HttpResponse:
             headers={"WWW-Authenticate": 'Bearer realm="metrics"'},
         )
     return HttpResponse(render_metrics(), content_type=CONTENT_TYPE_LATEST)
-
-
-# --- Start-up checks
-
-
-@checks.register(checks.Tags.security)
-def check_metrics_token(app_configs: Any, **kwargs: Any) -> list[checks.CheckMessage]:
-    if settings.IS_PRODUCTION and not settings.MLOPS_METRICS_TOKEN:
-        return [
-            checks.Warning(
-                "/metrics is served without a token in production",
-                hint="Set MLOPS_METRICS_TOKEN, or keep /metrics reachable only from the Prometheus network.",
-                id="metrics_app.W001",
-            )
-        ]
-    return []
 
 
 # --- django-prometheus's model counters, fed by signals rather than a mixin on every model
