@@ -1,5 +1,6 @@
 #!/usr/bin/env bash
-# Runs the linters (ruff, mypy), then the whole test suite twice: on SQLite,
+# Runs the linters (ruff, mypy) and the import contracts (import-linter),
+# then the whole test suite twice: on SQLite,
 # then on a temporary PostgreSQL server that it starts itself (initdb in a
 # temporary directory, loopback only). Any failing step fails the run; the
 # last line names the failed steps.
@@ -18,10 +19,13 @@ fi
 status=0
 failed=()
 echo "=== Lint: ruff check"
-.venv/bin/ruff check metrics_app documents_app mlops_site || { status=1; failed+=("ruff check"); }
+.venv/bin/ruff check metrics_app documents_app mlops_site gunicorn.conf.py manage.py || { status=1; failed+=("ruff check"); }
 
 echo "=== Types: mypy"
 .venv/bin/mypy || { status=1; failed+=("mypy"); }
+
+echo "=== Import contracts (import-linter, pyproject.toml)"
+.venv/bin/lint-imports --no-cache --no-logo || { status=1; failed+=("import contracts"); }
 
 echo "=== Test suite on SQLite"
 .venv/bin/python -m pytest "$@" || { status=1; failed+=("tests on SQLite"); }

@@ -21,14 +21,20 @@ from django.apps import apps as global_apps
 from django.db import connection, transaction
 
 from metrics_app.models import ALL_BUSINESSES, ConversationRollup, EventRollup, LatencyRollup
+from metrics_app.rules import (
+    ESTIMATED_SQL,
+    FAILED_REPLY_SQL,
+    UNPRICED_BASES,
+    UNPRICED_SQL,
+    CostBasis,
+    is_failed_reply,
+)
 
 QUARTER = 15
 DAY = 1440
 SKETCH_RELATIVE_ERROR = 0.01
 GAMMA = (1 + SKETCH_RELATIVE_ERROR) / (1 - SKETCH_RELATIVE_ERROR)
 LOG_GAMMA = math.log(GAMMA)
-
-_UNPRICED = ("client", "none")
 
 
 @dataclass(slots=True)
@@ -58,7 +64,7 @@ class EventSums:
         rate = event.get("success_rate")
         return cls(
             events=1,
-            errors=1 if rate == 0 or event.get("response_type") == "error" else 0,
+            errors=1 if is_failed_reply(rate, event.get("response_type")) else 0,
             success_sum=Decimal(rate if rate is not None else 1),
             latency_sum=latency or 0,
             latency_n=0 if latency is None else 1,
@@ -67,8 +73,8 @@ class EventSums:
             output_tokens=event.get("output_tokens") or 0,
             cost=Decimal(event.get("cost_usd") or 0),
             client_cost=Decimal(event.get("api_cost_usd") or 0),
-            unpriced=1 if basis in _UNPRICED else 0,
-            estimated=1 if basis == "estimated" else 0,
+            unpriced=1 if basis in UNPRICED_BASES else 0,
+            estimated=1 if basis == CostBasis.ESTIMATED else 0,
             requested=1 if event.get("appointment_requested") else 0,
             booked=1 if event.get("appointment_booked") else 0,
             handoffs=1 if event.get("human_handoff_requested") else 0,
@@ -218,8 +224,8 @@ def replace_costs(before: list[dict[str, Any]], after: list[dict[str, Any]]) -> 
         bucket = quarter_of(old["timestamp"])
         change = EventSums(
             cost=Decimal(new["cost_usd"] or 0) - Decimal(old["cost_usd"] or 0),
-            unpriced=(new["cost_basis"] in _UNPRICED) - (old["cost_basis"] in _UNPRICED),
-            estimated=(new["cost_basis"] == "estimated") - (old["cost_basis"] == "estimated"),
+            unpriced=(new["cost_basis"] in UNPRICED_BASES) - (old["cost_basis"] in UNPRICED_BASES),
+            estimated=(new["cost_basis"] == CostBasis.ESTIMATED) - (old["cost_basis"] == CostBasis.ESTIMATED),
         )
         for owner in (old["business_id"], ALL_BUSINESSES):
             deltas[(owner, bucket)].add(change)
@@ -358,11 +364,11 @@ def _rebuild_in_sql(events_table: str, conversations_table: str) -> None:
     events, conversations = q(events_table), q(conversations_table)
     quarter = _QUARTER_SQL.format("timestamp")
     sums = (
-        "COUNT(*), COUNT(*) FILTER (WHERE success_rate = 0 OR response_type = 'error'), SUM(success_rate), "
+        f"COUNT(*), COUNT(*) FILTER (WHERE {FAILED_REPLY_SQL}), SUM(success_rate), "
         "COALESCE(SUM(response_time_ms), 0), COUNT(response_time_ms), COALESCE(SUM(tokens_used), 0), "
         "COALESCE(SUM(input_tokens), 0), COALESCE(SUM(output_tokens), 0), COALESCE(SUM(cost_usd), 0), "
-        "COALESCE(SUM(api_cost_usd), 0), COUNT(*) FILTER (WHERE cost_basis IN ('client', 'none')), "
-        "COUNT(*) FILTER (WHERE cost_basis = 'estimated'), COUNT(*) FILTER (WHERE appointment_requested), "
+        f"COALESCE(SUM(api_cost_usd), 0), COUNT(*) FILTER (WHERE {UNPRICED_SQL}), "
+        f"COUNT(*) FILTER (WHERE {ESTIMATED_SQL}), COUNT(*) FILTER (WHERE appointment_requested), "
         "COUNT(*) FILTER (WHERE appointment_booked), COUNT(*) FILTER (WHERE human_handoff_requested)"
     )
     owner = f"COALESCE(business_id, '{ALL_BUSINESSES}')"
