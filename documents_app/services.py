@@ -13,7 +13,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from datetime import timedelta
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 import yaml
 from django.conf import settings
@@ -268,7 +268,40 @@ def execute_run(run_id: int) -> PipelineRun | None:
     run = PipelineRun.objects.get(pk=run_id)
     workdir = root()
     command = _repro_command(run.stage)
-    timeout = settings.DOCUMENTS_RUN_TIMEOUT_SECONDS
+    started = time.perf_counter()
+    outcome = _run_dvc(run_id, command, workdir, settings.DOCUMENTS_RUN_TIMEOUT_SECONDS)
+    duration = time.perf_counter() - started
+    succeeded = outcome.exit_code == 0
+    results = _run_results(workdir)
+    if succeeded:
+        sync_documents(workdir / pipeline.EMBEDDINGS_PATH)
+    output = outcome.output
+    if len(output) > MAX_LOG_CHARS:
+        output = "[… start of the log cut …]\n" + output[-MAX_LOG_CHARS:]
+    PipelineRun.objects.filter(pk=run_id).update(
+        status=RunStatus.SUCCEEDED if succeeded else RunStatus.FAILED,
+        active=False,
+        finished_at=timezone.now(),
+        duration_seconds=round(duration, 3),
+        command=" ".join(["dvc", *command[3:]])[:200],
+        exit_code=outcome.exit_code,
+        log=output,
+        params=results.params,
+        metrics=results.metrics,
+        kb_version=results.kb_version if succeeded else "",
+        error=outcome.error[:500],
+    )
+    return PipelineRun.objects.get(pk=run_id)
+
+
+class _DvcOutcome(NamedTuple):
+    exit_code: int  # -1 when dvc could not start or was stopped
+    output: str
+    error: str  # "" on success
+
+
+def _run_dvc(run_id: int, command: list[str], workdir: Path, timeout: int) -> _DvcOutcome:
+    """`dvc repro` in its own process group, stopped with its whole tree on timeout or when the worker stops."""
     env = {
         **os.environ,
         "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}",
@@ -276,7 +309,6 @@ def execute_run(run_id: int) -> PipelineRun | None:
         pipeline.RUN_DEADLINE_ENV: str(time.time() + timeout),
         pipeline.RUN_WORKER_ENV: str(os.getpid()),
     }
-    started = time.perf_counter()
     try:
         process = subprocess.Popen(
             command,
@@ -290,32 +322,37 @@ def execute_run(run_id: int) -> PipelineRun | None:
             **_own_process_group(),
         )
     except OSError as exc:
-        exit_code, output, error = -1, "", f"could not start dvc: {exc}"
-    else:
-        try:
-            with _sigterm_raises():
-                output, _ = process.communicate(timeout=timeout)
-            exit_code, error = process.returncode, ""
-            if exit_code != 0:
-                error = f"dvc repro exited with {exit_code}; see the log"
-        except subprocess.TimeoutExpired:
-            _stop_process_group(process)
-            output = _rest_of_output(process)
-            exit_code, error = -1, f"stopped after {timeout} s"
-        except BaseException:
-            # The worker is being stopped (SIGTERM, django-q2's own timeout): take the tree down with it.
-            _stop_process_group(process)
-            PipelineRun.objects.filter(pk=run_id, active=True).update(
-                status=RunStatus.FAILED,
-                active=False,
-                finished_at=timezone.now(),
-                exit_code=-1,
-                log=_rest_of_output(process)[-MAX_LOG_CHARS:],
-                error="the worker stopped during the run",
-            )
-            raise
-    duration = time.perf_counter() - started
+        return _DvcOutcome(-1, "", f"could not start dvc: {exc}")
+    try:
+        with _sigterm_raises():
+            output, _ = process.communicate(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        _stop_process_group(process)
+        return _DvcOutcome(-1, _rest_of_output(process), f"stopped after {timeout} s")
+    except BaseException:
+        # The worker is being stopped (SIGTERM, django-q2's own timeout): take the tree down with it.
+        _stop_process_group(process)
+        PipelineRun.objects.filter(pk=run_id, active=True).update(
+            status=RunStatus.FAILED,
+            active=False,
+            finished_at=timezone.now(),
+            exit_code=-1,
+            log=_rest_of_output(process)[-MAX_LOG_CHARS:],
+            error="the worker stopped during the run",
+        )
+        raise
+    exit_code = process.returncode
+    return _DvcOutcome(exit_code, output, f"dvc repro exited with {exit_code}; see the log" if exit_code else "")
 
+
+class _RunResults(NamedTuple):
+    params: dict[str, Any]
+    metrics: dict[str, Any]
+    kb_version: str
+
+
+def _run_results(workdir: Path) -> _RunResults:
+    """What the run's files say: the parameters it ran with, each stage's metrics, the knowledge base version."""
     try:
         params = yaml.safe_load((workdir / pipeline.PARAMS_PATH).read_text(encoding="utf-8")) or {}
     except (OSError, yaml.YAMLError):
@@ -329,24 +366,7 @@ def execute_run(run_id: int) -> PipelineRun | None:
     }
     metrics["by_business"] = business_report(workdir / pipeline.EMBEDDINGS_PATH)
     kb_version = str(_read_json(workdir / pipeline.KB_PATH).get("version", ""))[:100]
-    if exit_code == 0:
-        sync_documents(workdir / pipeline.EMBEDDINGS_PATH)
-    if len(output) > MAX_LOG_CHARS:
-        output = "[… start of the log cut …]\n" + output[-MAX_LOG_CHARS:]
-    PipelineRun.objects.filter(pk=run_id).update(
-        status=RunStatus.SUCCEEDED if exit_code == 0 else RunStatus.FAILED,
-        active=False,
-        finished_at=timezone.now(),
-        duration_seconds=round(duration, 3),
-        command=" ".join(["dvc", *command[3:]])[:200],
-        exit_code=exit_code,
-        log=output,
-        params=params,
-        metrics=metrics,
-        kb_version=kb_version if exit_code == 0 else "",
-        error=error[:500],
-    )
-    return PipelineRun.objects.get(pk=run_id)
+    return _RunResults(params, metrics, kb_version)
 
 
 def business_report(embeddings_path: Path) -> dict[str, dict[str, Any]]:
