@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 from django.test import Client
 
-from documents_app import pipeline
+from documents_app.pipeline import stages as pipeline
 from tests.documents_fixtures import built_clone, questions_hit_rate  # noqa: F401  (fixture)
 
 SAMPLE = "techconsult-pro"

@@ -17,10 +17,9 @@ from datetime import UTC, datetime, timedelta
 from decimal import Decimal
 from typing import Any
 
-from django.apps import apps as global_apps
 from django.db import connection, transaction
 
-from metrics_app.models import ALL_BUSINESSES, ConversationRollup, EventRollup, LatencyRollup
+from metrics_app.models import ALL_BUSINESSES, AIMetric, Conversation, ConversationRollup, EventRollup, LatencyRollup
 from metrics_app.rules import (
     ESTIMATED_SQL,
     FAILED_REPLY_SQL,
@@ -290,14 +289,8 @@ def _adapter() -> Any:
     return adapt
 
 
-def rebuild(progress: Any = None, chunk: int = 20_000, apps: Any = None) -> dict[str, int]:
-    """Recompute every rollup from the raw events and conversations; returns row counts.
-
-    `apps` is a migration's app registry, when a migration calls it.
-    """
-    registry = apps if apps is not None else global_apps
-    event_model = registry.get_model("metrics_app", "AIMetric")
-    conversation_model = registry.get_model("metrics_app", "Conversation")
+def rebuild(progress: Any = None, chunk: int = 20_000) -> dict[str, int]:
+    """Recompute every rollup from the raw events and conversations; returns row counts."""
     with transaction.atomic():
         for model in (EventRollup, LatencyRollup, ConversationRollup):
             table = connection.ops.quote_name(model._meta.db_table)
@@ -306,11 +299,11 @@ def rebuild(progress: Any = None, chunk: int = 20_000, apps: Any = None) -> dict
         if connection.vendor == "postgresql":
             # The same sums and bins in SQL: about 20 times faster on millions of rows. PostgreSQL's ln()
             # and Python's math.log are the same C function, so each latency lands in the same bin.
-            _rebuild_in_sql(event_model._meta.db_table, conversation_model._meta.db_table)
-            return {} if apps is not None else _counts()
-        _rebuild_events(event_model, progress, chunk)
-        _rebuild_conversations(conversation_model, chunk)
-    return {} if apps is not None else _counts()
+            _rebuild_in_sql(AIMetric._meta.db_table, Conversation._meta.db_table)
+            return _counts()
+        _rebuild_events(progress, chunk)
+        _rebuild_conversations(chunk)
+    return _counts()
 
 
 _EVENT_COLUMNS = (
@@ -320,10 +313,10 @@ _EVENT_COLUMNS = (
 )
 
 
-def _rebuild_events(event_model: Any, progress: Any, chunk: int) -> None:
+def _rebuild_events(progress: Any, chunk: int) -> None:
     """Event and latency rollups through the accumulator that ingest uses, written every 200,000 latency rows."""
     accumulator = Accumulator()
-    rows = event_model.objects.order_by().values_list(*_EVENT_COLUMNS).iterator(chunk_size=chunk)
+    rows = AIMetric.objects.order_by().values_list(*_EVENT_COLUMNS).iterator(chunk_size=chunk)
     for n, values in enumerate(rows, 1):
         accumulator.add(dict(zip(_EVENT_COLUMNS, values, strict=True)))
         if n % chunk == 0:
@@ -335,9 +328,9 @@ def _rebuild_events(event_model: Any, progress: Any, chunk: int) -> None:
     accumulator.write()
 
 
-def _rebuild_conversations(conversation_model: Any, chunk: int) -> None:
+def _rebuild_conversations(chunk: int) -> None:
     deltas: dict[tuple[str, datetime], ConversationSums] = defaultdict(ConversationSums)
-    for business_id, first, requested, booked, handoff in conversation_model.objects.order_by().values_list(
+    for business_id, first, requested, booked, handoff in Conversation.objects.order_by().values_list(
         "business_id", "first_at", "appointment_requested", "appointment_booked", "human_handoff_requested"
     ).iterator(chunk_size=chunk):
         deltas[(business_id, quarter_of(first))].add(
