@@ -88,14 +88,28 @@ def parse_filters(query: Any, *, zones: dict[str, str], now: datetime) -> tuple[
     last 24 hours, which are whole hours.
     """
     problems: list[str] = []
+    business_id = _chosen_business(query, zones, problems)
+    tz_name = zones.get(business_id, "UTC") if business_id else "UTC"
+    zone = zoneinfo.ZoneInfo(tz_name)
+    period, start_day, end_day = _chosen_period(query, problems)
+    start, end, label = _period_bounds(period, start_day, end_day, zone, now.astimezone(zone))
+    bucket = _chosen_bucket(query, (end - start).total_seconds() / 86400, problems)
+    filters = DashboardFilters(
+        business_id=business_id, period=period, start=start, end=end, bucket=bucket, tz=tz_name, label=label
+    )
+    return filters, problems
+
+
+def _chosen_business(query: Any, zones: dict[str, str], problems: list[str]) -> str | None:
     business_id = (query.get("business") or "").strip() or None
     if business_id is not None and business_id not in zones:
         problems.append("That business does not exist or is not yours to see; showing the default instead.")
-        business_id = None
-    tz_name = zones.get(business_id, "UTC") if business_id else "UTC"
-    zone = zoneinfo.ZoneInfo(tz_name)
-    local_now = now.astimezone(zone)
+        return None
+    return business_id
 
+
+def _chosen_period(query: Any, problems: list[str]) -> tuple[str, date | None, date | None]:
+    """The period's name and, for a custom one, its first and last day (at most MAX_DAYS apart)."""
     period = query.get("period") or "7d"
     start_day, end_day = _parse_date(query.get("start")), _parse_date(query.get("end"))
     if period not in dict(PERIODS):
@@ -113,24 +127,29 @@ def parse_filters(query: Any, *, zones: dict[str, str], now: datetime) -> tuple[
             period = "custom"
         else:
             period = "custom"
+    return period, start_day, end_day
 
+
+def _period_bounds(
+    period: str, start_day: date | None, end_day: date | None, zone: zoneinfo.ZoneInfo, local_now: datetime
+) -> tuple[datetime, datetime, str]:
+    """The period's start, exclusive end and label."""
     if period == "1d":
         end = local_now.replace(minute=0, second=0, microsecond=0) + timedelta(hours=1)
-        start = end - timedelta(hours=24)
-        label = "Last 24 hours"
-    elif period == "custom":
+        return end - timedelta(hours=24), end, "Last 24 hours"
+    if period == "custom":
         assert start_day and end_day
         start = datetime.combine(start_day, time(), tzinfo=zone)
         end = datetime.combine(end_day + timedelta(days=1), time(), tzinfo=zone)
-        label = f"{start_day.isoformat()} to {end_day.isoformat()}"
-    else:
-        days = _PERIOD_DAYS[period]
-        today = local_now.date()
-        start = datetime.combine(today - timedelta(days=days - 1), time(), tzinfo=zone)
-        end = datetime.combine(today + timedelta(days=1), time(), tzinfo=zone)
-        label = dict(PERIODS)[period]
+        return start, end, f"{start_day.isoformat()} to {end_day.isoformat()}"
+    days = _PERIOD_DAYS[period]
+    today = local_now.date()
+    start = datetime.combine(today - timedelta(days=days - 1), time(), tzinfo=zone)
+    end = datetime.combine(today + timedelta(days=1), time(), tzinfo=zone)
+    return start, end, dict(PERIODS)[period]
 
-    days_long = (end - start).total_seconds() / 86400
+
+def _chosen_bucket(query: Any, days_long: float, problems: list[str]) -> str:
     bucket = query.get("bucket") or ("hour" if days_long <= 2 else "day")
     if bucket not in ("hour", "day"):
         problems.append("Buckets are hours or days; showing days.")
@@ -138,10 +157,7 @@ def parse_filters(query: Any, *, zones: dict[str, str], now: datetime) -> tuple[
     if bucket == "hour" and days_long > MAX_HOURLY_DAYS:
         problems.append(f"Hourly buckets are for periods of up to {MAX_HOURLY_DAYS} days; showing days.")
         bucket = "day"
-    filters = DashboardFilters(
-        business_id=business_id, period=period, start=start, end=end, bucket=bucket, tz=tz_name, label=label
-    )
-    return filters, problems
+    return bucket
 
 
 class DashboardView(View):
