@@ -187,17 +187,24 @@ class Accumulator:
     def add(self, event: dict[str, Any]) -> None:
         moment = event["timestamp"]
         bucket = quarter_of(moment)
-        latency = event.get("response_time_ms")
         one = EventSums.of_event(event)
-        for business_id in (event["business_id"], ALL_BUSINESSES):
-            sums = self.events.get((business_id, bucket))
-            if sums is None:
-                sums = self.events[(business_id, bucket)] = EventSums()
-            sums.add(one)
-            if latency is not None:
-                index = latency_bin(latency)
-                self.latency[(business_id, QUARTER, bucket, index)] += 1
-                self.latency[(business_id, DAY, day_of(moment), index)] += 1
+        own_key = (event["business_id"], bucket)
+        own = self.events.get(own_key)
+        if own is None:
+            self.events[own_key] = one  # made for this event: the bucket may keep it and add to it
+        else:
+            own.add(one)
+        everyone = self.events.get((ALL_BUSINESSES, bucket))
+        if everyone is None:
+            everyone = self.events[(ALL_BUSINESSES, bucket)] = EventSums()
+        everyone.add(one)
+        latency = event.get("response_time_ms")
+        if latency is not None:
+            # One bin and one day for both owners: this runs per ingested event.
+            index, day = latency_bin(latency), day_of(moment)
+            for owner in (event["business_id"], ALL_BUSINESSES):
+                self.latency[(owner, QUARTER, bucket, index)] += 1
+                self.latency[(owner, DAY, day, index)] += 1
 
     def write(self) -> None:
         if self.events:
