@@ -153,10 +153,16 @@ def _fold(events: list[dict[str, Any]]) -> dict[tuple[str, str], _Folded]:
         if state is None:
             folded[key] = _Folded(moment, moment, 1, Flags.of_event(event))
         else:
-            state.first_at = min(state.first_at, moment)
-            state.last_at = max(state.last_at, moment)
+            if moment < state.first_at:
+                state.first_at = moment
+            elif moment > state.last_at:
+                state.last_at = moment
             state.turns += 1
-            state.flags = state.flags.merged(Flags.of_event(event))
+            # Most replies raise no flag: build and merge flags only for those that do.
+            if event.get("appointment_requested") or event.get("appointment_booked") or event.get(
+                "human_handoff_requested"
+            ):
+                state.flags = state.flags.merged(Flags.of_event(event))
     return folded
 
 
