@@ -408,7 +408,6 @@ def process_documents(
     duration = time.perf_counter() - started
 
     processed = [r for r in results if r.status == "processed"]
-    skipped = Counter(r.reason for r in results if r.status == "skipped")
     chunks = [record for r in processed for record in r.chunk_records]
     _write_json(
         output,
@@ -420,7 +419,20 @@ def process_documents(
             "chunks": chunks,
         },
     )
-    metrics = {
+    metrics = _processing_metrics(results, processed, len(chunks), method.name)
+    measured = _measured(results, duration)
+    _write_json(metrics_path, metrics)
+    _write_json(last_run_path(metrics_path), measured)
+    return {**metrics, **measured}
+
+
+def _processing_metrics(
+    results: list[DocumentResult], processed: list[DocumentResult], chunks: int, method_name: str
+) -> dict[str, Any]:
+    """The figures that depend only on the inputs and parameters (tracked by DVC)."""
+    skipped = Counter(r.reason for r in results if r.status == "skipped")
+    characters = sum(r.text_length for r in processed)
+    return {
         "documents_seen": len(results),
         "documents_processed": len(processed),
         "documents_skipped": sum(skipped.values()),
@@ -428,20 +440,21 @@ def process_documents(
         "documents_cut": sum(1 for r in processed if r.cut),
         "cut_by_limit": dict(sorted(Counter(r.cut for r in processed if r.cut).items())),
         "businesses": len({r.business_id for r in processed}),
-        "chunks": len(chunks),
-        "characters": sum(r.text_length for r in processed),
-        "average_document_length": round(sum(r.text_length for r in processed) / len(processed), 1) if processed else 0,
-        "embedding_method": method.name,
+        "chunks": chunks,
+        "characters": characters,
+        "average_document_length": round(characters / len(processed), 1) if processed else 0,
+        "embedding_method": method_name,
     }
-    measured = {
+
+
+def _measured(results: list[DocumentResult], duration: float) -> dict[str, Any]:
+    """What this run measured: parsing, the cache, time."""
+    return {
         "documents_parsed": sum(1 for r in results if r.sha256 and not r.from_cache),
         "documents_from_cache": sum(1 for r in results if r.from_cache),
         "processing_time_seconds": round(duration, 3),
         "documents_per_second": round(len(results) / duration, 1) if duration > 0 else 0,
     }
-    _write_json(metrics_path, metrics)
-    _write_json(last_run_path(metrics_path), measured)
-    return {**metrics, **measured}
 
 
 def topic_of(section: str) -> str:
