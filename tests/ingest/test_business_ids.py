@@ -15,7 +15,7 @@ from django.test import Client
 from documents_app import pipeline
 from documents_app.models import Document
 from metrics_app.models import AIMetric, ApiKey, Business
-from tests.conftest import post_json
+from tests.conftest import ROOT, post_json
 
 pytestmark = pytest.mark.django_db
 
@@ -97,7 +97,7 @@ def test_the_documents_app_takes_every_id_that_track_takes(settings, tmp_path: P
     assert (tmp_path / pipeline.RAW_DIR / COLON / "hours.txt").exists()
     assert Document.objects.get().business_id == COLON
 
-    process, _ = pipeline.load_params(Path(__file__).resolve().parent.parent / pipeline.PARAMS_PATH)
+    process, _ = pipeline.load_params(ROOT / pipeline.PARAMS_PATH)
     pipeline.process_documents(
         tmp_path / pipeline.RAW_DIR, tmp_path / "emb.json", tmp_path / "m.json", process, cache_dir=tmp_path / "c"
     )

@@ -19,7 +19,7 @@ from django.test import Client
 from documents_app import pipeline, services
 from documents_app.models import Document, PipelineRun, RunStatus
 from metrics_app.models import Business, StaffBusinessAccess
-from tests.conftest import post_json, staff_user
+from tests.conftest import ROOT, post_json, staff_user
 
 pytestmark = pytest.mark.django_db
 
@@ -52,7 +52,7 @@ def two_businesses(root: Path) -> dict[str, Document]:
         documents[business_id] = services.store_document(
             business, SimpleUploadedFile(f"{business_id}-notes.txt", text)
         )
-    process, update = pipeline.load_params(Path(__file__).resolve().parent.parent / pipeline.PARAMS_PATH)
+    process, update = pipeline.load_params(ROOT / pipeline.PARAMS_PATH)
     pipeline.process_documents(
         root / pipeline.RAW_DIR, root / pipeline.EMBEDDINGS_PATH, root / "m1.json", process, cache_dir=root / "cache"
     )

@@ -8,7 +8,7 @@ import pytest
 
 from metrics_app.models import AIMetric
 from tests.conftest import post_json
-from tests.test_track import assert_error_shape
+from tests.ingest.test_track import assert_error_shape
 
 pytestmark = pytest.mark.django_db
 

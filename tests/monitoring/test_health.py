@@ -7,7 +7,7 @@ from datetime import datetime
 import pytest
 
 from tests.pgserver import free_port
-from tests.test_track import assert_error_shape
+from tests.ingest.test_track import assert_error_shape
 
 pytestmark = pytest.mark.django_db
 
