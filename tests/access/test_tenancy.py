@@ -19,7 +19,7 @@ from django.test import Client
 from documents_app import pipeline, services
 from documents_app.models import Document, PipelineRun, RunStatus
 from metrics_app.models import Business, StaffBusinessAccess
-from tests.conftest import ROOT, post_json, staff_user
+from tests.helpers import ROOT, post_json, staff_user
 
 pytestmark = pytest.mark.django_db
 

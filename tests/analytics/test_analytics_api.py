@@ -11,9 +11,8 @@ import pytest
 from django.contrib.auth.models import User
 
 from metrics_app.models import StaffBusinessAccess
-from tests.analytics_fixtures import (
+from tests.analytics.helpers import (
     NOW,
-    analytics_data,  # noqa: F401  (fixture)
     expected_conversations,
     expected_event_figures,
     failed,
@@ -21,7 +20,7 @@ from tests.analytics_fixtures import (
     rows,
     select,
 )
-from tests.conftest import staff_user
+from tests.helpers import staff_user
 
 START = NOW - timedelta(days=12)
 PERIOD = {"start": START.isoformat(), "end": NOW.isoformat()}

@@ -14,9 +14,8 @@ from django.core.management import call_command
 
 from metrics_app.analytics import rollups
 from metrics_app.models import ConversationRollup, EventRollup, LatencyRollup, ModelPrice
-from tests.analytics_fixtures import (
+from tests.analytics.helpers import (
     NOW,
-    analytics_data,  # noqa: F401  (fixture)
     expected_conversations,
     expected_event_figures,
     quantile,
@@ -124,7 +123,7 @@ def test_daily_series_in_a_45_minute_zone_sums_quarter_hours_exactly(api, agency
 def test_an_hourly_series_with_partial_quarter_hours_is_exact_per_local_hour(api, agency, analytics_data):
     from collections import defaultdict
 
-    from tests.analytics_fixtures import local_hour
+    from tests.analytics.helpers import local_hour
 
     tz = "Asia/Kathmandu"
     start = NOW - timedelta(days=4, minutes=4, seconds=1)

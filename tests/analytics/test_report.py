@@ -13,7 +13,6 @@ from django.core.management import CommandError, call_command
 from metrics_app.models import AIMetric, Business
 
 pytestmark = pytest.mark.django_db
-pytest_plugins = ["tests.console_fixtures"]
 
 # The report's period: the 7 UTC days 2026-01-04 .. 2026-01-10; the previous one: 2025-12-28 .. 2026-01-03.
 PERIOD_START = datetime(2026, 1, 4, tzinfo=UTC)

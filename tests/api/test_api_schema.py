@@ -9,8 +9,8 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from metrics_app.models import Business
-from tests.analytics_fixtures import NOW, store
-from tests.conftest import require
+from tests.analytics.helpers import NOW, store
+from tests.helpers import require
 
 try:
     import schemathesis
@@ -52,7 +52,7 @@ def test_the_schema_documents_every_endpoint_and_its_errors(api, db):
 def test_closed_docs_answer_a_staff_session_or_a_key_and_nobody_else(api, settings, business, make_key, path):
     from django.contrib.auth.models import User
 
-    from tests.ingest.test_track import assert_error_shape
+    from tests.helpers import assert_error_shape
 
     settings.MLOPS_PUBLIC_API_DOCS = False
     _, raw = make_key(business)

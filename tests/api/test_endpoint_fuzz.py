@@ -26,10 +26,9 @@ from documents_app.embeddings import get_method
 from metrics_app.api.queries import BreakdownQuerySerializer, ConversationQuerySerializer, TimeseriesQuerySerializer
 from metrics_app.http.bodies import MAX_JSON_DEPTH
 from metrics_app.models import Business
-from tests.fuzz_fixtures import json_values
+from tests.helpers import json_values
 
 pytestmark = pytest.mark.django_db
-pytest_plugins = ["tests.console_fixtures"]
 
 FUZZ = settings(
     max_examples=60, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow]

@@ -15,16 +15,15 @@ from pathlib import Path
 import pytest
 
 from metrics_app.models import AIMetric
-from tests.client_fixtures import (  # noqa: F401 (typescript_package is a fixture)
+from tests.clients.helpers import (
     PY_DIR,
     TURNS_PER_CONVERSATION,
     client_env,
     restart_on_same_port,
     run_chat_app,
-    typescript_package,
 )
-from tests.conftest import LiveService
-from tests.prometheus_fixtures import total
+from tests.helpers import LiveService
+from tests.monitoring.helpers import total
 
 pytestmark = pytest.mark.slow
 
@@ -71,7 +70,7 @@ def test_a_chat_app_reports_every_reply_exactly_once_across_a_service_restart(
     def restart(stage: str) -> None:
         if stage == "PAUSED":
             # The first half is sent (or still queued); the service goes away.
-            from tests.conftest import stop_service
+            from tests.helpers import stop_service
 
             stop_service(service[0])
         else:

@@ -12,9 +12,7 @@ from django.urls import reverse
 
 from metrics_app.http.bodies import MAX_JSON_DEPTH
 from metrics_app.models import AIMetric, Conversation
-from tests.conftest import LiveService
-
-pytest_plugins = ["tests.console_fixtures"]
+from tests.helpers import LiveService
 
 OUTCOME = "/api/conversations/outcome"
 

@@ -8,10 +8,10 @@ import sys
 from collections import Counter
 
 import pytest
-from mlops_tracking import MetricsTracker  # noqa: E402 (clients/python is put on sys.path by client_fixtures)
+from mlops_tracking import MetricsTracker  # clients/python is put on sys.path by this folder's conftest.py
 
 from metrics_app.models import AIMetric, Business
-from tests.client_fixtures import PY_DIR
+from tests.clients.helpers import PY_DIR
 
 pytestmark = pytest.mark.slow
 

@@ -13,13 +13,13 @@ from collections import Counter
 import pytest
 
 from metrics_app.models import AIMetric
-from tests.client_fixtures import client_env, typescript_package  # noqa: F401 (a fixture)
+from tests.clients.helpers import client_env
 
 pytestmark = pytest.mark.slow
 
 
 def test_the_typescript_clients_suite_passes_against_the_real_service(
-    typescript_package, live_service, business, make_key, tmp_path  # noqa: F811
+    typescript_package, live_service, business, make_key, tmp_path
 ):
     _, raw_key = make_key(business, can_ingest=True)
     service = live_service(workers=2)

@@ -13,7 +13,6 @@ from django.utils import timezone
 from metrics_app.models import AIMetric, Conversation, ModelPrice, StaffBusinessAccess
 
 pytestmark = pytest.mark.django_db
-pytest_plugins = ["tests.console_fixtures"]
 CONVERSATIONS = reverse("admin:metrics_app_conversation_changelist")
 
 

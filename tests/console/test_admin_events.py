@@ -20,7 +20,6 @@ from metrics_app.console import lists
 from metrics_app.models import AIMetric
 
 pytestmark = pytest.mark.django_db
-pytest_plugins = ["tests.console_fixtures"]
 CHANGELIST = reverse("admin:metrics_app_aimetric_changelist")
 EXPORT = reverse("admin:metrics_app_aimetric_export")
 

@@ -8,7 +8,6 @@ from django.urls import reverse
 from metrics_app.models import ApiKey, Business
 
 pytestmark = pytest.mark.django_db
-pytest_plugins = ["tests.console_fixtures"]
 
 KEY_PERMS = ("metrics_app.view_business", "metrics_app.view_apikey", "metrics_app.add_apikey")
 

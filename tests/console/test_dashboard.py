@@ -14,7 +14,6 @@ from metrics_app.console.dashboard import parse_filters
 from metrics_app.models import Business
 
 pytestmark = pytest.mark.django_db
-pytest_plugins = ["tests.console_fixtures"]
 DASHBOARD = reverse("admin:metrics_app_aimetric_dashboard")
 NOW = datetime(2026, 3, 18, 10, 20, tzinfo=UTC)
 ZONES = {"acme-dental": "Europe/London", "kathmandu-physio": "Asia/Kathmandu", "adelaide-vets": "Australia/Adelaide"}

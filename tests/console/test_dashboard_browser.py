@@ -19,10 +19,9 @@ from django.core.management import call_command
 from django.utils import timezone
 
 from metrics_app.models import AIMetric, Business
-from tests.conftest import require
+from tests.helpers import require
 
 pytestmark = [pytest.mark.slow]
-pytest_plugins = ["tests.console_fixtures"]
 
 CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
 CHROMEDRIVER = shutil.which("chromedriver") or "/usr/bin/chromedriver"

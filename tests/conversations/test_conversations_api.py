@@ -11,7 +11,7 @@ from django.contrib.auth.models import User
 
 from metrics_app.ingest import services
 from metrics_app.models import AIMetric, Business, Conversation
-from tests.analytics_fixtures import NOW, store
+from tests.analytics.helpers import NOW, store
 
 PERIOD = {"start": (NOW - timedelta(days=2)).isoformat(), "end": NOW.isoformat()}
 

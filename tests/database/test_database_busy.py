@@ -15,7 +15,7 @@ from django.db import connection
 
 from metrics_app.keys import rate_limit
 from metrics_app.models import AIMetric, RateLimitWindow
-from tests.conftest import on_postgres
+from tests.helpers import on_postgres
 
 pytestmark = pytest.mark.slow
 

@@ -10,7 +10,7 @@ import pytest
 from django.db import connection
 
 from metrics_app.models import AIMetric
-from tests.conftest import on_postgres, require
+from tests.helpers import on_postgres, require
 from tests.pgserver import TempPostgres
 
 pytestmark = pytest.mark.postgres_only

@@ -14,7 +14,7 @@ import psycopg2
 import pytest
 from django.db import connection
 
-from tests.conftest import ROOT
+from tests.helpers import ROOT
 
 SEED_DDL = """
 CREATE TABLE IF NOT EXISTS ai_metrics (

@@ -14,8 +14,8 @@ from django.test import Client
 from documents_app.models import Document, DocumentStatus, PipelineRun, RunStatus
 from documents_app.services import safe_document_name
 from metrics_app.models import Business
-from tests.conftest import staff_user
-from tests.documents_fixtures import make_docx
+from tests.documents.helpers import make_docx
+from tests.helpers import staff_user
 
 ADD_URL = "/admin/documents_app/document/add/"
 pytestmark = pytest.mark.django_db

@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from tests.documents_fixtures import built_clone, dvc  # noqa: F401  (fixture)
+from tests.documents.helpers import dvc
 
 pytestmark = pytest.mark.slow
 
@@ -19,7 +19,7 @@ def _json(root: Path, relative: str) -> dict:
     return json.loads((root / relative).read_text())
 
 
-def test_a_fresh_clone_builds_the_knowledge_base_with_dvc_repro(built_clone: Path) -> None:  # noqa: F811
+def test_a_fresh_clone_builds_the_knowledge_base_with_dvc_repro(built_clone: Path) -> None:
     root = built_clone
     kb = _json(root, "data/knowledge_base/current_kb.json")
     assert kb["version"].startswith("kb-")
@@ -57,7 +57,7 @@ def test_a_fresh_clone_builds_the_knowledge_base_with_dvc_repro(built_clone: Pat
     assert "didn't change, skipping" in again and "Running stage" not in again
 
 
-def test_dvc_reruns_only_the_stages_whose_inputs_changed(built_clone: Path, tmp_path: Path) -> None:  # noqa: F811
+def test_dvc_reruns_only_the_stages_whose_inputs_changed(built_clone: Path, tmp_path: Path) -> None:
     root = tmp_path / "repo"
     shutil.copytree(built_clone, root, symlinks=True)
     params_file = root / "params.yaml"
@@ -88,7 +88,7 @@ def test_dvc_reruns_only_the_stages_whose_inputs_changed(built_clone: Path, tmp_
     assert _json(root, "data/knowledge_base/current_kb.json")["chunks"] == []
 
 
-def test_a_failed_stage_leaves_the_metrics_that_git_tracks_as_they_were(built_clone: Path, tmp_path: Path) -> None:  # noqa: F811
+def test_a_failed_stage_leaves_the_metrics_that_git_tracks_as_they_were(built_clone: Path, tmp_path: Path) -> None:
     root = tmp_path / "repo"
     shutil.copytree(built_clone, root, symlinks=True)
     before = (root / "metrics/document_processing.json").read_text()

@@ -9,13 +9,13 @@ import pytest
 from django.test import Client
 
 from metrics_app.models import Business
-from tests.documents_fixtures import built_clone, questions_hit_rate  # noqa: F401  (fixture)
+from tests.documents.helpers import questions_hit_rate
 
 SAMPLE = "techconsult-pro"
 
 
 @pytest.fixture
-def kb_root(built_clone: Path, settings) -> Path:  # type: ignore[no-untyped-def]  # noqa: F811
+def kb_root(built_clone: Path, settings) -> Path:  # type: ignore[no-untyped-def]
     settings.DOCUMENTS_PIPELINE_ROOT = built_clone
     settings.MLOPS_ALLOW_ANONYMOUS_CHAT = True
     return built_clone

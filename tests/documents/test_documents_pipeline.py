@@ -10,7 +10,7 @@ import pytest
 
 from documents_app import pipeline
 from documents_app.pipeline import KnowledgeBaseParams, ProcessParams
-from tests.documents_fixtures import make_docx, make_pdf
+from tests.documents.helpers import make_docx, make_pdf
 
 BODY = "Our clinic offers check-ups, cleaning and whitening. Every visit starts with a short conversation."
 

@@ -15,8 +15,8 @@ import yaml
 from documents_app import pipeline
 from documents_app.models import PipelineRun, RunStatus
 from documents_app.services import execute_run, request_run
-from tests.conftest import ROOT, database_url_for_subprocess, require
-from tests.documents_fixtures import built_clone, fresh_clone, tool_env  # noqa: F401  (fixture)
+from tests.documents.helpers import fresh_clone, tool_env
+from tests.helpers import ROOT, database_url_for_subprocess, require
 
 pytestmark = [pytest.mark.django_db, pytest.mark.slow]
 
@@ -35,7 +35,7 @@ def test_a_run_on_a_deployment_that_never_pulled_fetches_the_documents_first(tmp
     assert run.metrics["process_documents"]["documents_processed"] == 5
 
 
-def test_one_stage_runs_alone(built_clone: Path, tmp_path: Path, settings) -> None:  # type: ignore[no-untyped-def]  # noqa: F811
+def test_one_stage_runs_alone(built_clone: Path, tmp_path: Path, settings) -> None:  # type: ignore[no-untyped-def]
     root = tmp_path / "repo"
     shutil.copytree(built_clone, root, symlinks=True)
     settings.DOCUMENTS_PIPELINE_ROOT = root
@@ -45,7 +45,7 @@ def test_one_stage_runs_alone(built_clone: Path, tmp_path: Path, settings) -> No
     assert "process_documents" not in run.log
 
 
-def test_a_failed_run_keeps_its_log_and_frees_the_slot(built_clone: Path, tmp_path: Path, settings) -> None:  # type: ignore[no-untyped-def]  # noqa: F811
+def test_a_failed_run_keeps_its_log_and_frees_the_slot(built_clone: Path, tmp_path: Path, settings) -> None:  # type: ignore[no-untyped-def]
     root = tmp_path / "repo"
     shutil.copytree(built_clone, root, symlinks=True)
     (root / "params.yaml").write_text("process_documents:\n  min_text_length: -1\n")
@@ -106,7 +106,7 @@ execute_run(int(sys.argv[1]))
 """
 
 
-def _slow_clone(built_clone: Path, tmp_path: Path) -> Path:  # noqa: F811
+def _slow_clone(built_clone: Path, tmp_path: Path) -> Path:
     root = tmp_path / "repo"
     shutil.copytree(built_clone, root, symlinks=True)
     (root / "slow_stage.py").write_text(SLOW_STAGE)
@@ -117,7 +117,7 @@ def _slow_clone(built_clone: Path, tmp_path: Path) -> Path:  # noqa: F811
 
 
 def test_a_run_past_its_timeout_ends_its_whole_process_tree_and_changes_no_output(  # type: ignore[no-untyped-def]
-    built_clone: Path,  # noqa: F811
+    built_clone: Path,
     tmp_path: Path,
     settings,
 ) -> None:
@@ -140,7 +140,7 @@ def test_a_run_past_its_timeout_ends_its_whole_process_tree_and_changes_no_outpu
 
 @pytest.mark.django_db(transaction=True)
 def test_a_worker_told_to_stop_ends_its_runs_whole_process_tree_first(  # type: ignore[no-untyped-def]
-    built_clone: Path,  # noqa: F811
+    built_clone: Path,
     tmp_path: Path,
 ) -> None:
     require(Path("/proc").is_dir(), "a /proc file system")

@@ -15,8 +15,8 @@ from documents_app.models import Document, DocumentStatus
 from documents_app.readers import ReadLimits, SkipReason, UnreadableDocument, read_sections
 from documents_app.services import sync_documents
 from metrics_app.models import Business
-from tests.conftest import ROOT
-from tests.documents_fixtures import make_docx, make_pdf, tool_env
+from tests.documents.helpers import make_docx, make_pdf, tool_env
+from tests.helpers import ROOT
 
 LIMITS = ReadLimits(max_chars=1_000_000, max_paragraphs=100_000, max_pages=1000, max_xml_mb=50, max_seconds=60)
 WORD = 'xmlns:w="http://schemas.openxmlformats.org/wordprocessingml/2006/main"'

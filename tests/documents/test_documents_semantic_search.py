@@ -10,13 +10,13 @@ import pytest
 from django.test import Client
 
 from documents_app import pipeline
-from tests.documents_fixtures import built_clone, questions_hit_rate  # noqa: F401  (fixture)
+from tests.documents.helpers import questions_hit_rate
 
 SAMPLE = "techconsult-pro"
 
 
 @pytest.fixture(scope="module")
-def minilm_build(built_clone: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:  # noqa: F811
+def minilm_build(built_clone: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
     """The sample knowledge base built with minilm, once for this module (loading the model takes seconds)."""
     # An optional extra, not a component the machine lacks: the default install (and CI) leaves it out,
     # so these tests run only where someone installed it.

@@ -5,7 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from documents_app.apps import check_pipeline_root
-from tests.conftest import ROOT
+from tests.helpers import ROOT
 
 
 def test_the_repository_itself_passes_the_pipeline_root_check(settings) -> None:  # type: ignore[no-untyped-def]

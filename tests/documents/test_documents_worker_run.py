@@ -17,8 +17,8 @@ from django.test import Client
 
 from documents_app.models import Document, DocumentStatus, PipelineRun, RunStatus
 from metrics_app.models import Business
-from tests.conftest import ROOT, database_url_for_subprocess, staff_user
-from tests.documents_fixtures import built_clone, make_pdf, tool_env  # noqa: F401  (fixture)
+from tests.documents.helpers import make_pdf, tool_env
+from tests.helpers import ROOT, database_url_for_subprocess, staff_user
 
 SAMPLE = "techconsult-pro"
 
@@ -66,7 +66,7 @@ def _wait_until_finished(run: PipelineRun, worker: subprocess.Popen, log: Path, 
 @pytest.mark.slow
 @pytest.mark.django_db(transaction=True)
 def test_an_uploaded_document_reaches_the_knowledge_base_through_the_worker(
-    built_clone: Path,  # noqa: F811
+    built_clone: Path,
     tmp_path: Path,
     settings,
 ) -> None:

@@ -12,7 +12,7 @@ import hashlib
 
 import yaml
 
-from tests.conftest import ROOT
+from tests.helpers import ROOT
 
 LOCK = yaml.safe_load((ROOT / "dvc.lock").read_text())
 FIX = "run .venv/bin/dvc repro and .venv/bin/dvc push, then commit dvc.lock, metrics/*.json and dvc-remote/"

@@ -15,7 +15,7 @@ from django.test import Client
 from documents_app import pipeline
 from documents_app.models import Document
 from metrics_app.models import AIMetric, ApiKey, Business
-from tests.conftest import ROOT, post_json
+from tests.helpers import ROOT, post_json
 
 pytestmark = pytest.mark.django_db
 

@@ -10,7 +10,7 @@ from decimal import Decimal
 import pytest
 
 from metrics_app.models import AIMetric, Business
-from tests.conftest import post_json
+from tests.helpers import assert_error_shape, post_json
 
 pytestmark = pytest.mark.django_db
 
@@ -18,17 +18,6 @@ pytestmark = pytest.mark.django_db
 def only_event() -> AIMetric:
     (event,) = AIMetric.objects.all()
     return event
-
-
-def assert_error_shape(response, status: int, *fields: str) -> dict:
-    assert response.status_code == status, response.content
-    body = response.json()
-    assert isinstance(body["error"], str) and body["error"]
-    assert isinstance(body["errors"], dict)
-    for name in fields:
-        assert name in body["errors"], body
-        assert all(isinstance(reason, str) and reason for reason in body["errors"][name])
-    return body
 
 
 def test_the_seed_curl_example_is_stored_as_sent(api, seed_event):

@@ -7,8 +7,7 @@ import uuid
 import pytest
 
 from metrics_app.models import AIMetric
-from tests.conftest import post_json
-from tests.ingest.test_track import assert_error_shape
+from tests.helpers import assert_error_shape, post_json
 
 pytestmark = pytest.mark.django_db
 

@@ -9,8 +9,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from metrics_app.ingest.validation import FIELD_NAMES
-from tests.conftest import post_json
-from tests.fuzz_fixtures import json_values
+from tests.helpers import json_values, post_json
 
 pytestmark = pytest.mark.django_db
 

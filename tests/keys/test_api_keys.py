@@ -13,8 +13,7 @@ from django.utils import timezone
 
 from metrics_app.keys import services as key_services
 from metrics_app.models import AIMetric, ApiKey, Business
-from tests.conftest import post_json
-from tests.ingest.test_track import assert_error_shape
+from tests.helpers import assert_error_shape, post_json
 
 pytestmark = pytest.mark.django_db
 

@@ -6,8 +6,8 @@ from datetime import datetime
 
 import pytest
 
+from tests.helpers import assert_error_shape
 from tests.pgserver import free_port
-from tests.ingest.test_track import assert_error_shape
 
 pytestmark = pytest.mark.django_db
 

@@ -12,8 +12,8 @@ import yaml
 from django.db.models import Count, Q, Sum
 
 from metrics_app.models import AIMetric
-from tests.conftest import require
-from tests.prometheus_fixtures import (
+from tests.helpers import require
+from tests.monitoring.helpers import (
     DEPLOY,
     PROMTOOL,
     have_prometheus,
@@ -206,7 +206,7 @@ def test_prometheus_sees_a_restarted_service_as_a_counter_reset_and_increase_spa
 ):
     require(have_prometheus(), "prometheus server (Debian package prometheus)")
     import tests.pgserver
-    from tests.conftest import stop_service
+    from tests.helpers import stop_service
 
     def send(service, count: int) -> None:
         events = [{"business_id": "clinic-north", "response_time_ms": 800, "tokens_used": 90,

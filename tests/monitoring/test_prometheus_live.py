@@ -11,7 +11,7 @@ import pytest
 from django.db.models import Sum
 
 from metrics_app.models import AIMetric
-from tests.prometheus_fixtures import label_values, total, wait_for, worker_pids
+from tests.monitoring.helpers import label_values, total, wait_for, worker_pids
 
 pytestmark = pytest.mark.slow
 

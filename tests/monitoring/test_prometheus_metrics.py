@@ -13,8 +13,8 @@ from django.utils import timezone
 from metrics_app.ingest import services
 from metrics_app.models import AIMetric, Business
 from metrics_app.monitoring import prometheus
-from tests.conftest import post_json
-from tests.prometheus_fixtures import label_values, samples, total
+from tests.helpers import post_json
+from tests.monitoring.helpers import label_values, samples, total
 
 pytestmark = pytest.mark.django_db
 

@@ -12,7 +12,7 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 import pytest
 from django.core.management import CommandError, call_command
 
-from tests.conftest import post_json
+from tests.helpers import post_json
 from tests.pgserver import free_port
 
 

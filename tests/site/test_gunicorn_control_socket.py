@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.conftest import stop_service
+from tests.helpers import stop_service
 
 pytestmark = pytest.mark.slow
 

@@ -4,23 +4,23 @@ from __future__ import annotations
 
 import pytest
 
-from tests import conftest
+from tests import helpers
 
 
 def test_a_skip_names_the_missing_components_after_a_plain_statement(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(conftest, "IN_CI", False)
+    monkeypatch.setattr(helpers, "IN_CI", False)
     with pytest.raises(pytest.skip.Exception) as skipped:
-        conftest.require(False, "Chromium and chromedriver (Debian packages)")
+        helpers.require(False, "Chromium and chromedriver (Debian packages)")
     assert str(skipped.value) == "not available on this machine: Chromium and chromedriver (Debian packages)"
 
 
 def test_in_ci_the_same_absence_fails_with_the_same_words(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(conftest, "IN_CI", True)
+    monkeypatch.setattr(helpers, "IN_CI", True)
     with pytest.raises(pytest.fail.Exception) as failed:
-        conftest.require(False, "Node.js and npm")
+        helpers.require(False, "Node.js and npm")
     assert str(failed.value) == "missing on this machine, and CI=true does not allow skipping: Node.js and npm"
 
 
 def test_nothing_happens_when_the_component_is_there(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(conftest, "IN_CI", True)
-    conftest.require(True, "Chromium and chromedriver (Debian packages)")
+    monkeypatch.setattr(helpers, "IN_CI", True)
+    helpers.require(True, "Chromium and chromedriver (Debian packages)")

@@ -5,7 +5,7 @@ from __future__ import annotations
 import subprocess
 from pathlib import Path
 
-from tests.conftest import ROOT
+from tests.helpers import ROOT
 
 
 def test_the_sqlite_database_and_its_write_ahead_files_do_not_show_in_git_status(tmp_path: Path) -> None:

@@ -10,11 +10,11 @@ import sys
 from pathlib import Path
 
 import docx
-import pytest
 from fpdf import FPDF
 from pypdf import PdfReader, PdfWriter
 
-ROOT = Path(__file__).resolve().parent.parent
+from tests.helpers import ROOT
+
 QUESTIONS = json.loads((ROOT / "documents_app/evaluation/techconsult_questions.json").read_text())
 
 
@@ -95,18 +95,3 @@ def questions_hit_rate(search, k: int = 3) -> tuple[float, list[str]]:  # type: 
         else:
             misses.append(item["q"])
     return hits / len(QUESTIONS["questions"]), misses
-
-
-@pytest.fixture(scope="session")
-def built_clone(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """A fresh clone of the repository after `dvc repro --pull`, then `dvc repro --force`.
-
-    The pull alone runs no stage (the outputs come from the remote); the forced run
-    builds the sample knowledge base here, as on a machine that ran the pipeline,
-    so the content-hash cache holds the sample documents. Shared by the tests
-    that only read it; tests that change files make their own copy.
-    """
-    root = fresh_clone(tmp_path_factory.mktemp("clone"))
-    dvc(root, "repro", "--pull")
-    dvc(root, "repro", "--force")
-    return root

@@ -17,14 +17,10 @@ from unittest import mock
 
 import pytest
 
-from tests.conftest import ROOT, LiveService, require, stop_service
+from tests.helpers import ROOT, LiveService, stop_service
 
 TS_DIR = ROOT / "clients" / "typescript"
 PY_DIR = ROOT / "clients" / "python"
-# The Python client as its users import it; appended, so that its own tests/
-# folder can never shadow this project's.
-if str(PY_DIR) not in sys.path:
-    sys.path.append(str(PY_DIR))
 
 TURNS_PER_CONVERSATION = 5  # the scripted conversation in both chat-app scripts
 
@@ -41,7 +37,7 @@ def run(command: list[str], cwd: Path, timeout: float = 300, env: dict[str, str]
 
 
 @functools.cache
-def _build_typescript() -> Path:
+def build_typescript() -> Path:
     # A private copy: runs that share the work tree (SQLite and PostgreSQL side
     # by side, or two developers) must not rebuild each other's node_modules.
     copy = Path(tempfile.mkdtemp(prefix="mlops-ts-client-")) / "typescript"
@@ -50,13 +46,6 @@ def _build_typescript() -> Path:
     run(["npm", "ci", "--no-audit", "--no-fund"], copy)
     run(["npm", "run", "pretest"], copy)
     return copy
-
-
-@pytest.fixture
-def typescript_package() -> Path:
-    """A copy of the TypeScript client installed from its lock file and built, its chat route type-checked."""
-    require(have_node(), "Node.js and npm (the TypeScript client's tests)")
-    return _build_typescript()
 
 
 def restart_on_same_port(service: LiveService, start: Callable[..., LiveService], **options: Any) -> LiveService:

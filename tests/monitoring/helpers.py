@@ -17,7 +17,8 @@ from typing import Any, Callable
 import yaml
 from prometheus_client.parser import text_string_to_metric_families
 
-ROOT = Path(__file__).resolve().parent.parent
+from tests.helpers import ROOT
+
 DEPLOY = ROOT / "deploy"
 
 
@@ -102,7 +103,7 @@ class PrometheusServer:
         return self.log_path.read_text(errors="replace") if self.log_path.exists() else ""
 
     def stop(self) -> None:
-        from tests.conftest import stop_service  # stops any process group it is given
+        from tests.helpers import stop_service  # stops any process group it is given
 
         stop_service(self)  # type: ignore[arg-type]
 

@@ -16,11 +16,9 @@ from decimal import Decimal
 from typing import Any, Iterable
 from zoneinfo import ZoneInfo
 
-import pytest
-
 from metrics_app.ingest import services
 from metrics_app.ingest.validation import check_event
-from metrics_app.models import AIMetric, Business
+from metrics_app.models import AIMetric
 
 # A fixed "now" for the data: every event lies in the ten days before it.
 NOW = datetime(2026, 3, 20, 12, 0, tzinfo=UTC)
@@ -96,17 +94,6 @@ def store(payloads: Iterable[dict[str, Any]], chunk: int = 37) -> None:
         values.append(checked.values)
     for i in range(0, len(values), chunk):
         services.record_events(values[i:i + chunk])
-
-
-@pytest.fixture
-def analytics_data(db) -> list[dict[str, Any]]:
-    for business_id, tz in BUSINESSES.items():
-        Business.objects.create(id=business_id, time_zone=tz)
-    payloads = make_events()
-    store(payloads)
-    # Retries: a third of the events again, which must change nothing.
-    store(payloads[::3], chunk=50)
-    return payloads
 
 
 # --- Independent figures.
