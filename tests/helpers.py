@@ -11,6 +11,7 @@ import time
 import urllib.error
 import urllib.request
 from dataclasses import dataclass, field
+from datetime import datetime
 from pathlib import Path
 from typing import Any
 
@@ -119,6 +120,13 @@ class LiveService:
         return self.log_path.read_text(errors="replace") if self.log_path.exists() else ""
 
 
+# `python -m gunicorn` under time-machine; the first argument is the moment the clock stands at.
+_FROZEN_GUNICORN = (
+    "import sys, time_machine; time_machine.travel(sys.argv.pop(1), tick=False).start(); "
+    "from gunicorn.app.wsgiapp import run; run(prog='gunicorn')"
+)
+
+
 def start_service(
     tmp_path: Path,
     *,
@@ -126,8 +134,13 @@ def start_service(
     extra_env: dict[str, str] | None = None,
     timeout: float = 30.0,
     wait_healthy: bool = True,
+    frozen_at: datetime | None = None,
 ) -> LiveService:
-    """Serve the test database with gunicorn; return once /health answers (200, or anything if not wait_healthy)."""
+    """Serve the test database with gunicorn; return once /health answers (200, or anything if not wait_healthy).
+
+    With `frozen_at`, the service's clock stands still at that moment, in the
+    master and so in every worker it forks.
+    """
     from tests.pgserver import free_port
 
     port = free_port()
@@ -141,8 +154,11 @@ def start_service(
         **(extra_env or {}),
     }
     log_path = tmp_path / f"gunicorn-{port}.log"
+    launch = [sys.executable, "-m", "gunicorn"]
+    if frozen_at is not None:
+        launch = [sys.executable, "-c", _FROZEN_GUNICORN, frozen_at.isoformat()]
     process = subprocess.Popen(
-        [sys.executable, "-m", "gunicorn", "mlops_site.wsgi", "--config", str(ROOT / "gunicorn.conf.py"),
+        [*launch, "mlops_site.wsgi", "--config", str(ROOT / "gunicorn.conf.py"),
          "--bind", f"127.0.0.1:{port}", "--workers", str(workers)],
         cwd=ROOT, env=env, stdout=log_path.open("w"), stderr=subprocess.STDOUT, start_new_session=True,
     )

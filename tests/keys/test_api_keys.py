@@ -5,7 +5,7 @@ from __future__ import annotations
 import hashlib
 import io
 from concurrent.futures import ThreadPoolExecutor
-from datetime import timedelta
+from datetime import UTC, datetime, timedelta
 
 import pytest
 from django.core.management import CommandError, call_command
@@ -119,7 +119,12 @@ def test_an_expired_key_is_refused(api, keys_required, business, make_key):
     assert_error_shape(post_json(api, "/track", event_for(), **bearer(raw)), 401)
 
 
-def test_a_key_past_its_rate_limit_gets_429_with_retry_after(api, keys_required, business, make_key):
+# A moment 15 s into a minute: 45 s of that minute remain.
+MID_MINUTE = datetime(2026, 3, 20, 12, 0, 15, tzinfo=UTC)
+
+
+def test_a_key_past_its_rate_limit_gets_429_with_retry_after(api, keys_required, business, make_key, time_machine):
+    time_machine.move_to(MID_MINUTE, tick=False)
     _, raw = make_key(business, rate_limit_per_minute=3)
     statuses = [post_json(api, "/track", event_for(), **bearer(raw)).status_code for _ in range(5)]
 
@@ -127,11 +132,24 @@ def test_a_key_past_its_rate_limit_gets_429_with_retry_after(api, keys_required,
     assert statuses[3:] == [429, 429]
     response = post_json(api, "/track", event_for(), **bearer(raw))
     assert_error_shape(response, 429)
-    assert 1 <= int(response["Retry-After"]) <= 61
+    assert response["Retry-After"] == "46"  # the 45 s left of the minute, and one to be sure it is over
     assert AIMetric.objects.count() == 3
 
 
-def test_each_key_has_its_own_budget(api, keys_required, business, make_key):
+def test_the_next_minute_brings_a_new_budget(api, keys_required, business, make_key, time_machine):
+    time_machine.move_to(MID_MINUTE, tick=False)
+    _, raw = make_key(business, rate_limit_per_minute=1)
+    assert post_json(api, "/track", event_for(), **bearer(raw)).status_code == 201
+    time_machine.move_to(MID_MINUTE.replace(second=59), tick=False)
+    assert post_json(api, "/track", event_for(), **bearer(raw)).status_code == 429
+
+    time_machine.move_to(MID_MINUTE.replace(minute=1, second=0), tick=False)
+    assert post_json(api, "/track", event_for(), **bearer(raw)).status_code == 201
+    assert AIMetric.objects.count() == 2
+
+
+def test_each_key_has_its_own_budget(api, keys_required, business, make_key, time_machine):
+    time_machine.move_to(MID_MINUTE, tick=False)
     _, first = make_key(business, rate_limit_per_minute=1)
     _, second = make_key(business, rate_limit_per_minute=1)
     assert post_json(api, "/track", event_for(), **bearer(first)).status_code == 201
@@ -141,20 +159,22 @@ def test_each_key_has_its_own_budget(api, keys_required, business, make_key):
 
 def test_the_rate_limit_holds_across_server_processes(live_service, business, make_key):
     _, raw = make_key(business, rate_limit_per_minute=20)
-    service = live_service(workers=3, extra_env={"MLOPS_ALLOW_ANONYMOUS_CHAT": "false"})
+    # The service's clock stands still, so every request falls in the one minute.
+    service = live_service(workers=3, extra_env={"MLOPS_ALLOW_ANONYMOUS_CHAT": "false"}, frozen_at=MID_MINUTE)
 
-    def send(_: int) -> int:
-        return service.request("POST", "/track", event_for(), bearer(raw))[0]
+    def send(_: int) -> tuple[int, dict[str, str]]:
+        status, headers, _body = service.request("POST", "/track", event_for(), bearer(raw))
+        return status, headers
 
     with ThreadPoolExecutor(max_workers=6) as pool:
-        statuses = list(pool.map(send, range(45)))
+        answers = list(pool.map(send, range(45)))
 
     # Three workers, one budget: exactly 20 accepted, whatever worker served them.
-    # (A minute boundary in the middle would give a second budget; the count says so.)
-    accepted = statuses.count(201)
-    assert accepted in (20, 40), statuses
-    assert statuses.count(429) == 45 - accepted
-    assert AIMetric.objects.count() == accepted
+    statuses = [status for status, _ in answers]
+    assert statuses.count(201) == 20, statuses
+    assert statuses.count(429) == 25, statuses
+    assert {headers["Retry-After"] for status, headers in answers if status == 429} == {"46"}
+    assert AIMetric.objects.count() == 20
 
 
 def test_a_keys_last_use_is_recorded(api, business, make_key):
