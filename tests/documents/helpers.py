@@ -13,8 +13,8 @@ import docx
 from fpdf import FPDF
 from pypdf import PdfReader, PdfWriter
 
-from tests.helpers import ROOT
-
+# The repository; bench/bench_documents.py uses these helpers too, outside Django and pytest.
+ROOT = Path(__file__).resolve().parents[2]
 QUESTIONS = json.loads((ROOT / "documents_app/evaluation/techconsult_questions.json").read_text())
 
 
