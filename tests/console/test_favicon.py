@@ -15,5 +15,5 @@ def test_an_admin_page_and_its_favicon_both_load() -> None:
 
     icon = staff.get("/favicon.ico")
     assert icon.status_code == 200
-    assert icon["Content-Type"] in ("image/x-icon", "image/vnd.microsoft.icon")
+    assert icon["Content-Type"] == "image/x-icon"  # whitenoise's own table, whatever the machine's mime.types says
     assert b"".join(icon.streaming_content)[:4] == b"\x00\x00\x01\x00"  # an ICO file's signature

@@ -85,8 +85,9 @@ def test_a_stopped_database_gets_503_and_no_batch_is_half_written(live_service, 
     for name, status in answers.items():
         if status == 200:
             assert per_batch[name] == BATCH, f"{name} was acknowledged but holds {per_batch[name]} rows"
-        else:
-            assert per_batch[name] in (0, BATCH), f"{name} is half-written: {per_batch[name]} rows"
+    # A batch refused with 503 may have committed just before the server stopped; whatever the
+    # answer, every batch with rows holds all of them.
+    assert set(per_batch.values()) == {BATCH}, per_batch
 
     # The client retries what got 503: everything ends up stored exactly once.
     for name, status in answers.items():

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import threading
 import uuid
+from collections import defaultdict
 from concurrent.futures import ThreadPoolExecutor
 
 from metrics_app.models import AIMetric
@@ -20,13 +21,14 @@ def test_eight_clients_retrying_the_same_events_at_once_store_each_event_once(li
     ]
     singles, batch_events = events[:20], events[20:]
     start = threading.Barrier(CLIENTS)
+    statuses: dict[str, list[int]] = defaultdict(list)
 
     def client(_: int) -> tuple[int, int]:
         start.wait()  # every client fires at the same moment
         created = duplicates = 0
         for event in singles:
             status, _, body = service.request("POST", "/track", event)
-            assert status in (200, 201), body
+            statuses[event["event_id"]].append(status)
             created += status == 201
             duplicates += bool(body.get("duplicate"))
         status, _, body = service.request("POST", "/track/batch", {"events": batch_events})
@@ -37,6 +39,9 @@ def test_eight_clients_retrying_the_same_events_at_once_store_each_event_once(li
         answers = list(pool.map(client, range(CLIENTS)))
 
     # Exactly one client was told "created" for each event; every other answer was a duplicate.
+    assert {event_id: sorted(seen) for event_id, seen in statuses.items()} == {
+        event["event_id"]: [200] * (CLIENTS - 1) + [201] for event in singles
+    }
     assert sum(created for created, _ in answers) == len(events)
     assert sum(dupes for _, dupes in answers) == len(events) * (CLIENTS - 1)
     assert AIMetric.objects.count() == len(events)

@@ -37,7 +37,7 @@ def event(business_id: str, n: int, **fields) -> dict:
 def send_batches(service, batches: list[list[dict]]) -> list[dict]:
     def post(batch: list[dict]) -> dict:
         status, _, body = service.request("POST", "/track/batch", {"events": batch})
-        assert status in (200, 207), body
+        assert status == 200, body
         return body
 
     with ThreadPoolExecutor(max_workers=6) as pool:
@@ -59,7 +59,8 @@ def test_counts_summed_over_workers_equal_the_stored_events_on_every_scrape(live
     with ThreadPoolExecutor(max_workers=6) as pool:
         answers = list(pool.map(lambda b: service.request("POST", "/track/batch", {"events": b}), batches))
         singles = list(pool.map(lambda e: service.request("POST", "/track", e), single))
-    assert all(status in (200, 207) for status, _, _ in answers)
+    # Every fifth batch holds a rejected event: a partial success.
+    assert [status for status, _, _ in answers] == [207 if i % 5 == 0 else 200 for i in range(30)]
     assert all(status == 201 for status, _, _ in singles)
 
     stored = AIMetric.objects.count()
