@@ -14,6 +14,9 @@ fi
 .venv/bin/pip install --quiet --disable-pip-version-check -r requirements-dev.txt || exit 1
 
 status=0
+echo "=== Import contracts (import-linter, pyproject.toml)"
+.venv/bin/lint-imports --no-cache --no-logo || { echo "import contracts broken: see above"; status=1; }
+
 echo "=== Test suite on SQLite"
 .venv/bin/python -m pytest "$@" || status=1
 

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from django.conf import settings
-from drf_spectacular.utils import OpenApiResponse, extend_schema
+from drf_spectacular.utils import extend_schema
 from rest_framework import exceptions, serializers, status
 from rest_framework.permissions import AllowAny
 from rest_framework.request import Request
@@ -14,7 +14,7 @@ from documents_app.embeddings import MethodUnavailable
 from documents_app.knowledge_base import KnowledgeBase, KnowledgeBaseMissing, current_knowledge_base
 from documents_app.pipeline import KB_PATH
 from metrics_app import access
-from metrics_app.api.serializers import ErrorSerializer
+from metrics_app.errors import documented_errors
 from metrics_app.rules import business_id_problem
 
 MAX_RESULTS = 20
@@ -76,18 +76,14 @@ class KnowledgeBaseSearchSerializer(serializers.Serializer):
     results = KnowledgeBaseChunkSerializer(many=True)
 
 
-ERRORS = {
-    code: OpenApiResponse(ErrorSerializer, description=meaning)
-    for code, meaning in {
+ERRORS = documented_errors(
+    400, 401, 403, 404, 405, 429, 503,
+    overrides={
         400: "Invalid query; `errors` names each bad parameter (business_id is required without a key).",
-        401: "No API key where one is required, or an unknown, revoked or expired key.",
-        403: "The key lacks the read scope, or names a business other than its own.",
         404: "No knowledge base has been built yet.",
-        405: "Method not allowed.",
-        429: "Too many requests for this key (with Retry-After).",
         503: "The knowledge base's embedding method is not installed on this server.",
-    }.items()
-}
+    },
+)
 
 
 def business_in_scope(request: Request, requested: str | None) -> tuple[str | None, set[str] | None]:

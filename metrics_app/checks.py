@@ -1,9 +1,17 @@
-"""System checks on stored data (run by `manage.py check --database default` and by `migrate`)."""
+"""The service's system checks: its configuration, and the data it has stored.
+
+Every `manage.py` command that runs checks (`check`, `migrate`, `runserver`,
+`qcluster`, ...) runs them, and gunicorn.conf.py runs them before gunicorn
+serves. An Error stops all of these, so the configuration errors below are how
+production refuses insecure settings. The checks of stored data need a
+database (`manage.py check --database default`, and `migrate`).
+"""
 
 from __future__ import annotations
 
 from typing import Any
 
+from django.conf import settings
 from django.core import checks
 from django.db import DatabaseError, connection
 
@@ -11,6 +19,81 @@ from metrics_app.models import Business
 from metrics_app.rules import BUSINESS_ID_CHARACTERS, business_id_problem
 
 MAX_IDS_LISTED = 20
+MIN_METRICS_TOKEN_LENGTH = 16
+MIN_PRODUCTION_SECRET_KEY_LENGTH = 32
+# Each listed value keeps its own Prometheus label: the lists bound how many series a metric can have.
+MAX_LABEL_VALUES = 200
+MAX_LABEL_VALUE_LENGTH = 100
+LABEL_LIST_SETTINGS = ("MLOPS_PROMETHEUS_INTENTS", "MLOPS_PROMETHEUS_RESPONSE_TYPES", "MLOPS_PROMETHEUS_MODELS")
+
+
+# --- Configuration
+
+
+def _insecure_production_settings() -> list[tuple[str, str]]:
+    """(check id, problem) for each setting that production refuses."""
+    problems = []
+    key = settings.SECRET_KEY
+    if key == settings.MLOPS_DEVELOPMENT_SECRET_KEY or len(key) < MIN_PRODUCTION_SECRET_KEY_LENGTH:
+        length = MIN_PRODUCTION_SECRET_KEY_LENGTH
+        problems.append(("E001", f"SECRET_KEY must be set to a random value of at least {length} characters"))
+    if settings.DEBUG:
+        problems.append(("E002", "DEBUG must be off"))
+    if settings.CORS_ALLOW_ALL_ORIGINS:
+        problems.append(("E003", "CORS_ALLOWED_ORIGINS must not be '*'"))
+    if not settings.ALLOWED_HOSTS or "*" in settings.ALLOWED_HOSTS:
+        problems.append(("E004", "ALLOWED_HOSTS must name the service's host names"))
+    if settings.MLOPS_ALLOW_ANONYMOUS_CHAT:
+        problems.append(("E005", "MLOPS_ALLOW_ANONYMOUS_CHAT must be off"))
+    return problems
+
+
+@checks.register(checks.Tags.security)
+def check_production_settings(app_configs: Any, **kwargs: Any) -> list[checks.CheckMessage]:
+    """MLOPS_ENV=production refuses to run with development or open settings."""
+    if not settings.IS_PRODUCTION:
+        return []
+    return [
+        checks.Error(f"MLOPS_ENV=production refuses insecure settings: {problem}", id=f"metrics_app.{check_id}")
+        for check_id, problem in _insecure_production_settings()
+    ]
+
+
+@checks.register(checks.Tags.security)
+def check_metrics_token(app_configs: Any, **kwargs: Any) -> list[checks.CheckMessage]:
+    token = settings.MLOPS_METRICS_TOKEN
+    if token and len(token) < MIN_METRICS_TOKEN_LENGTH:
+        return [
+            checks.Error(
+                f"MLOPS_METRICS_TOKEN must be at least {MIN_METRICS_TOKEN_LENGTH} characters when set",
+                id="metrics_app.E006",
+            )
+        ]
+    if settings.IS_PRODUCTION and not token:
+        return [
+            checks.Warning(
+                "/metrics is served without a token in production",
+                hint="Set MLOPS_METRICS_TOKEN, or keep /metrics reachable only from the Prometheus network.",
+                id="metrics_app.W001",
+            )
+        ]
+    return []
+
+
+@checks.register()
+def check_prometheus_label_lists(app_configs: Any, **kwargs: Any) -> list[checks.CheckMessage]:
+    return [
+        checks.Error(
+            f"{name} may list at most {MAX_LABEL_VALUES} values of at most {MAX_LABEL_VALUE_LENGTH} characters",
+            id="metrics_app.E007",
+        )
+        for name in LABEL_LIST_SETTINGS
+        if len(values := getattr(settings, name)) > MAX_LABEL_VALUES
+        or any(len(value) > MAX_LABEL_VALUE_LENGTH for value in values)
+    ]
+
+
+# --- Stored data
 
 
 @checks.register(checks.Tags.database)

@@ -7,10 +7,49 @@ from typing import Any
 from django.conf import settings
 from django.core.exceptions import DisallowedHost, RequestDataTooBig, TooManyFieldsSent, TooManyFilesSent
 from django.http import HttpResponse, JsonResponse
-from rest_framework import exceptions, status
+from drf_spectacular.utils import OpenApiResponse
+from rest_framework import exceptions, serializers, status
 from rest_framework.response import Response
 
 ErrorMap = dict[str, list[str]]
+
+# What each status means, once for every endpoint's documentation (the DRF views, the plain ingest views in
+# the schema hook, the knowledge base); an endpoint may say more for a code with `overrides`.
+ERROR_MEANINGS: dict[int, str] = {
+    400: "Invalid input; `errors` names each bad field or parameter. Nothing is stored.",
+    401: "No API key or session where one is required, or an unknown, revoked or expired key "
+    "(with WWW-Authenticate).",
+    403: "The key lacks the scope, or names a business it may not use.",
+    404: "Not found, or not something this caller may see.",
+    405: "Method not allowed.",
+    413: "Body too large.",
+    415: "Content type is not application/json.",
+    429: "Too many requests for this key (with Retry-After).",
+    503: "The database is unavailable or busy, or the rate limiter cannot count (with Retry-After); "
+    "nothing is stored.",
+}
+
+
+def error_meanings(codes: tuple[int, ...], overrides: dict[int, str] | None = None) -> dict[int, str]:
+    """The documented meaning of each status code in `codes`."""
+    return {code: (overrides or {}).get(code, ERROR_MEANINGS[code]) for code in codes}
+
+
+class ErrorSerializer(serializers.Serializer):
+    """The one error shape, for the OpenAPI schema."""
+
+    error = serializers.CharField(help_text="One-line summary.")
+    errors = serializers.DictField(
+        child=serializers.ListField(child=serializers.CharField()), help_text="Reasons, by field."
+    )
+
+
+def documented_errors(*codes: int, overrides: dict[int, str] | None = None) -> dict[int, OpenApiResponse]:
+    """drf-spectacular responses in the error shape for `codes`."""
+    return {
+        code: OpenApiResponse(ErrorSerializer, description=meaning)
+        for code, meaning in error_meanings(codes, overrides).items()
+    }
 
 
 def error_body(summary: str, errors: ErrorMap | None = None) -> dict[str, Any]:

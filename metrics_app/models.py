@@ -14,13 +14,22 @@ from django.db import models
 from django.db.models import Q
 from django.utils import timezone
 
-from metrics_app.rules import BUSINESS_ID_CHARACTERS, BUSINESS_ID_MAX_LENGTH, validate_business_id
+from metrics_app.rules import (
+    BUSINESS_ID_CHARACTERS,
+    BUSINESS_ID_MAX_LENGTH,
+    MAX_COST_USD,
+    MAX_ID_LENGTH,
+    MAX_LABEL_LENGTH,
+    MAX_MESSAGE_LENGTH,
+    MAX_RESPONSE_TIME_MS,
+    MAX_RESPONSE_TYPE_LENGTH,
+    MAX_TOKENS,
+    CostBasis,
+    is_failed_reply,
+    validate_business_id,
+)
 
-# Ranges that the API validates; the database enforces the same ones.
-MAX_RESPONSE_TIME_MS = 3_600_000  # one hour: anything longer is a broken clock
-MAX_TOKENS = 10_000_000  # well above the largest context windows
-MAX_COST_USD = 1000  # per reply
-MAX_MESSAGE_LENGTH = 1_000_000  # characters
+__all__ = ["CostBasis"]  # defined in rules, where the unpriced bases are; models is its usual address
 
 
 def validate_time_zone(value: str) -> None:
@@ -56,19 +65,6 @@ class Business(models.Model):
     def __str__(self) -> str:
         return self.name or self.id
 
-    @property
-    def display_name(self) -> str:
-        return self.name or self.id
-
-
-class CostBasis(models.TextChoices):
-    """How an event's analytics cost was found."""
-
-    TOKENS = "tokens", "priced from input and output tokens"
-    ESTIMATED = "estimated", "estimated: only tokens_used was sent, priced at the input price"
-    UNPRICED_CLIENT = "client", "unpriced model: the client's api_cost_usd"
-    UNPRICED_NONE = "none", "unpriced model and no client cost"
-
 
 class AIMetric(models.Model):
     """One AI reply, as the chat app reported it.
@@ -86,8 +82,8 @@ class AIMetric(models.Model):
     business = models.ForeignKey(
         Business, on_delete=models.PROTECT, db_column="business_id", related_name="events", db_constraint=False
     )
-    conversation_id = models.CharField(max_length=255, null=True, blank=True)
-    session_id = models.CharField(max_length=255, null=True, blank=True)
+    conversation_id = models.CharField(max_length=MAX_ID_LENGTH, null=True, blank=True)
+    session_id = models.CharField(max_length=MAX_ID_LENGTH, null=True, blank=True)
 
     # Rows adopted from the seed's table may lack these; the API requires them.
     response_time_ms = models.IntegerField(null=True)
@@ -96,18 +92,18 @@ class AIMetric(models.Model):
     input_tokens = models.IntegerField(null=True, blank=True)
     output_tokens = models.IntegerField(null=True, blank=True)
     api_cost_usd = models.DecimalField(max_digits=10, decimal_places=6, null=True, blank=True)
-    model_name = models.CharField(max_length=100, null=True, blank=True)
+    model_name = models.CharField(max_length=MAX_LABEL_LENGTH, null=True, blank=True)
 
-    intent_detected = models.CharField(max_length=100, null=True, blank=True)
+    intent_detected = models.CharField(max_length=MAX_LABEL_LENGTH, null=True, blank=True)
     appointment_requested = models.BooleanField(default=False)
     appointment_booked = models.BooleanField(default=False)
     human_handoff_requested = models.BooleanField(default=False)
 
     user_message_length = models.IntegerField(null=True, blank=True)
     ai_response_length = models.IntegerField(null=True, blank=True)
-    response_type = models.CharField(max_length=50, null=True, blank=True)
-    prompt_version = models.CharField(max_length=100, null=True, blank=True)
-    kb_version = models.CharField(max_length=100, null=True, blank=True)
+    response_type = models.CharField(max_length=MAX_RESPONSE_TYPE_LENGTH, null=True, blank=True)
+    prompt_version = models.CharField(max_length=MAX_LABEL_LENGTH, null=True, blank=True)
+    kb_version = models.CharField(max_length=MAX_LABEL_LENGTH, null=True, blank=True)
 
     timestamp = models.DateTimeField(help_text="When the reply happened (the receive time when the client sent none).")
     created_at = models.DateTimeField(default=timezone.now, help_text="When the service stored the event.")
@@ -176,8 +172,7 @@ class AIMetric(models.Model):
 
     @property
     def failed(self) -> bool:
-        """A failed reply: success_rate 0 or response_type "error"."""
-        return self.success_rate == 0 or self.response_type == "error"
+        return is_failed_reply(self.success_rate, self.response_type)
 
 
 class ApiKeyScope(models.TextChoices):
@@ -190,12 +185,6 @@ KEY_PREFIX_MARK = "mlk"
 
 def hash_key(raw_key: str) -> str:
     return hashlib.sha256(raw_key.encode("utf-8")).hexdigest()
-
-
-class ApiKeyQuerySet(models.QuerySet):
-    def usable(self) -> ApiKeyQuerySet:
-        now = timezone.now()
-        return self.filter(revoked_at__isnull=True).filter(Q(expires_at__isnull=True) | Q(expires_at__gt=now))
 
 
 class ApiKey(models.Model):
@@ -225,8 +214,6 @@ class ApiKey(models.Model):
     revoked_at = models.DateTimeField(null=True, blank=True, editable=False)
     last_used_at = models.DateTimeField(null=True, blank=True, editable=False)
 
-    objects = ApiKeyQuerySet.as_manager()
-
     class Meta:
         db_table = "mlops_api_key"
         constraints = [
@@ -243,9 +230,6 @@ class ApiKey(models.Model):
     @property
     def scopes(self) -> list[str]:
         return [s for s, allowed in ((ApiKeyScope.INGEST, self.can_ingest), (ApiKeyScope.READ, self.can_read)) if allowed]
-
-    def has_scope(self, scope: str) -> bool:
-        return scope in self.scopes
 
     @property
     def is_usable(self) -> bool:

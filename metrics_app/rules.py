@@ -10,6 +10,8 @@ import re
 from typing import Any
 
 from django.core.exceptions import ValidationError
+from django.db import models
+from django.db.models import Q
 
 # A business id is the chat app's `business_id`. It becomes a URL segment, a
 # folder name under the documents' raw directory, a Prometheus label and a
@@ -35,3 +37,41 @@ def validate_business_id(value: Any) -> None:
     problem = business_id_problem(value)
     if problem is not None:
         raise ValidationError(f"A business id {problem}.", code="invalid_business_id")
+
+
+# --- Field limits: the ingest validates them, the database's CHECK constraints and the OpenAPI schema
+# state the same numbers.
+MAX_RESPONSE_TIME_MS = 3_600_000  # one hour: anything longer is a broken clock
+MAX_TOKENS = 10_000_000  # well above the largest context windows
+MAX_COST_USD = 1000  # per reply
+MAX_MESSAGE_LENGTH = 1_000_000  # characters
+MAX_ID_LENGTH = 255  # conversation and session ids
+MAX_LABEL_LENGTH = 100  # model name, intent, prompt and knowledge-base versions
+MAX_RESPONSE_TYPE_LENGTH = 50
+
+
+# --- A failed reply: success_rate 0, or response_type "error". The ingest's Prometheus counters, the
+# rollups (in Python and in SQL), the analytics, the console's filter and metrics_totals all ask here.
+ERROR_RESPONSE_TYPE = "error"
+FAILED_REPLY = Q(success_rate=0) | Q(response_type=ERROR_RESPONSE_TYPE)
+FAILED_REPLY_SQL = f"success_rate = 0 OR response_type = '{ERROR_RESPONSE_TYPE}'"
+
+
+def is_failed_reply(success_rate: Any, response_type: str | None) -> bool:
+    return (success_rate is not None and success_rate == 0) or response_type == ERROR_RESPONSE_TYPE
+
+
+# --- How an event's cost was found, and which of those count as unpriced.
+class CostBasis(models.TextChoices):
+    """How an event's analytics cost was found."""
+
+    TOKENS = "tokens", "priced from input and output tokens"
+    ESTIMATED = "estimated", "estimated: only tokens_used was sent, priced at the input price"
+    UNPRICED_CLIENT = "client", "unpriced model: the client's api_cost_usd"
+    UNPRICED_NONE = "none", "unpriced model and no client cost"
+
+
+UNPRICED_BASES: tuple[str, ...] = (CostBasis.UNPRICED_CLIENT.value, CostBasis.UNPRICED_NONE.value)
+UNPRICED = Q(cost_basis__in=UNPRICED_BASES)
+UNPRICED_SQL = "cost_basis IN ({})".format(", ".join(f"'{basis}'" for basis in UNPRICED_BASES))
+ESTIMATED_SQL = f"cost_basis = '{CostBasis.ESTIMATED.value}'"

@@ -7,6 +7,7 @@ with a message the operator can act on.
 from __future__ import annotations
 
 import os
+from urllib.parse import urlparse
 
 from django.core.exceptions import ImproperlyConfigured
 
@@ -55,3 +56,15 @@ def envchoice(name: str, default: str, choices: tuple[str, ...]) -> str:
 def envlist(name: str, default: str = "") -> list[str]:
     """A comma-separated list; blanks are dropped."""
     return [item.strip() for item in envstr(name, default).split(",") if item.strip()]
+
+
+def envorigins(name: str, default: str = "") -> list[str]:
+    """A comma-separated list of web origins (scheme and host, no path); "*" stands for every origin."""
+    origins = envlist(name, default)
+    for origin in origins:
+        if origin == "*":
+            continue
+        parsed = urlparse(origin)
+        if parsed.scheme not in ("http", "https") or not parsed.netloc or parsed.path not in ("", "/"):
+            raise ImproperlyConfigured(f"{name} must hold origins such as https://app.example.com, got {origin!r}")
+    return origins

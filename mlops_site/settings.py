@@ -3,18 +3,24 @@
 A `.env` file in the project root is read first when present; variables that
 are already set in the environment win over it. See the configuration table in
 README.md for every variable.
+
+Each section sets its own settings once; no later section changes them. A
+value that cannot be read (not a number, not a URL) stops the import with a
+message naming its variable (mlops_site/env.py). Values that can be read but
+are refused, such as insecure production settings, are reported by the system
+checks in metrics_app/checks.py, which every `manage.py` command and
+gunicorn's start-up (gunicorn.conf.py) run before serving.
 """
 
 from __future__ import annotations
 
 from pathlib import Path
-from urllib.parse import urlparse
 
 import dj_database_url
 from django.core.exceptions import ImproperlyConfigured
 from dotenv import load_dotenv
 
-from mlops_site.env import envbool, envchoice, envint, envlist, envstr
+from mlops_site.env import envbool, envchoice, envint, envlist, envorigins, envstr
 
 BASE_DIR = Path(__file__).resolve().parent.parent
 DATA_DIR = BASE_DIR / "data"
@@ -24,8 +30,9 @@ load_dotenv(envstr("MLOPS_ENV_FILE") or BASE_DIR / ".env", override=False)
 MLOPS_ENV = envchoice("MLOPS_ENV", "development", ("development", "production"))
 IS_PRODUCTION = MLOPS_ENV == "production"
 
-_DEV_SECRET_KEY = "dev-only-insecure-key-do-not-use-in-production"  # noqa: S105
-SECRET_KEY = envstr("SECRET_KEY") or _DEV_SECRET_KEY
+# The secret used when SECRET_KEY is unset; the production checks refuse it.
+MLOPS_DEVELOPMENT_SECRET_KEY = "dev-only-insecure-key-do-not-use-in-production"  # noqa: S105
+SECRET_KEY = envstr("SECRET_KEY") or MLOPS_DEVELOPMENT_SECRET_KEY
 DEBUG = envbool("DEBUG", False)
 
 ALLOWED_HOSTS = envlist("ALLOWED_HOSTS", "" if IS_PRODUCTION else "127.0.0.1,localhost,[::1],testserver")
@@ -35,26 +42,33 @@ HOST = envstr("HOST", "0.0.0.0" if IS_PRODUCTION else "127.0.0.1")  # noqa: S104
 PORT = envint("PORT", 5000, minimum=1, maximum=65535)
 
 # --- CORS: the chat app's origins. "*" opens it to every origin (development only).
-_cors = envlist("CORS_ALLOWED_ORIGINS", "" if IS_PRODUCTION else "http://localhost:3000,http://127.0.0.1:3000")
+_cors = envorigins("CORS_ALLOWED_ORIGINS", "" if IS_PRODUCTION else "http://localhost:3000,http://127.0.0.1:3000")
 CORS_ALLOW_ALL_ORIGINS = "*" in _cors
 CORS_ALLOWED_ORIGINS = [origin for origin in _cors if origin != "*"]
-for _origin in CORS_ALLOWED_ORIGINS:
-    _parsed = urlparse(_origin)
-    if _parsed.scheme not in ("http", "https") or not _parsed.netloc or _parsed.path not in ("", "/"):
-        raise ImproperlyConfigured(
-            f"CORS_ALLOWED_ORIGINS must hold origins such as https://app.example.com, got {_origin!r}"
-        )
 CORS_ALLOW_HEADERS = ("accept", "authorization", "content-type", "x-api-key", "user-agent")
 
 # --- The database: SQLite file by default, PostgreSQL when DATABASE_URL says so.
+# django-prometheus's database wrappers count connections, queries, their
+# duration and errors per database: a failing or slow database is the first
+# thing an operator looks for, and the cost is one counter per query.
+_PROMETHEUS_ENGINES = {
+    "django.db.backends.sqlite3": "django_prometheus.db.backends.sqlite3",
+    "django.db.backends.postgresql": "django_prometheus.db.backends.postgresql",
+}
 _default_db_url = f"sqlite:///{DATA_DIR / 'mlops.sqlite3'}"
 _db_url = envstr("DATABASE_URL") or _default_db_url
 try:
     _db = dj_database_url.parse(_db_url, conn_max_age=envint("DB_CONN_MAX_AGE", 60, minimum=0))
 except Exception as exc:  # dj-database-url raises several types for a bad URL
     raise ImproperlyConfigured(f"DATABASE_URL is not a valid database URL: {exc}") from None
+if _db["ENGINE"] not in _PROMETHEUS_ENGINES:
+    raise ImproperlyConfigured(
+        f"DATABASE_URL must be a sqlite:/// or postgresql:// URL, got engine {_db['ENGINE']}"
+    )
+_options: dict[str, object]
+_test: dict[str, object] = {}  # the test database's name, SQLite only
 if _db["ENGINE"] == "django.db.backends.sqlite3":
-    _db["OPTIONS"] = {
+    _options = {
         # WAL lets readers work while gunicorn workers write; IMMEDIATE takes
         # the write lock at BEGIN so concurrent writers queue instead of failing.
         "init_command": "PRAGMA journal_mode=WAL; PRAGMA synchronous=NORMAL;",
@@ -62,16 +76,19 @@ if _db["ENGINE"] == "django.db.backends.sqlite3":
         # Seconds a write waits for another writer's lock before the request answers 503 "busy".
         "timeout": envint("DB_BUSY_TIMEOUT", 20, minimum=1),
     }
-    _db["TEST"] = {"NAME": envstr("MLOPS_TEST_SQLITE", str(DATA_DIR / "test.sqlite3"))}
-elif _db["ENGINE"] == "django.db.backends.postgresql":
-    # Fail fast when the server is away, so /track answers 503 instead of hanging.
-    _db.setdefault("OPTIONS", {})["connect_timeout"] = envint("DB_CONNECT_TIMEOUT", 3, minimum=1)
+    _test = {"NAME": envstr("MLOPS_TEST_SQLITE", str(DATA_DIR / "test.sqlite3"))}
 else:
-    raise ImproperlyConfigured(
-        f"DATABASE_URL must be a sqlite:/// or postgresql:// URL, got engine {_db['ENGINE']}"
-    )
-_db["CONN_HEALTH_CHECKS"] = True
-DATABASES = {"default": _db}
+    # Fail fast when the server is away, so /track answers 503 instead of hanging.
+    _options = {**_db.get("OPTIONS", {}), "connect_timeout": envint("DB_CONNECT_TIMEOUT", 3, minimum=1)}
+DATABASES = {
+    "default": {
+        **_db,
+        "ENGINE": _PROMETHEUS_ENGINES[_db["ENGINE"]],
+        "OPTIONS": _options,
+        **({"TEST": _test} if _test else {}),
+        "CONN_HEALTH_CHECKS": True,
+    }
+}
 DEFAULT_AUTO_FIELD = "django.db.models.BigAutoField"
 
 INSTALLED_APPS = [
@@ -88,6 +105,8 @@ INSTALLED_APPS = [
     "drf_spectacular_sidecar",
     "metrics_app",
     "documents_app",
+    # documents_app's pipeline runs in django-q2's worker (`manage.py qcluster`).
+    "django_q",
 ]
 
 MIDDLEWARE = [
@@ -162,6 +181,8 @@ REST_FRAMEWORK = {
     # The ingest's parser (orjson, bounded size and depth), so every API answers a bad body alike.
     "DEFAULT_PARSER_CLASSES": ["metrics_app.http.bodies.StrictJSONParser"],
     "UNAUTHENTICATED_USER": "django.contrib.auth.models.AnonymousUser",
+    # The analytics API's OpenAPI schema (SPECTACULAR_SETTINGS below).
+    "DEFAULT_SCHEMA_CLASS": "drf_spectacular.openapi.AutoSchema",
 }
 
 # --- The service's own switches.
@@ -182,21 +203,9 @@ LOGGING = {
     "loggers": {"django.db.backends": {"level": "WARNING"}},
 }
 
-# --- Production refuses insecure settings instead of running with them.
+# --- Production's transport security. Insecure production settings (the development secret, DEBUG, open
+# CORS or hosts, key-less chat) are refused by the system checks (metrics_app/checks.py).
 if IS_PRODUCTION:
-    _problems = []
-    if SECRET_KEY == _DEV_SECRET_KEY or len(SECRET_KEY) < 32:
-        _problems.append("SECRET_KEY must be set to a random value of at least 32 characters")
-    if DEBUG:
-        _problems.append("DEBUG must be off")
-    if CORS_ALLOW_ALL_ORIGINS:
-        _problems.append("CORS_ALLOWED_ORIGINS must not be '*'")
-    if not ALLOWED_HOSTS or "*" in ALLOWED_HOSTS:
-        _problems.append("ALLOWED_HOSTS must name the service's host names")
-    if MLOPS_ALLOW_ANONYMOUS_CHAT:
-        _problems.append("MLOPS_ALLOW_ANONYMOUS_CHAT must be off")
-    if _problems:
-        raise ImproperlyConfigured("MLOPS_ENV=production refuses insecure settings: " + "; ".join(_problems))
     SESSION_COOKIE_SECURE = envbool("SESSION_COOKIE_SECURE", True)
     CSRF_COOKIE_SECURE = envbool("CSRF_COOKIE_SECURE", True)
     SECURE_CONTENT_TYPE_NOSNIFF = True
@@ -213,23 +222,15 @@ if IS_PRODUCTION:
     SECURE_SSL_REDIRECT = envbool("SECURE_SSL_REDIRECT", False)
     SECURE_REDIRECT_EXEMPT = [r"^health/?$", r"^metrics$"]
 
-# --- Prometheus (metrics_app/prometheus.py; README "Monitoring with Prometheus")
-# django-prometheus's database wrappers count connections, queries, their
-# duration and errors per database: a failing or slow database is the first
-# thing an operator looks for, and the cost is one counter per query.
-_PROMETHEUS_ENGINES = {
-    "django.db.backends.sqlite3": "django_prometheus.db.backends.sqlite3",
-    "django.db.backends.postgresql": "django_prometheus.db.backends.postgresql",
-}
-DATABASES["default"]["ENGINE"] = _PROMETHEUS_ENGINES[DATABASES["default"]["ENGINE"]]
+# --- Prometheus (metrics_app/monitoring/; README "Monitoring with Prometheus"). The database wrappers are
+# chosen with the database above.
 # gunicorn.conf.py makes a private PROMETHEUS_MULTIPROC_DIR when none is given; a given one must exist
 # before the first metric is made, in every process that reads these settings.
-if envstr("PROMETHEUS_MULTIPROC_DIR"):
-    Path(envstr("PROMETHEUS_MULTIPROC_DIR")).mkdir(parents=True, exist_ok=True)
-# When set, GET /metrics needs "Authorization: Bearer <token>".
+_metrics_dir = envstr("PROMETHEUS_MULTIPROC_DIR")
+if _metrics_dir:
+    Path(_metrics_dir).mkdir(parents=True, exist_ok=True)
+# When set, GET /metrics needs "Authorization: Bearer <token>" (16+ characters, checked by metrics_app/checks.py).
 MLOPS_METRICS_TOKEN = envstr("MLOPS_METRICS_TOKEN")
-if MLOPS_METRICS_TOKEN and len(MLOPS_METRICS_TOKEN) < 16:
-    raise ImproperlyConfigured("MLOPS_METRICS_TOKEN must be at least 16 characters when set")
 # Label bounds: the first N registered businesses keep their business_id label, the rest are "other".
 MLOPS_PROMETHEUS_MAX_BUSINESSES = envint("MLOPS_PROMETHEUS_MAX_BUSINESSES", 500, minimum=1, maximum=10000)
 MLOPS_PROMETHEUS_BUSINESS_REFRESH_SECONDS = envint("MLOPS_PROMETHEUS_BUSINESS_REFRESH_SECONDS", 60, minimum=1)
@@ -248,16 +249,8 @@ MLOPS_PROMETHEUS_MODELS = envlist(
     "gpt-4o,gpt-4o-mini,gpt-4.1,gpt-4.1-mini,gpt-4.1-nano,claude-3-5-haiku,claude-3-5-sonnet,"
     "claude-sonnet-4,claude-haiku-4-5",
 )
-for _name, _values in (
-    ("MLOPS_PROMETHEUS_INTENTS", MLOPS_PROMETHEUS_INTENTS),
-    ("MLOPS_PROMETHEUS_RESPONSE_TYPES", MLOPS_PROMETHEUS_RESPONSE_TYPES),
-    ("MLOPS_PROMETHEUS_MODELS", MLOPS_PROMETHEUS_MODELS),
-):
-    if len(_values) > 200 or any(len(v) > 100 for v in _values):
-        raise ImproperlyConfigured(f"{_name} may list at most 200 values of at most 100 characters")
 
-# --- Analytics API and its OpenAPI schema (metrics_app/api.py, docs/analytics.md)
-REST_FRAMEWORK["DEFAULT_SCHEMA_CLASS"] = "drf_spectacular.openapi.AutoSchema"
+# --- Analytics API and its OpenAPI schema (metrics_app/api/, docs/analytics.md)
 # The schema and its UI (/api/schema/, /api/docs/) for everyone; otherwise for staff sessions and API keys.
 MLOPS_PUBLIC_API_DOCS = envbool("MLOPS_PUBLIC_API_DOCS", not IS_PRODUCTION)
 SPECTACULAR_SETTINGS = {
@@ -265,7 +258,7 @@ SPECTACULAR_SETTINGS = {
     "DESCRIPTION": "Events from the chat app, analytics, conversations. Figures are defined below (docs/analytics.md).",
     "VERSION": "1.0.0",
     "SERVE_INCLUDE_SCHEMA": False,
-    # metrics_app/schema_views.py decides who may read the schema (MLOPS_PUBLIC_API_DOCS); a key is
+    # metrics_app/api/docs.py decides who may read the schema (MLOPS_PUBLIC_API_DOCS); a key is
     # counted there, once.
     "SERVE_AUTHENTICATION": [],
     # The UI's scripts come from the drf-spectacular-sidecar package, not a CDN.
@@ -281,7 +274,6 @@ SPECTACULAR_SETTINGS = {
 }
 
 # --- documents_app (documents, the DVC pipeline and the knowledge base; README "Documents and the knowledge base")
-INSTALLED_APPS += ["django_q"]
 # The folder holding dvc.yaml, params.yaml and data/: uploads land under its raw folder, the worker runs
 # `dvc repro` there, and the search endpoint reads its knowledge base.
 DOCUMENTS_PIPELINE_ROOT = Path(envstr("DOCUMENTS_PIPELINE_ROOT") or BASE_DIR).resolve()

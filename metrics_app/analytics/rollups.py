@@ -18,6 +18,14 @@ from typing import Any, Iterable
 from django.db import connection, transaction
 
 from metrics_app.models import ALL_BUSINESSES, ConversationRollup, EventRollup, LatencyRollup
+from metrics_app.rules import (
+    ESTIMATED_SQL,
+    FAILED_REPLY_SQL,
+    UNPRICED_BASES,
+    UNPRICED_SQL,
+    CostBasis,
+    is_failed_reply,
+)
 
 QUARTER = 15
 DAY = 1440
@@ -28,7 +36,6 @@ LOG_GAMMA = math.log(GAMMA)
 EVENT_SUMS = ("events", "errors", "success_sum", "latency_sum", "latency_n", "tokens", "input_tokens",
               "output_tokens", "cost", "client_cost", "unpriced", "estimated", "requested", "booked", "handoffs")
 CONVERSATION_SUMS = ("started", "requested", "booked", "handoffs")
-_UNPRICED = ("client", "none")
 
 
 def quarter_of(moment: datetime) -> datetime:
@@ -91,13 +98,13 @@ class Accumulator:
         latency = event.get("response_time_ms")
         basis = event.get("cost_basis")
         rate = event.get("success_rate")
-        failed = rate == 0 or event.get("response_type") == "error"
+        failed = is_failed_reply(rate, event.get("response_type"))
         values = (
             1, 1 if failed else 0, Decimal(rate if rate is not None else 1),
             latency or 0, 0 if latency is None else 1,
             event.get("tokens_used") or 0, event.get("input_tokens") or 0, event.get("output_tokens") or 0,
             Decimal(event.get("cost_usd") or 0), Decimal(event.get("api_cost_usd") or 0),
-            1 if basis in _UNPRICED else 0, 1 if basis == "estimated" else 0,
+            1 if basis in UNPRICED_BASES else 0, 1 if basis == CostBasis.ESTIMATED else 0,
             1 if event.get("appointment_requested") else 0, 1 if event.get("appointment_booked") else 0,
             1 if event.get("human_handoff_requested") else 0,
         )
@@ -137,8 +144,8 @@ def replace_costs(before: list[dict[str, Any]], after: list[dict[str, Any]]) -> 
         bucket = quarter_of(old["timestamp"])
         change = (
             Decimal(new["cost_usd"] or 0) - Decimal(old["cost_usd"] or 0),
-            (new["cost_basis"] in _UNPRICED) - (old["cost_basis"] in _UNPRICED),
-            (new["cost_basis"] == "estimated") - (old["cost_basis"] == "estimated"),
+            (new["cost_basis"] in UNPRICED_BASES) - (old["cost_basis"] in UNPRICED_BASES),
+            (new["cost_basis"] == CostBasis.ESTIMATED) - (old["cost_basis"] == CostBasis.ESTIMATED),
         )
         for owner in (old["business_id"], ALL_BUSINESSES):
             sums = deltas.setdefault((owner, bucket), [Decimal(0), 0, 0])
@@ -274,11 +281,11 @@ def _rebuild_in_sql(events_table: str, conversations_table: str) -> None:
     events, conversations = q(events_table), q(conversations_table)
     quarter = _QUARTER_SQL.format("timestamp")
     sums = (
-        "COUNT(*), COUNT(*) FILTER (WHERE success_rate = 0 OR response_type = 'error'), SUM(success_rate), "
+        f"COUNT(*), COUNT(*) FILTER (WHERE {FAILED_REPLY_SQL}), SUM(success_rate), "
         "COALESCE(SUM(response_time_ms), 0), COUNT(response_time_ms), COALESCE(SUM(tokens_used), 0), "
         "COALESCE(SUM(input_tokens), 0), COALESCE(SUM(output_tokens), 0), COALESCE(SUM(cost_usd), 0), "
-        "COALESCE(SUM(api_cost_usd), 0), COUNT(*) FILTER (WHERE cost_basis IN ('client', 'none')), "
-        "COUNT(*) FILTER (WHERE cost_basis = 'estimated'), COUNT(*) FILTER (WHERE appointment_requested), "
+        f"COALESCE(SUM(api_cost_usd), 0), COUNT(*) FILTER (WHERE {UNPRICED_SQL}), "
+        f"COUNT(*) FILTER (WHERE {ESTIMATED_SQL}), COUNT(*) FILTER (WHERE appointment_requested), "
         "COUNT(*) FILTER (WHERE appointment_booked), COUNT(*) FILTER (WHERE human_handoff_requested)"
     )
     owner = f"COALESCE(business_id, '{ALL_BUSINESSES}')"

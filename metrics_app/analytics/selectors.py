@@ -27,6 +27,7 @@ from django.db import connection
 from django.db.models import Aggregate, Count, Exists, F, FloatField, OuterRef, Q, QuerySet, Sum
 from django.db.models.functions import ExtractHour, ExtractIsoWeekDay, Trunc
 
+from metrics_app import rules
 from metrics_app.analytics import rollups
 from metrics_app.models import (
     ALL_BUSINESSES,
@@ -37,10 +38,11 @@ from metrics_app.models import (
     EventRollup,
     LatencyRollup,
 )
+from metrics_app.rules import FAILED_REPLY
 
 PERCENTILES = (("p50", 0.5), ("p95", 0.95), ("p99", 0.99))
-FAILED = Q(success_rate=0) | Q(response_type="error")
-UNPRICED = Q(cost_basis__in=[CostBasis.UNPRICED_CLIENT, CostBasis.UNPRICED_NONE])
+FAILED = FAILED_REPLY
+UNPRICED = rules.UNPRICED
 DIMENSIONS = {
     "intent": "intent_detected",
     "model": "model_name",

@@ -45,9 +45,11 @@ class FastJSONRenderer(JSONRenderer):
             return b""
         return orjson.dumps(data, option=orjson.OPT_NON_STR_KEYS)
 
+
 class AnalyticsView(APIView):
     permission_classes = [CanRead]
     renderer_classes = [FastJSONRenderer]
+
 
 class SummaryView(AnalyticsView):
     @extend_schema(
@@ -60,6 +62,7 @@ class SummaryView(AnalyticsView):
         filters, _ = _query(request, AnalyticsQuerySerializer)
         return Response({"period": _period(filters), "summary": selectors.summary(filters)})
 
+
 class FunnelView(AnalyticsView):
     @extend_schema(
         operation_id="analytics_funnel", tags=["analytics"], parameters=[AnalyticsQuerySerializer],
@@ -71,6 +74,7 @@ class FunnelView(AnalyticsView):
         filters, _ = _query(request, AnalyticsQuerySerializer)
         return Response({"period": _period(filters), "funnel": selectors.funnel(filters)})
 
+
 class TimeseriesView(AnalyticsView):
     @extend_schema(
         operation_id="analytics_timeseries", tags=["analytics"], parameters=[TimeseriesQuerySerializer],
@@ -81,6 +85,7 @@ class TimeseriesView(AnalyticsView):
         filters, data = _query(request, TimeseriesQuerySerializer)
         series = selectors.timeseries(filters, data["bucket"], percentiles=data["percentiles"])
         return Response({"period": _period(filters), "bucket": data["bucket"], "series": series})
+
 
 class BreakdownView(AnalyticsView):
     @extend_schema(
@@ -95,6 +100,7 @@ class BreakdownView(AnalyticsView):
         filters, data = _query(request, BreakdownQuerySerializer)
         rows = selectors.breakdown(filters, dimension, data["limit"])
         return Response({"period": _period(filters), "dimension": dimension, "rows": rows})
+
 
 class PeakHoursView(AnalyticsView):
     @extend_schema(

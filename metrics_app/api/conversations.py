@@ -54,11 +54,13 @@ class ConversationListView(AnalyticsView):
             "next_offset": offset + limit if more else None, "conversations": items,
         })
 
+
 def _visible_conversation(request: Request, pk: int) -> Conversation:
     conversation = Conversation.objects.filter(pk=pk).first()
     if conversation is None or not access.can_see(request.user, conversation.business_id):
         raise NotFound("No such conversation")
     return conversation
+
 
 class ConversationDetailView(AnalyticsView):
     @extend_schema(
@@ -74,6 +76,7 @@ class ConversationDetailView(AnalyticsView):
         ).order_by("timestamp", "id")[:1000]
         item["events"] = list(events.values(*EventSerializer().fields))
         return Response(ConversationDetailSerializer(item).data)
+
 
 class ConversationOutcomeView(APIView):
     permission_classes = [CanRecordOutcome]

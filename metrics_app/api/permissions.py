@@ -22,6 +22,7 @@ class CanRead(permissions.BasePermission):
             return False
         return access.visible_business_ids(user) != set()
 
+
 class CanRecordOutcome(permissions.BasePermission):
     message = "Recording an outcome needs a staff session or an API key with the ingest scope"
 

@@ -24,11 +24,13 @@ LATEST = datetime(2100, 1, 1, tzinfo=UTC)
 
 DEFAULT_RANGE = timedelta(days=7)
 
+
 def _refuse_outside_calendar(**moments: datetime | None) -> None:
     outside = {name: ["must be between 2000-01-01 and 2100-01-01"]
                for name, moment in moments.items() if moment is not None and not EARLIEST <= moment <= LATEST}
     if outside:
         raise serializers.ValidationError(outside)
+
 
 class AnalyticsQuerySerializer(serializers.Serializer):
     business_id = serializers.CharField(required=False, max_length=255, help_text="One business; all visible ones when absent.")
@@ -63,6 +65,7 @@ class AnalyticsQuerySerializer(serializers.Serializer):
         attrs["start"], attrs["end"] = start, end
         return attrs
 
+
 class TimeseriesQuerySerializer(AnalyticsQuerySerializer):
     bucket = serializers.ChoiceField(choices=["hour", "day"], default="day")
     percentiles = serializers.BooleanField(
@@ -76,8 +79,10 @@ class TimeseriesQuerySerializer(AnalyticsQuerySerializer):
             raise serializers.ValidationError({"bucket": [f"hour buckets cover at most {selectors.BUCKET_LIMIT} hours; use day"]})
         return attrs
 
+
 class BreakdownQuerySerializer(AnalyticsQuerySerializer):
     limit = serializers.IntegerField(required=False, default=20, min_value=1, max_value=100)
+
 
 def _query(request: Request, serializer_class: type[serializers.Serializer]) -> tuple[selectors.Filters, dict[str, Any]]:
     query = serializer_class(data=request.query_params)
@@ -99,6 +104,7 @@ def _query(request: Request, serializer_class: type[serializers.Serializer]) -> 
     )
     return filters, data
 
+
 def _period(filters: selectors.Filters) -> dict[str, Any]:
     return {
         "start": filters.start.isoformat(),
@@ -106,6 +112,7 @@ def _period(filters: selectors.Filters) -> dict[str, Any]:
         "time_zone": filters.tz.key,
         "business_ids": sorted(filters.businesses) if filters.businesses is not None else None,
     }
+
 
 class ConversationQuerySerializer(AnalyticsQuerySerializer):
     conversation_id = serializers.CharField(required=False, max_length=255)

@@ -13,6 +13,7 @@ from typing import Any
 from django.conf import settings
 from drf_spectacular.extensions import OpenApiAuthenticationExtension
 
+from metrics_app.errors import error_meanings
 from metrics_app.ingest.validation import RULES
 from metrics_app.ingest.views import MAX_BATCH_EVENTS
 
@@ -28,53 +29,24 @@ class ApiKeyAuthenticationScheme(OpenApiAuthenticationExtension):
             "type": "http", "scheme": "bearer",
             "description": "An API key, as `Authorization: Bearer <key>` (or the `X-API-Key` header).",
         }
-_TYPES = {
-    "business_id": {"type": "string", "maxLength": 255},
-    "event_id": {"type": "string", "format": "uuid"},
-    "conversation_id": {"type": "string", "maxLength": 255, "nullable": True},
-    "session_id": {"type": "string", "maxLength": 255, "nullable": True},
-    "response_time_ms": {"type": "integer", "minimum": 0, "maximum": 3_600_000},
-    "success_rate": {"type": "number", "minimum": 0, "maximum": 1, "nullable": True},
-    "tokens_used": {"type": "integer", "minimum": 0, "maximum": 10_000_000},
-    "input_tokens": {"type": "integer", "minimum": 0, "maximum": 10_000_000, "nullable": True},
-    "output_tokens": {"type": "integer", "minimum": 0, "maximum": 10_000_000, "nullable": True},
-    "api_cost_usd": {"type": "number", "minimum": 0, "maximum": 1000, "nullable": True},
-    "model_name": {"type": "string", "maxLength": 100, "nullable": True},
-    "intent_detected": {"type": "string", "maxLength": 100, "nullable": True},
-    "appointment_requested": {"type": "boolean", "nullable": True},
-    "appointment_booked": {"type": "boolean", "nullable": True},
-    "human_handoff_requested": {"type": "boolean", "nullable": True},
-    "user_message_length": {"type": "integer", "minimum": 0, "maximum": 1_000_000, "nullable": True},
-    "ai_response_length": {"type": "integer", "minimum": 0, "maximum": 1_000_000, "nullable": True},
-    "response_type": {"type": "string", "maxLength": 50, "nullable": True},
-    "prompt_version": {"type": "string", "maxLength": 100, "nullable": True},
-    "kb_version": {"type": "string", "maxLength": 100, "nullable": True},
-    "timestamp": {"type": "string", "format": "date-time", "nullable": True},
-}
-
-
 def _event_schema() -> dict[str, Any]:
     return {
         "type": "object",
-        "properties": {name: _TYPES[name] for name in RULES},
+        # The limits are the validation's own (metrics_app.ingest.validation.RULES, from metrics_app.rules).
+        "properties": {
+            name: {**rule.schema, **({} if rule.required else {"nullable": True})} for name, rule in RULES.items()
+        },
         "required": [name for name, rule in RULES.items() if rule.required],
         "description": "One AI reply. Unknown fields are ignored and listed back as ignored_fields.",
     }
 
 
 def _errors(*codes: int) -> dict[str, Any]:
-    why = {
-        400: "Invalid event(s) or malformed JSON; nothing stored.",
-        401: "No key (when keys are required) or an unknown key.",
-        403: "The key may not write this business.",
-        405: "Method not allowed.",
-        413: "Body too large.",
-        415: "Content type is not application/json.",
-        429: "Too many requests for this key (Retry-After).",
-        503: "Database unavailable; nothing stored (Retry-After).",
-    }
+    meanings = error_meanings(codes, {400: "Invalid event(s) or malformed JSON; nothing stored.",
+                                      403: "The key may not write this business."})
     return {
-        str(code): {"description": why[code], "content": {"application/json": {"schema": ERROR}}} for code in codes
+        str(code): {"description": meaning, "content": {"application/json": {"schema": ERROR}}}
+        for code, meaning in meanings.items()
     }
 
 

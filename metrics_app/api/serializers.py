@@ -11,27 +11,15 @@ from drf_spectacular.utils import OpenApiResponse
 from rest_framework import serializers
 
 from metrics_app.analytics import selectors
+from metrics_app.errors import documented_errors
 
-
-class ErrorSerializer(serializers.Serializer):
-    error = serializers.CharField(help_text="One-line summary.")
-    errors = serializers.DictField(
-        child=serializers.ListField(child=serializers.CharField()), help_text="Reasons, by field."
-    )
 
 def _errors(*codes: int) -> dict[int, OpenApiResponse]:
-    meaning = {
-        400: "Invalid query or body; `errors` names each bad field.",
-        401: "No API key or session, or an unknown, revoked or expired key (with WWW-Authenticate).",
-        403: "The key lacks the scope, or asks about a business it may not see.",
-        404: "No such conversation (or not one this caller may see).",
-        405: "Method not allowed.",
-        429: "Too many requests for this key (with Retry-After).",
-        503: "The database is unavailable (with Retry-After).",
-    }
-    return {code: OpenApiResponse(ErrorSerializer, description=meaning[code]) for code in codes}
+    return documented_errors(*codes, overrides={404: "No such conversation (or not one this caller may see)."})
+
 
 READ_ERRORS = _errors(400, 401, 403, 405, 429, 503)
+
 
 class PeriodSerializer(serializers.Serializer):
     start = serializers.DateTimeField()
@@ -40,8 +28,10 @@ class PeriodSerializer(serializers.Serializer):
     business_ids = serializers.ListField(child=serializers.CharField(), allow_null=True,
                                          help_text="null: every business the caller may see.")
 
+
 def _float(help_text: str = "", null: bool = True) -> serializers.FloatField:
     return serializers.FloatField(allow_null=null, help_text=help_text)
+
 
 class EventFiguresSerializer(serializers.Serializer):
     events = serializers.IntegerField()
@@ -63,6 +53,7 @@ class EventFiguresSerializer(serializers.Serializer):
     appointments_booked = serializers.IntegerField(help_text="events")
     human_handoffs = serializers.IntegerField(help_text="events")
 
+
 class ConversationFiguresSerializer(serializers.Serializer):
     conversations = serializers.IntegerField(help_text="conversations that started in the period")
     conversations_with_request = serializers.IntegerField()
@@ -74,17 +65,21 @@ class ConversationFiguresSerializer(serializers.Serializer):
     cost_per_conversation_usd = _float("cost_usd / conversations")
     cost_per_booked_appointment_usd = _float("cost_usd / conversations_booked")
 
+
 class SummaryFiguresSerializer(EventFiguresSerializer, ConversationFiguresSerializer):
     pass
+
 
 class SummarySerializer(serializers.Serializer):
     period = PeriodSerializer()
     summary = SummaryFiguresSerializer()
 
+
 class FunnelStepSerializer(serializers.Serializer):
     step = serializers.ChoiceField(choices=["conversations", "appointment_requested", "appointment_booked"])
     conversations = serializers.IntegerField()
     share_of_conversations = _float()
+
 
 class FunnelFiguresSerializer(serializers.Serializer):
     steps = FunnelStepSerializer(many=True)
@@ -92,26 +87,32 @@ class FunnelFiguresSerializer(serializers.Serializer):
     handoff_rate = _float()
     booked_of_requested = _float()
 
+
 class FunnelSerializer(serializers.Serializer):
     period = PeriodSerializer()
     funnel = FunnelFiguresSerializer()
 
+
 class BucketSerializer(SummaryFiguresSerializer):
     start = serializers.DateTimeField(help_text="Local start of the bucket, with its UTC offset.")
+
 
 class TimeseriesSerializer(serializers.Serializer):
     period = PeriodSerializer()
     bucket = serializers.ChoiceField(choices=["hour", "day"])
     series = BucketSerializer(many=True)
 
+
 class BreakdownRowSerializer(EventFiguresSerializer):
     key = serializers.CharField(allow_null=True, help_text="The dimension's value; null when events had none.")
     conversations = serializers.IntegerField(help_text="distinct conversations among these events")
+
 
 class BreakdownSerializer(serializers.Serializer):
     period = PeriodSerializer()
     dimension = serializers.ChoiceField(choices=sorted(selectors.DIMENSIONS))
     rows = BreakdownRowSerializer(many=True)
+
 
 class PeakCellSerializer(serializers.Serializer):
     weekday = serializers.IntegerField(min_value=1, max_value=7, help_text="ISO weekday: 1 Monday .. 7 Sunday")
@@ -122,9 +123,11 @@ class PeakCellSerializer(serializers.Serializer):
     appointments_booked = serializers.IntegerField()
     human_handoffs = serializers.IntegerField()
 
+
 class PeakHoursSerializer(serializers.Serializer):
     period = PeriodSerializer()
     cells = PeakCellSerializer(many=True)
+
 
 class ConversationSerializer(serializers.Serializer):
     id = serializers.IntegerField()
@@ -144,11 +147,13 @@ class ConversationSerializer(serializers.Serializer):
     outcome_recorded_at = serializers.DateTimeField(allow_null=True)
     outcome_note = serializers.CharField(allow_blank=True)
 
+
 class ConversationListSerializer(serializers.Serializer):
     period = PeriodSerializer()
     count = serializers.IntegerField(help_text="conversations on this page")
     next_offset = serializers.IntegerField(allow_null=True)
     conversations = ConversationSerializer(many=True)
+
 
 class EventSerializer(serializers.Serializer):
     event_id = serializers.UUIDField()
@@ -170,8 +175,10 @@ class EventSerializer(serializers.Serializer):
     prompt_version = serializers.CharField(allow_null=True)
     kb_version = serializers.CharField(allow_null=True)
 
+
 class ConversationDetailSerializer(ConversationSerializer):
     events = EventSerializer(many=True)
+
 
 class OutcomeSerializer(serializers.Serializer):
     business_id = serializers.CharField(required=False, max_length=255,
@@ -189,6 +196,7 @@ class OutcomeSerializer(serializers.Serializer):
                                       "human_handoff_requested to true"]}
             )
         return attrs
+
 
 class OutcomeResultSerializer(serializers.Serializer):
     changed = serializers.ListField(child=serializers.CharField(), help_text="Flags this request turned on.")

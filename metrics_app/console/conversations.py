@@ -24,6 +24,7 @@ def _conversation_events(business_field: str = "business_id") -> QuerySet[AIMetr
         .values("business_id")
     )
 
+
 @admin.register(Conversation)
 class ConversationAdmin(CheckedSelectionAdmin):
     """Conversations with their figures; the change page lists the conversation's events in order."""

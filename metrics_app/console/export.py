@@ -20,6 +20,7 @@ EXPORT_FIELDS = (
 # A cell a spreadsheet would run as a formula; client-sent text is prefixed with a quote.
 _FORMULA_START = ("=", "+", "-", "@", "\t", "\r")
 
+
 def _csv_cell(value: Any) -> Any:
     if value is None:
         return ""
@@ -29,11 +30,13 @@ def _csv_cell(value: Any) -> Any:
         return value.isoformat()
     return value
 
+
 class _Echo:
     """A file-like object whose write returns the line, for streaming csv.writer output."""
 
     def write(self, value: str) -> str:
         return value
+
 
 def stream_csv(rows: Iterable[tuple[Any, ...]]) -> Iterator[str]:
     writer = csv.writer(_Echo())

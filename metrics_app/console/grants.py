@@ -39,6 +39,7 @@ class StaffBusinessAccessForm(forms.ModelForm):
             self.add_error("business", "Choose a business, or tick 'every business'.")
         return data
 
+
 @admin.register(StaffBusinessAccess)
 class StaffBusinessAccessAdmin(CheckedSelectionAdmin):
     """What each staff user may see: one business per row, or every business. Only superusers grant: nobody widens their own."""

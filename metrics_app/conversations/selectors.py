@@ -7,8 +7,8 @@ from typing import Any
 
 from django.db.models import Count, Max, Min, Q, Sum
 
-from metrics_app.analytics import selectors
 from metrics_app.models import AIMetric
+from metrics_app.rules import FAILED_REPLY, UNPRICED
 
 
 def with_figures(conversations_qs: Any) -> list[dict[str, Any]]:
@@ -22,9 +22,9 @@ def with_figures(conversations_qs: Any) -> list[dict[str, Any]]:
     figures = {
         (f["business_id"], f["conversation_id"]): f
         for f in AIMetric.objects.filter(wanted).values("business_id", "conversation_id").annotate(
-            tokens=Sum("tokens_used"), cost=Sum("cost_usd"), unpriced=Count("id", filter=selectors.UNPRICED),
+            tokens=Sum("tokens_used"), cost=Sum("cost_usd"), unpriced=Count("id", filter=UNPRICED),
             latency_sum=Sum("response_time_ms"), latency_n=Count("response_time_ms"),
-            errors=Count("id", filter=selectors.FAILED), first=Min("timestamp"), last=Max("timestamp"),
+            errors=Count("id", filter=FAILED_REPLY), first=Min("timestamp"), last=Max("timestamp"),
         ).order_by()
     }
     result = []

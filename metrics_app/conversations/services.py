@@ -11,6 +11,7 @@ from django.db import connection, transaction
 from django.utils import timezone
 from django.utils.dateparse import parse_datetime
 
+from metrics_app import listeners
 from metrics_app.analytics import rollups
 from metrics_app.models import AIMetric, Conversation
 
@@ -147,8 +148,6 @@ def record_outcome(
     figures agree; a booking newly recorded is announced to the listeners
     (the Prometheus counter) once the transaction commits.
     """
-    from metrics_app.ingest import services  # services imports this module for ingest
-
     changed: list[str] = []
     with transaction.atomic():
         locked = Conversation.objects.select_for_update().get(pk=conversation.pk)
@@ -174,7 +173,7 @@ def record_outcome(
         if note:
             locked.outcome_note = note[:300]
         locked.save(update_fields=[*changed, "outcome_recorded_at", "outcome_note"])
-        services.notify_bookings_recorded(booked_models)
+        listeners.bookings_recorded(booked_models)
     return OutcomeResult(locked, changed)
 
 

@@ -15,6 +15,7 @@ from typing import Any, Callable, Iterable
 from django.db import connection, transaction
 from django.utils import timezone
 
+from metrics_app import listeners
 from metrics_app.analytics import rollups
 from metrics_app.conversations import services as conversations
 from metrics_app.ingest.validation import FIELD_NAMES
@@ -26,32 +27,12 @@ logger = logging.getLogger(__name__)
 # Columns written by ingest, in order: the validated fields, created_at and the server's cost.
 _COLUMNS = (*FIELD_NAMES, "created_at", "cost_usd", "cost_basis")
 
-# Called with the list of events that were newly stored, after they commit.
-# The Prometheus exporter subscribes here; a duplicate or rejected event never
-# reaches a listener.
-_stored_listeners: list[Callable[[list[dict[str, Any]]], None]] = []
-
-def on_events_stored(listener: Callable[[list[dict[str, Any]]], None]) -> None:
-    if listener not in _stored_listeners:
-        _stored_listeners.append(listener)
-
-# Called after commit with (business_id, model_name) for each event that became
-# booked after it was stored (an outcome recorded later, by another system).
-_booked_listeners: list[Callable[[list[tuple[str, str | None]]], None]] = []
-
-def on_bookings_recorded(listener: Callable[[list[tuple[str, str | None]]], None]) -> None:
-    if listener not in _booked_listeners:
-        _booked_listeners.append(listener)
-
-def notify_bookings_recorded(booked: list[tuple[str, str | None]]) -> None:
-    """Tell listeners, once the current transaction commits, about events newly marked booked."""
-    if booked and _booked_listeners:
-        transaction.on_commit(lambda: _call_all(_booked_listeners, booked))
 
 @dataclass(frozen=True)
 class StoredOutcome:
     event_id: uuid.UUID
     created: bool
+
 
 # Business ids this process has created or seen in the database, forgotten now
 # and then so that a business deleted in the admin (only possible while it has
@@ -61,6 +42,7 @@ _known_businesses: set[str] = set()
 _KNOWN_BUSINESSES_TTL = 300.0
 
 _known_since = time.monotonic()
+
 
 def ensure_businesses(business_ids: Iterable[str]) -> None:
     """Create a Business row for each id not yet known (display name = id)."""
@@ -76,6 +58,7 @@ def ensure_businesses(business_ids: Iterable[str]) -> None:
     # process must not skip the insert and commit events before this one does.
     transaction.on_commit(lambda: _known_businesses.update(missing))
 
+
 def _row_values() -> Callable[[dict[str, Any]], tuple[Any, ...]]:
     """A function from an event dict to its column values, as the database driver takes them."""
     values = operator.itemgetter(*_COLUMNS)
@@ -90,6 +73,7 @@ def _row_values() -> Callable[[dict[str, Any]], tuple[Any, ...]]:
             convert.append(None)
     return lambda row: tuple(value if c is None else c(value) for c, value in zip(convert, values(row)))
 
+
 @functools.lru_cache(maxsize=64)
 def _insert_sql(vendor: str, count: int) -> str:
     table = connection.ops.quote_name(AIMetric._meta.db_table)
@@ -99,6 +83,7 @@ def _insert_sql(vendor: str, count: int) -> str:
         f"INSERT INTO {table} ({columns}) VALUES {', '.join([placeholder] * count)} "
         f"ON CONFLICT (business_id, event_id) DO NOTHING RETURNING business_id, event_id"
     )
+
 
 def _insert_events(rows: list[dict[str, Any]]) -> set[tuple[str, uuid.UUID]]:
     """Insert rows with one statement, skipping (business_id, event_id) pairs that exist.
@@ -115,6 +100,7 @@ def _insert_events(rows: list[dict[str, Any]]) -> set[tuple[str, uuid.UUID]]:
         (business_id, value if isinstance(value, uuid.UUID) else uuid.UUID(str(value)))
         for business_id, value in returned
     }
+
 
 def record_events(events: list[dict[str, Any]]) -> list[StoredOutcome]:
     """Store validated events once each; report, in order, which were new.
@@ -151,9 +137,9 @@ def record_events(events: list[dict[str, Any]]) -> list[StoredOutcome]:
             claimed.add(key)
             stored.append(event)
         outcomes.append(StoredOutcome(event["event_id"], created))
-    if stored and _stored_listeners:
-        transaction.on_commit(lambda: _call_all(_stored_listeners, stored))
+    listeners.events_stored(stored)
     return outcomes
+
 
 def _store(rows: list[dict[str, Any]]) -> set[tuple[str, uuid.UUID]]:
     with transaction.atomic():
@@ -166,10 +152,3 @@ def _store(rows: list[dict[str, Any]]) -> set[tuple[str, uuid.UUID]]:
             conversations.apply_events(new_rows)
             rollups.add_events(new_rows)
         return inserted
-
-def _call_all(listeners: list[Callable[[Any], None]], items: list[Any]) -> None:
-    for listener in listeners:
-        try:
-            listener(items)
-        except Exception:  # a listener must never fail a write that has committed
-            logger.exception("listener %r failed for %d items", listener, len(items))

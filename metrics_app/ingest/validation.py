@@ -15,8 +15,17 @@ from datetime import UTC, datetime, timedelta
 from decimal import ROUND_HALF_EVEN, Decimal, InvalidOperation
 from typing import Any, Callable
 
-from metrics_app.models import MAX_COST_USD, MAX_MESSAGE_LENGTH, MAX_RESPONSE_TIME_MS, MAX_TOKENS
-from metrics_app.rules import business_id_problem
+from metrics_app.rules import (
+    BUSINESS_ID_MAX_LENGTH,
+    MAX_COST_USD,
+    MAX_ID_LENGTH,
+    MAX_LABEL_LENGTH,
+    MAX_MESSAGE_LENGTH,
+    MAX_RESPONSE_TIME_MS,
+    MAX_RESPONSE_TYPE_LENGTH,
+    MAX_TOKENS,
+    business_id_problem,
+)
 
 _CONTROL = re.compile(r"[\x00-\x1f\x7f-\x9f]")
 _EARLIEST = datetime(2000, 1, 1, tzinfo=UTC)
@@ -118,33 +127,50 @@ def _timestamp(value: Any) -> datetime:
 
 @dataclass(frozen=True)
 class Rule:
+    """A field's check, and what the OpenAPI schema says of it (so both state the same limits)."""
+
     check: Callable[[Any], Any]
+    schema: dict[str, Any]
     required: bool = False
     default: Any = None
 
 
+def _integer_rule(maximum: int, **options: Any) -> Rule:
+    return Rule(_integer(maximum), {"type": "integer", "minimum": 0, "maximum": maximum}, **options)
+
+
+def _decimal_rule(maximum: int, step: Decimal, **options: Any) -> Rule:
+    return Rule(_decimal(maximum, step), {"type": "number", "minimum": 0, "maximum": maximum}, **options)
+
+
+def _text_rule(max_length: int) -> Rule:
+    return Rule(_text(max_length), {"type": "string", "maxLength": max_length})
+
+
+_FLAG = Rule(_boolean, {"type": "boolean"}, default=False)
+
 RULES: dict[str, Rule] = {
-    "business_id": Rule(check_business_id, required=True),
-    "event_id": Rule(_event_id),
-    "conversation_id": Rule(_text(255)),
-    "session_id": Rule(_text(255)),
-    "response_time_ms": Rule(_integer(MAX_RESPONSE_TIME_MS), required=True),
-    "success_rate": Rule(_decimal(1, _RATE_STEP), default=Decimal(1)),
-    "tokens_used": Rule(_integer(MAX_TOKENS), required=True),
-    "input_tokens": Rule(_integer(MAX_TOKENS)),
-    "output_tokens": Rule(_integer(MAX_TOKENS)),
-    "api_cost_usd": Rule(_decimal(MAX_COST_USD, _COST_STEP)),
-    "model_name": Rule(_text(100)),
-    "intent_detected": Rule(_text(100)),
-    "appointment_requested": Rule(_boolean, default=False),
-    "appointment_booked": Rule(_boolean, default=False),
-    "human_handoff_requested": Rule(_boolean, default=False),
-    "user_message_length": Rule(_integer(MAX_MESSAGE_LENGTH)),
-    "ai_response_length": Rule(_integer(MAX_MESSAGE_LENGTH)),
-    "response_type": Rule(_text(50)),
-    "prompt_version": Rule(_text(100)),
-    "kb_version": Rule(_text(100)),
-    "timestamp": Rule(_timestamp),
+    "business_id": Rule(check_business_id, {"type": "string", "maxLength": BUSINESS_ID_MAX_LENGTH}, required=True),
+    "event_id": Rule(_event_id, {"type": "string", "format": "uuid"}),
+    "conversation_id": _text_rule(MAX_ID_LENGTH),
+    "session_id": _text_rule(MAX_ID_LENGTH),
+    "response_time_ms": _integer_rule(MAX_RESPONSE_TIME_MS, required=True),
+    "success_rate": _decimal_rule(1, _RATE_STEP, default=Decimal(1)),
+    "tokens_used": _integer_rule(MAX_TOKENS, required=True),
+    "input_tokens": _integer_rule(MAX_TOKENS),
+    "output_tokens": _integer_rule(MAX_TOKENS),
+    "api_cost_usd": _decimal_rule(MAX_COST_USD, _COST_STEP),
+    "model_name": _text_rule(MAX_LABEL_LENGTH),
+    "intent_detected": _text_rule(MAX_LABEL_LENGTH),
+    "appointment_requested": _FLAG,
+    "appointment_booked": _FLAG,
+    "human_handoff_requested": _FLAG,
+    "user_message_length": _integer_rule(MAX_MESSAGE_LENGTH),
+    "ai_response_length": _integer_rule(MAX_MESSAGE_LENGTH),
+    "response_type": _text_rule(MAX_RESPONSE_TYPE_LENGTH),
+    "prompt_version": _text_rule(MAX_LABEL_LENGTH),
+    "kb_version": _text_rule(MAX_LABEL_LENGTH),
+    "timestamp": Rule(_timestamp, {"type": "string", "format": "date-time"}),
 }
 FIELD_NAMES = tuple(RULES)
 # Unknown field names are listed back, but only this many, each cut short.

@@ -44,11 +44,13 @@ def create_api_key(
     )
     return key, raw
 
+
 def revoke_api_key(key: ApiKey) -> ApiKey:
     if key.revoked_at is None:
         key.revoked_at = timezone.now()
         key.save(update_fields=["revoked_at"])
     return key
+
 
 def expiry_in_days(days: int | None) -> datetime | None:
     return timezone.now() + timedelta(days=days) if days else None

@@ -16,8 +16,10 @@ from metrics_app.errors import method_not_allowed
 
 SERVICE_NAME = "mlops-service"
 
+
 def _now_iso() -> str:
     return datetime.now(UTC).isoformat()
+
 
 @csrf_exempt
 def health(request: HttpRequest) -> HttpResponse:

@@ -23,9 +23,7 @@ from collections import defaultdict
 from decimal import Decimal
 from typing import Any, Iterable
 
-import orjson
 from django.conf import settings
-from django.core import checks
 from django.db import DatabaseError
 from django.http import HttpRequest, HttpResponse
 from django.views.decorators.csrf import csrf_exempt
@@ -40,8 +38,11 @@ from prometheus_client import (
     generate_latest,
 )
 
+from metrics_app import listeners
 from metrics_app.errors import error_response
+from metrics_app.listeners import IngestAnswer
 from metrics_app.monitoring.exposition import render_directory
+from metrics_app.rules import is_failed_reply
 
 logger = logging.getLogger(__name__)
 
@@ -199,12 +200,7 @@ class LabelPolicy:
 labels = LabelPolicy()
 
 
-# --- Listeners called by metrics_app.ingest.services after commit
-
-
-def _is_failed(event: dict[str, Any]) -> bool:
-    success = event.get("success_rate")
-    return (success is not None and Decimal(success) == 0) or event.get("response_type") == "error"
+# --- Listeners of metrics_app.listeners: events stored, bookings recorded, ingest answered
 
 
 def count_stored_events(events: list[dict[str, Any]]) -> None:
@@ -251,7 +247,7 @@ def count_stored_events(events: list[dict[str, Any]]) -> None:
             increments[APPOINTMENTS_BOOKED, (business,)] += 1
         if event.get("human_handoff_requested"):
             increments[HUMAN_HANDOFFS, (business,)] += 1
-        if _is_failed(event):
+        if is_failed_reply(event.get("success_rate"), event.get("response_type")):
             increments[AI_FAILED_REPLIES, (business,)] += 1
 
     for (metric, label_values), amount in increments.items():
@@ -262,7 +258,6 @@ def count_stored_events(events: list[dict[str, Any]]) -> None:
         child = metric.labels(*label_values)
         for value in values:
             child.observe(value)
-    INGEST_EVENTS.labels("created").inc(len(events))
     # Events are written with one INSERT ... ON CONFLICT, which no model hook sees.
     model_inserts.labels(_EVENT_MODEL).inc(len(events))
 
@@ -274,7 +269,7 @@ def count_recorded_bookings(bookings: list[tuple[str, str | None]]) -> None:
         APPOINTMENTS_BOOKED.labels(business_labels[business_id]).inc()
 
 
-# --- The middleware: django-prometheus's, with bounded labels, plus ingest outcomes
+# --- The middleware: django-prometheus's, with bounded labels; and the ingest's outcomes
 
 _HTTP_METHODS = frozenset({"GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS", "TRACE", "CONNECT"})
 
@@ -284,8 +279,6 @@ class MetricsAfterMiddleware(PrometheusAfterMiddleware):
 
     django-prometheus labels its latency histogram with the raw request method,
     so a client inventing methods would add a series (and 17 buckets) per name.
-    It also counts the duplicate and rejected events that /track and
-    /track/batch answered; created ones are counted when they commit.
     """
 
     def label_metric(self, metric, request, response=None, **label_values):  # type: ignore[no-untyped-def]
@@ -294,37 +287,13 @@ class MetricsAfterMiddleware(PrometheusAfterMiddleware):
             label_values["method"] = "<invalid method>"
         return super().label_metric(metric, request, response, **label_values)
 
-    def process_response(self, request: HttpRequest, response: HttpResponse) -> HttpResponse:
-        match = getattr(request, "resolver_match", None)
-        if match is not None and request.method == "POST":
-            from metrics_app.ingest import views
 
-            if match.func is views.track:
-                _count_ingest_answer("track", response)
-            elif match.func is views.track_batch:
-                _count_ingest_answer("batch", response)
-        return super().process_response(request, response)
-
-
-def _count_ingest_answer(view: str, response: HttpResponse) -> None:
-    status = response.status_code
-    if view == "track":
-        if status == 200:
-            INGEST_EVENTS.labels("duplicate").inc()
-        elif status == 400:
-            INGEST_EVENTS.labels("rejected").inc()
-        return
-    if status not in (200, 207):
-        return
-    try:
-        body = orjson.loads(response.content)
-        duplicates, rejected = int(body["duplicates"]), int(body["rejected"])
-    except (orjson.JSONDecodeError, KeyError, TypeError, ValueError):
-        return
-    if duplicates:
-        INGEST_EVENTS.labels("duplicate").inc(duplicates)
-    if rejected:
-        INGEST_EVENTS.labels("rejected").inc(rejected)
+def count_ingest_answer(answer: IngestAnswer) -> None:
+    """The one source of mlops_ingest_events_total: what each ingest request created, found duplicate, rejected."""
+    for outcome, count in (("created", answer.created), ("duplicate", answer.duplicates),
+                           ("rejected", answer.rejected)):
+        if count:
+            INGEST_EVENTS.labels(outcome).inc(count)
 
 
 # --- /metrics
@@ -366,22 +335,6 @@ def metrics_view(request: HttpRequest) -> HttpResponse:
     return HttpResponse(render_metrics(), content_type=CONTENT_TYPE_LATEST)
 
 
-# --- Start-up checks
-
-
-@checks.register(checks.Tags.security)
-def check_metrics_token(app_configs: Any, **kwargs: Any) -> list[checks.CheckMessage]:
-    if settings.IS_PRODUCTION and not settings.MLOPS_METRICS_TOKEN:
-        return [
-            checks.Warning(
-                "/metrics is served without a token in production",
-                hint="Set MLOPS_METRICS_TOKEN, or keep /metrics reachable only from the Prometheus network.",
-                id="metrics_app.W001",
-            )
-        ]
-    return []
-
-
 # --- django-prometheus's model counters, fed by signals rather than a mixin on every model
 
 _MODEL_APPS = ("metrics_app", "documents_app")
@@ -401,10 +354,9 @@ def connect() -> None:
     from django.apps import apps
     from django.db.models.signals import post_delete, post_save
 
-    from metrics_app.ingest import services
-
-    services.on_events_stored(count_stored_events)
-    services.on_bookings_recorded(count_recorded_bookings)
+    listeners.on_events_stored(count_stored_events)
+    listeners.on_bookings_recorded(count_recorded_bookings)
+    listeners.on_ingest_answered(count_ingest_answer)
     for app_label in _MODEL_APPS:
         if not apps.is_installed(app_label):
             continue

@@ -38,6 +38,7 @@ from django.db.models import Count, Max
 from django.db.models.signals import post_delete, post_save
 from django.dispatch import receiver
 
+from metrics_app.analytics import rollups
 from metrics_app.models import CostBasis, ModelPrice
 
 MILLION = Decimal(1_000_000)
@@ -208,8 +209,6 @@ def reprice(
             with transaction.atomic():
                 model.objects.bulk_update(updates, ["cost_usd", "cost_basis"], batch_size=500)
                 if update_rollups:
-                    from metrics_app.analytics import rollups
-
                     rollups.replace_costs(before, after)
             changed += len(updates)
 

@@ -9,7 +9,7 @@ from typing import Any
 import pytest
 from django.contrib.auth.models import User
 
-from metrics_app.ingest import services
+from metrics_app import listeners
 from metrics_app.models import AIMetric, Business, Conversation
 from tests.analytics.helpers import NOW, store
 
@@ -90,7 +90,7 @@ def test_a_booking_recorded_later_marks_the_conversation_and_moves_the_counter_o
 ):
     store([turn(1, 0), turn(2, 5, appointment_requested=True)])
     heard: list[list[tuple[str, str | None]]] = []
-    services.on_bookings_recorded(heard.append)
+    listeners.on_bookings_recorded(heard.append)
     try:
         body = {"conversation_id": "chat-1", "appointment_booked": True, "note": "confirmed by the calendar"}
         with django_capture_on_commit_callbacks(execute=True):
@@ -100,7 +100,7 @@ def test_a_booking_recorded_later_marks_the_conversation_and_moves_the_counter_o
             again = api.post("/api/conversations/outcome", json.dumps(body), content_type="application/json",
                              headers=writer)
     finally:
-        services._booked_listeners.remove(heard.append)
+        listeners.forget(heard.append)
     assert first.status_code == 200, first.content
     assert first.json()["changed"] == ["appointment_booked"]
     assert again.json()["changed"] == []

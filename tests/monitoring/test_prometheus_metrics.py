@@ -10,7 +10,7 @@ import pytest
 from django.db.models import Sum
 from django.utils import timezone
 
-from metrics_app.ingest import services
+from metrics_app import listeners
 from metrics_app.models import AIMetric, Business
 from metrics_app.monitoring import prometheus
 from tests.helpers import post_json
@@ -178,7 +178,7 @@ def test_a_booking_counts_when_sent_with_the_event_and_when_recorded_later(
     later = AIMetric.objects.get(business_id=biz, appointment_booked=False)
     with django_capture_on_commit_callbacks() as pending:
         AIMetric.objects.filter(pk=later.pk).update(appointment_booked=True)
-        services.notify_bookings_recorded([(biz, later.model_name)])
+        listeners.bookings_recorded([(biz, later.model_name)])
     assert total(scrape(), "appointments_booked_total", business_id=biz) == 1
     for callback in pending:
         callback()
@@ -189,7 +189,7 @@ def test_a_booking_recorded_later_moves_the_counter_once_it_commits(scrape, djan
     biz = unique_business()
     Business.objects.create(id=biz)
     with django_capture_on_commit_callbacks(execute=True):
-        services.notify_bookings_recorded([(biz, "gpt-4o"), (biz, None)])
+        listeners.bookings_recorded([(biz, "gpt-4o"), (biz, None)])
     assert total(scrape(), "appointments_booked_total", business_id=biz) == 2
 
 
@@ -311,7 +311,7 @@ def test_invented_http_methods_share_one_label(api, scrape):
 
 
 def test_production_without_a_metrics_token_is_warned_about(settings):
-    from metrics_app.monitoring.prometheus import check_metrics_token
+    from metrics_app.checks import check_metrics_token
 
     settings.IS_PRODUCTION = True
     settings.MLOPS_METRICS_TOKEN = ""

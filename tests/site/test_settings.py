@@ -1,16 +1,18 @@
-"""Configuration from the environment: a bad value stops start-up naming the variable."""
+"""Configuration from the environment: a bad value stops start-up naming the variable, and production refuses
+insecure settings in every command and in gunicorn before it serves."""
 
 from __future__ import annotations
 
 import os
 import re
 import secrets
+import sqlite3
 import subprocess
 import sys
 
 import pytest
 
-from tests.helpers import ROOT
+from tests.helpers import ROOT, start_service
 
 GOOD_SECRET = "x" * 50
 PRODUCTION = {
@@ -21,13 +23,28 @@ PRODUCTION = {
 }
 
 
-def load_settings(env: dict[str, str], tmp_path, expr: str = "settings.DATABASES['default']['ENGINE']"):
-    """Import the settings in a fresh process; (exit code, output)."""
+def environment(env: dict[str, str], tmp_path) -> dict[str, str]:
     clean = {k: v for k, v in os.environ.items() if not k.startswith(("MLOPS_", "DATABASE_URL", "DEBUG", "PORT"))}
     clean.update({"MLOPS_ENV_FILE": str(tmp_path / "absent.env"), "DJANGO_SETTINGS_MODULE": "mlops_site.settings"})
     clean.update(env)
+    return clean
+
+
+def load_settings(env: dict[str, str], tmp_path, expr: str = "settings.DATABASES['default']['ENGINE']"):
+    """Import the settings in a fresh process; (exit code, output)."""
     code = f"import django; from django.conf import settings; django.setup(); print(({expr}))"
-    result = subprocess.run([sys.executable, "-c", code], cwd=ROOT, env=clean, capture_output=True, text=True)
+    result = subprocess.run(
+        [sys.executable, "-c", code], cwd=ROOT, env=environment(env, tmp_path), capture_output=True, text=True
+    )
+    return result.returncode, result.stdout + result.stderr
+
+
+def run_command(env: dict[str, str], tmp_path, *command: str):
+    """Run a `manage.py` command in a fresh process, as an operator would; (exit code, output)."""
+    result = subprocess.run(
+        [sys.executable, "manage.py", *command], cwd=ROOT, env=environment(env, tmp_path),
+        capture_output=True, text=True,
+    )
     return result.returncode, result.stdout + result.stderr
 
 
@@ -62,9 +79,44 @@ def test_a_bad_value_stops_start_up_with_a_message_naming_the_variable(tmp_path,
     ],
 )
 def test_production_refuses_insecure_settings(tmp_path, change, problem):
-    code, output = load_settings({**PRODUCTION, **change}, tmp_path)
+    code, output = run_command({**PRODUCTION, **change}, tmp_path, "check")
     assert code != 0
-    assert "refuses insecure settings" in output and problem in output
+    assert "SystemCheckError" in output
+    assert "MLOPS_ENV=production refuses insecure settings: " + problem in output
+
+
+def test_production_refuses_insecure_settings_before_migrating(tmp_path):
+    database = tmp_path / "refused.sqlite3"
+    env = {**PRODUCTION, "DEBUG": "true", "DATABASE_URL": f"sqlite:///{database}"}
+    code, output = run_command(env, tmp_path, "migrate", "--noinput")
+    assert code != 0
+    assert "MLOPS_ENV=production refuses insecure settings: DEBUG must be off" in output
+    with sqlite3.connect(database) as stored:
+        assert stored.execute("SELECT name FROM sqlite_master WHERE type = 'table'").fetchall() == []
+
+
+def test_development_allows_what_production_refuses(tmp_path):
+    assert run_command({"DEBUG": "true", "CORS_ALLOWED_ORIGINS": "*"}, tmp_path, "check")[0] == 0
+
+
+@pytest.mark.parametrize(
+    "env, message",
+    [
+        ({"MLOPS_METRICS_TOKEN": "too-short"}, "MLOPS_METRICS_TOKEN must be at least 16 characters when set"),
+        (
+            {"MLOPS_PROMETHEUS_MODELS": ",".join(f"model-{n}" for n in range(201))},
+            "MLOPS_PROMETHEUS_MODELS may list at most 200 values of at most 100 characters",
+        ),
+        (
+            {"MLOPS_PROMETHEUS_INTENTS": "x" * 101},
+            "MLOPS_PROMETHEUS_INTENTS may list at most 200 values of at most 100 characters",
+        ),
+    ],
+)
+def test_prometheus_settings_that_would_expose_or_flood_metrics_are_refused(tmp_path, env, message):
+    code, output = run_command(env, tmp_path, "check")
+    assert code != 0
+    assert message in output
 
 
 def test_production_with_sound_settings_starts_and_needs_keys(tmp_path):
@@ -144,3 +196,51 @@ def test_cors_allows_the_configured_chat_origin_only(client):
         "/track", headers={"Origin": "https://evil.example", "Access-Control-Request-Method": "POST"}
     )
     assert "Access-Control-Allow-Origin" not in other
+
+
+# --- gunicorn runs the system checks before it serves
+
+
+def test_gunicorn_refuses_to_serve_an_insecure_production_configuration(transactional_db, tmp_path):
+    insecure = {**PRODUCTION, "ALLOWED_HOSTS": "127.0.0.1", "DEBUG": "true"}
+    with pytest.raises(RuntimeError) as refused:
+        start_service(tmp_path, workers=1, extra_env=insecure)
+    assert "gunicorn exited with 1" in str(refused.value)
+    assert "MLOPS_ENV=production refuses insecure settings: DEBUG must be off" in str(refused.value)
+    assert "Refusing to serve" in str(refused.value)
+
+
+def test_gunicorn_serves_a_sound_production_configuration(live_service):
+    service = live_service(workers=1, extra_env={**PRODUCTION, "ALLOWED_HOSTS": "127.0.0.1"})
+    status, headers, body = service.request("GET", "/health")
+    assert status == 200 and body["database"]["status"] == "ok"
+    # Production's own headers: the service really runs with the production settings.
+    assert service.request("POST", "/track", {"business_id": "acme"})[0] == 401
+
+
+# --- Every variable is read by the typed helpers and documented
+
+
+READERS = ("envstr", "envbool", "envint", "envchoice", "envlist", "envorigins")
+ENTRY_POINTS = ("mlops_site/settings.py", "gunicorn.conf.py")
+
+
+def variables_read(path: str) -> set[str]:
+    return set(re.findall(rf"\b(?:{'|'.join(READERS)})\(\s*\"([A-Z0-9_]+)\"", (ROOT / path).read_text()))
+
+
+def test_the_entry_points_read_the_environment_only_through_the_typed_helpers():
+    for path in ENTRY_POINTS:
+        source = (ROOT / path).read_text()
+        assert not re.search(r"os\.(?:getenv|environ\.get)\(|os\.environ\[[^]]+\](?!\s*=)", source), path
+    assert {"PORT", "DATABASE_URL"} <= variables_read("mlops_site/settings.py")
+    assert {"WEB_CONCURRENCY", "GUNICORN_TIMEOUT"} <= variables_read("gunicorn.conf.py")
+
+
+def test_every_variable_the_service_reads_is_in_the_readme_configuration_table():
+    readme = (ROOT / "README.md").read_text()
+    section = readme.split("\n## Configuration\n", 1)[1].split("\n## ", 1)[0]
+    documented = {name for row in section.splitlines() if row.startswith("| `") for name in re.findall(
+        r"`([A-Z0-9_]+)`", row.split("|")[1])}
+    read = set().union(*(variables_read(path) for path in ENTRY_POINTS))
+    assert read - documented == set()

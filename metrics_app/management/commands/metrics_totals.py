@@ -14,6 +14,7 @@ from django.db import DatabaseError
 from django.db.models import Count, Q, Sum
 
 from metrics_app.models import AIMetric
+from metrics_app.rules import FAILED_REPLY
 
 # Column -> the Prometheus sample it matches (summed by business_id).
 COLUMNS = {
@@ -50,7 +51,7 @@ def totals_from_database(business_id: str | None) -> Totals:
         rows = rows.filter(business_id=business_id)
     grouped = rows.values("business_id").order_by("business_id").annotate(
         events=Count("id"),
-        failed=Count("id", filter=Q(success_rate=0) | Q(response_type="error")),
+        failed=Count("id", filter=FAILED_REPLY),
         tokens=Sum("tokens_used"),
         cost_usd=Sum("api_cost_usd"),
         requested=Count("id", filter=Q(appointment_requested=True)),
