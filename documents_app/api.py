@@ -10,9 +10,9 @@ from rest_framework.request import Request
 from rest_framework.response import Response
 from rest_framework.views import APIView
 
-from documents_app.embeddings import MethodUnavailable
-from documents_app.knowledge_base import KnowledgeBase, KnowledgeBaseMissing, current_knowledge_base
-from documents_app.pipeline import KB_PATH
+from documents_app.pipeline.stages import KB_PATH
+from documents_app.search.embeddings import MethodUnavailable
+from documents_app.search.knowledge_base import KnowledgeBase, KnowledgeBaseMissing, current_knowledge_base
 from metrics_app import access
 from metrics_app.errors import documented_errors
 from metrics_app.rules import business_id_problem

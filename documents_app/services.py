@@ -23,9 +23,9 @@ from django.db.models import QuerySet
 from django.utils import timezone
 from django.utils.text import get_valid_filename
 
-from documents_app import pipeline
 from documents_app.models import Document, DocumentStatus, PipelineRun, PipelineStage, RunStatus
-from documents_app.readers import READERS, format_of
+from documents_app.pipeline import stages as pipeline
+from documents_app.pipeline.readers import READERS, format_of
 from metrics_app.models import Business
 from metrics_app.rules import business_id_problem
 

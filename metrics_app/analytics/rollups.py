@@ -17,7 +17,7 @@ from typing import Any, Iterable
 
 from django.db import connection, transaction
 
-from metrics_app.models import ALL_BUSINESSES, ConversationRollup, EventRollup, LatencyRollup
+from metrics_app.models import ALL_BUSINESSES, AIMetric, Conversation, ConversationRollup, EventRollup, LatencyRollup
 from metrics_app.rules import (
     ESTIMATED_SQL,
     FAILED_REPLY_SQL,
@@ -217,16 +217,8 @@ def _adapter() -> Any:
     return adapt
 
 
-def rebuild(progress: Any = None, chunk: int = 20_000, apps: Any = None) -> dict[str, int]:
-    """Recompute every rollup from the raw events and conversations; returns row counts.
-
-    `apps` is a migration's app registry, when a migration calls it.
-    """
-    if apps is None:
-        from metrics_app.models import AIMetric, Conversation
-    else:
-        AIMetric, Conversation = apps.get_model("metrics_app", "AIMetric"), apps.get_model("metrics_app", "Conversation")
-
+def rebuild(progress: Any = None, chunk: int = 20_000) -> dict[str, int]:
+    """Recompute every rollup from the raw events and conversations; returns row counts."""
     fields = ("business_id", "timestamp", "response_time_ms", "success_rate", "response_type", "tokens_used",
               "input_tokens", "output_tokens", "cost_usd", "api_cost_usd", "cost_basis",
               "appointment_requested", "appointment_booked", "human_handoff_requested")
@@ -239,7 +231,7 @@ def rebuild(progress: Any = None, chunk: int = 20_000, apps: Any = None) -> dict
             # The same sums and bins in SQL: about 20 times faster on millions of rows. PostgreSQL's ln()
             # and Python's math.log are the same C function, so each latency lands in the same bin.
             _rebuild_in_sql(AIMetric._meta.db_table, Conversation._meta.db_table)
-            return {} if apps is not None else _counts()
+            return _counts()
         accumulator = Accumulator()
         for n, values in enumerate(AIMetric.objects.order_by().values_list(*fields).iterator(chunk_size=chunk), 1):
             accumulator.add(dict(zip(fields, values)))
@@ -260,7 +252,7 @@ def rebuild(progress: Any = None, chunk: int = 20_000, apps: Any = None) -> dict
             sums[2] += booked
             sums[3] += handoff
         add_conversation_deltas(deltas)
-    return {} if apps is not None else _counts()
+    return _counts()
 
 
 def _counts() -> dict[str, int]:

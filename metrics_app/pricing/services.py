@@ -175,13 +175,11 @@ def published_prices() -> list[dict[str, Any]]:
 _PRICED_FIELDS = ("id", "model_name", "timestamp", "tokens_used", "input_tokens", "output_tokens", "api_cost_usd")
 
 
-def reprice(
-    events: Any, table: PriceTable, chunk: int = 2000, progress: Any = None, update_rollups: bool = True
-) -> tuple[int, int]:
+def reprice(events: Any, table: PriceTable, chunk: int = 2000, progress: Any = None) -> tuple[int, int]:
     """Recompute cost_usd and cost_basis of the events in a queryset; (examined, changed).
 
-    Walks the rows by id in chunks and writes only those whose figures change.
-    Works on historical models too, so migrations use it.
+    Walks the rows by id in chunks and writes only those whose figures change,
+    moving the rollups' cost figures with them in the same transaction.
     """
     model = events.model
     examined = changed = 0
@@ -208,13 +206,12 @@ def reprice(
         if updates:
             with transaction.atomic():
                 model.objects.bulk_update(updates, ["cost_usd", "cost_basis"], batch_size=500)
-                if update_rollups:
-                    rollups.replace_costs(before, after)
+                rollups.replace_costs(before, after)
             changed += len(updates)
 
 
 def table_from(prices: Any) -> PriceTable:
-    """A PriceTable from a ModelPrice queryset (current or historical model)."""
+    """A PriceTable from a ModelPrice queryset."""
     rows = prices.order_by("id").values_list(
         "id", "model_pattern", "valid_from", "input_usd_per_mtok", "output_usd_per_mtok"
     )

@@ -16,8 +16,9 @@ from django.db import connection
 from django.db.migrations.executor import MigrationExecutor
 from django.test import Client
 
-from documents_app import pipeline, services
+from documents_app import services
 from documents_app.models import Document, PipelineRun, RunStatus
+from documents_app.pipeline import stages as pipeline
 from metrics_app.models import Business, StaffBusinessAccess
 from tests.helpers import ROOT, post_json, staff_user
 

@@ -22,7 +22,7 @@ from django.utils import timezone
 from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 
-from documents_app.embeddings import get_method
+from documents_app.search.embeddings import get_method
 from metrics_app.api.queries import BreakdownQuerySerializer, ConversationQuerySerializer, TimeseriesQuerySerializer
 from metrics_app.http.bodies import MAX_JSON_DEPTH
 from metrics_app.models import Business

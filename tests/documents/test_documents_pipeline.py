@@ -8,8 +8,8 @@ from pathlib import Path
 
 import pytest
 
-from documents_app import pipeline
-from documents_app.pipeline import KnowledgeBaseParams, ProcessParams
+from documents_app.pipeline import stages as pipeline
+from documents_app.pipeline.stages import KnowledgeBaseParams, ProcessParams
 from tests.documents.helpers import make_docx, make_pdf
 
 BODY = "Our clinic offers check-ups, cleaning and whitening. Every visit starts with a short conversation."
@@ -188,7 +188,7 @@ def test_bad_parameters_stop_the_stage_with_a_clear_message(tmp_path: Path) -> N
 
 
 def test_a_parser_crash_on_one_file_skips_that_file_as_corrupt(ws: Workspace, monkeypatch) -> None:  # type: ignore[no-untyped-def]
-    from documents_app import readers
+    from documents_app.pipeline import readers
 
     def explode(data: bytes, budget):  # type: ignore[no-untyped-def]
         raise RecursionError("maximum recursion depth exceeded in a crafted file")
@@ -208,7 +208,7 @@ def test_a_missing_embedding_package_stops_the_command_with_a_clear_message(tmp_
     from django.core.management import call_command
     from django.core.management.base import CommandError
 
-    from documents_app import embeddings
+    from documents_app.search import embeddings
 
     def unavailable(self, texts):  # type: ignore[no-untyped-def]
         raise embeddings.MethodUnavailable("the minilm method needs the packages of requirements-semantic.txt")

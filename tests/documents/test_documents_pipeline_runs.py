@@ -12,8 +12,8 @@ from pathlib import Path
 import pytest
 import yaml
 
-from documents_app import pipeline
 from documents_app.models import PipelineRun, RunStatus
+from documents_app.pipeline import stages as pipeline
 from documents_app.services import execute_run, request_run
 from tests.documents.helpers import fresh_clone, tool_env
 from tests.helpers import ROOT, database_url_for_subprocess, require
@@ -201,7 +201,7 @@ def test_a_stage_past_its_run_deadline_writes_no_output(
 ORPHANED_STAGE = """
 import os, subprocess, sys, time
 from pathlib import Path
-from documents_app import pipeline
+from documents_app.pipeline import stages as pipeline
 pipeline.watch_run(poll_seconds=0.05)
 child = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(300)"])
 print(child.pid, flush=True)

@@ -10,9 +10,9 @@ from pathlib import Path
 
 import pytest
 
-from documents_app import pipeline
 from documents_app.models import Document, DocumentStatus
-from documents_app.readers import ReadLimits, SkipReason, UnreadableDocument, read_sections
+from documents_app.pipeline import stages as pipeline
+from documents_app.pipeline.readers import ReadLimits, SkipReason, UnreadableDocument, read_sections
 from documents_app.services import sync_documents
 from metrics_app.models import Business
 from tests.documents.helpers import make_docx, make_pdf, tool_env

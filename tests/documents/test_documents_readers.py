@@ -8,9 +8,9 @@ from pathlib import Path
 
 import pytest
 
-from documents_app.chunking import chunk_sections, clean_text
-from documents_app.readers import ReadLimits, Section, SkipReason, UnreadableDocument
-from documents_app.readers import read_sections as read_within
+from documents_app.pipeline.chunking import chunk_sections, clean_text
+from documents_app.pipeline.readers import ReadLimits, Section, SkipReason, UnreadableDocument
+from documents_app.pipeline.readers import read_sections as read_within
 from tests.documents.helpers import make_docx, make_pdf
 
 LIMITS = ReadLimits(max_chars=1_000_000, max_paragraphs=100_000, max_pages=1000, max_xml_mb=50, max_seconds=60)

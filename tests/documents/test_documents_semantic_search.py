@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 from django.test import Client
 
-from documents_app import pipeline
+from documents_app.pipeline import stages as pipeline
 from tests.documents.helpers import questions_hit_rate
 
 SAMPLE = "techconsult-pro"

@@ -12,8 +12,8 @@ from django.core.files.uploadedfile import SimpleUploadedFile
 from django.core.management import CommandError, call_command
 from django.test import Client
 
-from documents_app import pipeline
 from documents_app.models import Document
+from documents_app.pipeline import stages as pipeline
 from metrics_app.models import AIMetric, ApiKey, Business
 from tests.helpers import ROOT, post_json
 

@@ -11,9 +11,9 @@ from typing import Any
 
 from django.core.management.base import BaseCommand, CommandError, CommandParser
 
-from documents_app import pipeline
-from documents_app.embeddings import METHODS, MethodUnavailable, get_method
-from documents_app.knowledge_base import parse_knowledge_base
+from documents_app.pipeline import stages as pipeline
+from documents_app.search.embeddings import METHODS, MethodUnavailable, get_method
+from documents_app.search.knowledge_base import parse_knowledge_base
 
 QUESTIONS = Path(__file__).resolve().parents[2] / "evaluation" / "techconsult_questions.json"
 

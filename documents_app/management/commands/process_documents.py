@@ -9,8 +9,8 @@ from typing import Any
 from django.core.management.base import BaseCommand, CommandError, CommandParser
 from tqdm import tqdm
 
-from documents_app import pipeline
-from documents_app.embeddings import MethodUnavailable
+from documents_app.pipeline import stages as pipeline
+from documents_app.search.embeddings import MethodUnavailable
 
 
 class Command(BaseCommand):

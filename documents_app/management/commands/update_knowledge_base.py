@@ -7,7 +7,7 @@ from typing import Any
 
 from django.core.management.base import BaseCommand, CommandError, CommandParser
 
-from documents_app import pipeline
+from documents_app.pipeline import stages as pipeline
 
 
 class Command(BaseCommand):

@@ -14,7 +14,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from documents_app.embeddings import EmbeddingMethod, Scorer, get_method
+from documents_app.search.embeddings import EmbeddingMethod, Scorer, get_method
 
 
 class KnowledgeBaseMissing(Exception):

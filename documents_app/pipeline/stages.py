@@ -25,9 +25,16 @@ from typing import Any
 import numpy as np
 import yaml
 
-from documents_app.chunking import chunk_sections
-from documents_app.embeddings import get_method
-from documents_app.readers import CutLimit, ReadLimits, SkipReason, UnreadableDocument, format_of, read_sections
+from documents_app.pipeline.chunking import chunk_sections
+from documents_app.pipeline.readers import (
+    CutLimit,
+    ReadLimits,
+    SkipReason,
+    UnreadableDocument,
+    format_of,
+    read_sections,
+)
+from documents_app.search.embeddings import get_method
 from metrics_app.rules import business_id_problem
 
 # Paths relative to the pipeline root (the folder holding dvc.yaml), as dvc.yaml names them.

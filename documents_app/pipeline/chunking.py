@@ -6,7 +6,7 @@ import re
 import unicodedata
 from dataclasses import dataclass
 
-from documents_app.readers import Section
+from documents_app.pipeline.readers import Section
 
 _CONTROL = re.compile(r"[\x00-\x08\x0b\x0c\x0e-\x1f\x7f]")
 _HYPHEN_BREAK = re.compile(r"(\w)-\n(\w)")
