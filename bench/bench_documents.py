@@ -20,7 +20,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from tests.documents_fixtures import dvc, fresh_clone, make_docx, make_pdf  # noqa: E402
+from tests.documents.helpers import dvc, fresh_clone, make_docx, make_pdf  # noqa: E402
 
 TOPICS = [
     "Opening Hours",

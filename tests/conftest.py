@@ -1,59 +1,21 @@
-"""Fixtures shared by the whole suite: clients, keys, and a real running service."""
+"""Fixtures shared by the whole suite: clients, keys, staff users, stored events, and a real running service."""
 
 from __future__ import annotations
 
-import json
-import os
-import signal
-import subprocess
-import sys
-import time
-import urllib.error
-import urllib.request
-from dataclasses import dataclass, field
-from pathlib import Path
+import uuid
+from datetime import datetime
 from typing import Any, Callable, Iterator
 
 import pytest
-from django.db import connection
+from django.contrib.auth.models import Permission, User
 from django.test import Client
 
 from metrics_app.ingest import services
+from metrics_app.ingest.validation import check_event
 from metrics_app.keys import services as key_services
-from metrics_app.models import Business
+from metrics_app.models import AIMetric, Business
 from metrics_app.pricing import services as pricing
-
-ROOT = Path(__file__).resolve().parent.parent
-IN_CI = os.environ.get("CI", "").lower() in ("1", "true", "yes")
-
-
-def require(available: bool, what: str) -> None:
-    """Skip a test that needs a missing component on a laptop; fail it in CI."""
-    if available:
-        return
-    if IN_CI:
-        pytest.fail(f"missing on this machine, and CI=true does not allow skipping: {what}", pytrace=False)
-    # `what` may name one component or several ("Chromium and chromedriver"): no verb to agree with it.
-    pytest.skip(f"not available on this machine: {what}")
-
-
-def staff_user(username: str, *, businesses: list[str] | None = None, password: str = "pw-for-tests-only") -> Any:
-    """An active staff user granted every business, or only `businesses` when given (made when absent)."""
-    from django.contrib.auth.models import User
-
-    from metrics_app.models import StaffBusinessAccess
-
-    user = User.objects.create_user(username, f"{username}@example.com", password, is_staff=True)
-    if businesses is None:
-        StaffBusinessAccess.objects.create(user=user, business=None)
-    for business_id in businesses or ():
-        business, _ = Business.objects.get_or_create(id=business_id)
-        StaffBusinessAccess.objects.create(user=user, business=business)
-    return user
-
-
-def on_postgres() -> bool:
-    return connection.vendor == "postgresql"
+from tests.helpers import LiveService, staff_user, start_service, stop_service
 
 
 @pytest.fixture(autouse=True)
@@ -69,10 +31,6 @@ def _forget_known_businesses() -> Iterator[None]:
 @pytest.fixture
 def api() -> Client:
     return Client()
-
-
-def post_json(client: Client, path: str, payload: Any, **headers: str):
-    return client.post(path, data=json.dumps(payload), content_type="application/json", headers=headers)
 
 
 @pytest.fixture
@@ -105,100 +63,6 @@ def make_key(db) -> Callable[..., tuple[Any, str]]:
     return make
 
 
-# --- A real service, served by gunicorn as start.sh serves it.
-
-
-def database_url_for_subprocess() -> str:
-    """A DATABASE_URL that points a child process at the test database."""
-    s = connection.settings_dict
-    if connection.vendor == "sqlite":
-        return f"sqlite:///{s['NAME']}"
-    auth = s["USER"] + (f":{s['PASSWORD']}" if s.get("PASSWORD") else "")
-    return f"postgresql://{auth}@{s['HOST']}:{s['PORT']}/{s['NAME']}"
-
-
-@dataclass
-class LiveService:
-    url: str
-    process: subprocess.Popen
-    log_path: Path
-    env: dict[str, str] = field(default_factory=dict)
-
-    def request(self, method: str, path: str, payload: Any = None, headers: dict[str, str] | None = None):
-        """(status, headers, parsed JSON or text) for one HTTP request."""
-        data = json.dumps(payload).encode() if payload is not None else None
-        req = urllib.request.Request(self.url + path, data=data, method=method)
-        if data is not None:
-            req.add_header("Content-Type", "application/json")
-        for name, value in (headers or {}).items():
-            req.add_header(name, value)
-        try:
-            with urllib.request.urlopen(req, timeout=30) as resp:
-                body, status, resp_headers = resp.read(), resp.status, dict(resp.headers)
-        except urllib.error.HTTPError as err:
-            body, status, resp_headers = err.read(), err.code, dict(err.headers)
-        try:
-            return status, resp_headers, json.loads(body)
-        except ValueError:
-            return status, resp_headers, body.decode(errors="replace")
-
-    def log(self) -> str:
-        return self.log_path.read_text(errors="replace") if self.log_path.exists() else ""
-
-
-def start_service(
-    tmp_path: Path,
-    *,
-    workers: int = 2,
-    extra_env: dict[str, str] | None = None,
-    timeout: float = 30.0,
-    wait_healthy: bool = True,
-) -> LiveService:
-    """Serve the test database with gunicorn; return once /health answers (200, or anything if not wait_healthy)."""
-    from tests.pgserver import free_port
-
-    port = free_port()
-    env = {
-        **os.environ,
-        "DJANGO_SETTINGS_MODULE": "mlops_site.settings",
-        "DATABASE_URL": database_url_for_subprocess(),
-        "MLOPS_ENV": "development",
-        "PORT": str(port),
-        "PYTHONPATH": str(ROOT),
-        **(extra_env or {}),
-    }
-    log_path = tmp_path / f"gunicorn-{port}.log"
-    process = subprocess.Popen(
-        [sys.executable, "-m", "gunicorn", "mlops_site.wsgi", "--config", str(ROOT / "gunicorn.conf.py"),
-         "--bind", f"127.0.0.1:{port}", "--workers", str(workers)],
-        cwd=ROOT, env=env, stdout=log_path.open("w"), stderr=subprocess.STDOUT, start_new_session=True,
-    )
-    service = LiveService(url=f"http://127.0.0.1:{port}", process=process, log_path=log_path, env=env)
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if process.poll() is not None:
-            raise RuntimeError(f"gunicorn exited with {process.returncode}:\n{service.log()}")
-        try:
-            status, _, _ = service.request("GET", "/health")
-            if status == 200 or not wait_healthy:
-                return service
-        except OSError:
-            pass
-        time.sleep(0.1)
-    stop_service(service)
-    raise RuntimeError(f"gunicorn did not answer /health within {timeout} s:\n{service.log()}")
-
-
-def stop_service(service: LiveService) -> None:
-    if service.process.poll() is None:
-        os.killpg(service.process.pid, signal.SIGTERM)
-        try:
-            service.process.wait(timeout=15)
-        except subprocess.TimeoutExpired:
-            os.killpg(service.process.pid, signal.SIGKILL)
-            service.process.wait()
-
-
 @pytest.fixture
 def live_service(transactional_db, tmp_path) -> Iterator[Callable[..., LiveService]]:
     """Start the real service (gunicorn, N workers) on the test database; stopped after the test."""
@@ -212,3 +76,68 @@ def live_service(transactional_db, tmp_path) -> Iterator[Callable[..., LiveServi
     yield start
     for service in started:
         stop_service(service)
+
+
+# --- The staff console: staff users, limited staff, and events stored as /track stores them.
+
+PASSWORD = "console-test-password-9"  # noqa: S105
+
+
+def store(**fields: Any) -> AIMetric:
+    """Store one event through validation and record_events, as /track would."""
+    payload = {"business_id": "acme-dental", "response_time_ms": 1000, "tokens_used": 100, **fields}
+    payload.setdefault("event_id", str(uuid.uuid4()))
+    if isinstance(payload.get("timestamp"), datetime):
+        payload["timestamp"] = payload["timestamp"].isoformat()
+    checked = check_event(payload)
+    if not checked.ok:
+        raise ValueError(f"a test event is invalid: {checked.errors}")
+    services.record_events([checked.values])
+    return AIMetric.objects.get(business_id=payload["business_id"], event_id=payload["event_id"])
+
+
+@pytest.fixture
+def store_event(db) -> Callable[..., AIMetric]:
+    return store
+
+
+@pytest.fixture
+def superuser(db) -> User:
+    return User.objects.create_superuser("boss", "boss@example.com", PASSWORD)
+
+
+def make_staff(username: str, *, businesses: list[str] | None = None, perms: tuple[str, ...] = ()) -> User:
+    """A staff user with the given `app_label.codename` permissions, granted every business or only `businesses`."""
+    user = staff_user(username, businesses=businesses, password=PASSWORD)
+    for perm in perms:
+        app_label, codename = perm.split(".")
+        user.user_permissions.add(Permission.objects.get(content_type__app_label=app_label, codename=codename))
+    return user
+
+
+CONSOLE_VIEW_PERMS = (
+    "metrics_app.view_aimetric", "metrics_app.view_conversation", "metrics_app.view_modelprice",
+    "metrics_app.view_business", "metrics_app.view_apikey",
+)
+
+
+@pytest.fixture
+def staff_factory(db) -> Callable[..., User]:
+    def factory(
+        username: str = "staff", businesses: list[str] | None = None, perms: tuple[str, ...] = CONSOLE_VIEW_PERMS
+    ) -> User:
+        return make_staff(username, businesses=businesses, perms=perms)
+
+    return factory
+
+
+@pytest.fixture
+def logged_in(db) -> Callable[[User], Client]:
+    """A test client with `user`'s admin session."""
+
+    def login(user: User) -> Client:
+        client = Client()
+        client.force_login(user)
+        return client
+
+    return login

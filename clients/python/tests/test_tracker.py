@@ -1,6 +1,6 @@
 """The Python client against a stand-in service that can be slow, failing or absent.
 
-The real service is exercised from the project's tests/test_client_python.py.
+The real service is exercised from the project's tests/clients/test_client_python.py.
 """
 
 from __future__ import annotations

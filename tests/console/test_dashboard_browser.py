@@ -1,0 +1,208 @@
+"""The dashboard in headless Chromium, served by gunicorn: what its charts draw is what the API answers."""
+
+from __future__ import annotations
+
+import io
+import json
+import shutil
+import tempfile
+import zoneinfo
+from collections import Counter
+from datetime import timedelta
+from pathlib import Path
+from typing import Any, Iterator
+from urllib.parse import urlencode
+
+import pytest
+from django.contrib.auth.models import User
+from django.core.management import call_command
+from django.utils import timezone
+
+from metrics_app.models import AIMetric, Business
+from tests.helpers import require
+
+pytestmark = [pytest.mark.slow]
+
+CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
+CHROMEDRIVER = shutil.which("chromedriver") or "/usr/bin/chromedriver"
+# As the machine's notes require: no network chatter, no sandbox as root, a fresh profile.
+CHROMIUM_FLAGS = (
+    "--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
+    "--disable-background-networking", "--disable-component-update", "--disable-sync", "--window-size=1400,2400",
+)
+BUSINESS = "mountain-physio"  # a demo business in Asia/Kathmandu (UTC+05:45)
+PASSWORD = "browser-test-password-3"  # noqa: S105
+
+
+@pytest.fixture(scope="module")
+def browser() -> Iterator[Any]:
+    try:
+        from selenium import webdriver
+        from selenium.webdriver.chrome.service import Service
+    except ImportError:
+        webdriver = None
+    require(webdriver is not None, "selenium (requirements-dev.txt)")
+    require(Path(CHROMIUM).exists() and Path(CHROMEDRIVER).exists(), "Chromium and chromedriver (Debian packages)")
+    options = webdriver.ChromeOptions()
+    options.binary_location = CHROMIUM
+    for flag in CHROMIUM_FLAGS:
+        options.add_argument(flag)
+    profile = tempfile.mkdtemp(prefix="mlops-chromium-")
+    options.add_argument(f"--user-data-dir={profile}")
+    driver = webdriver.Chrome(service=Service(CHROMEDRIVER), options=options)
+    driver.set_page_load_timeout(60)
+    try:
+        yield driver
+    finally:
+        driver.quit()
+        shutil.rmtree(profile, ignore_errors=True)
+
+
+def log_in(driver: Any, service: Any, username: str) -> None:
+    from selenium.webdriver.common.by import By
+    from selenium.webdriver.support.ui import WebDriverWait
+
+    driver.delete_all_cookies()
+    driver.get(f"{service.url}/admin/login/")
+    driver.find_element(By.NAME, "username").send_keys(username)
+    driver.find_element(By.NAME, "password").send_keys(PASSWORD)
+    driver.find_element(By.CSS_SELECTOR, "input[type=submit]").click()
+    # Wait for the login to land (the admin's user tools), or the next page load would cut it short.
+    WebDriverWait(driver, 60).until(lambda d: d.find_elements(By.ID, "user-tools"))
+
+
+def open_dashboard(driver: Any, service: Any, query: dict[str, str]) -> dict[str, Any]:
+    """Load the page, wait until its script has drawn everything, and read back what it drew."""
+    from selenium.webdriver.common.by import By
+    from selenium.webdriver.support.ui import WebDriverWait
+
+    driver.get(f"{service.url}/admin/metrics_app/aimetric/dashboard/?{urlencode(query)}")
+    WebDriverWait(driver, 60).until(lambda d: d.find_elements(By.ID, "mlops-dashboard"))
+    root = driver.find_element(By.ID, "mlops-dashboard")
+    WebDriverWait(driver, 60).until(lambda _: root.get_attribute("data-state") != "loading")
+    state = root.get_attribute("data-state")
+    status = driver.find_element(By.ID, "dashboard-status").text
+    assert state == "ready", f"the dashboard did not draw: {status}\n{service.log()[-3000:]}"
+    intents = driver.find_element(By.ID, "chart-intents")
+    WebDriverWait(driver, 60).until(lambda _: intents.get_attribute("data-state") not in (None, "loading"))
+    assert intents.get_attribute("data-state") == "ready", intents.text
+    return driver.execute_script("""
+        const marks = (id) => [...document.querySelectorAll(`#${id} .mark`)].map((m) => ({
+            series: m.dataset.series, x: m.dataset.x, value: Number(m.dataset.value)}));
+        const charts = {};
+        for (const id of ["chart-volume", "chart-latency", "chart-cost", "chart-funnel", "chart-intents"]) {
+            charts[id] = marks(id);
+        }
+        const kpis = {};
+        for (const card of document.querySelectorAll(".mlops-kpi")) {
+            kpis[card.dataset.kpi] = card.dataset.value === "" ? null : Number(card.dataset.value);
+        }
+        const options = [...document.querySelectorAll('select[name="business"] option')].map((o) => o.value);
+        const legends = {};
+        for (const id of ["chart-volume", "chart-latency"]) {
+            legends[id] = [...document.querySelectorAll(`#${id} .mlops-legend li`)].map((li) => ({
+                name: li.textContent, colour: getComputedStyle(li.querySelector(".swatch")).backgroundColor}));
+        }
+        const volumeLines = [...document.querySelectorAll("#chart-volume path.line")].map(
+            (line) => getComputedStyle(line).stroke);
+        return {charts, kpis, options, legends, volumeLines,
+                config: JSON.parse(document.getElementById("dashboard-config").textContent)};
+    """)
+
+
+def api(service: Any, driver: Any, path: str, params: dict[str, Any]) -> dict[str, Any]:
+    """The API's answer for the same filters, asked with the browser's staff session."""
+    session = driver.get_cookie("sessionid")["value"]
+    status, _, body = service.request("GET", f"{path}?{urlencode(params)}", headers={"Cookie": f"sessionid={session}"})
+    assert status == 200, body
+    return body
+
+
+def series_of(marks: list[dict[str, Any]], name: str) -> list[tuple[str, float]]:
+    return [(m["x"], m["value"]) for m in marks if m["series"] == name]
+
+
+@pytest.fixture
+def demo(live_service) -> Any:
+    call_command("generate_demo_data", "--events", "600", "--days", "4", "--seed", "21", "--no-progress",
+                 stdout=io.StringIO(), stderr=io.StringIO())
+    User.objects.create_superuser("boss", "boss@example.com", PASSWORD)
+    return live_service(workers=2)
+
+
+def test_every_figure_the_dashboard_draws_equals_the_api_answer_for_the_same_filters(demo, browser):
+    zone = zoneinfo.ZoneInfo(Business.objects.get(id=BUSINESS).time_zone)
+    today = timezone.now().astimezone(zone).date()
+    query = {"business": BUSINESS, "period": "custom", "start": str(today - timedelta(days=3)), "end": str(today),
+             "bucket": "day"}
+    log_in(browser, demo, "boss")
+
+    page = open_dashboard(browser, demo, query)
+
+    params = page["config"]["params"]
+    assert params["business_id"] == BUSINESS and params["tz"] == "Asia/Kathmandu" and params["bucket"] == "day"
+    charts, kpis = page["charts"], page["kpis"]
+    series = api(demo, browser, "/api/analytics/timeseries", params)["series"]
+    assert len(series) == 4  # four local days
+
+    # Volume, cost and latency: one mark per bucket and series, with the API's figure.
+    assert series_of(charts["chart-volume"], "events") == [(b["start"], b["events"]) for b in series]
+    assert series_of(charts["chart-volume"], "conversations") == [(b["start"], b["conversations"]) for b in series]
+    assert series_of(charts["chart-cost"], "cost_usd") == [(b["start"], b["cost_usd"]) for b in series]
+    for name in ("p50", "p95", "p99"):
+        expected = [(b["start"], b[f"latency_{name}_ms"]) for b in series if b[f"latency_{name}_ms"] is not None]
+        assert series_of(charts["chart-latency"], name) == expected
+
+    # The volume card says which mark is which: a legend for the bars and one for the line, in two colours.
+    volume_legend = page["legends"]["chart-volume"]
+    assert [item["name"] for item in volume_legend] == ["events", "conversations"]
+    assert volume_legend[0]["colour"] != volume_legend[1]["colour"]
+    assert page["volumeLines"] == [volume_legend[1]["colour"]]
+    assert [item["name"] for item in page["legends"]["chart-latency"]] == ["p50", "p95", "p99"]
+
+    # The funnel and the summary figures.
+    funnel = api(demo, browser, "/api/analytics/funnel", params)["funnel"]
+    expected_funnel = [(s["step"], s["conversations"]) for s in funnel["steps"]] + [
+        ("human_handoffs", funnel["human_handoffs"])]
+    assert series_of(charts["chart-funnel"], "funnel") == expected_funnel
+    summary = api(demo, browser, "/api/analytics/summary", params)["summary"]
+    assert kpis == {
+        "events": summary["events"], "conversations": summary["conversations"],
+        "success_rate": summary["success_rate"], "error_rate": summary["error_rate"],
+        "p50": summary["latency_p50_ms"], "p95": summary["latency_p95_ms"], "cost": summary["cost_usd"],
+        "cost_per_conversation": summary["cost_per_conversation_usd"], "bookings": summary["conversations_booked"],
+        "cost_per_booking": summary["cost_per_booked_appointment_usd"], "handoff_rate": summary["handoff_rate"],
+    }
+
+    # Intents over time: the busiest intents, each from the time series filtered to it.
+    rows = api(demo, browser, "/api/analytics/breakdown/intent", {**params, "limit": 6})["rows"]
+    top = [r["key"] for r in rows if r["key"] is not None][:5]
+    assert sorted({m["series"] for m in charts["chart-intents"]}) == sorted(top)
+    for intent in top:
+        by_intent = api(demo, browser, "/api/analytics/timeseries", {**params, "intent": intent})["series"]
+        assert series_of(charts["chart-intents"], intent) == [(b["start"], b["events"]) for b in by_intent]
+
+    # And the API's figures are the raw rows' own: events per local day, counted here from the table.
+    start, end = params["start"], params["end"]
+    rows_in_period = AIMetric.objects.filter(business_id=BUSINESS, timestamp__gte=start, timestamp__lt=end)
+    per_day = Counter(e.timestamp.astimezone(zone).date().isoformat() for e in rows_in_period)
+    assert [(b["start"][:10], b["events"]) for b in series] == [
+        (b["start"][:10], per_day.get(b["start"][:10], 0)) for b in series]
+    assert sum(per_day.values()) == kpis["events"] > 0
+
+
+def test_a_limited_staff_member_sees_only_their_business_in_the_browser(demo, browser, staff_factory):
+    staff = staff_factory("physio-staff", businesses=[BUSINESS])
+    staff.set_password(PASSWORD)
+    staff.save()
+    log_in(browser, demo, "physio-staff")
+
+    page = open_dashboard(browser, demo, {"period": "7d"})
+
+    assert page["options"] == ["", BUSINESS]  # "All your businesses" and theirs
+    assert "business_id" not in page["config"]["params"]
+    total = sum(value for _, value in series_of(page["charts"]["chart-volume"], "events"))
+    start, end = page["config"]["params"]["start"], page["config"]["params"]["end"]
+    assert total == AIMetric.objects.filter(business_id=BUSINESS, timestamp__gte=start, timestamp__lt=end).count()
+    assert total < AIMetric.objects.filter(timestamp__gte=start, timestamp__lt=end).count()
+    assert json.dumps(page).count("bright-smile-dental") == 0

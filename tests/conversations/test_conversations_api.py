@@ -1,0 +1,152 @@
+"""Conversations: kept right at ingest (late, out of order, retried), listed, and outcomes recorded later."""
+
+from __future__ import annotations
+
+import json
+from datetime import timedelta
+from typing import Any
+
+import pytest
+from django.contrib.auth.models import User
+
+from metrics_app import listeners
+from metrics_app.models import AIMetric, Business, Conversation
+from tests.analytics.helpers import NOW, store
+
+PERIOD = {"start": (NOW - timedelta(days=2)).isoformat(), "end": NOW.isoformat()}
+
+
+def turn(n: int, minutes: int, **fields: Any) -> dict[str, Any]:
+    return {
+        "event_id": f"00000000-0000-4000-8000-{n:012d}",
+        "business_id": "acme-dental",
+        "conversation_id": "chat-1",
+        "response_time_ms": 1000 + n,
+        "tokens_used": 100,
+        "input_tokens": 80,
+        "output_tokens": 20,
+        "model_name": "gemini-1.5-flash",
+        "timestamp": (NOW - timedelta(hours=3) + timedelta(minutes=minutes)).isoformat(),
+        **fields,
+    }
+
+
+@pytest.fixture
+def reader(make_key, business) -> dict[str, str]:
+    _, raw = make_key(business, can_ingest=False, can_read=True)
+    return {"Authorization": f"Bearer {raw}"}
+
+
+@pytest.fixture
+def writer(make_key, business) -> dict[str, str]:
+    _, raw = make_key(business, can_ingest=True, can_read=False)
+    return {"Authorization": f"Bearer {raw}"}
+
+
+def test_late_out_of_order_and_retried_events_keep_the_conversation_right(business):
+    store([turn(2, 10), turn(3, 20, appointment_requested=True)])
+    store([turn(1, 0), turn(2, 10), turn(4, 30)])  # a late first turn, a retry, a new last turn
+    store([turn(3, 20)])
+    conversation = Conversation.objects.get(business=business, conversation_id="chat-1")
+    stored = AIMetric.objects.filter(conversation_id="chat-1")
+    assert conversation.turns == stored.count() == 4
+    assert conversation.first_at == min(e.timestamp for e in stored)
+    assert conversation.last_at == max(e.timestamp for e in stored)
+    assert conversation.appointment_requested and not conversation.appointment_booked
+
+
+def test_the_same_conversation_id_under_two_businesses_is_two_conversations(business):
+    store([turn(1, 0), turn(2, 5, business_id="other-biz")])
+    assert Conversation.objects.filter(conversation_id="chat-1").count() == 2
+
+
+def test_the_list_shows_turns_tokens_cost_latency_and_outcome(api, reader, business):
+    store([turn(1, 0), turn(2, 4, appointment_requested=True), turn(3, 9, human_handoff_requested=True)])
+    response = api.get("/api/conversations/", PERIOD, headers=reader)
+    assert response.status_code == 200, response.content
+    (item,) = response.json()["conversations"]
+    events = list(AIMetric.objects.filter(conversation_id="chat-1"))
+    assert item["conversation_id"] == "chat-1"
+    assert item["turns"] == 3
+    assert item["tokens"] == sum(e.tokens_used for e in events)
+    assert item["cost_usd"] == pytest.approx(float(sum(e.cost_usd for e in events)))
+    assert item["latency_mean_ms"] == pytest.approx(sum(e.response_time_ms for e in events) / 3)
+    assert (item["appointment_requested"], item["appointment_booked"], item["human_handoff_requested"]) == (
+        True, False, True
+    )
+
+
+def test_the_detail_lists_the_events_in_time_order(api, reader, business):
+    store([turn(2, 5), turn(1, 0), turn(3, 7)])
+    pk = Conversation.objects.get(conversation_id="chat-1").pk
+    response = api.get(f"/api/conversations/{pk}", headers=reader)
+    assert response.status_code == 200
+    events = response.json()["events"]
+    assert [e["response_time_ms"] for e in events] == [1001, 1002, 1003]
+
+
+def test_a_booking_recorded_later_marks_the_conversation_and_moves_the_counter_once(
+    api, writer, reader, business, django_capture_on_commit_callbacks
+):
+    store([turn(1, 0), turn(2, 5, appointment_requested=True)])
+    heard: list[list[tuple[str, str | None]]] = []
+    listeners.on_bookings_recorded(heard.append)
+    try:
+        body = {"conversation_id": "chat-1", "appointment_booked": True, "note": "confirmed by the calendar"}
+        with django_capture_on_commit_callbacks(execute=True):
+            first = api.post("/api/conversations/outcome", json.dumps(body), content_type="application/json",
+                             headers=writer)
+        with django_capture_on_commit_callbacks(execute=True):
+            again = api.post("/api/conversations/outcome", json.dumps(body), content_type="application/json",
+                             headers=writer)
+    finally:
+        listeners.forget(heard.append)
+    assert first.status_code == 200, first.content
+    assert first.json()["changed"] == ["appointment_booked"]
+    assert again.json()["changed"] == []
+    assert heard == [[("acme-dental", "gemini-1.5-flash")]]
+    assert AIMetric.objects.filter(conversation_id="chat-1", appointment_booked=True).count() == 1
+    funnel = api.get("/api/analytics/funnel", PERIOD, headers=reader).json()["funnel"]
+    assert {s["step"]: s["conversations"] for s in funnel["steps"]}["appointment_booked"] == 1
+    summary = api.get("/api/analytics/summary", PERIOD, headers=reader).json()["summary"]
+    assert summary["appointments_booked"] == 1
+    assert summary["cost_per_booked_appointment_usd"] == pytest.approx(summary["cost_usd"])
+
+
+def test_a_read_only_key_may_not_record_outcomes(api, reader, business):
+    store([turn(1, 0)])
+    response = api.post("/api/conversations/outcome", json.dumps({"conversation_id": "chat-1", "appointment_booked": True}),
+                        content_type="application/json", headers=reader)
+    assert response.status_code == 403
+    assert not Conversation.objects.get(conversation_id="chat-1").appointment_booked
+
+
+def test_a_key_may_not_record_outcomes_for_another_business(api, writer, business):
+    store([turn(1, 0, business_id="other-biz")])
+    body = {"business_id": "other-biz", "conversation_id": "chat-1", "appointment_booked": True}
+    response = api.post("/api/conversations/outcome", json.dumps(body), content_type="application/json", headers=writer)
+    assert response.status_code == 403
+    assert not Conversation.objects.get(conversation_id="chat-1").appointment_booked
+
+
+def test_an_outcome_for_an_unknown_conversation_is_a_404_and_an_empty_one_a_400(api, writer, business):
+    missing = api.post("/api/conversations/outcome", json.dumps({"conversation_id": "nope", "appointment_booked": True}),
+                       content_type="application/json", headers=writer)
+    assert missing.status_code == 404
+    empty = api.post("/api/conversations/outcome", json.dumps({"conversation_id": "nope"}),
+                     content_type="application/json", headers=writer)
+    assert empty.status_code == 400
+    assert "non_field_errors" in empty.json()["errors"]
+
+
+def test_a_staff_user_limited_to_another_business_cannot_see_the_conversation(api, business):
+    from metrics_app.models import StaffBusinessAccess
+
+    store([turn(1, 0)])
+    other = Business.objects.create(id="other-biz")
+    staff = User.objects.create_user("limited", password="pw-for-tests-only", is_staff=True)
+    StaffBusinessAccess.objects.create(user=staff, business=other)
+    api.force_login(staff)
+    pk = Conversation.objects.get(conversation_id="chat-1").pk
+    assert api.get(f"/api/conversations/{pk}").status_code == 404
+    assert api.get("/api/conversations/", PERIOD).json()["conversations"] == []

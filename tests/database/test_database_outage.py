@@ -1,0 +1,120 @@
+"""The real PostgreSQL server stops in the middle of ingest: 503, then nothing half-written."""
+
+from __future__ import annotations
+
+import threading
+import uuid
+from collections import Counter
+
+import pytest
+from django.db import connection
+
+from metrics_app.models import AIMetric
+from tests.helpers import on_postgres, require
+from tests.pgserver import TempPostgres
+
+pytestmark = pytest.mark.postgres_only
+
+BATCH = 50
+
+
+@pytest.fixture
+def pg_server() -> TempPostgres:
+    if not on_postgres():
+        pytest.skip("this test stops a PostgreSQL server; the run is on SQLite")
+    server = TempPostgres.from_env()
+    require(server is not None, "a PostgreSQL server started by tests.pgserver (./test.sh starts one)")
+    yield server
+    server.start()  # whatever happened, leave the server running for the tests after this one
+    server.wait_ready()
+    connection.close()
+
+
+def batch(tag: str) -> dict:
+    return {
+        "events": [
+            {"business_id": "acme", "event_id": str(uuid.uuid4()), "conversation_id": tag,
+             "response_time_ms": 900, "tokens_used": 100 + i}
+            for i in range(BATCH)
+        ]
+    }
+
+
+def test_a_stopped_database_gets_503_and_no_batch_is_half_written(live_service, pg_server):
+    service = live_service(workers=2)
+    batches = {f"batch-{n}": batch(f"batch-{n}") for n in range(400)}
+    answers: dict[str, int] = {}
+    retry_after: list[str] = []
+    outage_seen = threading.Event()
+    names = iter(list(batches))
+    lock = threading.Lock()
+
+    def sender() -> None:
+        while True:
+            with lock:
+                name = next(names, None)
+            if name is None:
+                return
+            status, headers, _ = service.request("POST", "/track/batch", batches[name])
+            answers[name] = status
+            if status == 503:
+                retry_after.append(headers.get("Retry-After", ""))
+                outage_seen.set()
+
+    threads = [threading.Thread(target=sender) for _ in range(4)]
+    for thread in threads:
+        thread.start()
+    # Stop the server while batches are in flight.
+    while len(answers) < 20:
+        threading.Event().wait(0.01)
+    pg_server.stop("immediate")
+    outage_seen.wait(timeout=30)
+    status, headers, body = service.request("GET", "/health")
+    assert status == 503 and body["status"] == "unhealthy"
+    pg_server.start()
+    pg_server.wait_ready()
+    for thread in threads:
+        thread.join(timeout=120)
+
+    assert outage_seen.is_set(), "no request met the stopped database"
+    assert retry_after and all(value.isdigit() and int(value) >= 1 for value in retry_after)
+    assert set(Counter(answers.values())) <= {200, 503}
+
+    connection.close()
+    per_batch = Counter(AIMetric.objects.values_list("conversation_id", flat=True))
+    for name, status in answers.items():
+        if status == 200:
+            assert per_batch[name] == BATCH, f"{name} was acknowledged but holds {per_batch[name]} rows"
+    # A batch refused with 503 may have committed just before the server stopped; whatever the
+    # answer, every batch with rows holds all of them.
+    assert set(per_batch.values()) == {BATCH}, per_batch
+
+    # The client retries what got 503: everything ends up stored exactly once.
+    for name, status in answers.items():
+        if status != 200:
+            status, _, body = service.request("POST", "/track/batch", batches[name])
+            assert status == 200, body
+    per_batch = Counter(AIMetric.objects.values_list("conversation_id", flat=True))
+    assert per_batch == {name: BATCH for name in batches}
+    assert service.request("GET", "/health")[0] == 200
+
+
+def test_a_single_event_sent_while_the_database_is_down_gets_503_and_is_stored_once_on_retry(
+    live_service, pg_server
+):
+    service = live_service(workers=1)
+    event = {"business_id": "acme", "event_id": str(uuid.uuid4()), "response_time_ms": 1200, "tokens_used": 90}
+    pg_server.stop("fast")
+
+    status, headers, body = service.request("POST", "/track", event)
+    assert status == 503, body
+    assert int(headers["Retry-After"]) >= 1
+    assert set(body) == {"error", "errors"}
+
+    pg_server.start()
+    pg_server.wait_ready()
+    status, _, body = service.request("POST", "/track", event)
+    assert status == 201, body
+    assert service.request("POST", "/track", event)[0] == 200
+    connection.close()
+    assert AIMetric.objects.filter(event_id=event["event_id"]).count() == 1
