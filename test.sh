@@ -19,7 +19,7 @@ fi
 status=0
 failed=()
 echo "=== Lint: ruff check"
-.venv/bin/ruff check metrics_app documents_app mlops_site gunicorn.conf.py manage.py || { status=1; failed+=("ruff check"); }
+.venv/bin/ruff check metrics_app documents_app mlops_site tests gunicorn.conf.py manage.py || { status=1; failed+=("ruff check"); }
 
 echo "=== Types: mypy"
 .venv/bin/mypy || { status=1; failed+=("mypy"); }

@@ -11,9 +11,10 @@ import random
 import statistics
 import uuid
 from collections import defaultdict
+from collections.abc import Iterable
 from datetime import UTC, datetime, timedelta
 from decimal import Decimal
-from typing import Any, Iterable
+from typing import Any
 from zoneinfo import ZoneInfo
 
 from metrics_app.ingest import services
@@ -72,7 +73,7 @@ def make_events(seed: int = 7, conversations: int = 60) -> list[dict[str, Any]]:
                 event["api_cost_usd"] = round(rng.uniform(0, 0.01), 6)
             payloads.append(event)
     # A few events outside any conversation, with only tokens_used (an estimated cost).
-    for n in range(8):
+    for _ in range(8):
         payloads.append({
             "event_id": str(uuid.UUID(int=rng.getrandbits(128))),
             "business_id": rng.choice(list(BUSINESSES)),

@@ -270,7 +270,7 @@ def test_a_series_without_percentiles_keeps_every_other_figure(api, agency, anal
     lean = get(api, "/api/analytics/timeseries", agency, percentiles="false", **params).json()["series"]
     assert len(full) == len(lean)
     assert any(p["latency_p95_ms"] is not None for p in full)
-    for a, b in zip(full, lean):
+    for a, b in zip(full, lean, strict=True):
         assert b["latency_p50_ms"] is None and b["latency_p95_ms"] is None
         assert {k: v for k, v in a.items() if not k.startswith("latency_p")} == {
             k: v for k, v in b.items() if not k.startswith("latency_p")

@@ -148,7 +148,7 @@ def small_knowledge_base(tmp_path: Path, settings: Any) -> None:
     chunks = [
         {"id": f"c{n}", "business_id": "acme-dental", "text": text, "source": "faq.md", "section": "FAQ",
          "position": n, "topic": "general", "embedding": embedding}
-        for n, (text, embedding) in enumerate(zip(texts, embeddings))
+        for n, (text, embedding) in enumerate(zip(texts, embeddings, strict=True))
     ]
     path = tmp_path / "data/knowledge_base/current_kb.json"
     path.parent.mkdir(parents=True)

@@ -40,30 +40,40 @@ def batch(tag: str) -> dict:
     }
 
 
+class _Senders:
+    """Four threads sending the batches one by one, keeping each batch's answer."""
+
+    def __init__(self, service, batches: dict[str, dict]) -> None:
+        self.service, self.batches = service, batches
+        self.answers: dict[str, int] = {}
+        self.retry_after: list[str] = []
+        self.outage_seen = threading.Event()
+        self._names = iter(list(batches))
+        self._lock = threading.Lock()
+        self.threads = [threading.Thread(target=self._send) for _ in range(4)]
+        for thread in self.threads:
+            thread.start()
+
+    def _send(self) -> None:
+        while True:
+            with self._lock:
+                name = next(self._names, None)
+            if name is None:
+                return
+            status, headers, _ = self.service.request("POST", "/track/batch", self.batches[name])
+            self.answers[name] = status
+            if status == 503:
+                self.retry_after.append(headers.get("Retry-After", ""))
+                self.outage_seen.set()
+
+
 def test_a_stopped_database_gets_503_and_no_batch_is_half_written(live_service, pg_server):
     service = live_service(workers=2)
     batches = {f"batch-{n}": batch(f"batch-{n}") for n in range(400)}
-    answers: dict[str, int] = {}
-    retry_after: list[str] = []
-    outage_seen = threading.Event()
-    names = iter(list(batches))
-    lock = threading.Lock()
-
-    def sender() -> None:
-        while True:
-            with lock:
-                name = next(names, None)
-            if name is None:
-                return
-            status, headers, _ = service.request("POST", "/track/batch", batches[name])
-            answers[name] = status
-            if status == 503:
-                retry_after.append(headers.get("Retry-After", ""))
-                outage_seen.set()
-
-    threads = [threading.Thread(target=sender) for _ in range(4)]
-    for thread in threads:
-        thread.start()
+    senders = _Senders(service, batches)
+    answers, retry_after, outage_seen, threads = (
+        senders.answers, senders.retry_after, senders.outage_seen, senders.threads
+    )
     # Stop the server while batches are in flight.
     while len(answers) < 20:
         threading.Event().wait(0.01)

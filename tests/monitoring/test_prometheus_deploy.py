@@ -139,7 +139,7 @@ def test_a_real_prometheus_stores_exactly_the_counts_sent_and_every_dashboard_qu
             assert status == 207, body
             sent += body["created"]
             # Wait for Prometheus to store this wave before sending the next, so rates have two points.
-            wait_for(lambda: prometheus.scalar("sum(ai_requests_total)") == sent, 30, f"wave {n} in Prometheus")
+            wait_for(lambda sent=sent: prometheus.scalar("sum(ai_requests_total)") == sent, 30, f"wave {n} in Prometheus")
 
         rows = AIMetric.objects.all()
         assert rows.count() == sent == 72
@@ -240,7 +240,7 @@ def test_prometheus_sees_a_restarted_service_as_a_counter_reset_and_increase_spa
         # increase() counts, before extrapolation: 20 before the restart and 20 after.
         (series,) = prometheus.query("ai_requests_total[10m]")
         values = [float(value) for _, value in series["values"]]
-        counted = sum(b - a if b >= a else b for a, b in zip(values, values[1:]))
+        counted = sum(b - a if b >= a else b for a, b in zip(values, values[1:], strict=False))
         assert (values[0], values[-1], counted) == (10, 20, 40)
         # increase() adds its extrapolation to the ends of the data, never less.
         assert 40 <= prometheus.scalar("sum(increase(ai_requests_total[10m]))") < 80
