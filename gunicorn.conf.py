@@ -61,7 +61,7 @@ if _own_metrics_dir:
 os.environ["PROMETHEUS_MULTIPROC_DIR"] = _metrics_dir
 
 # prometheus_client picks its value store when first imported: only after the directory is set.
-from metrics_app.monitoring import files as prometheus_files  # noqa: E402
+from metrics_app.monitoring import files as prometheus_files  # noqa: E402  (after the directory is set, as said above)
 
 _MANAGE = Path(__file__).resolve().parent / "manage.py"
 

@@ -81,7 +81,7 @@ def live_service(transactional_db, tmp_path) -> Iterator[Callable[..., LiveServi
 
 # --- The staff console: staff users, limited staff, and events stored as /track stores them.
 
-PASSWORD = "console-test-password-9"  # noqa: S105
+PASSWORD = "console-test-password-9"
 
 
 def store(**fields: Any) -> AIMetric:

@@ -39,7 +39,7 @@ def _client(user: User, *codenames: str) -> Client:
 
 
 @pytest.fixture
-def root(settings, tmp_path: Path) -> Path:  # type: ignore[no-untyped-def]
+def root(settings, tmp_path: Path) -> Path:
     settings.DOCUMENTS_PIPELINE_ROOT = tmp_path
     return tmp_path
 
@@ -69,7 +69,7 @@ def limited(two_businesses: dict[str, Document]) -> User:
 # --- The documents admin.
 
 
-def test_limited_staff_list_and_open_only_their_businesses_documents(limited: User, two_businesses) -> None:  # type: ignore[no-untyped-def]
+def test_limited_staff_list_and_open_only_their_businesses_documents(limited: User, two_businesses) -> None:
     client = _client(limited, *DOCUMENT_PERMS)
     listing = client.get(DOCUMENTS_URL).content.decode()
     assert "biz-a-notes.txt" in listing
@@ -82,7 +82,7 @@ def test_limited_staff_list_and_open_only_their_businesses_documents(limited: Us
     assert client.get(f"{DOCUMENTS_URL}{two_businesses['biz-a'].pk}/change/").status_code == 200
 
 
-def test_limited_staff_cannot_upload_into_another_business(limited: User, two_businesses, root: Path) -> None:  # type: ignore[no-untyped-def]
+def test_limited_staff_cannot_upload_into_another_business(limited: User, two_businesses, root: Path) -> None:
     client = _client(limited, *DOCUMENT_PERMS)
     form = client.get(f"{DOCUMENTS_URL}add/").content.decode()
     assert 'value="biz-a"' in form
@@ -97,7 +97,7 @@ def test_limited_staff_cannot_upload_into_another_business(limited: User, two_bu
     assert not Document.objects.filter(name="planted.txt").exists()
 
 
-def test_limited_staff_cannot_delete_another_business_document(limited: User, two_businesses, root: Path) -> None:  # type: ignore[no-untyped-def]
+def test_limited_staff_cannot_delete_another_business_document(limited: User, two_businesses, root: Path) -> None:
     client = _client(limited, *DOCUMENT_PERMS)
     other = two_businesses["biz-b"]
     client.post(f"{DOCUMENTS_URL}{other.pk}/delete/", {"post": "yes"})
@@ -106,7 +106,7 @@ def test_limited_staff_cannot_delete_another_business_document(limited: User, tw
     assert (root / pipeline.RAW_DIR / other.path).exists()
 
 
-def test_a_pipeline_run_shows_limited_staff_only_their_businesses(limited: User, two_businesses, root: Path) -> None:  # type: ignore[no-untyped-def]
+def test_a_pipeline_run_shows_limited_staff_only_their_businesses(limited: User, two_businesses, root: Path) -> None:
     run = PipelineRun.objects.create(
         status=RunStatus.SUCCEEDED,
         active=False,
@@ -129,7 +129,7 @@ def test_a_pipeline_run_shows_limited_staff_only_their_businesses(limited: User,
     assert "biz-b/biz-b-notes.txt" in everything.content.decode()
 
 
-def test_the_run_report_counts_each_business_documents_and_chunks(two_businesses, root: Path) -> None:  # type: ignore[no-untyped-def]
+def test_the_run_report_counts_each_business_documents_and_chunks(two_businesses, root: Path) -> None:
     report = services.business_report(root / pipeline.EMBEDDINGS_PATH)
     kb = pipeline.json.loads((root / pipeline.KB_PATH).read_text())
     chunks_per_business = {b: sum(1 for c in kb["chunks"] if c["business_id"] == b) for b in ("biz-a", "biz-b")}
@@ -142,7 +142,7 @@ def test_the_run_report_counts_each_business_documents_and_chunks(two_businesses
 # --- The knowledge-base API with a staff session.
 
 
-def test_limited_staff_search_only_their_businesses_knowledge(limited: User, two_businesses, settings) -> None:  # type: ignore[no-untyped-def]
+def test_limited_staff_search_only_their_businesses_knowledge(limited: User, two_businesses, settings) -> None:
     settings.MLOPS_ALLOW_ANONYMOUS_CHAT = False
     client = _client(limited)
     refused = client.get("/api/knowledge-base/search", {"q": "night shift rate", "business_id": "biz-b"})
@@ -159,7 +159,7 @@ def test_limited_staff_search_only_their_businesses_knowledge(limited: User, two
     assert client.get("/api/knowledge-base/", {"business_id": "biz-b"}).status_code == 403
 
 
-def test_staff_who_see_every_business_get_every_business_in_the_summary(two_businesses) -> None:  # type: ignore[no-untyped-def]
+def test_staff_who_see_every_business_get_every_business_in_the_summary(two_businesses) -> None:
     summary = _client(staff_user("root-ops")).get("/api/knowledge-base/").json()
     assert set(summary["businesses"]) == {"biz-a", "biz-b"}
 
@@ -171,7 +171,7 @@ def _summary_status(user: User) -> int:
     return _client(user).get("/api/analytics/summary").status_code
 
 
-def test_deleting_the_only_granted_business_leaves_the_user_seeing_nothing(limited: User, two_businesses) -> None:  # type: ignore[no-untyped-def]
+def test_deleting_the_only_granted_business_leaves_the_user_seeing_nothing(limited: User, two_businesses) -> None:
     assert _summary_status(limited) == 200
     Document.objects.filter(business_id="biz-a").delete()
     Business.objects.filter(pk="biz-a").delete()  # the access row cascades
@@ -183,20 +183,20 @@ def test_deleting_the_only_granted_business_leaves_the_user_seeing_nothing(limit
     assert search.status_code == 403
 
 
-def test_removing_the_last_grant_leaves_the_user_seeing_nothing(limited: User, two_businesses) -> None:  # type: ignore[no-untyped-def]
+def test_removing_the_last_grant_leaves_the_user_seeing_nothing(limited: User, two_businesses) -> None:
     StaffBusinessAccess.objects.filter(user=limited).delete()
     assert _summary_status(limited) == 403
     assert "biz-b" not in _client(limited, *DOCUMENT_PERMS).get(DOCUMENTS_URL).content.decode()
 
 
-def test_a_new_staff_user_sees_nothing_until_granted(two_businesses) -> None:  # type: ignore[no-untyped-def]
+def test_a_new_staff_user_sees_nothing_until_granted(two_businesses) -> None:
     newcomer = User.objects.create_user("newcomer", password="pw-for-tests-only", is_staff=True)
     assert _summary_status(newcomer) == 403
     StaffBusinessAccess.objects.create(user=newcomer, business=None)
     assert _summary_status(newcomer) == 200
 
 
-def test_staff_without_a_grant_cannot_record_outcomes(two_businesses) -> None:  # type: ignore[no-untyped-def]
+def test_staff_without_a_grant_cannot_record_outcomes(two_businesses) -> None:
     newcomer = User.objects.create_user("newcomer", password="pw-for-tests-only", is_staff=True)
     response = post_json(
         _client(newcomer), "/api/conversations/outcome",
@@ -235,7 +235,7 @@ def test_the_upgrade_gives_staff_who_saw_everything_an_explicit_grant() -> None:
 # --- Doors that are not split by business.
 
 
-def test_limited_staff_cannot_probe_run_logs_or_metrics_through_list_lookups(limited: User, two_businesses) -> None:  # type: ignore[no-untyped-def]
+def test_limited_staff_cannot_probe_run_logs_or_metrics_through_list_lookups(limited: User, two_businesses) -> None:
     PipelineRun.objects.create(
         status=RunStatus.SUCCEEDED, active=False, log="processing biz-b/secret-prices.txt\n",
         metrics={"by_business": {"biz-b": {"chunks": 3}}},
@@ -250,7 +250,7 @@ def test_limited_staff_cannot_probe_run_logs_or_metrics_through_list_lookups(lim
     assert everything.get(url, {"log__contains": "biz-b/secret"}).context["cl"].result_count == 1
 
 
-def test_limited_staff_cannot_start_or_cancel_a_run_that_covers_every_business(limited: User, two_businesses) -> None:  # type: ignore[no-untyped-def]
+def test_limited_staff_cannot_start_or_cancel_a_run_that_covers_every_business(limited: User, two_businesses) -> None:
     queued = PipelineRun.objects.create()
     client = _client(limited, *DOCUMENT_PERMS)
     assert client.get("/admin/documents_app/pipelinerun/run/").status_code == 403
@@ -261,7 +261,7 @@ def test_limited_staff_cannot_start_or_cancel_a_run_that_covers_every_business(l
     assert PipelineRun.objects.count() == 1
 
 
-def test_limited_staff_cannot_add_businesses_or_learn_which_ids_exist(limited: User, two_businesses) -> None:  # type: ignore[no-untyped-def]
+def test_limited_staff_cannot_add_businesses_or_learn_which_ids_exist(limited: User, two_businesses) -> None:
     client = _client(limited, "add_business", "view_business")
     form = {"name": "probe", "time_zone": "UTC", "api_keys-TOTAL_FORMS": 0, "api_keys-INITIAL_FORMS": 0}
     taken = client.post("/admin/metrics_app/business/add/", {"id": "biz-b", **form})
@@ -270,7 +270,7 @@ def test_limited_staff_cannot_add_businesses_or_learn_which_ids_exist(limited: U
     assert not Business.objects.filter(pk="biz-zz").exists()
 
 
-def test_a_grant_names_a_business_or_ticks_every_business_explicitly(two_businesses) -> None:  # type: ignore[no-untyped-def]
+def test_a_grant_names_a_business_or_ticks_every_business_explicitly(two_businesses) -> None:
     boss = Client()
     boss.force_login(User.objects.create_superuser("boss", "boss@example.com", "pw-for-tests-only"))
     newcomer = User.objects.create_user("newcomer", password="pw-for-tests-only", is_staff=True)

@@ -34,7 +34,7 @@ def row(output: str, label: str) -> list[str]:
 def history(store_event):
     Business.objects.create(id="acme-dental", name="Acme Dental", time_zone="Europe/London")
     Business.objects.create(id="bloom-florist", name="Bloom Florist", time_zone="UTC")
-    day = lambda d, h=10: datetime(2026, 1, d, h, tzinfo=UTC)  # noqa: E731
+    day = lambda d, h=10: datetime(2026, 1, d, h, tzinfo=UTC)  # noqa: E731  (a one-line shorthand for the plan below)
     plan = [
         # business, conversation, day, latency, tokens, client cost, intent, flags
         ("acme-dental", "a1", day(5), 800, 400, 0.002, "pricing", {}),

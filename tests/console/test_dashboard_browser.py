@@ -32,7 +32,7 @@ CHROMIUM_FLAGS = (
     "--disable-background-networking", "--disable-component-update", "--disable-sync", "--window-size=1400,2400",
 )
 BUSINESS = "mountain-physio"  # a demo business in Asia/Kathmandu (UTC+05:45)
-PASSWORD = "browser-test-password-3"  # noqa: S105
+PASSWORD = "browser-test-password-3"
 
 
 @pytest.fixture(scope="module")

@@ -83,7 +83,7 @@ def fresh_clone(dest: Path) -> Path:
     return dest
 
 
-def questions_hit_rate(search, k: int = 3) -> tuple[float, list[str]]:  # type: ignore[no-untyped-def]
+def questions_hit_rate(search, k: int = 3) -> tuple[float, list[str]]:
     """Share of the written customer questions whose answer is in the top k of `search(question, k)`."""
     hits, misses = 0, []
     for item in QUESTIONS["questions"]:

@@ -25,13 +25,13 @@ TEXT = b"Opening Hours\nWe open at nine and close at six on weekdays, and at noo
 
 
 @pytest.fixture
-def root(settings, tmp_path: Path) -> Path:  # type: ignore[no-untyped-def]
+def root(settings, tmp_path: Path) -> Path:
     settings.DOCUMENTS_PIPELINE_ROOT = tmp_path
     return tmp_path
 
 
 @pytest.fixture
-def clinic(db) -> Business:  # type: ignore[no-untyped-def]
+def clinic(db) -> Business:
     return Business.objects.create(id="city-clinic", name="City Clinic")
 
 
@@ -44,7 +44,7 @@ def _staff(username: str, *permissions: str) -> Client:
     return client
 
 
-def _upload(client: Client, business: Business, name: str, content: bytes):  # type: ignore[no-untyped-def]
+def _upload(client: Client, business: Business, name: str, content: bytes):
     return client.post(ADD_URL, {"business": business.pk, "file": SimpleUploadedFile(name, content)})
 
 
@@ -77,7 +77,7 @@ def test_file_names_cannot_leave_the_business_folder() -> None:
 
 def test_an_upload_over_the_size_limit_is_refused_and_nothing_is_written(
     root: Path, clinic: Business, settings
-) -> None:  # type: ignore[no-untyped-def]
+) -> None:
     settings.DOCUMENTS_MAX_UPLOAD_MB = 1
     client = _staff("editor", "add_document")
     # Far over the limit: refused from its Content-Length, before the body is read.
@@ -154,7 +154,7 @@ def test_a_run_is_queued_for_the_worker_and_a_second_click_is_refused(root: Path
     assert "still in progress" in client.get(RUN_URL).content.decode()
 
 
-def test_the_database_itself_refuses_two_active_runs(db) -> None:  # type: ignore[no-untyped-def]
+def test_the_database_itself_refuses_two_active_runs(db) -> None:
     PipelineRun.objects.create(stage="all")
     with pytest.raises(IntegrityError), transaction.atomic():
         PipelineRun.objects.create(stage="process_documents")

@@ -18,7 +18,7 @@ SAMPLE = "techconsult-pro"
 
 
 @pytest.fixture
-def kb_root(built_clone: Path, settings) -> Path:  # type: ignore[no-untyped-def]
+def kb_root(built_clone: Path, settings) -> Path:
     settings.DOCUMENTS_PIPELINE_ROOT = built_clone
     settings.MLOPS_ALLOW_ANONYMOUS_CHAT = True
     return built_clone
@@ -28,7 +28,7 @@ def _kb(root: Path) -> dict:
     return json.loads((root / "data/knowledge_base/current_kb.json").read_text())
 
 
-def _search(client: Client, **params) -> tuple[int, dict]:  # type: ignore[no-untyped-def]
+def _search(client: Client, **params) -> tuple[int, dict]:
     response = client.get("/api/knowledge-base/search", params)
     return response.status_code, response.json()
 
@@ -70,7 +70,7 @@ def test_each_result_carries_its_score_source_section_and_position(api: Client, 
 
 
 @pytest.mark.django_db
-def test_a_business_key_searches_only_its_own_business(api: Client, kb_root: Path, make_key) -> None:  # type: ignore[no-untyped-def]
+def test_a_business_key_searches_only_its_own_business(api: Client, kb_root: Path, make_key) -> None:
     own = Business.objects.create(id=SAMPLE)
     other = Business.objects.create(id="other-biz")
     _, own_raw = make_key(own, can_read=True)
@@ -90,7 +90,7 @@ def test_a_business_key_searches_only_its_own_business(api: Client, kb_root: Pat
 
 
 @pytest.mark.django_db
-def test_an_agency_key_searches_the_business_it_names(api: Client, kb_root: Path, make_key) -> None:  # type: ignore[no-untyped-def]
+def test_an_agency_key_searches_the_business_it_names(api: Client, kb_root: Path, make_key) -> None:
     _, raw = make_key(None, can_ingest=False, can_read=True)
     headers = {"Authorization": f"Bearer {raw}"}
     named = api.get("/api/knowledge-base/search", {"q": "parking", "business_id": SAMPLE}, headers=headers)
@@ -102,7 +102,7 @@ def test_an_agency_key_searches_the_business_it_names(api: Client, kb_root: Path
 
 
 @pytest.mark.django_db
-def test_keys_without_the_read_scope_and_unknown_keys_are_refused(api: Client, kb_root: Path, make_key) -> None:  # type: ignore[no-untyped-def]
+def test_keys_without_the_read_scope_and_unknown_keys_are_refused(api: Client, kb_root: Path, make_key) -> None:
     _, ingest_only = make_key(Business.objects.create(id=SAMPLE))
     refused = api.get("/api/knowledge-base/search", {"q": "hours"}, headers={"X-API-Key": ingest_only})
     assert refused.status_code == 403 and "read scope" in refused.json()["error"]
@@ -118,7 +118,7 @@ def test_without_a_key_the_caller_names_the_business(api: Client, kb_root: Path)
 
 
 @pytest.mark.django_db
-def test_with_anonymous_chat_off_a_key_is_required(api: Client, kb_root: Path, settings) -> None:  # type: ignore[no-untyped-def]
+def test_with_anonymous_chat_off_a_key_is_required(api: Client, kb_root: Path, settings) -> None:
     settings.MLOPS_ALLOW_ANONYMOUS_CHAT = False
     response = api.get("/api/knowledge-base/search", {"q": "hours", "business_id": SAMPLE})
     assert response.status_code == 401 and response.headers["WWW-Authenticate"].startswith("Bearer")
@@ -139,7 +139,7 @@ def test_with_anonymous_chat_off_a_key_is_required(api: Client, kb_root: Path, s
         ({"q": "hours", "business_id": "../etc"}, "business_id"),
     ],
 )
-def test_bad_search_parameters_get_400_in_the_error_shape(api: Client, kb_root: Path, params, field) -> None:  # type: ignore[no-untyped-def]
+def test_bad_search_parameters_get_400_in_the_error_shape(api: Client, kb_root: Path, params, field) -> None:
     params.setdefault("business_id", SAMPLE)
     status, body = _search(api, **params)
     assert status == 400
@@ -147,7 +147,7 @@ def test_bad_search_parameters_get_400_in_the_error_shape(api: Client, kb_root: 
 
 
 @pytest.mark.django_db
-def test_before_any_build_the_endpoints_answer_404_in_the_error_shape(api: Client, settings, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+def test_before_any_build_the_endpoints_answer_404_in_the_error_shape(api: Client, settings, tmp_path: Path) -> None:
     settings.DOCUMENTS_PIPELINE_ROOT = tmp_path
     for path in ("/api/knowledge-base/", "/api/knowledge-base/search"):
         response = api.get(path, {"q": "hours", "business_id": SAMPLE})
@@ -173,7 +173,7 @@ def test_odd_query_strings_never_produce_a_server_error(api: Client, kb_root: Pa
         k=st.one_of(st.none(), st.text(max_size=6), st.integers(-5, 50).map(str)),
         business_id=st.one_of(st.none(), st.just(SAMPLE), st.text(max_size=40)),
     )
-    def check(q, k, business_id) -> None:  # type: ignore[no-untyped-def]
+    def check(q, k, business_id) -> None:
         params = {
             name: value for name, value in (("q", q), ("k", k), ("business_id", business_id)) if value is not None
         }

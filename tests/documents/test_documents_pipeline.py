@@ -27,13 +27,13 @@ class Workspace:
         path.write_bytes(content.encode() if isinstance(content, str) else content)
         return path
 
-    def process(self, **overrides) -> dict:  # type: ignore[no-untyped-def]
+    def process(self, **overrides) -> dict:
         params = replace(ProcessParams(), **overrides)
         return pipeline.process_documents(
             self.raw, self.root / "emb.json", self.root / "m1.json", params, cache_dir=self.cache
         )
 
-    def build(self, **overrides) -> dict:  # type: ignore[no-untyped-def]
+    def build(self, **overrides) -> dict:
         params = replace(KnowledgeBaseParams(), **overrides)
         return pipeline.update_knowledge_base(
             self.root / "emb.json", self.root / "kb.json", self.root / "m2.json", params
@@ -187,10 +187,10 @@ def test_bad_parameters_stop_the_stage_with_a_clear_message(tmp_path: Path) -> N
     assert "similarity_threshold must be in (0, 1]" in str(caught.value)
 
 
-def test_a_parser_crash_on_one_file_skips_that_file_as_corrupt(ws: Workspace, monkeypatch) -> None:  # type: ignore[no-untyped-def]
+def test_a_parser_crash_on_one_file_skips_that_file_as_corrupt(ws: Workspace, monkeypatch) -> None:
     from documents_app.pipeline import readers
 
-    def explode(data: bytes, budget):  # type: ignore[no-untyped-def]
+    def explode(data: bytes, budget):
         raise RecursionError("maximum recursion depth exceeded in a crafted file")
 
     monkeypatch.setitem(readers.READERS, "pdf", explode)
@@ -204,13 +204,13 @@ def test_a_parser_crash_on_one_file_skips_that_file_as_corrupt(ws: Workspace, mo
     assert docs["clinic/info.txt"]["status"] == "processed" and metrics["documents_processed"] == 1
 
 
-def test_a_missing_embedding_package_stops_the_command_with_a_clear_message(tmp_path: Path, monkeypatch) -> None:  # type: ignore[no-untyped-def]
+def test_a_missing_embedding_package_stops_the_command_with_a_clear_message(tmp_path: Path, monkeypatch) -> None:
     from django.core.management import call_command
     from django.core.management.base import CommandError
 
     from documents_app.search import embeddings
 
-    def unavailable(self, texts):  # type: ignore[no-untyped-def]
+    def unavailable(self, texts):
         raise embeddings.MethodUnavailable("the minilm method needs the packages of requirements-semantic.txt")
 
     monkeypatch.setattr(embeddings.MiniLmMethod, "embed", unavailable)

@@ -21,7 +21,7 @@ from tests.helpers import ROOT, database_url_for_subprocess, require
 pytestmark = [pytest.mark.django_db, pytest.mark.slow]
 
 
-def test_a_run_on_a_deployment_that_never_pulled_fetches_the_documents_first(tmp_path: Path, settings) -> None:  # type: ignore[no-untyped-def]
+def test_a_run_on_a_deployment_that_never_pulled_fetches_the_documents_first(tmp_path: Path, settings) -> None:
     root = fresh_clone(tmp_path / "repo")
     assert not (root / "data/raw/business_documents").exists()
     settings.DOCUMENTS_PIPELINE_ROOT = root
@@ -35,7 +35,7 @@ def test_a_run_on_a_deployment_that_never_pulled_fetches_the_documents_first(tmp
     assert run.metrics["process_documents"]["documents_processed"] == 5
 
 
-def test_one_stage_runs_alone(built_clone: Path, tmp_path: Path, settings) -> None:  # type: ignore[no-untyped-def]
+def test_one_stage_runs_alone(built_clone: Path, tmp_path: Path, settings) -> None:
     root = tmp_path / "repo"
     shutil.copytree(built_clone, root, symlinks=True)
     settings.DOCUMENTS_PIPELINE_ROOT = root
@@ -45,7 +45,7 @@ def test_one_stage_runs_alone(built_clone: Path, tmp_path: Path, settings) -> No
     assert "process_documents" not in run.log
 
 
-def test_a_failed_run_keeps_its_log_and_frees_the_slot(built_clone: Path, tmp_path: Path, settings) -> None:  # type: ignore[no-untyped-def]
+def test_a_failed_run_keeps_its_log_and_frees_the_slot(built_clone: Path, tmp_path: Path, settings) -> None:
     root = tmp_path / "repo"
     shutil.copytree(built_clone, root, symlinks=True)
     (root / "params.yaml").write_text("process_documents:\n  min_text_length: -1\n")
@@ -116,7 +116,7 @@ def _slow_clone(built_clone: Path, tmp_path: Path) -> Path:
     return root
 
 
-def test_a_run_past_its_timeout_ends_its_whole_process_tree_and_changes_no_output(  # type: ignore[no-untyped-def]
+def test_a_run_past_its_timeout_ends_its_whole_process_tree_and_changes_no_output(
     built_clone: Path,
     tmp_path: Path,
     settings,
@@ -139,7 +139,7 @@ def test_a_run_past_its_timeout_ends_its_whole_process_tree_and_changes_no_outpu
 
 
 @pytest.mark.django_db(transaction=True)
-def test_a_worker_told_to_stop_ends_its_runs_whole_process_tree_first(  # type: ignore[no-untyped-def]
+def test_a_worker_told_to_stop_ends_its_runs_whole_process_tree_first(
     built_clone: Path,
     tmp_path: Path,
 ) -> None:
@@ -180,7 +180,7 @@ def test_a_worker_told_to_stop_ends_its_runs_whole_process_tree_first(  # type: 
 
 def test_a_stage_past_its_run_deadline_writes_no_output(
     tmp_path: Path,
-    monkeypatch,  # type: ignore[no-untyped-def]
+    monkeypatch,
 ) -> None:
     (tmp_path / "raw/clinic").mkdir(parents=True)
     (tmp_path / "raw/clinic/hours.txt").write_text("Opening Hours\n" + "We open at nine and close at six. " * 5)
@@ -222,7 +222,7 @@ def test_a_stage_whose_worker_was_killed_ends_its_whole_process_group(tmp_path: 
         [sys.executable, "-c", ORPHANED_STAGE], env=env, stdout=subprocess.PIPE, text=True, start_new_session=True
     )
     try:
-        child = int(stage.stdout.readline())  # type: ignore[union-attr]
+        child = int(stage.stdout.readline())
         assert stage.poll() is None  # the worker is alive: the stage goes on
 
         worker.kill()

@@ -164,7 +164,7 @@ def test_a_reader_out_of_time_stops_and_says_so(tmp_path: Path) -> None:
 @pytest.mark.django_db
 def test_a_cut_document_is_listed_as_processed_with_the_reason_it_was_cut(
     tmp_path: Path,
-    settings,  # type: ignore[no-untyped-def]
+    settings,
 ) -> None:
     settings.DOCUMENTS_PIPELINE_ROOT = tmp_path
     raw = tmp_path / pipeline.RAW_DIR

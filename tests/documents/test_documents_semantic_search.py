@@ -41,7 +41,7 @@ def minilm_build(built_clone: Path, tmp_path_factory: pytest.TempPathFactory) ->
 
 
 @pytest.fixture
-def minilm_root(minilm_build: Path, settings) -> Path:  # type: ignore[no-untyped-def]
+def minilm_root(minilm_build: Path, settings) -> Path:
     settings.DOCUMENTS_PIPELINE_ROOT = minilm_build
     settings.MLOPS_ALLOW_ANONYMOUS_CHAT = True
     return minilm_build

@@ -26,7 +26,7 @@ HOURS = b"Opening Hours\n" + b"We open at nine and close at six on weekdays, and
 
 
 @pytest.fixture
-def admin_client(db) -> Client:  # type: ignore[no-untyped-def]
+def admin_client(db) -> Client:
     client = Client()
     client.force_login(User.objects.create_superuser("boss", "boss@example.com", "pw-for-tests-only"))
     return client
@@ -58,7 +58,7 @@ def test_create_api_key_refuses_an_id_that_breaks_the_rule() -> None:
     assert not Business.objects.filter(pk=ODD).exists()
 
 
-def test_a_key_of_a_business_stored_before_the_rule_cannot_ingest(api: Client, make_key) -> None:  # type: ignore[no-untyped-def]
+def test_a_key_of_a_business_stored_before_the_rule_cannot_ingest(api: Client, make_key) -> None:
     # As an older release let the admin store it, with a key made then.
     legacy = Business.objects.create(id=ODD)
     key, raw = make_key(Business.objects.create(id="placeholder"), can_ingest=True, can_read=True)
@@ -83,7 +83,7 @@ def test_stored_ids_that_break_the_rule_are_listed_by_the_system_check() -> None
     assert not [m for m in checks.run_checks() if m.id == "metrics_app.W010"]  # only when asked to look at data
 
 
-def test_the_documents_app_takes_every_id_that_track_takes(settings, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+def test_the_documents_app_takes_every_id_that_track_takes(settings, tmp_path: Path) -> None:
     settings.DOCUMENTS_PIPELINE_ROOT = tmp_path
     editor = User.objects.create_superuser("editor", "editor@example.com", "pw-for-tests-only")
     client = Client()
@@ -105,7 +105,7 @@ def test_the_documents_app_takes_every_id_that_track_takes(settings, tmp_path: P
     assert [(d["business_id"], d["status"]) for d in report] == [(COLON, "processed")]
 
 
-def test_the_documents_app_refuses_uploads_for_a_stored_id_that_breaks_the_rule(settings, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+def test_the_documents_app_refuses_uploads_for_a_stored_id_that_breaks_the_rule(settings, tmp_path: Path) -> None:
     settings.DOCUMENTS_PIPELINE_ROOT = tmp_path
     client = Client()
     client.force_login(User.objects.create_superuser("editor", "editor@example.com", "pw-for-tests-only"))
@@ -119,13 +119,13 @@ def test_the_documents_app_refuses_uploads_for_a_stored_id_that_breaks_the_rule(
     assert not list(tmp_path.rglob("hours.txt"))
 
 
-def test_the_knowledge_base_api_takes_every_id_that_track_takes(api: Client, settings) -> None:  # type: ignore[no-untyped-def]
+def test_the_knowledge_base_api_takes_every_id_that_track_takes(api: Client, settings) -> None:
     settings.MLOPS_ALLOW_ANONYMOUS_CHAT = True
     response = api.get("/api/knowledge-base/search", {"q": "hours", "business_id": COLON})
     assert "business_id" not in (response.json().get("errors") or {})
 
 
-def test_no_new_key_is_made_for_a_stored_id_that_breaks_the_rule(make_key) -> None:  # type: ignore[no-untyped-def]
+def test_no_new_key_is_made_for_a_stored_id_that_breaks_the_rule(make_key) -> None:
     legacy = Business.objects.create(id=ODD)
     boss = Client()
     boss.force_login(User.objects.create_superuser("boss", "boss@example.com", "pw-for-tests-only"))

@@ -106,7 +106,7 @@ class PrometheusServer:
     def stop(self) -> None:
         from tests.helpers import stop_service  # stops any process group it is given
 
-        stop_service(self)  # type: ignore[arg-type]
+        stop_service(self)
 
 
 def start_prometheus(tmp_path: Path, target: str, *, token: str | None = None) -> PrometheusServer:

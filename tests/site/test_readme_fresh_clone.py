@@ -131,6 +131,6 @@ def test_the_readme_api_key_commands_run_as_written_on_a_new_database(clone: Pat
         done = sh(clone, line, env)
         if "create_api_key" in line:
             assert done.stdout.startswith("mlk_"), done.stdout
-            prefix = prefix or re.search(r"Created key (\S+)", done.stderr).group(1)  # type: ignore[union-attr]
+            prefix = prefix or re.search(r"Created key (\S+)", done.stderr).group(1)
     listed = sh(clone, ".venv/bin/python manage.py list_api_keys", env).stdout
     assert "acme-dental" in listed and prefix in listed
