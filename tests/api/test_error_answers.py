@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import http.client
 import json
-from typing import Any, Iterator
+from collections.abc import Iterator
+from typing import Any
 from urllib.parse import urlsplit
 
 import pytest
