@@ -8,7 +8,11 @@ PYTHON="${PYTHON:-python3}"
 VENV="${MLOPS_VENV:-.venv}"   # where the virtual environment lives
 if [ ! -x "$VENV/bin/python" ]; then
     if ! command -v "$PYTHON" >/dev/null 2>&1; then
-        echo "start.sh: $PYTHON not found; install Python 3.10 or newer" >&2
+        echo "start.sh: $PYTHON not found; install Python 3.11 or newer" >&2
+        exit 1
+    fi
+    if ! "$PYTHON" -c 'import sys; sys.exit(sys.version_info < (3, 11))'; then
+        echo "start.sh: $("$PYTHON" --version 2>&1) is too old; the service needs Python 3.11 or newer (set PYTHON=python3.11)" >&2
         exit 1
     fi
     echo "Creating the virtual environment in $VENV"

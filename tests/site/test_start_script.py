@@ -66,3 +66,16 @@ def test_start_sh_serves_a_fresh_clone_on_sqlite(tmp_path: Path):
     # Stopping start.sh stops the service it started.
     with pytest.raises(OSError):
         get(f"http://127.0.0.1:{port}/health")
+
+
+def test_start_sh_refuses_a_python_older_than_the_service_needs(tmp_path: Path):
+    # A stand-in for a Python 3.10 on PATH: it answers --version and fails any real work.
+    old_python = tmp_path / "python3.10"
+    old_python.write_text('#!/bin/sh\n[ "$1" = "--version" ] && { echo "Python 3.10.12"; exit 0; }\nexit 1\n')
+    old_python.chmod(0o755)
+    (tmp_path / "start.sh").write_bytes((ROOT / "start.sh").read_bytes())
+    env = {**os.environ, "PYTHON": str(old_python), "MLOPS_VENV": str(tmp_path / "no-venv-yet")}
+    finished = subprocess.run(["bash", "start.sh"], cwd=tmp_path, env=env, capture_output=True, text=True, timeout=30)
+    assert finished.returncode == 1
+    assert "Python 3.10.12 is too old; the service needs Python 3.11 or newer" in finished.stderr
+    assert not (tmp_path / "no-venv-yet").exists()
