@@ -34,8 +34,11 @@ def _insecure_production_settings() -> list[tuple[str, str]]:
     """(check id, problem) for each setting that production refuses."""
     problems = []
     key = settings.SECRET_KEY
-    if key == settings.MLOPS_DEVELOPMENT_SECRET_KEY or len(key) < MIN_PRODUCTION_SECRET_KEY_LENGTH:
-        length = MIN_PRODUCTION_SECRET_KEY_LENGTH
+    length = MIN_PRODUCTION_SECRET_KEY_LENGTH
+    if key == settings.MLOPS_DEVELOPMENT_SECRET_KEY:
+        problems.append(("E001", f"SECRET_KEY is the development key, which is public: set a random value of at "
+                                 f"least {length} characters"))
+    elif len(key) < length:
         problems.append(("E001", f"SECRET_KEY must be set to a random value of at least {length} characters"))
     if settings.DEBUG:
         problems.append(("E002", "DEBUG must be off"))
