@@ -10,7 +10,6 @@ from rest_framework.response import Response
 from rest_framework.views import APIView
 
 from metrics_app import access
-from metrics_app.analytics import selectors
 from metrics_app.api.analytics import AnalyticsView
 from metrics_app.api.permissions import CanRecordOutcome
 from metrics_app.api.queries import ConversationQuerySerializer, _period, _query
@@ -24,9 +23,11 @@ from metrics_app.api.serializers import (
     OutcomeSerializer,
     _errors,
 )
+from metrics_app.conversations import selectors as reading
 from metrics_app.conversations import services as conversations
-from metrics_app.conversations.selectors import with_figures as _with_figures
-from metrics_app.models import AIMetric, Conversation
+from metrics_app.models import Conversation
+
+MAX_EVENTS_ANSWERED = 1000  # a conversation's detail lists at most this many events
 
 
 class ConversationListView(AnalyticsView):
@@ -38,17 +39,12 @@ class ConversationListView(AnalyticsView):
     )
     def get(self, request: Request) -> Response:
         filters, data = _query(request, ConversationQuerySerializer)
-        found = selectors.conversations_in(filters)
-        if data.get("conversation_id"):
-            found = found.filter(conversation_id=data["conversation_id"])
-        if data.get("booked") is not None:
-            found = found.filter(appointment_booked=data["booked"])
-        if data.get("handed_off") is not None:
-            found = found.filter(human_handoff_requested=data["handed_off"])
         limit, offset = data["limit"], data["offset"]
-        page = list(found.order_by("-first_at", "-id")[offset:offset + limit + 1])
-        more = len(page) > limit
-        items = ConversationSerializer(_with_figures(page[:limit]), many=True).data
+        page, more = reading.conversation_page(
+            filters, limit=limit, offset=offset, conversation_id=data.get("conversation_id"),
+            booked=data.get("booked"), handed_off=data.get("handed_off"),
+        )
+        items = ConversationSerializer(reading.with_figures(page), many=True).data
         return Response({
             "period": _period(filters), "count": len(items),
             "next_offset": offset + limit if more else None, "conversations": items,
@@ -56,7 +52,7 @@ class ConversationListView(AnalyticsView):
 
 
 def _visible_conversation(request: Request, pk: int) -> Conversation:
-    conversation = Conversation.objects.filter(pk=pk).first()
+    conversation = reading.conversation_by_pk(pk)
     if conversation is None or not access.can_see(request.user, conversation.business_id):
         raise NotFound("No such conversation")
     return conversation
@@ -70,10 +66,8 @@ class ConversationDetailView(AnalyticsView):
     )
     def get(self, request: Request, pk: int) -> Response:
         conversation = _visible_conversation(request, pk)
-        (item,) = _with_figures([conversation])
-        events = AIMetric.objects.filter(
-            business_id=conversation.business_id, conversation_id=conversation.conversation_id
-        ).order_by("timestamp", "id")[:1000]
+        (item,) = reading.with_figures([conversation])
+        events = reading.events_of(conversation, limit=MAX_EVENTS_ANSWERED)
         item["events"] = list(events.values(*EventSerializer().fields))
         return Response(ConversationDetailSerializer(item).data)
 
@@ -98,13 +92,11 @@ class ConversationOutcomeView(APIView):
             raise ValidationError({"business_id": ["this field is required"]})
         if not access.can_record_outcomes(request.user, business_id):
             raise PermissionDenied("You may not record outcomes for that business")
-        conversation = Conversation.objects.filter(
-            business_id=business_id, conversation_id=data["conversation_id"]
-        ).first()
+        conversation = reading.conversation_of(business_id, data["conversation_id"])
         if conversation is None:
             raise NotFound("No such conversation")
         names = ("appointment_booked", "appointment_requested", "human_handoff_requested")
         flags = {name: data[name] for name in names}
         result = conversations.record_outcome(conversation, flags=flags, note=data["note"])
-        (item,) = _with_figures([result.conversation])
+        (item,) = reading.with_figures([result.conversation])
         return Response({"changed": result.changed, "conversation": ConversationSerializer(item).data})

@@ -15,6 +15,7 @@ from metrics_app.access import visible_rows
 from metrics_app.console.actions import CheckedSelectionAdmin
 from metrics_app.console.lists import BusinessFilter, EstimatedCountPaginator, by_business_and
 from metrics_app.conversations import services as conversations
+from metrics_app.conversations.selectors import events_of
 from metrics_app.models import AIMetric, Conversation
 
 
@@ -85,13 +86,12 @@ class ConversationAdmin(CheckedSelectionAdmin):
     @admin.display(description="events, in order")
     def events_table(self, obj: Conversation) -> str:
         events = list(
-            AIMetric.objects.filter(business_id=obj.business_id, conversation_id=obj.conversation_id)
-            .order_by("timestamp", "id")
+            events_of(obj, limit=self.MAX_EVENTS_SHOWN)
             .only(
                 "id", "timestamp", "model_name", "intent_detected", "response_type", "response_time_ms",
                 "tokens_used", "cost_usd", "success_rate", "appointment_requested", "appointment_booked",
                 "human_handoff_requested",
-            )[: self.MAX_EVENTS_SHOWN]
+            )
         )
         if not events:
             return "No events."

@@ -1,4 +1,6 @@
-"""Reads of conversations: each with its event figures (tokens, cost, latency, errors).
+"""Reads of conversations: a page of them, one with its events, each with its event figures.
+
+The API and the console read conversations through these; neither builds the queries itself.
 """
 
 from __future__ import annotations
@@ -6,9 +8,10 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any
 
-from django.db.models import Count, Max, Min, Q, Sum
+from django.db.models import Count, Max, Min, Q, QuerySet, Sum
 
-from metrics_app.models import AIMetric
+from metrics_app.analytics.selectors import Filters, conversations_in
+from metrics_app.models import AIMetric, Conversation
 from metrics_app.rules import FAILED_REPLY, UNPRICED
 
 
@@ -43,3 +46,34 @@ def with_figures(conversations_qs: Any) -> list[dict[str, Any]]:
             "outcome_recorded_at": row.outcome_recorded_at, "outcome_note": row.outcome_note,
         })
     return result
+
+
+def conversation_page(
+    filters: Filters, *, limit: int, offset: int, conversation_id: str | None = None,
+    booked: bool | None = None, handed_off: bool | None = None,
+) -> tuple[list[Conversation], bool]:
+    """Conversations that started in the period, newest first: one page, and whether more follow."""
+    found = conversations_in(filters)
+    if conversation_id:
+        found = found.filter(conversation_id=conversation_id)
+    if booked is not None:
+        found = found.filter(appointment_booked=booked)
+    if handed_off is not None:
+        found = found.filter(human_handoff_requested=handed_off)
+    page = list(found.order_by("-first_at", "-id")[offset:offset + limit + 1])
+    return page[:limit], len(page) > limit
+
+
+def conversation_by_pk(pk: int) -> Conversation | None:
+    return Conversation.objects.filter(pk=pk).first()
+
+
+def conversation_of(business_id: str, conversation_id: str) -> Conversation | None:
+    return Conversation.objects.filter(business_id=business_id, conversation_id=conversation_id).first()
+
+
+def events_of(conversation: Conversation, limit: int) -> QuerySet[AIMetric]:
+    """The conversation's events in time order, at most `limit` of them."""
+    return AIMetric.objects.filter(
+        business_id=conversation.business_id, conversation_id=conversation.conversation_id
+    ).order_by("timestamp", "id")[:limit]
