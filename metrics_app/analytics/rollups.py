@@ -4,7 +4,9 @@ Ingest adds only the events its INSERT returned, so a duplicate never counts;
 a late or out-of-order event lands in its own bucket. Conversation counts move
 by deltas that conversations.apply_events computes from the locked rows.
 `rebuild` recomputes everything from the raw rows (after a bulk load, a
-repair, or a repricing) with the same accumulator, so both paths agree.
+repair, or a repricing): on SQLite with the same accumulator as ingest, on
+PostgreSQL in one SQL statement per table whose sums are named after the same
+EventSums fields; tests compare both with rollups kept by ingest.
 """
 
 from __future__ import annotations
@@ -363,14 +365,26 @@ def _rebuild_in_sql(events_table: str, conversations_table: str) -> None:
     q = connection.ops.quote_name
     events, conversations = q(events_table), q(conversations_table)
     quarter = _QUARTER_SQL.format("timestamp")
-    sums = (
-        f"COUNT(*), COUNT(*) FILTER (WHERE {FAILED_REPLY_SQL}), SUM(success_rate), "
-        "COALESCE(SUM(response_time_ms), 0), COUNT(response_time_ms), COALESCE(SUM(tokens_used), 0), "
-        "COALESCE(SUM(input_tokens), 0), COALESCE(SUM(output_tokens), 0), COALESCE(SUM(cost_usd), 0), "
-        f"COALESCE(SUM(api_cost_usd), 0), COUNT(*) FILTER (WHERE {UNPRICED_SQL}), "
-        f"COUNT(*) FILTER (WHERE {ESTIMATED_SQL}), COUNT(*) FILTER (WHERE appointment_requested), "
-        "COUNT(*) FILTER (WHERE appointment_booked), COUNT(*) FILTER (WHERE human_handoff_requested)"
-    )
+    # Each rollup column with the SQL that sums it, by name: the column list and the select list come
+    # from this one mapping, so they cannot fall out of order with EventSums.
+    sql_of = {
+        "events": "COUNT(*)",
+        "errors": f"COUNT(*) FILTER (WHERE {FAILED_REPLY_SQL})",
+        "success_sum": "SUM(success_rate)",
+        "latency_sum": "COALESCE(SUM(response_time_ms), 0)",
+        "latency_n": "COUNT(response_time_ms)",
+        "tokens": "COALESCE(SUM(tokens_used), 0)",
+        "input_tokens": "COALESCE(SUM(input_tokens), 0)",
+        "output_tokens": "COALESCE(SUM(output_tokens), 0)",
+        "cost": "COALESCE(SUM(cost_usd), 0)",
+        "client_cost": "COALESCE(SUM(api_cost_usd), 0)",
+        "unpriced": f"COUNT(*) FILTER (WHERE {UNPRICED_SQL})",
+        "estimated": f"COUNT(*) FILTER (WHERE {ESTIMATED_SQL})",
+        "requested": "COUNT(*) FILTER (WHERE appointment_requested)",
+        "booked": "COUNT(*) FILTER (WHERE appointment_booked)",
+        "handoffs": "COUNT(*) FILTER (WHERE human_handoff_requested)",
+    }
+    sums = ", ".join(sql_of[column] for column in EVENT_SUMS)
     owner = f"COALESCE(business_id, '{ALL_BUSINESSES}')"
     with connection.cursor() as cursor:
         cursor.execute(
@@ -391,10 +405,16 @@ def _rebuild_in_sql(events_table: str, conversations_table: str) -> None:
                 f"GROUP BY GROUPING SETS ((business_id, bucket, bin), (bucket, bin))",
                 [LOG_GAMMA],
             )
+        conversation_sql_of = {
+            "started": "COUNT(*)",
+            "requested": "COUNT(*) FILTER (WHERE appointment_requested)",
+            "booked": "COUNT(*) FILTER (WHERE appointment_booked)",
+            "handoffs": "COUNT(*) FILTER (WHERE human_handoff_requested)",
+        }
+        conversation_sums = ", ".join(conversation_sql_of[column] for column in CONVERSATION_SUMS)
         cursor.execute(
             f"INSERT INTO {q(ConversationRollup._meta.db_table)} (business_id, bucket, {', '.join(CONVERSATION_SUMS)}) "
-            f"SELECT {owner}, bucket, COUNT(*), COUNT(*) FILTER (WHERE appointment_requested), "
-            f"COUNT(*) FILTER (WHERE appointment_booked), COUNT(*) FILTER (WHERE human_handoff_requested) "
+            f"SELECT {owner}, bucket, {conversation_sums} "
             f"FROM (SELECT *, {_QUARTER_SQL.format('first_at')} AS bucket FROM {conversations}) c "
             f"GROUP BY GROUPING SETS ((business_id, bucket), (bucket))"
         )
