@@ -18,8 +18,28 @@ from pathlib import Path
 
 # The service's own settings module reads .env and checks every value, so a
 # bad HOST or PORT stops gunicorn with a message naming the variable.
-from mlops_site import settings as service_settings
-from mlops_site.env import envint, envstr
+from django.core.exceptions import ImproperlyConfigured
+
+from mlops_site import env
+
+
+def _or_exit(read):  # type: ignore[no-untyped-def]  # wraps env's typed readers, whatever their signature
+    """`read`, but a bad value stops gunicorn with the message that names the variable, without a traceback."""
+
+    def checked(*args, **kwargs):  # type: ignore[no-untyped-def]
+        try:
+            return read(*args, **kwargs)
+        except ImproperlyConfigured as exc:
+            sys.exit(f"gunicorn.conf.py: configuration error: {exc}")
+
+    return checked
+
+
+envint, envstr = _or_exit(env.envint), _or_exit(env.envstr)
+try:
+    from mlops_site import settings as service_settings
+except ImproperlyConfigured as exc:
+    sys.exit(f"gunicorn.conf.py: configuration error: {exc}")
 
 bind = f"{service_settings.HOST}:{service_settings.PORT}"
 workers = envint("WEB_CONCURRENCY", multiprocessing.cpu_count() * 2, minimum=1)

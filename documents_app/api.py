@@ -15,7 +15,7 @@ from documents_app.search.embeddings import MethodUnavailable
 from documents_app.search.knowledge_base import KnowledgeBase, KnowledgeBaseMissing, current_knowledge_base
 from metrics_app import access
 from metrics_app.errors import documented_errors
-from metrics_app.rules import business_id_problem
+from metrics_app.rules import BUSINESS_ID_MAX_LENGTH, business_id_problem
 
 MAX_RESULTS = 20
 
@@ -31,7 +31,7 @@ class SearchUnavailable(exceptions.APIException):
 
 
 class ScopeQuery(serializers.Serializer):
-    business_id = serializers.CharField(required=False, max_length=255)
+    business_id = serializers.CharField(required=False, max_length=BUSINESS_ID_MAX_LENGTH)
 
     def validate_business_id(self, value: str) -> str:
         problem = business_id_problem(value)

@@ -311,7 +311,7 @@ class Conversation(models.Model):
     """
 
     business = models.ForeignKey(Business, on_delete=models.PROTECT, db_column="business_id", related_name="+")
-    conversation_id = models.CharField(max_length=255)
+    conversation_id = models.CharField(max_length=MAX_ID_LENGTH)
     first_at = models.DateTimeField()
     last_at = models.DateTimeField()
     turns = models.PositiveIntegerField(default=0)
@@ -389,7 +389,7 @@ class EventRollup(models.Model):
     per bucket. Only newly inserted events are added, so duplicates never count.
     """
 
-    business_id = models.CharField(max_length=255)
+    business_id = models.CharField(max_length=BUSINESS_ID_MAX_LENGTH)
     bucket = models.DateTimeField(help_text="Start of the 15-minute UTC bucket.")
     events = models.BigIntegerField(default=0)
     errors = models.BigIntegerField(default=0)
@@ -426,7 +426,7 @@ class ConversationRollup(models.Model):
     turns it on, so the counts stay exact.
     """
 
-    business_id = models.CharField(max_length=255)
+    business_id = models.CharField(max_length=BUSINESS_ID_MAX_LENGTH)
     bucket = models.DateTimeField()
     started = models.BigIntegerField(default=0)
     requested = models.BigIntegerField(default=0)
@@ -453,7 +453,7 @@ class LatencyRollup(models.Model):
     periods read 30 day rows instead of 2,880 quarter-hour rows).
     """
 
-    business_id = models.CharField(max_length=255)
+    business_id = models.CharField(max_length=BUSINESS_ID_MAX_LENGTH)
     span_minutes = models.PositiveSmallIntegerField(help_text="15 or 1440.")
     bucket = models.DateTimeField()
     bin = models.PositiveSmallIntegerField()

@@ -31,14 +31,14 @@ MLOPS_ENV = envchoice("MLOPS_ENV", "development", ("development", "production"))
 IS_PRODUCTION = MLOPS_ENV == "production"
 
 # The secret used when SECRET_KEY is unset; the production checks refuse it.
-MLOPS_DEVELOPMENT_SECRET_KEY = "dev-only-insecure-key-do-not-use-in-production"  # noqa: S105  (a placeholder that the production checks refuse)
+MLOPS_DEVELOPMENT_SECRET_KEY = "dev-only-insecure-key-do-not-use-in-production"
 SECRET_KEY = envstr("SECRET_KEY") or MLOPS_DEVELOPMENT_SECRET_KEY
 DEBUG = envbool("DEBUG", False)
 
 ALLOWED_HOSTS = envlist("ALLOWED_HOSTS", "" if IS_PRODUCTION else "127.0.0.1,localhost,[::1],testserver")
 
 # The address and port that start.sh binds: loopback only in development.
-HOST = envstr("HOST", "0.0.0.0" if IS_PRODUCTION else "127.0.0.1")  # noqa: S104  (every interface in production only; development stays on loopback)
+HOST = envstr("HOST", "0.0.0.0" if IS_PRODUCTION else "127.0.0.1")
 PORT = envint("PORT", 5000, minimum=1, maximum=65535)
 
 # --- CORS: the chat app's origins. "*" opens it to every origin (development only).

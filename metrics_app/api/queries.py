@@ -14,6 +14,7 @@ from rest_framework.request import Request
 
 from metrics_app import access
 from metrics_app.analytics import selectors
+from metrics_app.rules import BUSINESS_ID_MAX_LENGTH, MAX_ID_LENGTH, MAX_LABEL_LENGTH
 
 MAX_RANGE = timedelta(days=400)
 
@@ -34,16 +35,16 @@ def _refuse_outside_calendar(**moments: datetime | None) -> None:
 
 class AnalyticsQuerySerializer(serializers.Serializer):
     business_id = serializers.CharField(
-        required=False, max_length=255, help_text="One business; all visible ones when absent."
+        required=False, max_length=BUSINESS_ID_MAX_LENGTH, help_text="One business; all visible ones when absent."
     )
     start = serializers.DateTimeField(
         required=False, help_text="ISO 8601; default `end` minus 7 days. A time without a zone is UTC."
     )
     end = serializers.DateTimeField(required=False, help_text="ISO 8601, exclusive; default now.")
-    model = serializers.CharField(required=False, max_length=100)
-    intent = serializers.CharField(required=False, max_length=100)
-    prompt_version = serializers.CharField(required=False, max_length=100)
-    kb_version = serializers.CharField(required=False, max_length=100)
+    model = serializers.CharField(required=False, max_length=MAX_LABEL_LENGTH)
+    intent = serializers.CharField(required=False, max_length=MAX_LABEL_LENGTH)
+    prompt_version = serializers.CharField(required=False, max_length=MAX_LABEL_LENGTH)
+    kb_version = serializers.CharField(required=False, max_length=MAX_LABEL_LENGTH)
     tz = serializers.CharField(
         required=False, max_length=64,
         help_text="IANA time zone of buckets and hours; default the business's zone for one business, else UTC.",
@@ -123,7 +124,7 @@ def _period(filters: selectors.Filters) -> dict[str, Any]:
 
 
 class ConversationQuerySerializer(AnalyticsQuerySerializer):
-    conversation_id = serializers.CharField(required=False, max_length=255)
+    conversation_id = serializers.CharField(required=False, max_length=MAX_ID_LENGTH)
     booked = serializers.BooleanField(required=False, allow_null=True, default=None)
     handed_off = serializers.BooleanField(required=False, allow_null=True, default=None)
     limit = serializers.IntegerField(required=False, default=50, min_value=1, max_value=200)

@@ -12,6 +12,7 @@ from rest_framework import serializers
 
 from metrics_app.analytics import selectors
 from metrics_app.errors import documented_errors
+from metrics_app.rules import BUSINESS_ID_MAX_LENGTH, MAX_ID_LENGTH
 
 
 def _errors(*codes: int) -> dict[int, OpenApiResponse]:
@@ -181,9 +182,9 @@ class ConversationDetailSerializer(ConversationSerializer):
 
 
 class OutcomeSerializer(serializers.Serializer):
-    business_id = serializers.CharField(required=False, max_length=255,
+    business_id = serializers.CharField(required=False, max_length=BUSINESS_ID_MAX_LENGTH,
                                         help_text="Required for a staff session; a business key implies it.")
-    conversation_id = serializers.CharField(max_length=255)
+    conversation_id = serializers.CharField(max_length=MAX_ID_LENGTH)
     appointment_booked = serializers.BooleanField(required=False, default=False)
     appointment_requested = serializers.BooleanField(required=False, default=False)
     human_handoff_requested = serializers.BooleanField(required=False, default=False)

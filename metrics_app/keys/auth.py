@@ -61,7 +61,7 @@ def seconds_until_allowed(key: ApiKey) -> int:
     """Count one request against the key's per-minute budget; 0 when it is allowed.
 
     Otherwise the number of seconds until the current minute ends. The counter
-    is shared by every worker process (metrics_app/rate_limit.py); when it
+    is shared by every worker process (metrics_app/keys/rate_limit.py); when it
     cannot answer, LimiterUnavailable (503) rather than an uncounted request.
     """
     limit = key.rate_limit_per_minute or settings.MLOPS_KEY_RATE_LIMIT_PER_MINUTE

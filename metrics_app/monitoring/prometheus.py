@@ -42,7 +42,7 @@ from prometheus_client import (
 )
 
 from metrics_app import listeners
-from metrics_app.errors import error_response
+from metrics_app.errors import error_response, method_not_allowed
 from metrics_app.listeners import IngestAnswer
 from metrics_app.monitoring.exposition import render_directory
 from metrics_app.rules import is_failed_reply
@@ -346,9 +346,7 @@ def _token_accepted(request: HttpRequest, token: str) -> bool:
 def metrics_view(request: HttpRequest) -> HttpResponse:
     """GET /metrics: Prometheus text format; a bearer token is required when MLOPS_METRICS_TOKEN is set."""
     if request.method not in ("GET", "HEAD"):
-        response = error_response(405, "Method not allowed", {"method": ["use GET"]})
-        response["Allow"] = "GET, HEAD"
-        return response
+        return method_not_allowed("GET, HEAD")
     token = settings.MLOPS_METRICS_TOKEN
     if token and not _token_accepted(request, token):
         return error_response(

@@ -1,4 +1,4 @@
-"""POST /track: the seed's payloads, the field rules and the error shape of the brief."""
+"""POST /track: the seed's payloads, the field rules and the one error shape."""
 
 from __future__ import annotations
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 from datetime import datetime
 
 import pytest
+from django.conf import settings
 from django.db import connection
 
 from tests.helpers import assert_error_shape
@@ -53,9 +54,9 @@ def test_health_answers_503_when_the_database_is_unreachable(live_service):
     assert status == 503
     assert body["status"] == "unhealthy"
     assert body["database"]["status"] == "unreachable"
-    assert int(headers["Retry-After"]) >= 1
+    assert int(headers["Retry-After"]) == settings.MLOPS_RETRY_AFTER_SECONDS
 
     status, headers, body = service.request("POST", "/track", {"business_id": "b", "response_time_ms": 1, "tokens_used": 1})
     assert status == 503
     assert set(body) == {"error", "errors"}
-    assert int(headers["Retry-After"]) >= 1
+    assert int(headers["Retry-After"]) == settings.MLOPS_RETRY_AFTER_SECONDS

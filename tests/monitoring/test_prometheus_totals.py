@@ -115,7 +115,7 @@ def metrics_page() -> Iterator[tuple[str, dict]]:
     page = {"text": ""}
 
     class Handler(BaseHTTPRequestHandler):
-        def do_GET(self) -> None:  # noqa: N802 (http.server's name)
+        def do_GET(self) -> None:  # http.server's name for the handler
             body = page["text"].encode()
             self.send_response(200)
             self.send_header("Content-Type", "text/plain; version=0.0.4")

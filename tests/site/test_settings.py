@@ -9,6 +9,7 @@ import secrets
 import sqlite3
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 
@@ -65,6 +66,22 @@ def test_a_bad_value_stops_start_up_with_a_message_naming_the_variable(tmp_path,
     code, output = load_settings(env, tmp_path)
     assert code != 0
     assert "ImproperlyConfigured" in output and variable in output
+    # manage.py and gunicorn say it in one line, without a traceback.
+    code, output = run_command(env, tmp_path, "check")
+    assert code == 1
+    assert output.startswith("manage.py: configuration error: ") and variable in output
+    assert "Traceback" not in output
+
+
+def test_gunicorn_names_a_bad_value_of_its_own_variables_in_one_line(tmp_path):
+    result = subprocess.run(
+        [str(Path(sys.executable).parent / "gunicorn"), "mlops_site.wsgi", "--config", "gunicorn.conf.py", "--check-config"],
+        cwd=ROOT, env=environment({"GUNICORN_THREADS": "several"}, tmp_path), capture_output=True, text=True,
+        timeout=60,
+    )
+    assert result.returncode != 0
+    assert "gunicorn.conf.py: configuration error: GUNICORN_THREADS must be an integer" in result.stderr
+    assert "Traceback" not in result.stderr
 
 
 @pytest.mark.parametrize(
