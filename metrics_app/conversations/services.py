@@ -250,10 +250,12 @@ def record_outcome(
             rollups.add_event_flags(locked.business_id, latest.timestamp, event_flags)
         delta = Flags(**{name: name in changed for name in _FLAGS}).counted()
         rollups.add_conversation_deltas({(locked.business_id, rollups.quarter_of(locked.first_at)): delta})
-        locked.outcome_recorded_at = at or timezone.now()
-        if note:
-            locked.outcome_note = note[:300]
-        locked.save(update_fields=[*changed, "outcome_recorded_at", "outcome_note"])
+        new_note = bool(note) and note[:300] != locked.outcome_note
+        if changed or new_note:  # a repeat changes nothing, not even the time it was recorded
+            locked.outcome_recorded_at = at or timezone.now()
+            if new_note:
+                locked.outcome_note = note[:300]
+            locked.save(update_fields=[*changed, "outcome_recorded_at", "outcome_note"])
         listeners.bookings_recorded(booked_models)
     return OutcomeResult(locked, changed)
 

@@ -104,6 +104,8 @@ def test_a_booking_recorded_later_marks_the_conversation_and_moves_the_counter_o
     assert first.status_code == 200, first.content
     assert first.json()["changed"] == ["appointment_booked"]
     assert again.json()["changed"] == []
+    # The repeat changed nothing at all, not even when the outcome was recorded.
+    assert again.json()["conversation"]["outcome_recorded_at"] == first.json()["conversation"]["outcome_recorded_at"]
     assert heard == [[("acme-dental", "gemini-1.5-flash")]]
     assert AIMetric.objects.filter(conversation_id="chat-1", appointment_booked=True).count() == 1
     funnel = api.get("/api/analytics/funnel", PERIOD, headers=reader).json()["funnel"]
