@@ -102,7 +102,7 @@ def business_in_scope(request: Request, requested: str | None) -> tuple[str | No
         visible = access.visible_business_ids(user)
         if visible == set():
             raise exceptions.PermissionDenied("This user may not read any business's knowledge base")
-        if requested is not None and not access.can_see(user, requested):
+        if requested is not None and visible is not None and requested not in visible:
             raise exceptions.PermissionDenied(f"You may not read business {requested!r}")
         if requested is None and visible is not None and len(visible) == 1 and key is not None:
             (requested,) = visible  # a business key implies its business

@@ -274,7 +274,7 @@ def execute_run(run_id: int) -> PipelineRun | None:
     succeeded = outcome.exit_code == 0
     results = _run_results(workdir)
     if succeeded:
-        sync_documents(workdir / pipeline.EMBEDDINGS_PATH)
+        sync_documents(results.documents)
     output = outcome.output
     if len(output) > MAX_LOG_CHARS:
         output = "[… start of the log cut …]\n" + output[-MAX_LOG_CHARS:]
@@ -349,6 +349,7 @@ class _RunResults(NamedTuple):
     params: dict[str, Any]
     metrics: dict[str, Any]
     kb_version: str
+    documents: list[dict[str, Any]]  # the processing report's entries, read once for the metrics and the sync
 
 
 def _run_results(workdir: Path) -> _RunResults:
@@ -364,15 +365,22 @@ def _run_results(workdir: Path) -> _RunResults:
             ("update_knowledge_base", pipeline.KB_METRICS_PATH),
         )
     }
-    metrics["by_business"] = business_report(workdir / pipeline.EMBEDDINGS_PATH)
+    documents = processed_documents(workdir / pipeline.EMBEDDINGS_PATH)
+    metrics["by_business"] = business_report(documents)
     kb_version = str(_read_json(workdir / pipeline.KB_PATH).get("version", ""))[:100]
-    return _RunResults(params, metrics, kb_version)
+    return _RunResults(params, metrics, kb_version, documents)
 
 
-def business_report(embeddings_path: Path) -> dict[str, dict[str, Any]]:
+def processed_documents(embeddings_path: Path) -> list[dict[str, Any]]:
+    """The entries of the last processing report (one per document file), or none when there is no report."""
+    documents = _read_json(embeddings_path).get("documents", [])
+    return documents if isinstance(documents, list) else []
+
+
+def business_report(documents: list[dict[str, Any]]) -> dict[str, dict[str, Any]]:
     """What the last processing run did, per business: what staff limited to some businesses are shown of a run."""
     report: dict[str, dict[str, Any]] = {}
-    for entry in _read_json(embeddings_path).get("documents", []):
+    for entry in documents:
         business_id = entry.get("business_id")
         if not business_id:
             continue
@@ -388,9 +396,9 @@ def business_report(embeddings_path: Path) -> dict[str, dict[str, Any]]:
     return report
 
 
-def sync_documents(embeddings_path: Path) -> int:
-    """Mirror the last processing report into Document rows: files found on disk are listed, vanished ones dropped."""
-    report = _read_json(embeddings_path).get("documents", [])
+def sync_documents(report: list[dict[str, Any]]) -> int:
+    """Mirror the processing report's entries into Document rows: files found on disk are listed, vanished ones
+    dropped."""
     now = timezone.now()
     count = 0
     for entry in report:

@@ -65,16 +65,16 @@ def sees_every_business(user_or_key: Any) -> bool:
     return visible_business_ids(user_or_key) is None
 
 
-def may_record_outcomes(user_or_key: Any) -> bool:
-    """Whether this user or key may record outcomes for some business (the business is checked next)."""
+def may_write(user_or_key: Any) -> bool:
+    """Whether this user or key may write (events, outcomes) for some business; the business is checked next."""
     key = _key_of(user_or_key)
     if key is not None:
         return key.can_ingest and key.is_usable and key.business_id is not None
     return visible_business_ids(user_or_key) != set()
 
 
-def can_record_outcomes(user_or_key: Any, business_id: str) -> bool:
-    """Outcomes are writes: a staff user who sees the business, or a usable ingest key of that business."""
+def can_write(user_or_key: Any, business_id: str) -> bool:
+    """Events and outcomes: a usable ingest key of that business, or a staff user who sees the business."""
     key = _key_of(user_or_key)
     if key is not None:
         return key.can_ingest and key.is_usable and key.business_id == business_id

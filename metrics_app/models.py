@@ -10,6 +10,7 @@ import zoneinfo
 
 from django.conf import settings
 from django.core.exceptions import ValidationError
+from django.core.validators import MinValueValidator
 from django.db import models
 from django.db.models import Q
 from django.utils import timezone
@@ -204,7 +205,10 @@ class ApiKey(models.Model):
     can_ingest = models.BooleanField(default=True, verbose_name="scope: ingest")
     can_read = models.BooleanField(default=False, verbose_name="scope: read")
     rate_limit_per_minute = models.PositiveIntegerField(
-        null=True, blank=True, help_text="Requests per minute across all workers; empty for the service default."
+        null=True,
+        blank=True,
+        validators=[MinValueValidator(1)],
+        help_text="Requests per minute across all workers; empty for the service default.",
     )
     created_at = models.DateTimeField(default=timezone.now, editable=False)
     created_by = models.ForeignKey(

@@ -196,16 +196,24 @@ def _write_json(path: Path, data: Any) -> None:
     In a run past its deadline nothing is written: the worker marks such a run
     failed, and a failed run must leave the outputs as they were.
     """
+    _refuse_past_deadline(path)  # before the work of writing, which a late run would throw away
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
     with os.fdopen(fd, "w", encoding="utf-8") as handle:
         json.dump(data, handle, ensure_ascii=False, indent=1, sort_keys=True)
         handle.write("\n")
+    try:
+        _refuse_past_deadline(path)  # and again: a large file may take long to write
+    except PipelineError:
+        os.unlink(tmp)
+        raise
+    os.replace(tmp, path)
+
+
+def _refuse_past_deadline(path: Path) -> None:
     deadline = _run_deadline()
     if deadline is not None and time.time() >= deadline:
-        os.unlink(tmp)
         raise PipelineError(f"the run's time is up; {path} was not written")
-    os.replace(tmp, path)
 
 
 def last_run_path(metrics_path: Path) -> Path:

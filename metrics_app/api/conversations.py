@@ -90,7 +90,7 @@ class ConversationOutcomeView(APIView):
         business_id = data.get("business_id") or (key.business_id if key is not None else None)
         if not business_id:
             raise ValidationError({"business_id": ["this field is required"]})
-        if not access.can_record_outcomes(request.user, business_id):
+        if not access.can_write(request.user, business_id):
             raise PermissionDenied("You may not record outcomes for that business")
         conversation = reading.conversation_of(business_id, data["conversation_id"])
         if conversation is None:

@@ -27,4 +27,4 @@ class CanRecordOutcome(permissions.BasePermission):
     message = "Recording an outcome needs a staff session or an API key with the ingest scope"
 
     def has_permission(self, request: Request, view: Any) -> bool:
-        return access.may_record_outcomes(request.user)
+        return access.may_write(request.user)

@@ -12,7 +12,7 @@ from django.template.response import TemplateResponse
 from django.utils import timezone
 
 from metrics_app import access
-from metrics_app.access import visible_business_ids, visible_businesses, visible_rows
+from metrics_app.access import visible_business_ids, visible_rows
 from metrics_app.console.actions import CheckedSelectionAdmin
 from metrics_app.keys import services as key_services
 from metrics_app.models import ApiKey, Business
@@ -94,14 +94,13 @@ class ApiKeyAdmin(CheckedSelectionAdmin):
 
     def get_queryset(self, request: HttpRequest) -> QuerySet[ApiKey]:
         # Staff limited to some businesses see those businesses' keys, and no agency key.
-        keys = super().get_queryset(request)
-        visible = visible_business_ids(request.user)
-        return keys if visible is None else keys.filter(business_id__in=visible)
+        return visible_rows(request.user, super().get_queryset(request))
 
     def formfield_for_foreignkey(self, db_field: Any, request: HttpRequest, **kwargs: Any) -> Any:
-        if db_field.name == "business" and visible_business_ids(request.user) is not None:
+        visible = visible_business_ids(request.user) if db_field.name == "business" else None
+        if visible is not None:
             # A limited staff member may not make an agency key: it would read every business.
-            kwargs["queryset"] = visible_businesses(request.user)
+            kwargs["queryset"] = Business.objects.filter(pk__in=visible)
             kwargs["required"] = True
         return super().formfield_for_foreignkey(db_field, request, **kwargs)
 

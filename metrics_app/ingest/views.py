@@ -14,7 +14,7 @@ from django.conf import settings
 from django.http import HttpRequest, HttpResponse
 from django.views.decorators.csrf import csrf_exempt
 
-from metrics_app import listeners
+from metrics_app import access, listeners
 from metrics_app.errors import error_response, method_not_allowed, too_many_requests, unauthorized
 from metrics_app.http import bodies as json_bodies
 from metrics_app.ingest import services
@@ -58,7 +58,7 @@ def _ingest_key(request: HttpRequest) -> ApiKey | None:
         if settings.MLOPS_ALLOW_ANONYMOUS_CHAT:
             return None
         raise Refused(unauthorized())
-    if not key.can_ingest:
+    if not access.may_write(key):
         raise Refused(error_response(403, "This API key may not write events", {"scope": ["needs the ingest scope"]}))
     wait = seconds_until_allowed(key)
     if wait:
@@ -113,7 +113,7 @@ def _track_one(request: HttpRequest) -> tuple[HttpResponse, IngestAnswer]:
     checked = check_event(payload, default_business_id=key.business_id if key else None)
     if not checked.ok:
         return error_response(400, "Invalid event", checked.errors), _REJECTED_ONE
-    if key is not None and checked.values["business_id"] != key.business_id:
+    if key is not None and not access.can_write(key, checked.values["business_id"]):
         return _outside_business(key, checked.values["business_id"]), _NOTHING
 
     (outcome,) = services.record_events([checked.values])
@@ -158,7 +158,7 @@ def _track_batch(request: HttpRequest) -> tuple[HttpResponse, IngestAnswer]:
         checked = check_event(raw, default_business_id=default_business)
         result: dict[str, Any] = {"index": index, "event_id": None, "status": "rejected", "errors": checked.errors}
         if checked.ok:
-            if key is not None and checked.values["business_id"] != key.business_id:
+            if key is not None and not access.can_write(key, checked.values["business_id"]):
                 return _outside_business(key, checked.values["business_id"]), _NOTHING
             valid.append((index, checked.values))
             result["errors"] = {}

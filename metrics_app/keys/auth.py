@@ -43,7 +43,7 @@ def find_key(raw: str) -> ApiKey:
     prefix, _, secret = rest.partition("_")
     if mark != KEY_PREFIX_MARK or not prefix or not secret or len(raw) > 200:
         raise KeyRejected("malformed API key")
-    key = ApiKey.objects.select_related("business").filter(prefix=prefix).first()
+    key = ApiKey.objects.filter(prefix=prefix).first()  # the request path reads only key.business_id
     if key is None or not key.matches(raw):
         raise KeyRejected("unknown API key")
     if not key.is_usable:
@@ -64,7 +64,9 @@ def seconds_until_allowed(key: ApiKey) -> int:
     is shared by every worker process (metrics_app/keys/rate_limit.py); when it
     cannot answer, LimiterUnavailable (503) rather than an uncounted request.
     """
-    limit = key.rate_limit_per_minute or settings.MLOPS_KEY_RATE_LIMIT_PER_MINUTE
+    # `is None`, not `or`: a key's own limit is never silently replaced by the (larger) default.
+    own = key.rate_limit_per_minute
+    limit = settings.MLOPS_KEY_RATE_LIMIT_PER_MINUTE if own is None else own
     now = time.time()
     minute = int(now // 60)
     count = rate_limit.count_request(key, minute)

@@ -48,8 +48,10 @@ def _count_in_table(key_id: int, minute: int) -> int:
     try:
         with transaction.atomic(), connection.cursor() as cursor:
             # A lost count after a crash is harmless; waiting for the WAL flush is not.
-            cursor.execute("SET LOCAL synchronous_commit TO OFF")
-            cursor.execute(f"SET LOCAL lock_timeout = {int(WAIT_SECONDS * 1000)}")
+            cursor.execute(
+                "SELECT set_config('synchronous_commit', 'off', true), set_config('lock_timeout', %s, true)",
+                [f"{int(WAIT_SECONDS * 1000)}ms"],
+            )
             cursor.execute(
                 f"INSERT INTO {table} (key_id, minute, count) VALUES (%s, %s, 1) "
                 f"ON CONFLICT (key_id, minute) DO UPDATE SET count = {table}.count + 1 RETURNING count",

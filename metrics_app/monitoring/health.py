@@ -31,7 +31,7 @@ def health(request: HttpRequest) -> HttpResponse:
     """
     if request.method not in ("GET", "HEAD"):
         return method_not_allowed("GET, HEAD")
-    details = settings.MLOPS_ENV != "production"
+    details = not settings.IS_PRODUCTION
     body: dict[str, Any] = {
         "status": "healthy",
         "service": SERVICE_NAME,

@@ -113,7 +113,7 @@ def test_a_pipeline_run_shows_limited_staff_only_their_businesses(limited: User,
         log="processing biz-b/biz-b-notes.txt\nprocessing biz-a/biz-a-notes.txt\n",
         metrics={
             "process_documents": {"businesses": 2, "documents_processed": 2},
-            "by_business": services.business_report(root / pipeline.EMBEDDINGS_PATH),
+            "by_business": services.business_report(services.processed_documents(root / pipeline.EMBEDDINGS_PATH)),
         },
     )
     page = _client(limited, *DOCUMENT_PERMS).get(f"/admin/documents_app/pipelinerun/{run.pk}/change/")
@@ -130,7 +130,7 @@ def test_a_pipeline_run_shows_limited_staff_only_their_businesses(limited: User,
 
 
 def test_the_run_report_counts_each_business_documents_and_chunks(two_businesses, root: Path) -> None:
-    report = services.business_report(root / pipeline.EMBEDDINGS_PATH)
+    report = services.business_report(services.processed_documents(root / pipeline.EMBEDDINGS_PATH))
     kb = pipeline.json.loads((root / pipeline.KB_PATH).read_text())
     chunks_per_business = {b: sum(1 for c in kb["chunks"] if c["business_id"] == b) for b in ("biz-a", "biz-b")}
     assert set(report) == {"biz-a", "biz-b"}

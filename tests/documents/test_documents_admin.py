@@ -179,7 +179,7 @@ def test_a_finished_run_shows_its_status_times_log_parameters_metrics_and_versio
 
 
 def test_after_a_run_the_list_shows_files_found_on_disk_and_drops_vanished_ones(root: Path, clinic: Business) -> None:
-    from documents_app.services import sync_documents
+    from documents_app.services import processed_documents, sync_documents
 
     raw = root / "data/raw/business_documents"
     (raw / "city-clinic").mkdir(parents=True)
@@ -217,7 +217,7 @@ def test_after_a_run_the_list_shows_files_found_on_disk_and_drops_vanished_ones(
     (raw / "new-biz").mkdir()
     (raw / "new-biz/scan.pdf").write_bytes(b"%PDF-1.7")
 
-    sync_documents(report)
+    sync_documents(processed_documents(report))
 
     listed = {d.path: (d.status, d.skip_reason, d.chunks) for d in Document.objects.all()}
     assert listed == {

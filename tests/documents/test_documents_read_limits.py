@@ -13,7 +13,7 @@ import pytest
 from documents_app.models import Document, DocumentStatus
 from documents_app.pipeline import stages as pipeline
 from documents_app.pipeline.readers import ReadLimits, SkipReason, UnreadableDocument, read_sections
-from documents_app.services import sync_documents
+from documents_app.services import processed_documents, sync_documents
 from metrics_app.models import Business
 from tests.documents.helpers import make_docx, make_pdf, tool_env
 from tests.helpers import ROOT
@@ -179,7 +179,7 @@ def test_a_cut_document_is_listed_as_processed_with_the_reason_it_was_cut(
     assert (metrics["documents_processed"], metrics["documents_cut"]) == (2, 1)
 
     Business.objects.create(id="clinic")
-    sync_documents(tmp_path / "emb.json")
+    sync_documents(processed_documents(tmp_path / "emb.json"))
     flood = Document.objects.get(path="clinic/flood.docx")
     assert flood.status == DocumentStatus.PROCESSED and flood.skip_reason == "truncated"
     assert flood.skip_detail.startswith("read the first 1000 paragraphs")

@@ -136,6 +136,21 @@ def test_a_key_past_its_rate_limit_gets_429_with_retry_after(api, keys_required,
     assert AIMetric.objects.count() == 3
 
 
+def test_a_limit_of_zero_is_refused_in_the_admin_and_never_becomes_the_default(
+    api, keys_required, business, make_key, time_machine, admin_client
+):
+    form = {"business": business.pk, "name": "k", "can_ingest": "on", "rate_limit_per_minute": "0"}
+    answer = admin_client.post("/admin/metrics_app/apikey/add/", form)
+    assert answer.status_code == 200 and "API key created" not in answer.content.decode()
+    assert not ApiKey.objects.filter(name="k").exists()
+    # A zero stored some other way refuses every request: it is the key's limit, not a gap for the default.
+    time_machine.move_to(MID_MINUTE, tick=False)
+    key, raw = make_key(business, rate_limit_per_minute=1)
+    ApiKey.objects.filter(pk=key.pk).update(rate_limit_per_minute=0)
+    assert post_json(api, "/track", event_for(), **bearer(raw)).status_code == 429
+    assert AIMetric.objects.count() == 0
+
+
 def test_the_next_minute_brings_a_new_budget(api, keys_required, business, make_key, time_machine):
     time_machine.move_to(MID_MINUTE, tick=False)
     _, raw = make_key(business, rate_limit_per_minute=1)

@@ -32,7 +32,7 @@ def test_in_development_health_names_the_environment_and_the_database(api):
 
 
 def test_in_production_health_says_only_what_a_load_balancer_needs(api, settings):
-    settings.MLOPS_ENV = "production"
+    settings.MLOPS_ENV, settings.IS_PRODUCTION = "production", True
     response = api.get("/health")
     assert response.status_code == 200
     body = response.json()

@@ -261,3 +261,18 @@ def test_every_variable_the_service_reads_is_in_the_readme_configuration_table()
         r"`([A-Z0-9_]+)`", row.split("|")[1])}
     read = set().union(*(variables_read(path) for path in ENTRY_POINTS))
     assert read - documented == set()
+
+
+def test_any_wsgi_server_is_refused_an_insecure_production_configuration(tmp_path):
+    # Not only gunicorn with gunicorn.conf.py: loading the WSGI application itself refuses.
+    env = environment({**PRODUCTION, "DEBUG": "true"}, tmp_path)
+    result = subprocess.run(
+        [sys.executable, "-c", "import mlops_site.wsgi"], cwd=ROOT, env=env, capture_output=True, text=True, timeout=60
+    )
+    assert result.returncode != 0
+    assert "MLOPS_ENV=production refuses insecure settings: DEBUG must be off" in result.stderr
+    sound = subprocess.run(
+        [sys.executable, "-c", "import mlops_site.wsgi"], cwd=ROOT, env=environment(PRODUCTION, tmp_path),
+        capture_output=True, text=True, timeout=60,
+    )
+    assert sound.returncode == 0, sound.stderr
