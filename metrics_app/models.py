@@ -252,15 +252,19 @@ class ApiKey(models.Model):
 
 
 class RateLimitWindow(models.Model):
-    """Requests made by one key in one minute, shared by every server process."""
+    """Requests made by one key in one minute in one shard; the shards' sum is shared by every server process."""
 
     key = models.ForeignKey(ApiKey, on_delete=models.CASCADE, related_name="+")
     minute = models.BigIntegerField(help_text="Minutes since the epoch.")
+    # Each server process counts in a row of its own, so requests of one key never queue on one row lock.
+    shard = models.PositiveSmallIntegerField(default=0)
     count = models.PositiveIntegerField(default=0)
 
     class Meta:
         db_table = "mlops_rate_limit_window"
-        constraints = [models.UniqueConstraint(fields=["key", "minute"], name="rate_limit_key_minute_uniq")]
+        constraints = [
+            models.UniqueConstraint(fields=["key", "minute", "shard"], name="rate_limit_key_minute_shard_uniq")
+        ]
 
     def __str__(self) -> str:
         return f"{self.key_id}@{self.minute}: {self.count}"
@@ -474,3 +478,69 @@ class LatencyRollup(models.Model):
 
     def __str__(self) -> str:
         return f"{self.business_id} @ {self.bucket:%Y-%m-%d %H:%M}/{self.span_minutes}m bin {self.bin}: {self.count}"
+
+
+FOLDER_NAME = "events"  # the one row of FolderState
+
+
+class FolderState(models.Model):
+    """How far the background folder has folded the events into conversations and rollups.
+
+    Every event whose id is at most `folded_through` is in the rollups and the
+    conversations; every later one is not yet (the reads add that tail
+    themselves). The row is also the folder's lease: only the process named in
+    `holder` folds, until `lease_until`; another takes over once it expires.
+    """
+
+    name = models.CharField(primary_key=True, max_length=32)
+    folded_through = models.BigIntegerField(default=0, help_text="Highest event id folded; every lower id is too.")
+    holder = models.CharField(max_length=200, blank=True, help_text="The folder process holding the lease.")
+    lease_until = models.DateTimeField(null=True, blank=True)
+    folded_at = models.DateTimeField(null=True, blank=True, help_text="When the last batch was folded.")
+    events_folded = models.BigIntegerField(default=0, help_text="Events folded since the state was made.")
+    errors = models.BigIntegerField(default=0, help_text="Fold attempts that failed.")
+    last_error = models.TextField(blank=True)
+    last_error_at = models.DateTimeField(null=True, blank=True)
+
+    class Meta:
+        db_table = "mlops_folder_state"
+        verbose_name = "folder state"
+
+    def __str__(self) -> str:
+        return f"{self.name}: folded through event {self.folded_through}"
+
+
+class MetricTotals(models.Model):
+    """Running totals of the folded events per (business, model, intent, response type): what /metrics reports.
+
+    The folder adds each event once, in the transaction that folds it, so the
+    Prometheus counters read from here equal the stored events whatever
+    happens to a server process. Empty strings stand for a missing value.
+    `histograms` holds the bucket counts and sums of the latency and token
+    histograms, in the layout metrics_app/analytics/totals.py writes.
+    """
+
+    business_id = models.CharField(max_length=BUSINESS_ID_MAX_LENGTH)
+    model_name = models.CharField(max_length=MAX_LABEL_LENGTH, blank=True)
+    intent = models.CharField(max_length=MAX_LABEL_LENGTH, blank=True)
+    response_type = models.CharField(max_length=MAX_RESPONSE_TYPE_LENGTH, blank=True)
+    events = models.BigIntegerField(default=0)
+    failed = models.BigIntegerField(default=0)
+    tokens = models.BigIntegerField(default=0)
+    client_cost = models.DecimalField(max_digits=30, decimal_places=10, default=0)
+    requested = models.BigIntegerField(default=0)
+    booked = models.BigIntegerField(default=0)
+    handoffs = models.BigIntegerField(default=0)
+    histograms = models.JSONField(default=dict)
+
+    class Meta:
+        db_table = "mlops_metric_totals"
+        verbose_name_plural = "metric totals"
+        constraints = [
+            models.UniqueConstraint(
+                fields=["business_id", "model_name", "intent", "response_type"], name="metric_totals_labels_uniq"
+            ),
+        ]
+
+    def __str__(self) -> str:
+        return f"{self.business_id}/{self.model_name}/{self.intent}/{self.response_type}: {self.events} events"
