@@ -55,8 +55,14 @@ echo "Starting the pipeline worker"
 "$VENV/bin/python" manage.py qcluster &
 children+=($!)
 
+# The folder: folds stored events into conversations, rollups and the Prometheus totals (ingest only
+# inserts). Its own process, so it never waits behind a pipeline run; one folds per database at a time.
+echo "Starting the folder"
+"$VENV/bin/python" manage.py fold_events &
+children+=($!)
+
 echo "Serving with gunicorn (WEB_CONCURRENCY=${WEB_CONCURRENCY:-default}); admin at /admin/ (create a user with: .venv/bin/python manage.py createsuperuser)"
 "$VENV/bin/gunicorn" mlops_site.wsgi --config gunicorn.conf.py &
 children+=($!)
-# If either process ends, stop the other and exit.
+# If any of them ends, stop the others and exit.
 wait -n "${children[@]}"

@@ -86,3 +86,42 @@ def probe(connection: BaseDatabaseWrapper) -> Probe:
         connection.close()
         return Probe(UNREACHABLE, type(exc).__name__)
     return Probe(OK)
+
+
+@contextmanager
+def snapshot(connection: BaseDatabaseWrapper) -> Iterator[None]:
+    """Within the block, every read sees the database as of one moment, and no write waits on it.
+
+    PostgreSQL: a read-only REPEATABLE READ transaction. SQLite (WAL): a
+    deferred transaction, which reads one snapshot and takes no write lock
+    (the project's transactions are IMMEDIATE, so it is opened by hand). Inside
+    a transaction already open, the block reads in that one.
+    """
+    if connection.in_atomic_block:
+        yield
+        return
+    if connection.vendor == "postgresql":
+        from django.db import transaction
+
+        with transaction.atomic(using=connection.alias):
+            with connection.cursor() as cursor:
+                cursor.execute("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ, READ ONLY")
+            yield
+        return
+    connection.ensure_connection()
+    if connection.connection.in_transaction:  # a snapshot opened by an outer block
+        yield
+        return
+    with connection.cursor() as cursor:
+        cursor.execute("BEGIN DEFERRED")
+    try:
+        yield
+    except BaseException:
+        try:
+            with connection.cursor() as cursor:
+                cursor.execute("ROLLBACK")
+        except DatabaseError:
+            pass  # a connection broken by the error itself: the error says more
+        raise
+    with connection.cursor() as cursor:
+        cursor.execute("COMMIT")

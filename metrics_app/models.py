@@ -78,7 +78,7 @@ class AIMetric(models.Model):
     event_id = models.UUIDField(default=uuid.uuid4, help_text="Client-made id; a repeat is a duplicate.")
     # No database-level foreign key: PostgreSQL checks one with a trigger per
     # inserted row, which measured at nearly half of a 500-event batch insert.
-    # Ingest creates the Business row in the same transaction as its events
+    # Ingest creates the Business row before it stores its events
     # (services.ensure_businesses), and PROTECT still guards deletes in Django.
     business = models.ForeignKey(
         Business, on_delete=models.PROTECT, db_column="business_id", related_name="events", db_constraint=False
@@ -251,23 +251,25 @@ class ApiKey(models.Model):
         return raw, prefix, hash_key(raw)
 
 
-class RateLimitWindow(models.Model):
-    """Requests made by one key in one minute in one shard; the shards' sum is shared by every server process."""
+class RateLimitSlot(models.Model):
+    """One request admitted for a key in a minute: the minute's n-th admitted request holds slot n.
+
+    A request claims the lowest free slot by inserting it; a slot number is
+    unique per key and minute, so two requests never hold one, and slots stop
+    at the key's limit. Requests of one key insert different rows, so none
+    waits on another's row lock.
+    """
 
     key = models.ForeignKey(ApiKey, on_delete=models.CASCADE, related_name="+")
     minute = models.BigIntegerField(help_text="Minutes since the epoch.")
-    # Each server process counts in a row of its own, so requests of one key never queue on one row lock.
-    shard = models.PositiveSmallIntegerField(default=0)
-    count = models.PositiveIntegerField(default=0)
+    slot = models.PositiveIntegerField()
 
     class Meta:
-        db_table = "mlops_rate_limit_window"
-        constraints = [
-            models.UniqueConstraint(fields=["key", "minute", "shard"], name="rate_limit_key_minute_shard_uniq")
-        ]
+        db_table = "mlops_rate_limit_slot"
+        constraints = [models.UniqueConstraint(fields=["key", "minute", "slot"], name="rate_limit_slot_uniq")]
 
     def __str__(self) -> str:
-        return f"{self.key_id}@{self.minute}: {self.count}"
+        return f"{self.key_id}@{self.minute}: #{self.slot}"
 
 
 class ModelPrice(models.Model):
@@ -312,10 +314,12 @@ class ModelPrice(models.Model):
 class Conversation(models.Model):
     """Every event with a conversation_id belongs to one conversation of its business.
 
-    Kept by ingest in the same transaction as the events: first and last event
-    time, turns (events) and whether any event requested an appointment, was
-    booked or asked for a human. An outcome recorded later (a booking confirmed
-    by another system) sets the flags too.
+    Folded from the stored events by the folder (metrics_app/folding): first
+    and last event time, turns (events) and whether any event requested an
+    appointment, was booked or asked for a human. An outcome recorded later (a
+    booking confirmed by another system) sets the flags too, on the
+    conversation's latest event as well, so a conversation's flags are always
+    those of its events taken together.
     """
 
     business = models.ForeignKey(Business, on_delete=models.PROTECT, db_column="business_id", related_name="+")
@@ -388,7 +392,7 @@ ALL_BUSINESSES = "*"  # the business_id of rollup rows that sum every business
 
 
 class EventRollup(models.Model):
-    """Sums of the event figures per business and 15-minute UTC bucket, kept by ingest.
+    """Sums of the event figures per business and 15-minute UTC bucket, kept by the folder.
 
     Every zone's local hours start on a quarter hour (UTC offsets are whole
     multiples of 15 minutes), so hour and day buckets in any zone, including
@@ -429,7 +433,7 @@ class EventRollup(models.Model):
 class ConversationRollup(models.Model):
     """Conversations per business and 15-minute UTC bucket of their first event, with their outcome flags.
 
-    Ingest moves a conversation to an earlier bucket when a late event turns
+    The folder moves a conversation to an earlier bucket when a late event turns
     out to be its first, and adds a flag when an event or a recorded outcome
     turns it on, so the counts stay exact.
     """

@@ -193,6 +193,11 @@ MLOPS_ALLOW_ANONYMOUS_CHAT = envbool("MLOPS_ALLOW_ANONYMOUS_CHAT", not IS_PRODUC
 MLOPS_KEY_RATE_LIMIT_PER_MINUTE = envint("MLOPS_KEY_RATE_LIMIT_PER_MINUTE", 6000, minimum=1)
 # Seconds a client is told to wait after a 503 (database away).
 MLOPS_RETRY_AFTER_SECONDS = envint("MLOPS_RETRY_AFTER_SECONDS", 5, minimum=1)
+# The background folder (manage.py fold_events): events per fold transaction, the seconds its lease lasts
+# unrenewed, and the backlog of unfolded events past which /health says "degraded".
+MLOPS_FOLDER_BATCH = envint("MLOPS_FOLDER_BATCH", 2000, minimum=1, maximum=50_000)
+MLOPS_FOLDER_LEASE_SECONDS = envint("MLOPS_FOLDER_LEASE_SECONDS", 15, minimum=2, maximum=3600)
+MLOPS_FOLDER_MAX_BACKLOG = envint("MLOPS_FOLDER_MAX_BACKLOG", 20_000, minimum=1)
 
 LOGGING = {
     "version": 1,

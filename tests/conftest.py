@@ -16,7 +16,7 @@ from metrics_app.ingest.validation import check_event
 from metrics_app.keys import services as key_services
 from metrics_app.models import AIMetric, Business
 from metrics_app.pricing import services as pricing
-from tests.helpers import LiveService, staff_user, start_service, stop_service
+from tests.helpers import LiveService, fold_all, staff_user, start_service, stop_service
 
 
 @pytest.fixture(autouse=True)
@@ -85,7 +85,7 @@ PASSWORD = "console-test-password-9"
 
 
 def store(**fields: Any) -> AIMetric:
-    """Store one event through validation and record_events, as /track would."""
+    """Store one event through validation and record_events, as /track would, and fold it as the folder would."""
     payload = {"business_id": "acme-dental", "response_time_ms": 1000, "tokens_used": 100, **fields}
     payload.setdefault("event_id", str(uuid.uuid4()))
     if isinstance(payload.get("timestamp"), datetime):
@@ -94,6 +94,7 @@ def store(**fields: Any) -> AIMetric:
     if not checked.ok:
         raise ValueError(f"a test event is invalid: {checked.errors}")
     services.record_events([checked.values])
+    fold_all()
     return AIMetric.objects.get(business_id=payload["business_id"], event_id=payload["event_id"])
 
 

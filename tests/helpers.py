@@ -97,6 +97,7 @@ class LiveService:
     process: subprocess.Popen
     log_path: Path
     env: dict[str, str] = field(default_factory=dict)
+    folder: subprocess.Popen | None = None
 
     def request(self, method: str, path: str, payload: Any = None, headers: dict[str, str] | None = None):
         """(status, headers, parsed JSON or text) for one HTTP request."""
@@ -135,11 +136,13 @@ def start_service(
     timeout: float = 30.0,
     wait_healthy: bool = True,
     frozen_at: datetime | None = None,
+    folder: bool = False,
 ) -> LiveService:
     """Serve the test database with gunicorn; return once /health answers (200, or anything if not wait_healthy).
 
     With `frozen_at`, the service's clock stands still at that moment, in the
-    master and so in every worker it forks.
+    master and so in every worker it forks. With `folder`, `manage.py
+    fold_events` runs beside it, as start.sh runs it, and stops with it.
     """
     from tests.pgserver import free_port
 
@@ -163,6 +166,8 @@ def start_service(
         cwd=ROOT, env=env, stdout=log_path.open("w"), stderr=subprocess.STDOUT, start_new_session=True,
     )
     service = LiveService(url=f"http://127.0.0.1:{port}", process=process, log_path=log_path, env=env)
+    if folder:
+        service.folder = start_folder(tmp_path, env)
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         if process.poll() is not None:
@@ -178,7 +183,36 @@ def start_service(
     raise RuntimeError(f"gunicorn did not answer /health within {timeout} s:\n{service.log()}")
 
 
+def start_folder(tmp_path: Path, env: dict[str, str]) -> subprocess.Popen:
+    """`manage.py fold_events` on the test database, in a process group of its own; stop it with stop_folder."""
+    log = (tmp_path / f"folder-{time.monotonic_ns()}.log").open("w")
+    return subprocess.Popen(
+        [sys.executable, "manage.py", "fold_events", "--idle", "0.05"],
+        cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
+    )
+
+
+def stop_folder(process: subprocess.Popen) -> None:
+    if process.poll() is None:
+        os.killpg(process.pid, signal.SIGTERM)
+        try:
+            process.wait(timeout=15)
+        except subprocess.TimeoutExpired:
+            os.killpg(process.pid, signal.SIGKILL)
+            process.wait()
+
+
+def fold_all() -> int:
+    """Fold every stored event into conversations and rollups, as the folder process would; returns how many."""
+    from metrics_app.folding import services as folding
+
+    return folding.fold_pending()
+
+
 def stop_service(service: LiveService) -> None:
+    folder = getattr(service, "folder", None)
+    if folder is not None:
+        stop_folder(folder)
     if service.process.poll() is None:
         os.killpg(service.process.pid, signal.SIGTERM)
         try:

@@ -1,8 +1,10 @@
-"""Pre-aggregated analytics: 15-minute rollups kept by ingest in the same transaction as the events.
+"""Pre-aggregated analytics: 15-minute rollups, kept by the folder (metrics_app/folding) from the stored events.
 
-Ingest adds only the events its INSERT returned, so a duplicate never counts;
-a late or out-of-order event lands in its own bucket. Conversation counts move
-by deltas that conversations.apply_events computes from the locked rows.
+The folder adds each stored event once, in id order, and records the highest
+id it folded (`folded_through`) in the same transaction, so a duplicate never
+counts and the reads know exactly which events the rollups hold; a late or
+out-of-order event lands in its own bucket. Conversation counts move by deltas
+that conversations.apply_events computes from the locked rows.
 `rebuild` recomputes everything from the raw rows (after a bulk load, a
 repair, or a repricing): on SQLite with the same accumulator as ingest, on
 PostgreSQL in one SQL statement per table whose sums are named after the same
@@ -21,7 +23,16 @@ from typing import Any
 
 from django.db import connection, transaction
 
-from metrics_app.models import ALL_BUSINESSES, AIMetric, Conversation, ConversationRollup, EventRollup, LatencyRollup
+from metrics_app.models import (
+    ALL_BUSINESSES,
+    FOLDER_NAME,
+    AIMetric,
+    Conversation,
+    ConversationRollup,
+    EventRollup,
+    FolderState,
+    LatencyRollup,
+)
 from metrics_app.rules import (
     ESTIMATED_SQL,
     FAILED_REPLY_SQL,
@@ -298,8 +309,12 @@ def _adapter() -> Any:
     return adapt
 
 
-def rebuild(progress: Any = None, chunk: int = 20_000) -> dict[str, int]:
-    """Recompute every rollup from the raw events and conversations; returns row counts."""
+def rebuild(progress: Any = None, chunk: int = 20_000, through: int | None = None) -> dict[str, int]:
+    """Recompute every rollup from the raw events (those with id <= `through`) and conversations; returns row counts.
+
+    metrics_app.folding.rebuild calls it with the folder's row held, so the
+    rollups and folded_through change together.
+    """
     with transaction.atomic():
         for model in (EventRollup, LatencyRollup, ConversationRollup):
             table = connection.ops.quote_name(model._meta.db_table)
@@ -308,9 +323,9 @@ def rebuild(progress: Any = None, chunk: int = 20_000) -> dict[str, int]:
         if connection.vendor == "postgresql":
             # The same sums and bins in SQL: about 20 times faster on millions of rows. PostgreSQL's ln()
             # and Python's math.log are the same C function, so each latency lands in the same bin.
-            _rebuild_in_sql(AIMetric._meta.db_table, Conversation._meta.db_table)
+            _rebuild_in_sql(AIMetric._meta.db_table, Conversation._meta.db_table, through)
             return _counts()
-        _rebuild_events(progress, chunk)
+        _rebuild_events(progress, chunk, through)
         _rebuild_conversations(chunk)
     return _counts()
 
@@ -322,10 +337,13 @@ _EVENT_COLUMNS = (
 )
 
 
-def _rebuild_events(progress: Any, chunk: int) -> None:
-    """Event and latency rollups through the accumulator that ingest uses, written every 200,000 latency rows."""
+def _rebuild_events(progress: Any, chunk: int, through: int | None) -> None:
+    """Event and latency rollups through the accumulator that the folder uses, written every 200,000 latency rows."""
     accumulator = Accumulator()
-    rows = AIMetric.objects.order_by().values_list(*_EVENT_COLUMNS).iterator(chunk_size=chunk)
+    events = AIMetric.objects.order_by()
+    if through is not None:
+        events = events.filter(id__lte=through)
+    rows = events.values_list(*_EVENT_COLUMNS).iterator(chunk_size=chunk)
     for n, values in enumerate(rows, 1):
         accumulator.add(dict(zip(_EVENT_COLUMNS, values, strict=True)))
         if n % chunk == 0:
@@ -360,10 +378,11 @@ _QUARTER_SQL = "date_bin('15 minutes', {}, TIMESTAMPTZ '2000-01-01 00:00:00+00')
 _DAY_SQL = "(date_trunc('day', {} AT TIME ZONE 'UTC') AT TIME ZONE 'UTC')"
 
 
-def _rebuild_in_sql(events_table: str, conversations_table: str) -> None:
+def _rebuild_in_sql(events_table: str, conversations_table: str, through: int | None) -> None:
     """PostgreSQL: every rollup from the raw tables with GROUPING SETS (per business, and "*")."""
     q = connection.ops.quote_name
-    events, conversations = q(events_table), q(conversations_table)
+    conversations = q(conversations_table)
+    events = q(events_table) if through is None else f"(SELECT * FROM {q(events_table)} WHERE id <= {int(through)}) r"
     quarter = _QUARTER_SQL.format("timestamp")
     # Each rollup column with the SQL that sums it, by name: the column list and the select list come
     # from this one mapping, so they cannot fall out of order with EventSums.
@@ -427,3 +446,20 @@ def whole_quarters(start: datetime, end: datetime) -> tuple[datetime, datetime] 
         first += timedelta(minutes=QUARTER)
     last = quarter_of(end)
     return (first, last) if first < last else None
+
+
+def folded_through(*, hold: bool = False) -> int:
+    """The highest event id folded into the rollups and conversations: every lower id is folded too.
+
+    With `hold`, no fold commits until the caller's transaction ends (a share
+    lock on the folder's row on PostgreSQL; SQLite's write lock, which an
+    immediate transaction already holds, does the same there). A writer that
+    changes stored events (an outcome, a repricing) holds it, so it knows
+    which of them the rollups already count.
+    """
+    table = connection.ops.quote_name(FolderState._meta.db_table)
+    lock = " FOR SHARE" if hold and connection.vendor == "postgresql" else ""
+    with connection.cursor() as cursor:
+        cursor.execute(f"SELECT folded_through FROM {table} WHERE name = %s{lock}", [FOLDER_NAME])
+        row = cursor.fetchone()
+    return int(row[0]) if row else 0

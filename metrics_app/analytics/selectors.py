@@ -15,21 +15,23 @@ percentile_cont, and the same linear interpolation in Python on SQLite.
 
 from __future__ import annotations
 
+import functools
 import math
+import threading
 import zoneinfo
 from collections import defaultdict
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, replace
 from datetime import datetime, timedelta
 from decimal import Decimal
-from typing import Any
+from typing import Any, ParamSpec, TypeVar
 
 from django.db import connection
 from django.db.models import Aggregate, Count, Exists, F, FloatField, OuterRef, Q, QuerySet, Sum
 from django.db.models.functions import ExtractHour, ExtractIsoWeekDay, Trunc
 
-from metrics_app import rules
-from metrics_app.analytics import rollups
+from metrics_app import database, rules
+from metrics_app.analytics import rollups, tail
 from metrics_app.models import (
     ALL_BUSINESSES,
     AIMetric,
@@ -40,6 +42,9 @@ from metrics_app.models import (
     LatencyRollup,
 )
 from metrics_app.rules import FAILED_REPLY
+
+P = ParamSpec("P")
+R = TypeVar("R")
 
 PERCENTILES = (("p50", 0.5), ("p95", 0.95), ("p99", 0.99))
 FAILED = FAILED_REPLY
@@ -68,6 +73,8 @@ class Filters:
     intent: str | None = None
     prompt_version: str | None = None
     kb_version: str | None = None
+    # Only events with a higher id: the ones the rollups do not hold yet (see metrics_app/analytics/tail.py).
+    after_id: int | None = None
 
     @property
     def event_filters(self) -> dict[str, str]:
@@ -97,6 +104,8 @@ def percentile(sorted_values: list[int], fraction: float) -> float | None:
 
 def events_in(filters: Filters) -> QuerySet[AIMetric]:
     events = AIMetric.objects.filter(timestamp__gte=filters.start, timestamp__lt=filters.end)
+    if filters.after_id is not None:
+        events = events.filter(id__gt=filters.after_id)
     if filters.businesses is not None:
         events = events.filter(business_id__in=filters.businesses)
     return events.filter(**filters.event_filters)
@@ -272,7 +281,7 @@ def _sketch_rows(owners: list[str], span: int, start: datetime, end: datetime) -
     return LatencyRollup.objects.filter(business_id__in=owners, span_minutes=span, bucket__gte=start, bucket__lt=end)
 
 
-def _period_bins(owners: list[str], middle: tuple[datetime, datetime], edges: list[Filters]) -> dict[int, int]:
+def _period_bins(filters: Filters, middle: tuple[datetime, datetime], edges: list[Filters]) -> dict[int, int]:
     """The merged sketch of a period: UTC days inside it, quarter hours around them, raw rows at the ends."""
     first_day = rollups.day_of(middle[0])
     if first_day < middle[0]:
@@ -285,13 +294,14 @@ def _period_bins(owners: list[str], middle: tuple[datetime, datetime], edges: li
         parts.append((rollups.QUARTER, last_day, middle[1]))
     else:
         parts.append((rollups.QUARTER, middle[0], middle[1]))
+    owners = _owners(filters)
     bins: dict[int, int] = {}
     for span, start, end in parts:
         if start < end:
             sums = _sketch_rows(owners, span, start, end).values("bin").annotate(n=Sum("count")).order_by()
             for index, count in sums.values_list("bin", "n"):
                 bins[index] = bins.get(index, 0) + count
-    for edge in edges:
+    for edge in [*edges, _tail(filters, middle)]:
         latencies = events_in(edge).exclude(response_time_ms__isnull=True).values_list("response_time_ms", flat=True)
         _bins_of(latencies, bins)
     return bins
@@ -301,12 +311,17 @@ def _sketch_percentiles(bins: dict[int, int]) -> dict[str, float | None]:
     return {name: rollups.sketch_percentile(bins, fraction) for name, fraction in PERCENTILES}
 
 
+def _tail(filters: Filters, middle: tuple[datetime, datetime]) -> Filters:
+    """The events of the middle (rollup-read) part of the period that the rollups do not hold yet."""
+    return replace(filters, start=middle[0], end=middle[1], after_id=_folded_through())
+
+
 def _event_sums(filters: Filters, middle: tuple[datetime, datetime], edges: list[Filters]) -> dict[str, Any]:
     total: dict[str, Any] = {}
     _merge(total, EventRollup.objects.filter(
         business_id__in=_owners(filters), bucket__gte=middle[0], bucket__lt=middle[1]
     ).aggregate(**{name: Sum(name) for name in rollups.EVENT_SUMS}))
-    for edge in edges:
+    for edge in [*edges, _tail(filters, middle)]:
         _merge(total, events_in(edge).aggregate(**_event_aggregates()))
     return defaultdict(lambda: None, total)
 
@@ -325,14 +340,68 @@ def _conversation_sums(filters: Filters, middle: tuple[datetime, datetime] | Non
         _merge(total, {_CONVERSATION_NAMES[k]: v for k, v in sums.items()})
     for edge in edges:
         _merge(total, conversations_in(edge).aggregate(**_conversation_aggregates()))
+    for correction in _corrections(filters):
+        if filters.start <= correction.moment < filters.end:
+            _merge(total, correction.sums())
     return defaultdict(lambda: None, total)
 
 
+def _in_snapshot(read: Callable[P, R]) -> Callable[P, R]:
+    """Run an analytics read in one snapshot, with the folder's progress read once, at its start.
+
+    Rollups and the events not folded yet are then read as of the same
+    moment, so the answer counts each committed event exactly once.
+    """
+    @functools.wraps(read)
+    def in_snapshot(*args: P.args, **kwargs: P.kwargs) -> R:
+        if _state.depth:
+            return read(*args, **kwargs)
+        with database.snapshot(connection):
+            _state.depth += 1
+            try:
+                _state.folded_through = rollups.folded_through()
+                _state.corrections = {}
+                return read(*args, **kwargs)
+            finally:
+                _state.depth -= 1
+                _state.corrections = {}
+    return in_snapshot
+
+
+class _ReadState(threading.local):
+    depth = 0
+    folded_through = 0
+    corrections: dict[Any, list[tail.Correction]]
+
+    def __init__(self) -> None:
+        self.corrections = {}
+
+
+_state = _ReadState()
+
+
+def _folded_through() -> int:
+    if not _state.depth:
+        raise RuntimeError("analytics reads run in a snapshot: call them through the public functions")
+    return _state.folded_through
+
+
+def _corrections(filters: Filters) -> list[tail.Correction]:
+    """The tail's conversation corrections for these businesses and event filters, once per read."""
+    key = (filters.businesses, tuple(sorted(filters.event_filters.items())))
+    found = _state.corrections.get(key)
+    if found is None:
+        found = _state.corrections[key] = tail.corrections(_folded_through(), filters.businesses,
+                                                            filters.event_filters)
+    return found
+
+
+@_in_snapshot
 def summary(filters: Filters) -> dict[str, Any]:
     middle, edges = _split(filters)
     if middle is not None:
         figures = _event_figures(_event_sums(filters, middle, edges))
-        latency = _sketch_percentiles(_period_bins(_owners(filters), middle, edges))
+        latency = _sketch_percentiles(_period_bins(filters, middle, edges))
         figures.update({f"latency_{name}_ms": value for name, value in latency.items()})
         figures.update(_conversation_figures(_conversation_sums(filters, middle, edges), figures["cost_usd"]))
         return figures
@@ -340,11 +409,11 @@ def summary(filters: Filters) -> dict[str, Any]:
     figures = _event_figures(events.aggregate(**_event_aggregates()))
     latency = _grouped_percentiles(events).get(None) or _no_percentiles()
     figures.update({f"latency_{name}_ms": value for name, value in latency.items()})
-    figures.update(_conversation_figures(conversations_in(filters).aggregate(**_conversation_aggregates()),
-                                         figures["cost_usd"]))
+    figures.update(_conversation_figures(_conversation_sums(filters, None, [filters]), figures["cost_usd"]))
     return figures
 
 
+@_in_snapshot
 def funnel(filters: Filters) -> dict[str, Any]:
     middle, edges = _split(filters)
     row = _conversation_sums(filters, middle, edges)
@@ -397,6 +466,7 @@ def _as_local_key(value: datetime, tz: zoneinfo.ZoneInfo) -> datetime:
     return value.astimezone(tz).replace(tzinfo=None) if value.tzinfo else value
 
 
+@_in_snapshot
 def timeseries(filters: Filters, bucket: str, percentiles: bool = True) -> list[dict[str, Any]]:
     kind = "day" if bucket == "day" else "hour"
     middle, edges = _split(filters)
@@ -404,6 +474,7 @@ def timeseries(filters: Filters, bucket: str, percentiles: bool = True) -> list[
         event_sums, latency, conversations = _raw_buckets(filters, kind, percentiles)
     else:
         event_sums, latency, conversations = _rollup_buckets(filters, kind, middle, edges, percentiles)
+    _add_corrections(filters, kind, conversations)
     empty: defaultdict[str, Any] = defaultdict(lambda: None)
     series = []
     for start in bucket_starts(filters, kind):
@@ -418,7 +489,7 @@ def timeseries(filters: Filters, bucket: str, percentiles: bool = True) -> list[
 Buckets = tuple[dict[datetime, Any], dict[datetime, dict[str, float | None]], dict[datetime, Any]]
 
 
-def _raw_buckets(filters: Filters, kind: str, percentiles: bool = True) -> Buckets:
+def _raw_buckets(filters: Filters, kind: str, percentiles: bool = True, with_conversations: bool = True) -> Buckets:
     trunc = Trunc("timestamp", kind, tzinfo=filters.tz)
     events = events_in(filters)
     rows = _dict_rows(events.annotate(bucket=trunc).values("bucket").annotate(**_event_aggregates()).order_by())
@@ -427,6 +498,8 @@ def _raw_buckets(filters: Filters, kind: str, percentiles: bool = True) -> Bucke
         _as_local_key(key, filters.tz): value
         for key, value in _grouped_percentiles(events, Trunc("timestamp", kind, tzinfo=filters.tz)).items()
     } if percentiles else {}
+    if not with_conversations:
+        return event_sums, latency, {}
     conv_rows = _dict_rows(
         conversations_in(filters)
         .annotate(bucket=Trunc("first_at", kind, tzinfo=filters.tz))
@@ -468,8 +541,9 @@ def _rollup_buckets(filters: Filters, kind: str, middle: tuple[datetime, datetim
     ).order_by().values_list("bucket", *rollups.CONVERSATION_SUMS):
         named = {_CONVERSATION_NAMES[k]: v for k, v in zip(rollups.CONVERSATION_SUMS, values, strict=True)}
         _merge(conversations[local(bucket)], named)
-    for edge in edges:
-        _add_raw_edge(edge, kind, event_sums, conversations)
+    tail_part = _tail(filters, middle)
+    for edge in [*edges, tail_part]:
+        _add_raw_edge(edge, kind, event_sums, conversations, with_conversations=edge is not tail_part)
         if percentiles:
             _add_raw_edge_bins(edge, kind, filters.tz, bins)
     latency = {key: _sketch_percentiles(value) for key, value in bins.items()}
@@ -477,10 +551,16 @@ def _rollup_buckets(filters: Filters, kind: str, middle: tuple[datetime, datetim
 
 
 def _add_raw_edge(
-    edge: Filters, kind: str, event_sums: dict[datetime, dict[str, Any]], conversations: dict[datetime, dict[str, Any]]
+    edge: Filters, kind: str, event_sums: dict[datetime, dict[str, Any]], conversations: dict[datetime, dict[str, Any]],
+    *, with_conversations: bool = True,
 ) -> None:
-    """Add the sums of a part of the period that no whole quarter hour covers, from the raw rows."""
-    raw_sums, _, raw_conversations = _raw_buckets(edge, kind, percentiles=False)
+    """Add the sums of a part of the period that the rollups do not cover, from the raw rows.
+
+    That is a partial quarter hour at an end of the period, or the events not
+    folded yet (`with_conversations` False: the tail's corrections count those).
+    """
+    raw_sums, _, raw_conversations = _raw_buckets(edge, kind, percentiles=False,
+                                                  with_conversations=with_conversations)
     for key, row in raw_sums.items():
         _merge(event_sums.setdefault(key, {}), row)
     for key, row in raw_conversations.items():
@@ -494,6 +574,17 @@ def _add_raw_edge_bins(edge: Filters, kind: str, tz: zoneinfo.ZoneInfo, bins: di
         _bins_of([latency], bins[local_bucket(moment, kind, tz)])
 
 
+def _add_corrections(filters: Filters, kind: str, conversations: dict[datetime, Any]) -> None:
+    for correction in _corrections(filters):
+        if filters.start <= correction.moment < filters.end:
+            key = local_bucket(correction.moment, kind, filters.tz)
+            target = conversations.get(key)
+            if target is None:
+                target = conversations[key] = defaultdict(lambda: None)
+            _merge(target, correction.sums())
+
+
+@_in_snapshot
 def breakdown(filters: Filters, dimension: str, limit: int) -> list[dict[str, Any]]:
     field = DIMENSIONS[dimension]
     events = events_in(filters)
@@ -538,15 +629,17 @@ def _rollup_peak_cells(filters: Filters, middle: tuple[datetime, datetime],
         for bucket, *values in rollup.order_by().values_list("bucket", *rollups.EVENT_SUMS):
             local = bucket.astimezone(filters.tz)
             _merge(cells[(local.isoweekday(), local.hour)], dict(zip(rollups.EVENT_SUMS, values, strict=True)))
-    for edge in edges:
+    for edge in [*edges, _tail(filters, middle)]:
         for key, row in _raw_peak_cells(edge).items():
             _merge(cells[key], row)
     return {key: defaultdict(lambda: None, value) for key, value in cells.items()}
 
 
+@_in_snapshot
 def peak_hours(filters: Filters) -> list[dict[str, Any]]:
     middle, edges = _split(filters)
     cells = _raw_peak_cells(filters) if middle is None else _rollup_peak_cells(filters, middle, edges)
+
     empty: defaultdict[str, Any] = defaultdict(lambda: None)
     result = []
     for weekday in range(1, 8):
@@ -605,9 +698,12 @@ def _rollup_buckets_in_sql(filters: Filters, kind: str, middle: tuple[datetime, 
             conversations[key] = {
                 _CONVERSATION_NAMES[k]: v for k, v in zip(rollups.CONVERSATION_SUMS, values, strict=True)
             }
-        bins_by_bucket = _percentile_bins_in_sql(cursor, filters, kind, owners, middle, edges) if percentiles else {}
-    for edge in edges:
-        _add_raw_edge(edge, kind, event_sums, conversations)
+        tail_part = _tail(filters, middle)
+        bins_by_bucket = (
+            _percentile_bins_in_sql(cursor, filters, kind, owners, middle, [*edges, tail_part]) if percentiles else {}
+        )
+    for edge in [*edges, tail_part]:
+        _add_raw_edge(edge, kind, event_sums, conversations, with_conversations=edge is not tail_part)
     return _with_none_default(event_sums), bins_by_bucket, _with_none_default(conversations)
 
 

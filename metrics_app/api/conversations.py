@@ -25,6 +25,7 @@ from metrics_app.api.serializers import (
 )
 from metrics_app.conversations import selectors as reading
 from metrics_app.conversations import services as conversations
+from metrics_app.folding import services as folding
 from metrics_app.models import Conversation
 
 MAX_EVENTS_ANSWERED = 1000  # a conversation's detail lists at most this many events
@@ -93,6 +94,8 @@ class ConversationOutcomeView(APIView):
         if not access.can_write(request.user, business_id):
             raise PermissionDenied("You may not record outcomes for that business")
         conversation = reading.conversation_of(business_id, data["conversation_id"])
+        if conversation is None and folding.fold_conversation(business_id, data["conversation_id"]):
+            conversation = reading.conversation_of(business_id, data["conversation_id"])  # its events, just folded
         if conversation is None:
             raise NotFound("No such conversation")
         names = ("appointment_booked", "appointment_requested", "human_handoff_requested")

@@ -1,4 +1,4 @@
-"""Writes to conversations: kept by ingest, outcomes recorded after the fact, rebuilt from events."""
+"""Writes to conversations: folded from the stored events, outcomes recorded after the fact, rebuilt from events."""
 
 from __future__ import annotations
 
@@ -117,9 +117,9 @@ def _as_datetime(value: Any) -> datetime:
 
 
 def apply_events(events: list[dict[str, Any]]) -> None:
-    """Fold newly stored events into their conversations and the conversation rollups, in the caller's transaction.
+    """Fold stored events into their conversations and the conversation rollups, in the caller's transaction.
 
-    Call it only with events that were just inserted: each one adds a turn.
+    The folder calls it once per event, in id order: each one adds a turn.
     First/last times take the min/max, so late and out-of-order events land
     right. New conversations are inserted first (the insert tells which are
     new); existing ones are locked and read before they are merged, so the
@@ -231,6 +231,9 @@ def record_outcome(
     """
     changed: list[str] = []
     with transaction.atomic():
+        # No fold commits until this does: the event rollups take the flag now only when they hold the event.
+        # Held before the conversation is locked, in the folder's order (its row, then conversations).
+        folded_through = rollups.folded_through(hold=True)
         locked = Conversation.objects.select_for_update().get(pk=conversation.pk)
         events = AIMetric.objects.filter(business_id=locked.business_id, conversation_id=locked.conversation_id)
         latest = events.order_by("-timestamp", "-id").first()
@@ -246,7 +249,7 @@ def record_outcome(
                 event_flags.append(name)
                 if name == "appointment_booked":
                     booked_models.append((locked.business_id, latest.model_name))
-        if latest is not None:
+        if latest is not None and latest.id <= folded_through:
             rollups.add_event_flags(locked.business_id, latest.timestamp, event_flags)
         delta = Flags(**{name: name in changed for name in _FLAGS}).counted()
         rollups.add_conversation_deltas({(locked.business_id, rollups.quarter_of(locked.first_at)): delta})
@@ -260,8 +263,8 @@ def record_outcome(
     return OutcomeResult(locked, changed)
 
 
-def rebuild_conversations() -> int:
-    """Recompute every conversation from the events (after a bulk load or a repair); returns how many.
+def rebuild_conversations(through: int | None = None) -> int:
+    """Recompute every conversation from the events (with id <= `through`); returns how many.
 
     Outcomes recorded after the fact were written to the events too, so the
     flags survive; the outcome times and notes are carried over.
@@ -276,11 +279,12 @@ def rebuild_conversations() -> int:
             .values_list("business_id", "conversation_id", "outcome_recorded_at", "outcome_note")
         )
         Conversation.objects.all().delete()
+        upto = "" if through is None else f" AND id <= {int(through)}"
         with connection.cursor() as cursor:
             cursor.execute(
                 f"INSERT INTO {table} ({', '.join(_COLUMNS)}) "
                 f"SELECT business_id, conversation_id, MIN(timestamp), MAX(timestamp), COUNT(*), {flags}, '' "
-                f"FROM {events} WHERE conversation_id IS NOT NULL AND conversation_id <> '' "
+                f"FROM {events} WHERE conversation_id IS NOT NULL AND conversation_id <> ''{upto} "
                 f"GROUP BY business_id, conversation_id"
             )
         for business_id, conversation_id, at, note in kept:

@@ -69,7 +69,7 @@ def seconds_until_allowed(key: ApiKey) -> int:
     limit = settings.MLOPS_KEY_RATE_LIMIT_PER_MINUTE if own is None else own
     now = time.time()
     minute = int(now // 60)
-    count = rate_limit.count_request(key, minute)
+    count = rate_limit.count_request(key, minute, limit)
     if count == 1:
         _note_use(key)
     if count > limit:

@@ -1,9 +1,9 @@
 """The per-key request counters: shared by every server process, kept where a busy event table cannot block them.
 
-- PostgreSQL: a small table of the service's database (mlops_rate_limit_window),
-  one short transaction per count. PostgreSQL locks rows, so a long ingest
-  transaction on the event tables does not hold it up, and every host that
-  serves the database shares the counts.
+- PostgreSQL: a small table of the service's database (mlops_rate_limit_slot)
+  where each admitted request inserts its own numbered slot, so requests of
+  one key never queue on one row lock; every host that serves the database
+  shares the slots.
 - SQLite: a writer locks the whole database file, so a count there would wait
   behind any write to the events and a keyed read would fail with them. The
   counters live in a file of their own beside the database instead
@@ -21,9 +21,9 @@ import sqlite3
 import threading
 from pathlib import Path
 
-from django.db import DatabaseError, connection, transaction
+from django.db import DatabaseError, connection
 
-from metrics_app.models import ApiKey, RateLimitWindow
+from metrics_app.models import ApiKey, RateLimitSlot
 
 # A count takes microseconds; a counter still locked after this long is not coming back soon.
 WAIT_SECONDS = 2.0
@@ -33,36 +33,58 @@ class LimiterUnavailable(Exception):
     """The request could not be counted, so it may not go through."""
 
 
-def count_request(key: ApiKey, minute: int) -> int:
-    """Count one request of `key` in `minute` (minutes since the epoch); the minute's count so far."""
+def count_request(key: ApiKey, minute: int, limit: int) -> int:
+    """Count one request of `key` in `minute` (minutes since the epoch): its place in the minute.
+
+    A place above `limit` means refused. On PostgreSQL a refused request
+    takes no place, on SQLite it does; either way every request up to the
+    limit-th is admitted and none after it.
+    """
     if connection.vendor == "sqlite":
         return _count_in_sqlite_file(key.prefix, minute)
-    return _count_in_table(key.pk, minute)
+    return _claim_slot(key.pk, minute, limit)
 
 
 # --- PostgreSQL: a table of the service's database.
 
 
-def _count_in_table(key_id: int, minute: int) -> int:
-    table = connection.ops.quote_name(RateLimitWindow._meta.db_table)
+def _claim_slot(key_id: int, minute: int, limit: int) -> int:
+    """Claim the next slot of the key's minute; its number, or limit + 1 when every slot is taken.
+
+    One statement takes the slot above the highest one committed, unless that
+    is past the limit. When another request took the same slot first (a
+    conflict: nothing inserted), the statement runs again and finds the next.
+    Each claim commits at once, so the slots taken are exactly the requests
+    admitted: never more than `limit`, and none refused while a slot is free.
+    """
+    table = connection.ops.quote_name(RateLimitSlot._meta.db_table)
+    # One round trip: the settings hold for this statement's own transaction. A slot lost to a crash is
+    # harmless; waiting for the WAL flush is not.
+    claim = (
+        f"SET LOCAL synchronous_commit = off; SET LOCAL lock_timeout = '{int(WAIT_SECONDS * 1000)}ms'; "
+        f"INSERT INTO {table} (key_id, minute, slot) "
+        f"SELECT %s, %s, COALESCE(MAX(slot), 0) + 1 FROM {table} WHERE key_id = %s AND minute = %s "
+        f"HAVING COALESCE(MAX(slot), 0) < %s "
+        f"ON CONFLICT (key_id, minute, slot) DO NOTHING RETURNING slot"
+    )
     try:
-        with transaction.atomic(), connection.cursor() as cursor:
-            # A lost count after a crash is harmless; waiting for the WAL flush is not.
-            cursor.execute(
-                "SELECT set_config('synchronous_commit', 'off', true), set_config('lock_timeout', %s, true)",
-                [f"{int(WAIT_SECONDS * 1000)}ms"],
-            )
-            cursor.execute(
-                f"INSERT INTO {table} (key_id, minute, count) VALUES (%s, %s, 1) "
-                f"ON CONFLICT (key_id, minute) DO UPDATE SET count = {table}.count + 1 RETURNING count",
-                [key_id, minute],
-            )
-            (count,) = cursor.fetchone()
-            if count == 1:
+        with connection.cursor() as cursor:
+            while True:
+                cursor.execute(claim, [key_id, minute, key_id, minute, limit])
+                row = cursor.fetchone()
+                if row is not None:
+                    slot = int(row[0])
+                    break
+                cursor.execute(
+                    f"SELECT COALESCE(MAX(slot), 0) FROM {table} WHERE key_id = %s AND minute = %s", [key_id, minute]
+                )
+                if int(cursor.fetchone()[0]) >= limit:
+                    return limit + 1
+            if slot == 1:
                 cursor.execute(f"DELETE FROM {table} WHERE key_id = %s AND minute < %s", [key_id, minute - 1])
     except DatabaseError as exc:
         raise LimiterUnavailable(f"the rate-limit table did not answer: {exc}") from exc
-    return count
+    return slot
 
 
 # --- SQLite: a file of its own. One connection per thread (gunicorn's gthread workers), opened after the fork.

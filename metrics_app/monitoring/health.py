@@ -7,12 +7,13 @@ from datetime import UTC, datetime
 from typing import Any
 
 from django.conf import settings
-from django.db import connection
+from django.db import DatabaseError, connection
 from django.http import HttpRequest, HttpResponse, JsonResponse
 from django.views.decorators.csrf import csrf_exempt
 
 from metrics_app import database
 from metrics_app.errors import method_not_allowed
+from metrics_app.folding import services as folding
 
 SERVICE_NAME = "mlops-service"
 
@@ -24,6 +25,10 @@ def _now_iso() -> str:
 @csrf_exempt
 def health(request: HttpRequest) -> HttpResponse:
     """Liveness with a real database round trip; 503 when the database is away or busy.
+
+    "degraded" (200) when the folder is behind by more than MLOPS_FOLDER_MAX_BACKLOG
+    events, or events wait with no folder running: ingest and reads still work
+    (reads add the unfolded events themselves), but they slow as the backlog grows.
 
     "busy" is an SQLite file whose write lock another writer holds: reads work,
     writes wait. Production says only what a load balancer needs; development
@@ -43,6 +48,8 @@ def health(request: HttpRequest) -> HttpResponse:
         body["environment"] = settings.MLOPS_ENV
         body["database"]["vendor"] = connection.vendor
     checked = database.probe(connection)
+    if checked.state == database.OK:
+        _add_folder(body, details)
     if checked.state != database.OK:
         body["status"] = "unhealthy"
         body["database"]["status"] = checked.state
@@ -52,3 +59,17 @@ def health(request: HttpRequest) -> HttpResponse:
         response["Retry-After"] = str(settings.MLOPS_RETRY_AFTER_SECONDS)
         return response
     return JsonResponse(body)
+
+
+def _add_folder(body: dict[str, Any], details: bool) -> None:
+    """The folder's backlog and lag; "degraded" (still 200: the service serves) when it falls behind."""
+    try:
+        folder = folding.status()
+    except DatabaseError as exc:
+        body["folder"] = {"status": "unknown"}
+        if details:
+            body["folder"]["error"] = type(exc).__name__
+        return
+    body["folder"] = folder.as_dict() if details else {"status": folder.as_dict()["status"]}
+    if folder.degraded:
+        body["status"] = "degraded"

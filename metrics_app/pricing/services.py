@@ -180,7 +180,7 @@ def reprice(events: Any, table: PriceTable, chunk: int = 2000, progress: Any = N
     """Recompute cost_usd and cost_basis of the events in a queryset; (examined, changed).
 
     Walks the rows by id in chunks and writes only those whose figures change,
-    moving the rollups' cost figures with them in the same transaction.
+    moving the rollups' cost figures of the folded ones with them in the same transaction.
     """
     model = events.model
     examined = changed = 0
@@ -206,8 +206,12 @@ def reprice(events: Any, table: PriceTable, chunk: int = 2000, progress: Any = N
                 after.append({**row, "cost_usd": cost, "cost_basis": basis})
         if updates:
             with transaction.atomic():
+                # The rollups hold the folded events only; the folder prices the others as they now are.
+                folded_through = rollups.folded_through(hold=True)
                 model.objects.bulk_update(updates, ["cost_usd", "cost_basis"], batch_size=500)
-                rollups.replace_costs(before, after)
+                folded = [i for i, row in enumerate(before) if row["id"] <= folded_through]
+                if folded:
+                    rollups.replace_costs([before[i] for i in folded], [after[i] for i in folded])
             changed += len(updates)
 
 

@@ -23,6 +23,7 @@ from tests.analytics.helpers import (
     select,
     store,
 )
+from tests.helpers import fold_all
 
 
 @pytest.fixture
@@ -57,7 +58,8 @@ def test_the_latency_sketch_is_within_one_percent_of_the_exact_percentile(spread
             assert rollups.sketch_percentile(bins, fraction) == pytest.approx(exact, rel=0.01)
 
 
-def test_rollups_kept_by_ingest_equal_a_rebuild_from_the_raw_rows(analytics_data):
+def test_rollups_kept_by_the_folder_equal_a_rebuild_from_the_raw_rows(analytics_data):
+    fold_all()
     kept = rollup_tables()
     assert kept[0] and kept[1] and kept[2]
     call_command("rebuild_analytics", "--quiet-progress", stdout=StringIO())
@@ -79,7 +81,8 @@ def test_a_period_with_partial_quarter_hours_at_both_ends_is_exact(api, agency, 
     assert summary["conversations"] == len(expected_conversations(all_rows, start, end))
 
 
-def test_a_late_first_turn_moves_the_conversation_to_its_earlier_local_hour(api, agency, db):
+@pytest.mark.parametrize("folded_between", [False, True], ids=["unfolded", "folded-between"])
+def test_a_late_first_turn_moves_the_conversation_to_its_earlier_local_hour(api, agency, db, folded_between):
     base = NOW - timedelta(hours=5)
 
     def turn(n, minutes, **extra):
@@ -88,6 +91,8 @@ def test_a_late_first_turn_moves_the_conversation_to_its_earlier_local_hour(api,
                 "timestamp": (base + timedelta(minutes=minutes)).isoformat(), **extra}
 
     store([turn(2, 70, appointment_booked=True), turn(3, 75)])
+    if folded_between:
+        fold_all()
     store([turn(1, -50, appointment_requested=True), turn(2, 70)])  # the real first turn, an hour earlier, and a retry
     params = {"start": (NOW - timedelta(hours=8)).isoformat(), "end": NOW.isoformat(), "bucket": "hour",
               "tz": "Asia/Kathmandu"}

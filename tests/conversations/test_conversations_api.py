@@ -1,19 +1,29 @@
-"""Conversations: kept right at ingest (late, out of order, retried), listed, and outcomes recorded later."""
+"""Conversations: folded right from the events (late, out of order, retried), listed, and outcomes recorded later."""
 
 from __future__ import annotations
 
 import json
 from datetime import timedelta
+from io import StringIO
 from typing import Any
 
 import pytest
 from django.contrib.auth.models import User
+from django.core.management import call_command
 
 from metrics_app import listeners
-from metrics_app.models import AIMetric, Business, Conversation
-from tests.analytics.helpers import NOW, store
+from metrics_app.models import AIMetric, Business, Conversation, EventRollup
+from tests.analytics.helpers import NOW
+from tests.analytics.helpers import store as store_unfolded
+from tests.helpers import fold_all
 
 PERIOD = {"start": (NOW - timedelta(days=2)).isoformat(), "end": NOW.isoformat()}
+
+
+def store(events: list[dict[str, Any]]) -> None:
+    """Store events and fold them, as the folder does a moment after ingest: lists show folded conversations."""
+    store_unfolded(events)
+    fold_all()
 
 
 def turn(n: int, minutes: int, **fields: Any) -> dict[str, Any]:
@@ -113,6 +123,32 @@ def test_a_booking_recorded_later_marks_the_conversation_and_moves_the_counter_o
     summary = api.get("/api/analytics/summary", PERIOD, headers=reader).json()["summary"]
     assert summary["appointments_booked"] == 1
     assert summary["cost_per_booked_appointment_usd"] == pytest.approx(summary["cost_usd"])
+
+
+@pytest.mark.parametrize("folded", ["nothing", "the first turn"])
+def test_an_outcome_for_events_not_yet_folded_succeeds_and_is_counted_once(api, writer, reader, business, folded):
+    store_unfolded([turn(1, 0)])
+    if folded == "the first turn":
+        fold_all()
+    store_unfolded([turn(2, 5, appointment_requested=True)])  # the latest turn, which takes the flag, is unfolded
+    body = {"conversation_id": "chat-1", "appointment_booked": True}
+    answer = api.post("/api/conversations/outcome", json.dumps(body), content_type="application/json",
+                      headers=writer)
+    assert answer.status_code == 200, answer.content
+    assert answer.json()["changed"] == ["appointment_booked"]
+
+    def booked() -> tuple[int, int]:
+        summary = api.get("/api/analytics/summary", PERIOD, headers=reader).json()["summary"]
+        return summary["appointments_booked"], summary["conversations_booked"]
+
+    assert booked() == (1, 1)
+    fold_all()
+    assert booked() == (1, 1)
+    conversation = Conversation.objects.get(conversation_id="chat-1")
+    assert (conversation.turns, conversation.appointment_booked, conversation.appointment_requested) == (2, True, True)
+    kept = sorted(EventRollup.objects.values_list("business_id", "bucket", "booked", "requested"))
+    call_command("rebuild_analytics", "--quiet-progress", stdout=StringIO())
+    assert sorted(EventRollup.objects.values_list("business_id", "bucket", "booked", "requested")) == kept
 
 
 def test_a_read_only_key_may_not_record_outcomes(api, reader, business):

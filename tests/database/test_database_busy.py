@@ -15,7 +15,7 @@ from django.conf import settings
 from django.db import connection
 
 from metrics_app.keys import rate_limit
-from metrics_app.models import AIMetric, RateLimitWindow
+from metrics_app.models import AIMetric, RateLimitSlot
 from tests.helpers import on_postgres
 
 pytestmark = pytest.mark.slow
@@ -58,7 +58,7 @@ def postgres_table_lock(table: str) -> Iterator[None]:
 
 def limiter_locked():
     if on_postgres():
-        return postgres_table_lock(RateLimitWindow._meta.db_table)
+        return postgres_table_lock(RateLimitSlot._meta.db_table)
     return sqlite_write_lock(str(rate_limit.counter_file()))
 
 

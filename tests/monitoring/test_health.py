@@ -36,8 +36,9 @@ def test_in_production_health_says_only_what_a_load_balancer_needs(api, settings
     response = api.get("/health")
     assert response.status_code == 200
     body = response.json()
-    assert set(body) == {"status", "service", "timestamp", "monitoring", "database"}
+    assert set(body) == {"status", "service", "timestamp", "monitoring", "database", "folder"}
     assert body["database"] == {"status": "ok"}
+    assert body["folder"] == {"status": "ok"}  # no counts: a load balancer needs only the word
 
 
 def test_health_refuses_post(api):
