@@ -4,15 +4,18 @@
 
 Measures, on a temporary PostgreSQL server this script starts:
   - POST /track, one seed-shaped event per request, 16 concurrent connections
-    (wrk), for this service (gunicorn) and for the seed's two forms (its Flask
-    server, and gunicorn with 4 workers);
-  - POST /track/batch in events/s (500 events a batch, 4 concurrent senders);
+    (wrk), for this service as production runs it (MLOPS_ENV=production, an
+    ingest API key sent as a Bearer token, the key's rate limit out of reach)
+    and for the seed's two forms (its Flask server, and gunicorn with 4 workers);
+  - POST /track/batch in events/s (500 events a batch, 4 concurrent senders, the same key);
   - the raw database limits: single-row INSERTs/s (pgbench, 16 clients) and
     COPY rows/s;
-then prints the figures and the ratios the targets are stated in. Needs wrk
-and the PostgreSQL server binaries (Debian: wrk, postgresql). The seed's
-service runs in its own virtual environment, made on first use under
-~/.cache/mlops-bench/seed-venv.
+then prints the figures, each ratio or figure the issue sets a target for
+beside its target. Every phase lasts at most --duration seconds, and every
+process started here is stopped by its process group at the end, also on
+Ctrl-C or SIGTERM. Needs wrk and the PostgreSQL
+server binaries (Debian: wrk, postgresql). The seed's service runs in its own
+virtual environment, made on first use under ~/.cache/mlops-bench/seed-venv.
 """
 
 from __future__ import annotations
@@ -23,6 +26,7 @@ import io
 import json
 import os
 import re
+import secrets
 import shutil
 import signal
 import subprocess
@@ -31,9 +35,10 @@ import tempfile
 import threading
 import time
 import uuid
+from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Iterator
+from typing import Any
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
@@ -44,16 +49,57 @@ SEED_REQUIREMENTS = [
     "Flask==3.0.0", "Flask-CORS==4.0.0", "prometheus-client==0.19.0", "psycopg2-binary==2.9.13", "gunicorn==27.0.1",
 ]
 WRK_SCRIPT = ROOT / "bench" / "track_event.lua"
+KEY_VARIABLE = "MLOPS_BENCH_API_KEY"  # track_event.lua sends it as "Authorization: Bearer ..." when set
+BUSINESS_ID = "test-business"  # the business of the wrk script's event
+# Requests per minute for the bench's key: 16 connections come nowhere near it, so no request is throttled.
+KEY_RATE_LIMIT = 2_000_000_000
+TRACK = "this service, /track (production, API key)"
+BATCH = "this service, /track/batch (production, API key)"
 BATCH_SIZE = 500
+BATCHES_PER_SECOND = 40  # bodies made per second of --duration: the batch phase's load is bounded in count too
+STOP_SECONDS = 15
+# The issue's targets.
+TARGET_SEED_RATIO = 4.0
+TARGET_P99_MS = 50.0
+TARGET_BATCH_OF_COPY = 0.25
 
 
 def psql(server: TempPostgres, sql: str, db: str = TempPostgres.DB) -> str:
     result = subprocess.run(
         [str(server.bindir / "psql"), "-h", "127.0.0.1", "-p", str(server.port), "-U", server.ROLE, "-d", db,
          "-v", "ON_ERROR_STOP=1", "-qAt", "-c", sql],
-        capture_output=True, text=True, check=True,
+        capture_output=True, text=True, check=True, timeout=600,
     )
     return result.stdout.strip()
+
+
+def connect(server: TempPostgres, db: str = TempPostgres.DB) -> Any:
+    import psycopg2
+
+    return psycopg2.connect(host="127.0.0.1", port=server.port, user=server.ROLE, dbname=db)
+
+
+def manage(env: dict[str, str], *args: str) -> str:
+    """`manage.py <args>` of this service; its stdout, or RuntimeError with its stderr."""
+    result = subprocess.run(
+        [sys.executable, "manage.py", *args], cwd=ROOT, env=env, capture_output=True, text=True, timeout=300
+    )
+    if result.returncode != 0:
+        raise RuntimeError(f"manage.py {' '.join(args)} failed ({result.returncode}):\n{result.stderr[-3000:]}")
+    return result.stdout.strip()
+
+
+def stop_group(process: subprocess.Popen) -> None:
+    """SIGTERM to the process group that `process` leads, SIGKILL if it is still there after STOP_SECONDS."""
+    try:
+        os.killpg(process.pid, signal.SIGTERM)
+    except ProcessLookupError:
+        pass
+    try:
+        process.wait(timeout=STOP_SECONDS)
+    except subprocess.TimeoutExpired:
+        os.killpg(process.pid, signal.SIGKILL)
+        process.wait(timeout=STOP_SECONDS)
 
 
 def wait_http(url: str, timeout: float = 60.0) -> None:
@@ -82,17 +128,28 @@ def serve(command: list[str], env: dict[str, str], url: str, cwd: Path) -> Itera
         print(Path(log.name).read_text()[-3000:], file=sys.stderr)
         raise
     finally:
-        os.killpg(process.pid, signal.SIGTERM)
-        try:
-            process.wait(timeout=15)
-        except subprocess.TimeoutExpired:
-            os.killpg(process.pid, signal.SIGKILL)
+        stop_group(process)
 
 
-def wrk(url: str, duration: int) -> dict[str, float]:
+def check_key(url: str, api_key: str) -> None:
+    """One keyed event through /track, so a service that refuses the key stops the bench instead of being timed."""
+    host, port = url.split("//")[1].split(":")
+    body = WRK_SCRIPT.read_text().split("wrk.body = '")[1].split("'\n")[0]
+    conn = http.client.HTTPConnection(host, int(port), timeout=30)
+    conn.request("POST", "/track", body, {"Content-Type": "application/json", "Authorization": f"Bearer {api_key}"})
+    response = conn.getresponse()
+    answer = response.read().decode(errors="replace")
+    if response.status != 201:
+        raise RuntimeError(f"this service refused the bench's ingest key: {response.status} {answer[:500]}")
+
+
+def wrk(url: str, duration: int, api_key: str | None = None) -> dict[str, float]:
+    env = {name: value for name, value in os.environ.items() if name != KEY_VARIABLE}
+    if api_key:
+        env[KEY_VARIABLE] = api_key
     out = subprocess.run(
         ["wrk", "-t2", "-c16", f"-d{duration}s", "--latency", "-s", str(WRK_SCRIPT), url + "/track"],
-        capture_output=True, text=True, check=True,
+        capture_output=True, text=True, check=True, env=env, timeout=duration + 60,
     ).stdout
     rps = float(re.search(r"Requests/sec:\s+([\d.]+)", out).group(1))
 
@@ -104,33 +161,44 @@ def wrk(url: str, duration: int) -> dict[str, float]:
     return {"rps": rps, "p50": latency("50"), "p99": latency("99"), "errors": int(non2xx.group(1)) if non2xx else 0}
 
 
-def batch_rate(url: str, duration: int, senders: int = 4) -> float:
-    """Events/s through /track/batch, bodies made before the clock starts."""
-    host, port = url.split("//")[1].split(":")
+def batch_bodies(count: int) -> list[bytes]:
+    """`count` batches of the wrk script's event, each event with an event_id of its own."""
     template = json.loads(WRK_SCRIPT.read_text().split("wrk.body = '")[1].split("'\n")[0])
-    bodies: list[bytes] = []
-    for _ in range(max(40, duration * 20)):
-        events = [{**template, "event_id": str(uuid.uuid4())} for _ in range(BATCH_SIZE)]
-        bodies.append(json.dumps({"events": events}).encode())
+    head, tail = json.dumps({**template, "event_id": "@"}).split('"@"')
+    return [
+        ('{"events":[' + ",".join(f'{head}"{uuid.uuid4()}"{tail}' for _ in range(BATCH_SIZE)) + "]}").encode()
+        for _ in range(count)
+    ]
+
+
+def batch_rate(url: str, duration: int, api_key: str | None = None, senders: int = 4) -> dict[str, float]:
+    """Events/s through /track/batch, bodies made before the clock starts; `seconds` is less than
+    `duration` when every body was sent before the deadline."""
+    host, port = url.split("//")[1].split(":")
+    headers = {"Content-Type": "application/json"}
+    if api_key:
+        headers["Authorization"] = f"Bearer {api_key}"
+    queue = iter(batch_bodies(max(40, duration * BATCHES_PER_SECOND)))
     stored = 0
+    failures: list[str] = []
     lock = threading.Lock()
     deadline = time.monotonic() + duration
-    queue = iter(bodies)
 
     def sender() -> None:
         nonlocal stored
         while time.monotonic() < deadline:
             with lock:
                 body = next(queue, None)
-            if body is None:
+            if body is None or failures:
                 return
             conn = http.client.HTTPConnection(host, int(port), timeout=60)
-            conn.request("POST", "/track/batch", body, {"Content-Type": "application/json"})
+            conn.request("POST", "/track/batch", body, headers)
             response = conn.getresponse()
             answer = json.loads(response.read())
-            if response.status != 200:
-                raise RuntimeError(f"batch answered {response.status}: {answer}")
             with lock:
+                if response.status != 200:
+                    failures.append(f"batch answered {response.status}: {str(answer)[:500]}")
+                    return
                 stored += answer["created"]
 
     started = time.monotonic()
@@ -139,7 +207,10 @@ def batch_rate(url: str, duration: int, senders: int = 4) -> float:
         thread.start()
     for thread in threads:
         thread.join()
-    return stored / (time.monotonic() - started)
+    if failures:
+        raise RuntimeError(failures[0])
+    elapsed = time.monotonic() - started
+    return {"events_per_s": stored / elapsed, "seconds": elapsed}
 
 
 def pgbench_insert_rate(server: TempPostgres, duration: int) -> float:
@@ -156,30 +227,87 @@ def pgbench_insert_rate(server: TempPostgres, duration: int) -> float:
     out = subprocess.run(
         [str(server.bindir / "pgbench"), "-h", "127.0.0.1", "-p", str(server.port), "-U", server.ROLE, "-n",
          "-c", "16", "-j", "2", "-T", str(duration), "-f", str(script), "seed_bench"],
-        capture_output=True, text=True, check=True,
+        capture_output=True, text=True, check=True, timeout=duration + 60,
     ).stdout
+    script.unlink()
     return float(re.search(r"tps = ([\d.]+)", out).group(1))
 
 
 def copy_rate(server: TempPostgres, rows: int = 500_000) -> float:
-    import psycopg2
+    line = b"test-business\tc1\ts1\t1500\t1.0\t150\t0.002\tgemini-1.5-flash\tgeneral\tf\tf\tf\t45\t120\ttext\n"
+    data = io.BytesIO(line * rows)
+    conn = connect(server, "seed_bench")
+    try:
+        with conn, conn.cursor() as cursor:
+            cursor.execute("CREATE TABLE raw_copy (LIKE ai_metrics INCLUDING DEFAULTS)")
+        started = time.monotonic()
+        with conn, conn.cursor() as cursor:
+            cursor.copy_expert(
+                "COPY raw_copy (business_id, conversation_id, session_id, response_time_ms, success_rate, "
+                "tokens_used, api_cost_usd, model_name, intent_detected, appointment_requested, appointment_booked, "
+                "human_handoff_requested, user_message_length, ai_response_length, response_type) FROM STDIN",
+                data,
+            )
+        return rows / (time.monotonic() - started)
+    finally:
+        conn.close()
 
-    line = "test-business\tc1\ts1\t1500\t1.0\t150\t0.002\tgemini-1.5-flash\tgeneral\tf\tf\tf\t45\t120\ttext\n"
-    data = io.StringIO(line * rows)
-    conn = psycopg2.connect(host="127.0.0.1", port=server.port, user=server.ROLE, dbname="seed_bench")
-    with conn, conn.cursor() as cursor:
-        cursor.execute("CREATE TABLE raw_copy (LIKE ai_metrics INCLUDING DEFAULTS)")
-    started = time.monotonic()
-    with conn, conn.cursor() as cursor:
-        cursor.copy_expert(
-            "COPY raw_copy (business_id, conversation_id, session_id, response_time_ms, success_rate, tokens_used, "
-            "api_cost_usd, model_name, intent_detected, appointment_requested, appointment_booked, "
-            "human_handoff_requested, user_message_length, ai_response_length, response_type) FROM STDIN",
-            data,
-        )
-    elapsed = time.monotonic() - started
-    conn.close()
-    return rows / elapsed
+
+# --- The runs
+
+
+def service_env(server: TempPostgres, args: argparse.Namespace) -> dict[str, str]:
+    """This service configured as production requires (metrics_app/checks.py), on the temporary server."""
+    return {
+        **os.environ,
+        "DATABASE_URL": server.url,
+        "MLOPS_ENV": "production",
+        "SECRET_KEY": secrets.token_urlsafe(48),
+        "DEBUG": "false",
+        "ALLOWED_HOSTS": "127.0.0.1,localhost",
+        "MLOPS_ALLOW_ANONYMOUS_CHAT": "false",
+        "MLOPS_METRICS_TOKEN": secrets.token_urlsafe(24),
+        "LOG_LEVEL": "WARNING",
+        "WEB_CONCURRENCY": str(args.workers),
+        "GUNICORN_THREADS": str(args.threads),
+    }
+
+
+def run_ours(server: TempPostgres, args: argparse.Namespace, results: dict[str, dict[str, float]]) -> None:
+    """This service's two ingest phases, in production mode with an ingest key."""
+    env = service_env(server, args)
+    manage(env, "migrate", "-v0")
+    key = manage(env, "create_api_key", BUSINESS_ID, "--name", "bench_ingest", "--scope", "ingest",
+                 "--rate-limit", str(KEY_RATE_LIMIT), "--create-business")
+    port = free_port()
+    url = f"http://127.0.0.1:{port}"
+    with serve([sys.executable, "-m", "gunicorn", "mlops_site.wsgi", "-c", "gunicorn.conf.py",
+                "-b", f"127.0.0.1:{port}"], env, url, ROOT):
+        check_key(url, key)
+        results[TRACK] = wrk(url, args.duration, key)
+        results[BATCH] = batch_rate(url, args.duration, key)
+
+
+def run_seed(server: TempPostgres, seed_app: Path, duration: int, results: dict[str, dict[str, float]]) -> None:
+    venv = seed_venv()
+    seed_env = {**os.environ, "DATABASE_URL": f"postgresql://{server.ROLE}@127.0.0.1:{server.port}/seed_bench"}
+    port = free_port()
+    url = f"http://127.0.0.1:{port}"
+    with serve([str(venv / "bin" / "python"), str(seed_app)], {**seed_env, "SERVICE_PORT": str(port)}, url,
+               seed_app.parent):
+        results["seed, Flask server"] = wrk(url, duration)
+    port = free_port()
+    url = f"http://127.0.0.1:{port}"
+    with serve([str(venv / "bin" / "gunicorn"), "-w", "4", "-b", f"127.0.0.1:{port}", "seed_flask_app:app"],
+               seed_env, url, seed_app.parent):
+        results["seed, gunicorn -w 4"] = wrk(url, duration)
+
+
+def run_raw_limits(server: TempPostgres, duration: int, results: dict[str, dict[str, float]]) -> None:
+    results["PostgreSQL single-row INSERT (pgbench, 16 clients)"] = {
+        "rows_per_s": pgbench_insert_rate(server, duration)
+    }
+    results["PostgreSQL COPY"] = {"rows_per_s": copy_rate(server)}
 
 
 def seed_venv() -> Path:
@@ -189,6 +317,48 @@ def seed_venv() -> Path:
         subprocess.run([sys.executable, "-m", "venv", str(venv)], check=True)
         subprocess.run([str(venv / "bin" / "pip"), "install", "-q", *SEED_REQUIREMENTS], check=True)
     return venv
+
+
+# --- The report
+
+
+def verdict(met: bool) -> str:
+    return "met" if met else "MISSED"
+
+
+def report_ingest(results: dict[str, dict[str, float]]) -> None:
+    ours = results[TRACK]
+    batch = results[BATCH]["events_per_s"]
+    if ours["errors"]:
+        print(f"WARNING: this service answered {ours['errors']:,.0f} /track requests with a non-2xx status; "
+              "its requests/s count those refusals")
+    p99 = f"/track p99: {ours['p99']:.1f} ms  (target < {TARGET_P99_MS:.0f} ms: {verdict(ours['p99'] < TARGET_P99_MS)})"
+    if "seed, Flask server" not in results:
+        print(p99)
+        return
+    best_seed = max(results["seed, Flask server"]["rps"], results["seed, gunicorn -w 4"]["rps"])
+    ratio = ours["rps"] / best_seed
+    insert = results["PostgreSQL single-row INSERT (pgbench, 16 clients)"]["rows_per_s"]
+    copy = results["PostgreSQL COPY"]["rows_per_s"]
+    print(f"/track / best seed form: {ratio:.2f}x  (target >= {TARGET_SEED_RATIO:.0f}x: "
+          f"{verdict(ratio >= TARGET_SEED_RATIO)})")
+    print(p99)
+    print(f"/track / raw single-row INSERT: {ours['rps'] / insert:.2%}")
+    print(f"/track/batch / raw COPY: {batch / copy:.2%}  "
+          f"(target >= {TARGET_BATCH_OF_COPY:.0%}: {verdict(batch / copy >= TARGET_BATCH_OF_COPY)})")
+
+
+def report(results: dict[str, dict[str, float]]) -> None:
+    print()
+    for name, figures in results.items():
+        shown = ", ".join(f"{k}={v:,.1f}" for k, v in figures.items())
+        print(f"{name:55s} {shown}")
+    print()
+    report_ingest(results)
+
+
+def _stop_on_sigterm(signum: int, frame: object) -> None:
+    raise SystemExit(128 + signum)  # unwinds through the finally blocks that stop what was started
 
 
 def main() -> int:
@@ -205,62 +375,22 @@ def main() -> int:
         parser.error(f"no seed service at {seed_app}")
     if not shutil.which("wrk"):
         parser.error("wrk not found (Debian package wrk)")
+    signal.signal(signal.SIGTERM, _stop_on_sigterm)
 
     server = TempPostgres.create()
     results: dict[str, dict[str, float]] = {}
     try:
         psql(server, "CREATE DATABASE seed_bench")
-        ours_url = f"postgresql://{server.ROLE}@127.0.0.1:{server.port}/{server.DB}"
-        env = {**os.environ, "DATABASE_URL": ours_url, "MLOPS_ENV": "development", "DEBUG": "false",
-               "LOG_LEVEL": "WARNING", "WEB_CONCURRENCY": str(args.workers),
-               "GUNICORN_THREADS": str(args.threads)}
-        subprocess.run([sys.executable, "manage.py", "migrate", "-v0"], cwd=ROOT, env=env, check=True)
-
-        port = free_port()
-        url = f"http://127.0.0.1:{port}"
-        with serve([sys.executable, "-m", "gunicorn", "mlops_site.wsgi", "-c", "gunicorn.conf.py",
-                    "-b", f"127.0.0.1:{port}"], env, url, ROOT):
-            results["this service, /track"] = wrk(url, args.duration)
-            results["this service, /track/batch"] = {"events_per_s": batch_rate(url, args.duration)}
-        if args.only_ours:
-            for name, figures in results.items():
-                print(f"{name:55s} " + ", ".join(f"{k}={v:,.1f}" for k, v in figures.items()))
-            return 0
-
-        venv = seed_venv()
-        seed_env = {**os.environ, "DATABASE_URL": f"postgresql://{server.ROLE}@127.0.0.1:{server.port}/seed_bench"}
-        port = free_port()
-        url = f"http://127.0.0.1:{port}"
-        with serve([str(venv / "bin" / "python"), str(seed_app)], {**seed_env, "SERVICE_PORT": str(port)}, url,
-                   seed_app.parent):
-            results["seed, Flask server"] = wrk(url, args.duration)
-        port = free_port()
-        url = f"http://127.0.0.1:{port}"
-        with serve([str(venv / "bin" / "gunicorn"), "-w", "4", "-b", f"127.0.0.1:{port}", "seed_flask_app:app"],
-                   seed_env, url, seed_app.parent):
-            results["seed, gunicorn -w 4"] = wrk(url, args.duration)
-
-        results["PostgreSQL single-row INSERT (pgbench, 16 clients)"] = {
-            "rows_per_s": pgbench_insert_rate(server, args.duration)
-        }
-        results["PostgreSQL COPY"] = {"rows_per_s": copy_rate(server)}
+        run_ours(server, args, results)
+        if not args.only_ours:
+            run_seed(server, seed_app, args.duration, results)
+            run_raw_limits(server, args.duration, results)
+    except RuntimeError as exc:
+        print(f"bench_ingest: {exc}", file=sys.stderr)
+        return 1
     finally:
         server.destroy()
-
-    print()
-    for name, figures in results.items():
-        shown = ", ".join(f"{k}={v:,.1f}" for k, v in figures.items())
-        print(f"{name:55s} {shown}")
-    ours = results["this service, /track"]
-    best_seed = max(results["seed, Flask server"]["rps"], results["seed, gunicorn -w 4"]["rps"])
-    batch = results["this service, /track/batch"]["events_per_s"]
-    copy = results["PostgreSQL COPY"]["rows_per_s"]
-    insert = results["PostgreSQL single-row INSERT (pgbench, 16 clients)"]["rows_per_s"]
-    print()
-    print(f"single-event ingest / best seed form: {ours['rps'] / best_seed:.2f}x  (target >= 4x)")
-    print(f"single-event ingest p99: {ours['p99']:.1f} ms  (target < 50 ms)")
-    print(f"single-event ingest / raw single-row INSERT: {ours['rps'] / insert:.2%}")
-    print(f"batch ingest / raw COPY: {batch / copy:.2%}  (target >= 25%)")
+    report(results)
     return 0
 
 
