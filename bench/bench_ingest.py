@@ -8,13 +8,17 @@ Measures, on a temporary PostgreSQL server this script starts:
     ingest API key sent as a Bearer token, the key's rate limit out of reach)
     and for the seed's two forms (its Flask server, and gunicorn with 4 workers);
   - POST /track/batch in events/s (500 events a batch, 4 concurrent senders, the same key);
+  - the background folder (`manage.py fold_events`) running beside the service,
+    when this checkout has it: every 0.25 s of each ingest phase its backlog
+    (stored events not yet folded), its lag (the age of the oldest of them) and
+    its memory, then how long it takes to fold the backlog once ingest stops;
   - the raw database limits: single-row INSERTs/s (pgbench, 16 clients), and
     COPY rows/s into a bare table and into a copy of ai_metrics with all its
     indexes and constraints;
 then prints the figures, each ratio or figure the issue sets a target for
-beside its target. Every phase lasts at most --duration seconds, and every
-process started here is stopped by its process group at the end, also on
-Ctrl-C or SIGTERM. Needs wrk and the PostgreSQL
+beside its target. Every phase lasts at most --duration seconds (each drain at
+most max(30, 3 x --duration)), and every process started here is stopped by
+its process group at the end, also on Ctrl-C or SIGTERM. Needs wrk and the PostgreSQL
 server binaries (Debian: wrk, postgresql). The seed's service runs in its own
 virtual environment, made on first use under ~/.cache/mlops-bench/seed-venv.
 """
@@ -36,8 +40,9 @@ import tempfile
 import threading
 import time
 import uuid
-from collections.abc import Iterator
-from contextlib import contextmanager
+from collections.abc import Callable, Iterator
+from contextlib import ExitStack, contextmanager
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -59,11 +64,19 @@ BATCH = "this service, /track/batch (production, API key)"
 BATCH_SIZE = 500
 BATCHES_PER_SECOND = 40  # bodies made per second of --duration: the batch phase's load is bounded in count too
 COPY_ROWS = 500_000
+SAMPLE_SECONDS = 0.25
 STOP_SECONDS = 15
 # The issue's targets.
 TARGET_SEED_RATIO = 4.0
 TARGET_P99_MS = 50.0
 TARGET_BATCH_OF_COPY = 0.25
+TARGET_FOLDER_LAG_S = 5.0
+TARGET_FOLDER_RSS_MB = 200.0
+
+
+def drain_limit(duration: int) -> float:
+    """Seconds the folder gets to fold the backlog after a phase before it is reported as not drained."""
+    return max(30.0, 3.0 * duration)
 
 
 def psql(server: TempPostgres, sql: str, db: str = TempPostgres.DB) -> str:
@@ -298,6 +311,162 @@ def copy_indexed_rate(server: TempPostgres, rows: int = COPY_ROWS) -> float:
         conn.close()
 
 
+# --- The background folder
+
+
+@dataclass
+class FolderSample:
+    backlog: int  # highest stored event id - folded_through
+    lag_seconds: float  # age of the oldest unfolded event, 0 when none
+    rss_mb: float  # the folder's process group
+
+
+@dataclass
+class FolderPhase:
+    """The folder's figures over one ingest phase and the drain after it."""
+
+    phase: str
+    events_per_s: float
+    samples: list[FolderSample]
+    drain_seconds: float | None  # None: backlog_left events still unfolded after the drain limit
+    backlog_left: int
+    running: bool  # the folder process was still alive at the end
+
+    @property
+    def max_lag(self) -> float:
+        return max(sample.lag_seconds for sample in self.samples)
+
+    @property
+    def end_lag(self) -> float:
+        return self.samples[-1].lag_seconds
+
+    @property
+    def max_rss(self) -> float:
+        return max(sample.rss_mb for sample in self.samples)
+
+    @property
+    def max_backlog(self) -> int:
+        return max(sample.backlog for sample in self.samples)
+
+
+def group_rss_mb(pgid: int) -> float:
+    """VmRSS summed over the processes of one process group (the folder and any children it starts)."""
+    total_kb = 0
+    for entry in os.scandir("/proc"):
+        if not entry.name.isdigit():
+            continue
+        try:
+            stat = Path(entry.path, "stat").read_text()
+            if int(stat.rsplit(")", 1)[1].split()[2]) != pgid:
+                continue
+            for line in Path(entry.path, "status").read_text().splitlines():
+                if line.startswith("VmRSS:"):
+                    total_kb += int(line.split()[1])
+        except (OSError, ValueError, IndexError):  # the process ended while being read
+            continue
+    return total_kb / 1024
+
+
+@dataclass
+class FolderWatch:
+    """Reads the folder's state row (mlops_folder_state) and memory; one thread at a time uses it."""
+
+    server: TempPostgres
+    process: subprocess.Popen
+    conn: Any = field(init=False)
+
+    def __post_init__(self) -> None:
+        self.conn = connect(self.server)
+        self.conn.autocommit = True
+
+    def _one(self, sql: str) -> tuple:
+        with self.conn.cursor() as cursor:
+            cursor.execute(sql)
+            return cursor.fetchone()
+
+    def sample(self) -> FolderSample:
+        backlog, lag = self._one(
+            "SELECT coalesce((SELECT max(id) FROM ai_metrics), 0) - f.folded_through, "
+            "coalesce((SELECT extract(epoch FROM now() - m.created_at) FROM ai_metrics m "
+            "          WHERE m.id > f.folded_through ORDER BY m.id LIMIT 1), 0) "
+            "FROM mlops_folder_state f WHERE f.name = 'events'"
+        )
+        return FolderSample(max(0, int(backlog)), max(0.0, float(lag)), group_rss_mb(self.process.pid))
+
+    def backlog(self) -> int:
+        """Stored events not yet folded, counted (ids may have gaps)."""
+        return self._one(
+            "SELECT count(*) FROM ai_metrics WHERE id > "
+            "(SELECT folded_through FROM mlops_folder_state WHERE name = 'events')"
+        )[0]
+
+    def errors(self) -> tuple[int, str]:
+        return self._one("SELECT errors, last_error FROM mlops_folder_state WHERE name = 'events'")
+
+    def wait_started(self, timeout: float = 20.0) -> bool:
+        """Until the folder has taken its lease or folded once, so the first phase does not time its start-up."""
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline and self.process.poll() is None:
+            if self._one("SELECT holder <> '' OR folded_at IS NOT NULL FROM mlops_folder_state "
+                         "WHERE name = 'events'")[0]:
+                return True
+            time.sleep(0.1)
+        return False
+
+    def watch(
+        self, phase: str, run: Callable[[], dict[str, float]], limit: float
+    ) -> tuple[dict[str, float], FolderPhase]:
+        """Run one ingest phase while sampling every SAMPLE_SECONDS, then time the drain (at most `limit` s)."""
+        samples: list[FolderSample] = []
+        stop = threading.Event()
+
+        def sampler() -> None:
+            while True:
+                samples.append(self.sample())
+                if stop.wait(SAMPLE_SECONDS):
+                    return
+
+        thread = threading.Thread(target=sampler, daemon=True)
+        thread.start()
+        try:
+            figures = run()
+        finally:
+            stop.set()
+            thread.join()
+        samples.append(self.sample())  # the lag when ingest stopped
+        stopped = time.monotonic()
+        left = self.backlog()
+        while left and time.monotonic() - stopped < limit and self.process.poll() is None:
+            time.sleep(0.1)
+            left = self.backlog()
+        drained = None if left else time.monotonic() - stopped
+        rate = figures.get("events_per_s", figures.get("rps", 0.0))
+        return figures, FolderPhase(phase, rate, samples, drained, left, self.process.poll() is None)
+
+    def close(self) -> None:
+        self.conn.close()
+
+
+@contextmanager
+def folder_process(env: dict[str, str]) -> Iterator[subprocess.Popen | None]:
+    """`manage.py fold_events` in a process group of its own; None when this checkout has no such command."""
+    if subprocess.run([sys.executable, "manage.py", "help", "fold_events"], cwd=ROOT, env=env,
+                      capture_output=True, timeout=120).returncode != 0:
+        yield None
+        return
+    log = tempfile.NamedTemporaryFile(prefix="bench-folder-", suffix=".log", delete=False)
+    process = subprocess.Popen([sys.executable, "manage.py", "fold_events"], cwd=ROOT, env=env, stdout=log,
+                               stderr=subprocess.STDOUT, start_new_session=True)
+    try:
+        yield process
+    finally:
+        ended = process.poll()
+        stop_group(process)
+        if ended is not None:
+            print(f"the folder exited during the run ({ended}); its log {log.name} ends:", file=sys.stderr)
+            print(Path(log.name).read_text()[-3000:], file=sys.stderr)
+
+
 # --- The runs
 
 
@@ -318,19 +487,49 @@ def service_env(server: TempPostgres, args: argparse.Namespace) -> dict[str, str
     }
 
 
-def run_ours(server: TempPostgres, args: argparse.Namespace, results: dict[str, dict[str, float]]) -> None:
-    """This service's two ingest phases, in production mode with an ingest key."""
+@dataclass
+class IngestPhase:
+    result: str  # its name in the results
+    endpoint: str
+    run: Callable[[], dict[str, float]]
+
+
+def run_ours(
+    server: TempPostgres, args: argparse.Namespace, results: dict[str, dict[str, float]]
+) -> list[FolderPhase] | None:
+    """This service's two ingest phases, with the folder beside it; the folder's figures, None without one."""
     env = service_env(server, args)
     manage(env, "migrate", "-v0")
     key = manage(env, "create_api_key", BUSINESS_ID, "--name", "bench_ingest", "--scope", "ingest",
                  "--rate-limit", str(KEY_RATE_LIMIT), "--create-business")
     port = free_port()
     url = f"http://127.0.0.1:{port}"
-    with serve([sys.executable, "-m", "gunicorn", "mlops_site.wsgi", "-c", "gunicorn.conf.py",
-                "-b", f"127.0.0.1:{port}"], env, url, ROOT):
+    limit = drain_limit(args.duration)
+    phases = [
+        IngestPhase(TRACK, "/track", lambda: wrk(url, args.duration, key)),
+        IngestPhase(BATCH, "/track/batch", lambda: batch_rate(url, args.duration, key)),
+    ]
+    with ExitStack() as stack:
+        stack.enter_context(serve([sys.executable, "-m", "gunicorn", "mlops_site.wsgi", "-c", "gunicorn.conf.py",
+                                   "-b", f"127.0.0.1:{port}"], env, url, ROOT))
         check_key(url, key)
-        results[TRACK] = wrk(url, args.duration, key)
-        results[BATCH] = batch_rate(url, args.duration, key)
+        folder = stack.enter_context(folder_process(env))
+        if folder is None:
+            for phase in phases:
+                results[phase.result] = phase.run()
+            return None
+        watch = FolderWatch(server, folder)
+        stack.callback(watch.close)
+        if not watch.wait_started():
+            print("the folder took no lease and folded nothing in 20 s; measuring anyway", file=sys.stderr)
+        folded: list[FolderPhase] = []
+        for phase in phases:
+            results[phase.result], figures = watch.watch(phase.endpoint, phase.run, limit)
+            folded.append(figures)
+        errors, last_error = watch.errors()
+        if errors:
+            print(f"the folder recorded {errors} failed fold(s); the last: {last_error[:500]}", file=sys.stderr)
+        return folded
 
 
 def run_seed(server: TempPostgres, seed_app: Path, duration: int, results: dict[str, dict[str, float]]) -> None:
@@ -396,13 +595,31 @@ def report_ingest(results: dict[str, dict[str, float]]) -> None:
           f"(target >= {TARGET_BATCH_OF_COPY:.0%}: {verdict(batch / indexed >= TARGET_BATCH_OF_COPY)})")
 
 
-def report(results: dict[str, dict[str, float]]) -> None:
+def report_folder(phases: list[FolderPhase] | None) -> None:
+    if phases is None:
+        print("folder: not available in this checkout (no manage.py fold_events)")
+        return
+    busiest = max(phases, key=lambda phase: phase.events_per_s)
+    for phase in phases:
+        mark = " (the highest-rate phase)" if phase is busiest else ""
+        drained = (f"drained {phase.drain_seconds:.1f} s after ingest stopped" if phase.drain_seconds is not None
+                   else f"NOT drained: {phase.backlog_left:,} events left")
+        print(f"folder during {phase.phase}{mark}: "
+              f"max lag {phase.max_lag:.2f} s (target < {TARGET_FOLDER_LAG_S:.0f} s: "
+              f"{verdict(phase.max_lag < TARGET_FOLDER_LAG_S)}), lag at end {phase.end_lag:.2f} s, "
+              f"max RSS {phase.max_rss:.0f} MB (target < {TARGET_FOLDER_RSS_MB:.0f} MB: "
+              f"{verdict(phase.max_rss < TARGET_FOLDER_RSS_MB)}), max backlog {phase.max_backlog:,} events, "
+              f"{drained}{'' if phase.running else '; the folder process had exited'}")
+
+
+def report(results: dict[str, dict[str, float]], phases: list[FolderPhase] | None) -> None:
     print()
     for name, figures in results.items():
         shown = ", ".join(f"{k}={v:,.1f}" for k, v in figures.items())
         print(f"{name:55s} {shown}")
     print()
     report_ingest(results)
+    report_folder(phases)
 
 
 def _stop_on_sigterm(signum: int, frame: object) -> None:
@@ -429,7 +646,7 @@ def main() -> int:
     results: dict[str, dict[str, float]] = {}
     try:
         psql(server, "CREATE DATABASE seed_bench")
-        run_ours(server, args, results)
+        phases = run_ours(server, args, results)
         if not args.only_ours:
             run_seed(server, seed_app, args.duration, results)
             run_raw_limits(server, args.duration, results)
@@ -438,7 +655,7 @@ def main() -> int:
         return 1
     finally:
         server.destroy()
-    report(results)
+    report(results, phases)
     return 0
 
 
