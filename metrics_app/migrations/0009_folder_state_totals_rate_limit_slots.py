@@ -4,6 +4,17 @@ import django.db.models.deletion
 from django.db import migrations, models
 
 
+def start_folded(apps, schema_editor):
+    """Until now ingest kept conversations and rollups in the events' own transaction: all are folded.
+
+    The Prometheus totals start empty; `rebuild_analytics` fills them from the events.
+    """
+    events = apps.get_model("metrics_app", "AIMetric")
+    state = apps.get_model("metrics_app", "FolderState")
+    highest = events.objects.aggregate(highest=models.Max("id"))["highest"] or 0
+    state.objects.update_or_create(name="events", defaults={"folded_through": highest})
+
+
 class Migration(migrations.Migration):
 
     dependencies = [
@@ -71,4 +82,5 @@ class Migration(migrations.Migration):
             model_name='ratelimitslot',
             constraint=models.UniqueConstraint(fields=('key', 'minute', 'slot'), name='rate_limit_slot_uniq'),
         ),
+        migrations.RunPython(start_folded, migrations.RunPython.noop),
     ]
