@@ -5,6 +5,7 @@ cd /d "%~dp0"
 if not exist .venv\Scripts\python.exe (python -m venv .venv || exit /b 1)
 .venv\Scripts\python -m pip install --quiet -r requirements.txt || exit /b 1
 .venv\Scripts\python manage.py migrate --noinput || exit /b 1
+.venv\Scripts\python manage.py rebuild_analytics --if-needed --quiet-progress || exit /b 1
 .venv\Scripts\python manage.py collectstatic --noinput --verbosity 0 || exit /b 1
 if "%PORT%"=="" set PORT=5000
 if "%HOST%"=="" set HOST=127.0.0.1

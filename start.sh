@@ -23,6 +23,8 @@ echo "Installing requirements"
 
 echo "Migrating the database"
 "$VENV/bin/python" manage.py migrate --noinput
+# Only when a migration changed what the analytics rollups hold (it says so); otherwise this does nothing.
+"$VENV/bin/python" manage.py rebuild_analytics --if-needed --quiet-progress
 "$VENV/bin/python" manage.py collectstatic --noinput --verbosity 0
 
 # Processes started here stop with the service. Each runs in its own process

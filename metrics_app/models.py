@@ -332,6 +332,9 @@ class Conversation(models.Model):
     human_handoff_requested = models.BooleanField(default=False)
     outcome_recorded_at = models.DateTimeField(null=True, blank=True, help_text="When an outcome was last recorded.")
     outcome_note = models.CharField(max_length=300, blank=True)
+    # The values its events carry, per dimension ({"intent": ["booking", ""], ...}; "" for a missing one): the
+    # folder counts the conversation once under each of them in the per-value conversation rollups.
+    dimension_values = models.JSONField(default=dict, blank=True, editable=False)
 
     class Meta:
         db_table = "mlops_conversation"
@@ -389,19 +392,25 @@ class StaffBusinessAccess(models.Model):
 
 
 ALL_BUSINESSES = "*"  # the business_id of rollup rows that sum every business
+ALL_EVENTS = ""  # the dimension (and value) of rollup rows that sum every event, whatever its labels
+DIMENSION_VALUE_MAX_LENGTH = max(MAX_LABEL_LENGTH, MAX_RESPONSE_TYPE_LENGTH)
 
 
 class EventRollup(models.Model):
-    """Sums of the event figures per business and 15-minute UTC bucket, kept by the folder.
+    """Sums of the event figures per business, dimension value and 15-minute UTC bucket, kept by the folder.
 
     Every zone's local hours start on a quarter hour (UTC offsets are whole
     multiples of 15 minutes), so hour and day buckets in any zone, including
     +05:30, +05:45 and +08:45, are exact sums of these rows. Rows with
-    business_id "*" sum every business, so all-business figures read one row
-    per bucket. Only newly inserted events are added, so duplicates never count.
+    business_id "*" sum every business; rows with dimension "" sum every
+    event, and rows with a dimension (intent, model, ...) sum the events with
+    one value of it ("" for events without one). The folder adds each stored
+    event once, so duplicates never count.
     """
 
     business_id = models.CharField(max_length=BUSINESS_ID_MAX_LENGTH)
+    dimension = models.CharField(max_length=16, default=ALL_EVENTS, blank=True)
+    value = models.CharField(max_length=DIMENSION_VALUE_MAX_LENGTH, default="", blank=True)
     bucket = models.DateTimeField(help_text="Start of the 15-minute UTC bucket.")
     events = models.BigIntegerField(default=0)
     errors = models.BigIntegerField(default=0)
@@ -422,23 +431,30 @@ class EventRollup(models.Model):
     class Meta:
         db_table = "mlops_event_rollup"
         constraints = [
-            # Also the index of every rollup read: WHERE business_id = %s AND bucket BETWEEN ...
-            models.UniqueConstraint(fields=["business_id", "bucket"], name="event_rollup_business_bucket_uniq"),
+            # Also the index of every rollup read: WHERE business_id = %s AND dimension = %s [AND value = %s]
+            # AND bucket BETWEEN ...
+            models.UniqueConstraint(
+                fields=["business_id", "dimension", "value", "bucket"], name="event_rollup_slice_bucket_uniq"
+            ),
         ]
 
     def __str__(self) -> str:
-        return f"{self.business_id} @ {self.bucket:%Y-%m-%d %H:%M}: {self.events} events"
+        return f"{self.business_id}/{self.dimension}={self.value} @ {self.bucket:%Y-%m-%d %H:%M}: {self.events} events"
 
 
 class ConversationRollup(models.Model):
-    """Conversations per business and 15-minute UTC bucket of their first event, with their outcome flags.
+    """Conversations per business, dimension value and 15-minute UTC bucket of their first event, with their flags.
 
-    The folder moves a conversation to an earlier bucket when a late event turns
-    out to be its first, and adds a flag when an event or a recorded outcome
-    turns it on, so the counts stay exact.
+    A conversation counts once in the rows of dimension "", and once under
+    each value of a dimension that one of its events carries. The folder
+    moves a conversation to an earlier bucket when a late event turns out to
+    be its first, and adds a flag or a value when an event or a recorded
+    outcome brings one, so the counts stay exact.
     """
 
     business_id = models.CharField(max_length=BUSINESS_ID_MAX_LENGTH)
+    dimension = models.CharField(max_length=16, default=ALL_EVENTS, blank=True)
+    value = models.CharField(max_length=DIMENSION_VALUE_MAX_LENGTH, default="", blank=True)
     bucket = models.DateTimeField()
     started = models.BigIntegerField(default=0)
     requested = models.BigIntegerField(default=0)
@@ -448,40 +464,43 @@ class ConversationRollup(models.Model):
     class Meta:
         db_table = "mlops_conversation_rollup"
         constraints = [
-            # Also the index of the reads: WHERE business_id = %s AND bucket BETWEEN ...
-            models.UniqueConstraint(fields=["business_id", "bucket"], name="conv_rollup_business_bucket_uniq"),
-        ]
-
-    def __str__(self) -> str:
-        return f"{self.business_id} @ {self.bucket:%Y-%m-%d %H:%M}: {self.started} conversations"
-
-
-class LatencyRollup(models.Model):
-    """A mergeable latency sketch: event counts per logarithmic latency bin, per business and bucket.
-
-    Bin b >= 1 holds latencies in (g^(b-2), g^(b-1)] ms with g = 1.01/0.99, so
-    a bin's midpoint is within 1% of every latency in it; bin 0 holds 0 ms.
-    Kept for 15-minute buckets (time series, period edges) and UTC days (long
-    periods read 30 day rows instead of 2,880 quarter-hour rows).
-    """
-
-    business_id = models.CharField(max_length=BUSINESS_ID_MAX_LENGTH)
-    span_minutes = models.PositiveSmallIntegerField(help_text="15 or 1440.")
-    bucket = models.DateTimeField()
-    bin = models.PositiveSmallIntegerField()
-    count = models.BigIntegerField(default=0)
-
-    class Meta:
-        db_table = "mlops_latency_rollup"
-        constraints = [
-            # Also the index of the reads: WHERE business_id = %s AND span_minutes = %s AND bucket BETWEEN ...
             models.UniqueConstraint(
-                fields=["business_id", "span_minutes", "bucket", "bin"], name="latency_rollup_uniq"
+                fields=["business_id", "dimension", "value", "bucket"], name="conv_rollup_slice_bucket_uniq"
             ),
         ]
 
     def __str__(self) -> str:
-        return f"{self.business_id} @ {self.bucket:%Y-%m-%d %H:%M}/{self.span_minutes}m bin {self.bin}: {self.count}"
+        return f"{self.business_id}/{self.dimension}={self.value} @ {self.bucket:%Y-%m-%d %H:%M}: {self.started}"
+
+
+class LatencySketch(models.Model):
+    """A mergeable latency sketch per business, dimension value and bucket: event counts per logarithmic bin.
+
+    Bin b >= 1 holds latencies in (g^(b-2), g^(b-1)] ms with g = 1.01/0.99, so
+    a bin's midpoint is within 1% of every latency in it; bin 0 holds 0 ms.
+    `bins` packs the non-empty bins of one bucket (see
+    metrics_app/analytics/sketches.py), so a 30-day hourly series reads 2,880
+    rows, not one row per bin. Kept for 15-minute buckets (series, period
+    edges) and UTC days (long periods read 30 day rows).
+    """
+
+    business_id = models.CharField(max_length=BUSINESS_ID_MAX_LENGTH)
+    dimension = models.CharField(max_length=16, default=ALL_EVENTS, blank=True)
+    value = models.CharField(max_length=DIMENSION_VALUE_MAX_LENGTH, default="", blank=True)
+    span_minutes = models.PositiveSmallIntegerField(help_text="15 or 1440.")
+    bucket = models.DateTimeField()
+    bins = models.BinaryField()
+
+    class Meta:
+        db_table = "mlops_latency_sketch"
+        constraints = [
+            models.UniqueConstraint(
+                fields=["business_id", "dimension", "value", "span_minutes", "bucket"], name="latency_sketch_uniq"
+            ),
+        ]
+
+    def __str__(self) -> str:
+        return f"{self.business_id}/{self.dimension}={self.value} @ {self.bucket:%Y-%m-%d %H:%M}/{self.span_minutes}m"
 
 
 FOLDER_NAME = "events"  # the one row of FolderState
@@ -505,6 +524,9 @@ class FolderState(models.Model):
     errors = models.BigIntegerField(default=0, help_text="Fold attempts that failed.")
     last_error = models.TextField(blank=True)
     last_error_at = models.DateTimeField(null=True, blank=True)
+    rebuild_needed = models.BooleanField(
+        default=False, help_text="The rollups' layout changed: rebuild_analytics must run before the folder folds."
+    )
 
     class Meta:
         db_table = "mlops_folder_state"

@@ -13,7 +13,6 @@ EventSums fields; tests compare both with rollups kept by ingest.
 
 from __future__ import annotations
 
-import math
 from collections import defaultdict
 from collections.abc import Iterable
 from dataclasses import dataclass, fields
@@ -23,15 +22,18 @@ from typing import Any
 
 from django.db import connection, transaction
 
+from metrics_app.analytics import sketches
+from metrics_app.analytics.sketches import LOG_GAMMA, bin_value, latency_bin, sketch_percentile
 from metrics_app.models import (
     ALL_BUSINESSES,
+    ALL_EVENTS,
     FOLDER_NAME,
     AIMetric,
     Conversation,
     ConversationRollup,
     EventRollup,
     FolderState,
-    LatencyRollup,
+    LatencySketch,
 )
 from metrics_app.rules import (
     ESTIMATED_SQL,
@@ -42,11 +44,31 @@ from metrics_app.rules import (
     is_failed_reply,
 )
 
+__all__ = ["LOG_GAMMA", "bin_value", "latency_bin", "sketch_percentile"]  # the sketch's bins, for the reads
+
 QUARTER = 15
 DAY = 1440
-SKETCH_RELATIVE_ERROR = 0.01
-GAMMA = (1 + SKETCH_RELATIVE_ERROR) / (1 - SKETCH_RELATIVE_ERROR)
-LOG_GAMMA = math.log(GAMMA)
+
+# The dimensions that rollups are kept per value of: API name -> event column.
+DIMENSIONS = {
+    "intent": "intent_detected",
+    "model": "model_name",
+    "response_type": "response_type",
+    "prompt_version": "prompt_version",
+    "kb_version": "kb_version",
+}
+DIMENSION_COLUMNS = tuple(DIMENSIONS.values())
+Slice = tuple[str, str]  # (dimension, value): ("", "") is every event; value "" is an event without one
+EVERY_EVENT: Slice = (ALL_EVENTS, "")
+
+
+def slices_of(values: tuple[str, ...]) -> list[Slice]:
+    """The slices an event with these dimension values (in DIMENSIONS order, "" when missing) counts in."""
+    return [EVERY_EVENT, *zip(DIMENSIONS, values, strict=True)]
+
+
+def dimension_values(event: dict[str, Any]) -> tuple[str, ...]:
+    return tuple(event.get(column) or "" for column in DIMENSION_COLUMNS)
 
 
 @dataclass(slots=True)
@@ -152,130 +174,166 @@ def day_of(moment: datetime) -> datetime:
     return moment.astimezone(UTC).replace(hour=0, minute=0, second=0, microsecond=0)
 
 
-def latency_bin(ms: int) -> int:
-    if ms <= 0:
-        return 0
-    return math.ceil(math.log(ms) / LOG_GAMMA) + 1
-
-
-def bin_value(index: int) -> float:
-    """The value a bin stands for: within SKETCH_RELATIVE_ERROR of every latency in it."""
-    if index == 0:
-        return 0.0
-    return 2 * GAMMA ** (index - 1) / (GAMMA + 1)
-
-
-def sketch_percentile(bins: dict[int, int], fraction: float) -> float | None:
-    """The percentile of a merged sketch, interpolated between closest ranks as percentile_cont does.
-
-    Each of the two order statistics is within 1% of the true one, so the
-    interpolation is within 1% of the exact percentile.
-    """
-    total = sum(bins.values())
-    if not total:
-        return None
-    position = fraction * (total - 1)
-    low_rank = math.floor(position)
-    high_rank = min(low_rank + 1, total - 1)
-    low = high = None
-    seen = 0
-    for index in sorted(bins):
-        seen += bins[index]
-        if low is None and seen > low_rank:
-            low = bin_value(index)
-        if seen > high_rank:
-            high = bin_value(index)
-            break
-    assert low is not None and high is not None
-    return low + (high - low) * (position - low_rank)
-
-
 class Accumulator:
-    """Sums of new events per (business, quarter), both per business and for "*"."""
+    """Sums of folded events per (business, quarter, dimension values), written out per slice and owner.
+
+    Events are first summed per their whole combination of dimension values,
+    so a batch touches each combination once; `write` then adds each sum to
+    every slice the combination counts in, for the business and for "*".
+    """
 
     def __init__(self) -> None:
-        self.events: dict[tuple[str, datetime], EventSums] = {}
-        self.latency: dict[tuple[str, int, datetime, int], int] = defaultdict(int)
+        self.events: dict[tuple[str, tuple[str, ...], datetime], EventSums] = {}
+        self.latency: dict[tuple[str, tuple[str, ...], datetime], dict[int, int]] = {}
 
     def add(self, event: dict[str, Any]) -> None:
-        moment = event["timestamp"]
-        bucket = quarter_of(moment)
+        bucket = quarter_of(event["timestamp"])
+        key = (event["business_id"], dimension_values(event), bucket)
         one = EventSums.of_event(event)
-        own_key = (event["business_id"], bucket)
-        own = self.events.get(own_key)
-        if own is None:
-            self.events[own_key] = one  # made for this event: the bucket may keep it and add to it
+        sums = self.events.get(key)
+        if sums is None:
+            self.events[key] = one  # made for this event: the combination may keep it and add to it
         else:
-            own.add(one)
-        everyone = self.events.get((ALL_BUSINESSES, bucket))
-        if everyone is None:
-            everyone = self.events[(ALL_BUSINESSES, bucket)] = EventSums()
-        everyone.add(one)
+            sums.add(one)
         latency = event.get("response_time_ms")
         if latency is not None:
-            # One bin and one day for both owners: this runs per ingested event.
-            index, day = latency_bin(latency), day_of(moment)
-            for owner in (event["business_id"], ALL_BUSINESSES):
-                self.latency[(owner, QUARTER, bucket, index)] += 1
-                self.latency[(owner, DAY, day, index)] += 1
+            bins = self.latency.setdefault(key, {})
+            index = latency_bin(latency)
+            bins[index] = bins.get(index, 0) + 1
+
+    def __len__(self) -> int:
+        return len(self.events)
 
     def write(self) -> None:
         if self.events:
-            _upsert(EventRollup._meta.db_table, ("business_id", "bucket"), EVENT_SUMS,
-                    [(*key, *sums.row()) for key, sums in sorted(self.events.items())])
+            rows: dict[tuple[str, str, str, datetime], EventSums] = defaultdict(EventSums)
+            for (business_id, values, bucket), sums in self.events.items():
+                for dimension, value in slices_of(values):
+                    for owner in (business_id, ALL_BUSINESSES):
+                        rows[(owner, dimension, value, bucket)].add(sums)
+            _upsert(EventRollup._meta.db_table, ("business_id", "dimension", "value", "bucket"), EVENT_SUMS,
+                    [(*key, *sums.row()) for key, sums in sorted(rows.items())])
         if self.latency:
-            _upsert(LatencyRollup._meta.db_table, ("business_id", "span_minutes", "bucket", "bin"), ("count",),
-                    [(*key, count) for key, count in sorted(self.latency.items())])
+            add_sketches(self._sketch_additions())
+
+    def _sketch_additions(self) -> dict[tuple[str, str, str, int, datetime], dict[int, int]]:
+        """The bins to add to each sketch: every slice, owner, and both spans (quarter, day) of each combination."""
+        merged: dict[tuple[str, str, str, int, datetime], dict[int, int]] = defaultdict(dict)
+        for (business_id, values, bucket), bins in self.latency.items():
+            targets = [
+                merged[(owner, dimension, value, span, start)]
+                for dimension, value in slices_of(values)
+                for owner in (business_id, ALL_BUSINESSES)
+                for span, start in ((QUARTER, bucket), (DAY, day_of(bucket)))
+            ]
+            for target in targets:
+                for index, count in bins.items():
+                    target[index] = target.get(index, 0) + count
+        return merged
+
+
+_SKETCH_KEY = ("business_id", "dimension", "value", "span_minutes", "bucket")
+
+
+def add_sketches(additions: dict[tuple[str, str, str, int, datetime], dict[int, int]], chunk: int = 500) -> None:
+    """Merge bins into the stored sketches: read the ones that exist, add, write back (the folder's row is held)."""
+    table = connection.ops.quote_name(LatencySketch._meta.db_table)
+    keys = sorted(additions)
+    adapt = _adapter()
+    with connection.cursor() as cursor:
+        for start in range(0, len(keys), chunk):
+            part = keys[start:start + chunk]
+            pairs = ", ".join(["(%s, %s, %s, %s, %s)"] * len(part))
+            cursor.execute(
+                f"SELECT {', '.join(_SKETCH_KEY)}, bins FROM {table} WHERE ({', '.join(_SKETCH_KEY)}) IN "
+                f"(VALUES {pairs})",
+                [adapt(value) for key in part for value in key],
+            )
+            stored = {
+                (b, d, v, int(span), _as_datetime(bucket)): blob for b, d, v, span, bucket, blob in cursor.fetchall()
+            }
+            rows = []
+            for key in part:
+                bins = dict(additions[key])
+                if key in stored:
+                    for index, count in sketches.as_dict(stored[key]).items():
+                        bins[index] = bins.get(index, 0) + count
+                rows.append((*key, sketches.pack(bins)))
+            columns = (*_SKETCH_KEY, "bins")
+            placeholder = "(" + ", ".join(["%s"] * len(columns)) + ")"
+            cursor.execute(
+                f"INSERT INTO {table} ({', '.join(columns)}) VALUES {', '.join([placeholder] * len(rows))} "
+                f"ON CONFLICT ({', '.join(_SKETCH_KEY)}) DO UPDATE SET bins = excluded.bins",
+                [adapt(value) for row in rows for value in row],
+            )
+
+
+def _as_datetime(value: Any) -> datetime:
+    if isinstance(value, str):  # SQLite hands back text
+        parsed = datetime.fromisoformat(value)
+        return parsed if parsed.tzinfo else parsed.replace(tzinfo=UTC)
+    return value if value.tzinfo else value.replace(tzinfo=UTC)
 
 
 def add_events(events: list[dict[str, Any]]) -> None:
-    """Add newly inserted events to the rollups (the caller's transaction)."""
+    """Add events being folded to the rollups (the folder's transaction)."""
     accumulator = Accumulator()
     for event in events:
         accumulator.add(event)
     accumulator.write()
 
 
+def _slice_rows(event: dict[str, Any], sums: EventSums) -> list[tuple[Any, ...]]:
+    bucket = quarter_of(event["timestamp"])
+    return [
+        (owner, dimension, value, bucket, *sums.row())
+        for dimension, value in slices_of(dimension_values(event))
+        for owner in (event["business_id"], ALL_BUSINESSES)
+    ]
+
+
 def replace_costs(before: list[dict[str, Any]], after: list[dict[str, Any]]) -> None:
-    """Repricing changed these events' cost and cost basis: move the rollups' cost figures to match."""
-    deltas: dict[tuple[str, datetime], EventSums] = defaultdict(EventSums)
+    """Repricing changed these folded events' cost and cost basis: move the rollups' cost figures to match."""
+    deltas: dict[tuple[Any, ...], EventSums] = defaultdict(EventSums)
     for old, new in zip(before, after, strict=True):
-        bucket = quarter_of(old["timestamp"])
         change = EventSums(
             cost=Decimal(new["cost_usd"] or 0) - Decimal(old["cost_usd"] or 0),
             unpriced=(new["cost_basis"] in UNPRICED_BASES) - (old["cost_basis"] in UNPRICED_BASES),
             estimated=(new["cost_basis"] == CostBasis.ESTIMATED) - (old["cost_basis"] == CostBasis.ESTIMATED),
         )
-        for owner in (old["business_id"], ALL_BUSINESSES):
-            deltas[(owner, bucket)].add(change)
+        for row in _slice_rows(old, change):
+            deltas[row[:4]].add(change)
     rows = [(*key, *sums.row()) for key, sums in sorted(deltas.items())]
-    _upsert(EventRollup._meta.db_table, ("business_id", "bucket"), EVENT_SUMS, rows)
+    _upsert(EventRollup._meta.db_table, ("business_id", "dimension", "value", "bucket"), EVENT_SUMS, rows)
 
 
-def add_conversation_deltas(deltas: dict[tuple[str, datetime], ConversationSums]) -> None:
-    """Add conversation deltas per (business, quarter); "*" rows too."""
-    both: dict[tuple[str, datetime], ConversationSums] = defaultdict(ConversationSums)
-    for (business_id, bucket), delta in deltas.items():
+ConversationDeltas = dict[tuple[str, str, str, datetime], ConversationSums]  # (business, dimension, value, bucket)
+
+
+def add_conversation_deltas(deltas: ConversationDeltas) -> None:
+    """Add conversation deltas per (business, dimension, value, quarter); "*" rows too."""
+    both: ConversationDeltas = defaultdict(ConversationSums)
+    for (business_id, dimension, value, bucket), delta in deltas.items():
         for owner in (business_id, ALL_BUSINESSES):
-            both[(owner, bucket)].add(delta)
+            both[(owner, dimension, value, bucket)].add(delta)
     rows = [(*key, *row) for key, sums in sorted(both.items()) if any(row := sums.row())]
     if rows:
-        _upsert(ConversationRollup._meta.db_table, ("business_id", "bucket"), CONVERSATION_SUMS, rows)
+        _upsert(ConversationRollup._meta.db_table, ("business_id", "dimension", "value", "bucket"),
+                CONVERSATION_SUMS, rows)
 
 
-def add_event_flags(business_id: str, moment: datetime, flags: Iterable[str]) -> None:
-    """An outcome recorded later turned these flags on for one stored event."""
+def add_event_flags(event: dict[str, Any], flags: Iterable[str]) -> None:
+    """An outcome recorded later turned these flags on for one folded event (its columns, as a dict)."""
     turned_on = set(flags)
     if not turned_on:
         return
-    values = EventSums(
+    sums = EventSums(
         requested=int("appointment_requested" in turned_on),
         booked=int("appointment_booked" in turned_on),
         handoffs=int("human_handoff_requested" in turned_on),
-    ).row()
-    bucket = quarter_of(moment)
-    _upsert(EventRollup._meta.db_table, ("business_id", "bucket"), EVENT_SUMS,
-            [(business_id, bucket, *values), (ALL_BUSINESSES, bucket, *values)])
+    )
+    _upsert(EventRollup._meta.db_table, ("business_id", "dimension", "value", "bucket"), EVENT_SUMS,
+            sorted(_slice_rows(event, sums)))
 
 
 def _upsert(table: str, keys: tuple[str, ...], sums: tuple[str, ...], rows: list[tuple[Any, ...]],
@@ -316,12 +374,12 @@ def rebuild(progress: Any = None, chunk: int = 20_000, through: int | None = Non
     rollups and folded_through change together.
     """
     with transaction.atomic():
-        for model in (EventRollup, LatencyRollup, ConversationRollup):
+        for model in (EventRollup, LatencySketch, ConversationRollup):
             table = connection.ops.quote_name(model._meta.db_table)
             with connection.cursor() as cursor:
                 cursor.execute(f"DELETE FROM {table}")
         if connection.vendor == "postgresql":
-            # The same sums and bins in SQL: about 20 times faster on millions of rows. PostgreSQL's ln()
+            # The same sums and bins in SQL: several times faster on millions of rows. PostgreSQL's ln()
             # and Python's math.log are the same C function, so each latency lands in the same bin.
             _rebuild_in_sql(AIMetric._meta.db_table, Conversation._meta.db_table, through)
             return _counts()
@@ -333,56 +391,80 @@ def rebuild(progress: Any = None, chunk: int = 20_000, through: int | None = Non
 _EVENT_COLUMNS = (
     "business_id", "timestamp", "response_time_ms", "success_rate", "response_type", "tokens_used",
     "input_tokens", "output_tokens", "cost_usd", "api_cost_usd", "cost_basis",
-    "appointment_requested", "appointment_booked", "human_handoff_requested",
+    "appointment_requested", "appointment_booked", "human_handoff_requested", *DIMENSION_COLUMNS,
 )
 
 
 def _rebuild_events(progress: Any, chunk: int, through: int | None) -> None:
-    """Event and latency rollups through the accumulator that the folder uses, written every 200,000 latency rows."""
+    """Event rollups and sketches through the accumulator that the folder uses, written every 50,000 combinations."""
     accumulator = Accumulator()
     events = AIMetric.objects.order_by()
     if through is not None:
         events = events.filter(id__lte=through)
-    rows = events.values_list(*_EVENT_COLUMNS).iterator(chunk_size=chunk)
+    columns = tuple(dict.fromkeys(_EVENT_COLUMNS))
+    rows = events.values_list(*columns).iterator(chunk_size=chunk)
     for n, values in enumerate(rows, 1):
-        accumulator.add(dict(zip(_EVENT_COLUMNS, values, strict=True)))
+        accumulator.add(dict(zip(columns, values, strict=True)))
         if n % chunk == 0:
             if progress is not None:
                 progress(chunk)
-            if len(accumulator.latency) > 200_000:
+            if len(accumulator) > 50_000:
                 accumulator.write()
                 accumulator = Accumulator()
     accumulator.write()
 
 
+def conversation_contributions(business_id: str, first_at: datetime, flags: tuple[bool, ...],
+                               values: dict[str, list[str]], sign: int = 1) -> ConversationDeltas:
+    """What one conversation adds to the conversation rollups: once in "", once under each of its values."""
+    sums = ConversationSums(started=sign, requested=sign * flags[0], booked=sign * flags[1],
+                            handoffs=sign * flags[2])
+    bucket = quarter_of(first_at)
+    found: ConversationDeltas = {(business_id, ALL_EVENTS, "", bucket): sums}
+    for dimension in DIMENSIONS:
+        for value in values.get(dimension, ()):
+            found[(business_id, dimension, value, bucket)] = sums
+    return found
+
+
 def _rebuild_conversations(chunk: int) -> None:
-    deltas: dict[tuple[str, datetime], ConversationSums] = defaultdict(ConversationSums)
-    for business_id, first, requested, booked, handoff in Conversation.objects.order_by().values_list(
-        "business_id", "first_at", "appointment_requested", "appointment_booked", "human_handoff_requested"
+    deltas: ConversationDeltas = defaultdict(ConversationSums)
+    for business_id, first, requested, booked, handoff, values in Conversation.objects.order_by().values_list(
+        "business_id", "first_at", "appointment_requested", "appointment_booked", "human_handoff_requested",
+        "dimension_values",
     ).iterator(chunk_size=chunk):
-        deltas[(business_id, quarter_of(first))].add(
-            ConversationSums(started=1, requested=requested, booked=booked, handoffs=handoff)
-        )
+        for key, sums in conversation_contributions(business_id, first, (requested, booked, handoff),
+                                                    values or {}).items():
+            deltas[key].add(sums)
     add_conversation_deltas(deltas)
 
 
 def _counts() -> dict[str, int]:
     return {
         "event_rollups": EventRollup.objects.count(),
-        "latency_rollups": LatencyRollup.objects.count(),
+        "latency_sketches": LatencySketch.objects.count(),
         "conversation_rollups": ConversationRollup.objects.count(),
     }
 
 
 _QUARTER_SQL = "date_bin('15 minutes', {}, TIMESTAMPTZ '2000-01-01 00:00:00+00')"
 _DAY_SQL = "(date_trunc('day', {} AT TIME ZONE 'UTC') AT TIME ZONE 'UTC')"
+_LATENCY_BIN_SQL = (
+    "CASE WHEN response_time_ms <= 0 THEN 0 ELSE CEIL(LN(response_time_ms::float8) / %s::float8)::int + 1 END"
+)
+
+
+def _slices_sql() -> str:
+    """A LATERAL list of the slices of one event row: ("", "") and each dimension's value."""
+    rows = ["('', '')"] + [f"('{name}', COALESCE({column}, ''))" for name, column in DIMENSIONS.items()]
+    return f"CROSS JOIN LATERAL (VALUES {', '.join(rows)}) s (dimension, value)"
 
 
 def _rebuild_in_sql(events_table: str, conversations_table: str, through: int | None) -> None:
-    """PostgreSQL: every rollup from the raw tables with GROUPING SETS (per business, and "*")."""
+    """PostgreSQL: every rollup from the raw tables, with GROUPING SETS for the business and "*"."""
     q = connection.ops.quote_name
     conversations = q(conversations_table)
-    events = q(events_table) if through is None else f"(SELECT * FROM {q(events_table)} WHERE id <= {int(through)}) r"
+    events = q(events_table) if through is None else f"(SELECT * FROM {q(events_table)} WHERE id <= {int(through)})"
     quarter = _QUARTER_SQL.format("timestamp")
     # Each rollup column with the SQL that sums it, by name: the column list and the select list come
     # from this one mapping, so they cannot fall out of order with EventSums.
@@ -405,25 +487,15 @@ def _rebuild_in_sql(events_table: str, conversations_table: str, through: int | 
     }
     sums = ", ".join(sql_of[column] for column in EVENT_SUMS)
     owner = f"COALESCE(business_id, '{ALL_BUSINESSES}')"
+    slice_key = "dimension, value, bucket"
     with connection.cursor() as cursor:
         cursor.execute(
-            f"INSERT INTO {q(EventRollup._meta.db_table)} (business_id, bucket, {', '.join(EVENT_SUMS)}) "
-            f"SELECT {owner}, bucket, {sums} FROM (SELECT *, {quarter} AS bucket FROM {events}) e "
-            f"GROUP BY GROUPING SETS ((business_id, bucket), (bucket))"
+            f"INSERT INTO {q(EventRollup._meta.db_table)} (business_id, {slice_key}, {', '.join(EVENT_SUMS)}) "
+            f"SELECT {owner}, {slice_key}, {sums} FROM (SELECT e.*, s.dimension, s.value, {quarter} AS bucket "
+            f"FROM {events} e {_slices_sql()}) e "
+            f"GROUP BY GROUPING SETS ((business_id, {slice_key}), ({slice_key}))"
         )
-        latency_bin_sql = (
-            "CASE WHEN response_time_ms <= 0 THEN 0 "
-            "ELSE CEIL(LN(response_time_ms::float8) / %s::float8)::int + 1 END"
-        )
-        for span, bucket_sql in ((QUARTER, quarter), (DAY, _DAY_SQL.format("timestamp"))):
-            cursor.execute(
-                f"INSERT INTO {q(LatencyRollup._meta.db_table)} (business_id, span_minutes, bucket, bin, count) "
-                f"SELECT {owner}, {span}, bucket, bin, COUNT(*) FROM ("
-                f"SELECT business_id, {bucket_sql} AS bucket, {latency_bin_sql} AS bin FROM {events} "
-                f"WHERE response_time_ms IS NOT NULL) e "
-                f"GROUP BY GROUPING SETS ((business_id, bucket, bin), (bucket, bin))",
-                [LOG_GAMMA],
-            )
+        _rebuild_sketches_in_sql(cursor, events, owner)
         conversation_sql_of = {
             "started": "COUNT(*)",
             "requested": "COUNT(*) FILTER (WHERE appointment_requested)",
@@ -431,12 +503,55 @@ def _rebuild_in_sql(events_table: str, conversations_table: str, through: int | 
             "handoffs": "COUNT(*) FILTER (WHERE human_handoff_requested)",
         }
         conversation_sums = ", ".join(conversation_sql_of[column] for column in CONVERSATION_SUMS)
+        flags = "appointment_requested, appointment_booked, human_handoff_requested"
+        bucket = _QUARTER_SQL.format("first_at")
         cursor.execute(
-            f"INSERT INTO {q(ConversationRollup._meta.db_table)} (business_id, bucket, {', '.join(CONVERSATION_SUMS)}) "
-            f"SELECT {owner}, bucket, {conversation_sums} "
-            f"FROM (SELECT *, {_QUARTER_SQL.format('first_at')} AS bucket FROM {conversations}) c "
-            f"GROUP BY GROUPING SETS ((business_id, bucket), (bucket))"
+            f"INSERT INTO {q(ConversationRollup._meta.db_table)} (business_id, {slice_key}, "
+            f"{', '.join(CONVERSATION_SUMS)}) "
+            f"SELECT {owner}, {slice_key}, {conversation_sums} FROM ("
+            f"SELECT business_id, '' AS dimension, '' AS value, {bucket} AS bucket, {flags} FROM {conversations} "
+            f"UNION ALL SELECT c.business_id, d.key, v.value, {bucket}, {flags} FROM {conversations} c "
+            f"CROSS JOIN LATERAL jsonb_each(c.dimension_values) d "
+            f"CROSS JOIN LATERAL jsonb_array_elements_text(d.value) v (value)) c "
+            f"GROUP BY GROUPING SETS ((business_id, {slice_key}), ({slice_key}))"
         )
+
+
+def _rebuild_sketches_in_sql(cursor: Any, events: str, owner: str) -> None:
+    """Quarter and day sketches: bins counted in SQL one UTC day at a time (bounded memory), packed here."""
+    cursor.execute(f"SELECT MIN(timestamp), MAX(timestamp) FROM {events} e")
+    first, last = cursor.fetchone()
+    if first is None:
+        return
+    day = day_of(first)
+    while day <= last:
+        for span, bucket_sql in ((QUARTER, _QUARTER_SQL.format("timestamp")), (DAY, _DAY_SQL.format("timestamp"))):
+            cursor.execute(
+                f"SELECT owner, dimension, value, bucket, array_agg(bin ORDER BY bin), array_agg(n ORDER BY bin) "
+                f"FROM (SELECT {owner} AS owner, dimension, value, bucket, bin, COUNT(*) AS n FROM ("
+                f"SELECT e.business_id, s.dimension, s.value, {bucket_sql} AS bucket, {_LATENCY_BIN_SQL} AS bin "
+                f"FROM {events} e {_slices_sql()} WHERE response_time_ms IS NOT NULL "
+                f"AND timestamp >= %s AND timestamp < %s) e "
+                f"GROUP BY GROUPING SETS ((business_id, dimension, value, bucket, bin), "
+                f"(dimension, value, bucket, bin))) g GROUP BY owner, dimension, value, bucket",
+                [LOG_GAMMA, day, day + timedelta(days=1)],
+            )
+            _write_sketches([(b, d, v, span, bucket, sketches.pack(dict(zip(bins, counts, strict=True))))
+                             for b, d, v, bucket, bins, counts in cursor.fetchall()])
+        day += timedelta(days=1)
+
+
+def _write_sketches(rows: list[tuple[Any, ...]], chunk: int = 2000) -> None:
+    table = connection.ops.quote_name(LatencySketch._meta.db_table)
+    columns = (*_SKETCH_KEY, "bins")
+    placeholder = "(" + ", ".join(["%s"] * len(columns)) + ")"
+    with connection.cursor() as cursor:
+        for start in range(0, len(rows), chunk):
+            part = rows[start:start + chunk]
+            cursor.execute(
+                f"INSERT INTO {table} ({', '.join(columns)}) VALUES {', '.join([placeholder] * len(part))}",
+                [value for row in part for value in row],
+            )
 
 
 def whole_quarters(start: datetime, end: datetime) -> tuple[datetime, datetime] | None:

@@ -26,12 +26,14 @@ from datetime import datetime, timedelta
 from decimal import Decimal
 from typing import Any, ParamSpec, TypeVar
 
+import numpy as np
 from django.db import connection
-from django.db.models import Aggregate, Count, Exists, F, FloatField, OuterRef, Q, QuerySet, Sum
+from django.db.models import Aggregate, Count, Exists, F, FloatField, Model, OuterRef, Q, QuerySet, Sum
 from django.db.models.functions import ExtractHour, ExtractIsoWeekDay, Trunc
 
 from metrics_app import database, rules
-from metrics_app.analytics import rollups, tail
+from metrics_app.analytics import rollups, sketches, tail
+from metrics_app.analytics.rollups import Slice
 from metrics_app.models import (
     ALL_BUSINESSES,
     AIMetric,
@@ -39,12 +41,13 @@ from metrics_app.models import (
     ConversationRollup,
     CostBasis,
     EventRollup,
-    LatencyRollup,
+    LatencySketch,
 )
 from metrics_app.rules import FAILED_REPLY
 
 P = ParamSpec("P")
 R = TypeVar("R")
+M = TypeVar("M", bound=Model)
 
 PERCENTILES = (("p50", 0.5), ("p95", 0.95), ("p99", 0.99))
 FAILED = FAILED_REPLY
@@ -59,6 +62,8 @@ DIMENSIONS = {
 }
 EVENT_FILTERS = {"model": "model_name", "intent": "intent_detected", "prompt_version": "prompt_version",
                  "kb_version": "kb_version"}
+# The rollups' name of each filterable event column.
+_DIMENSION_OF_COLUMN = {column: name for name, column in rollups.DIMENSIONS.items()}
 
 
 @dataclass(frozen=True)
@@ -241,12 +246,24 @@ def _no_percentiles() -> dict[str, float | None]:
     return {name: None for name, _ in PERCENTILES}
 
 
-# --- Rollup reads: whole quarter hours from the rollups, the partial ones at the ends from raw rows.
+# --- Rollup reads: whole quarter hours from the rollups, the partial ones at the ends and the unfolded tail
+# from raw rows, all in one snapshot.
+
+
+def _slice(filters: Filters) -> Slice | None:
+    """The rollup slice that answers these filters: every event, or one value of one dimension; None for several."""
+    chosen = filters.event_filters
+    if not chosen:
+        return rollups.EVERY_EVENT
+    if len(chosen) == 1:
+        ((column, value),) = chosen.items()
+        return _DIMENSION_OF_COLUMN[column], value
+    return None
 
 
 def _split(filters: Filters) -> tuple[tuple[datetime, datetime] | None, list[Filters]]:
     """(the whole quarter hours of the period, filters for the raw edges); None when rollups cannot serve it."""
-    if filters.event_filters:
+    if _slice(filters) is None:
         return None, [filters]
     middle = rollups.whole_quarters(filters.start, filters.end)
     if middle is None:
@@ -261,6 +278,17 @@ def _owners(filters: Filters) -> list[str]:
     return [ALL_BUSINESSES] if filters.businesses is None else sorted(filters.businesses)
 
 
+def _rollup(model: type[M], filters: Filters, start: datetime, end: datetime, chosen: Slice | None = None,
+            owners: list[str] | None = None, every_value: bool = False) -> QuerySet[M]:
+    """Rollup rows of the filters' businesses (or `owners`) and slice (every value of it), in [start, end)."""
+    dimension, value = chosen or _slice(filters) or rollups.EVERY_EVENT
+    rows = model._default_manager.filter(
+        business_id__in=_owners(filters) if owners is None else owners, dimension=dimension,
+        bucket__gte=start, bucket__lt=end,
+    )
+    return rows if every_value or not dimension else rows.filter(value=value)
+
+
 def _merge(total: dict[str, Any], part: dict[str, Any]) -> None:
     for name, value in part.items():
         if value is None:
@@ -270,57 +298,55 @@ def _merge(total: dict[str, Any], part: dict[str, Any]) -> None:
         total[name] = total.get(name, 0) + value
 
 
-def _bins_of(latencies: Iterable[int | None], bins: dict[int, int]) -> None:
-    """Count latencies into `bins`; the callers leave out nulls."""
-    for latency in latencies:
-        index = rollups.latency_bin(latency or 0)
-        bins[index] = bins.get(index, 0) + 1
-
-
-def _sketch_rows(owners: list[str], span: int, start: datetime, end: datetime) -> QuerySet[LatencyRollup]:
-    return LatencyRollup.objects.filter(business_id__in=owners, span_minutes=span, bucket__gte=start, bucket__lt=end)
-
-
-def _period_bins(filters: Filters, middle: tuple[datetime, datetime], edges: list[Filters]) -> dict[int, int]:
-    """The merged sketch of a period: UTC days inside it, quarter hours around them, raw rows at the ends."""
-    first_day = rollups.day_of(middle[0])
-    if first_day < middle[0]:
-        first_day += timedelta(days=1)
-    last_day = rollups.day_of(middle[1])
-    parts = []
-    if first_day < last_day:
-        parts.append((rollups.DAY, first_day, last_day))
-        parts.append((rollups.QUARTER, middle[0], first_day))
-        parts.append((rollups.QUARTER, last_day, middle[1]))
-    else:
-        parts.append((rollups.QUARTER, middle[0], middle[1]))
-    owners = _owners(filters)
-    bins: dict[int, int] = {}
-    for span, start, end in parts:
-        if start < end:
-            sums = _sketch_rows(owners, span, start, end).values("bin").annotate(n=Sum("count")).order_by()
-            for index, count in sums.values_list("bin", "n"):
-                bins[index] = bins.get(index, 0) + count
-    for edge in [*edges, _tail(filters, middle)]:
-        latencies = events_in(edge).exclude(response_time_ms__isnull=True).values_list("response_time_ms", flat=True)
-        _bins_of(latencies, bins)
-    return bins
-
-
-def _sketch_percentiles(bins: dict[int, int]) -> dict[str, float | None]:
-    return {name: rollups.sketch_percentile(bins, fraction) for name, fraction in PERCENTILES}
-
-
 def _tail(filters: Filters, middle: tuple[datetime, datetime]) -> Filters:
     """The events of the middle (rollup-read) part of the period that the rollups do not hold yet."""
     return replace(filters, start=middle[0], end=middle[1], after_id=_folded_through())
 
 
+def _period_parts(middle: tuple[datetime, datetime]) -> list[tuple[int, datetime, datetime]]:
+    """The sketch rows that cover the middle: UTC days inside it, quarter hours around them."""
+    first_day = rollups.day_of(middle[0])
+    if first_day < middle[0]:
+        first_day += timedelta(days=1)
+    last_day = rollups.day_of(middle[1])
+    if first_day >= last_day:
+        return [(rollups.QUARTER, middle[0], middle[1])]
+    parts = [(rollups.DAY, first_day, last_day), (rollups.QUARTER, middle[0], first_day),
+             (rollups.QUARTER, last_day, middle[1])]
+    return [part for part in parts if part[1] < part[2]]
+
+
+def _raw_latencies(parts: list[Filters], key_field: str | None = None) -> dict[Any, list[int]]:
+    """Latencies of the raw parts of a period, per value of `key_field` (or under None)."""
+    found: dict[Any, list[int]] = defaultdict(list)
+    for part in parts:
+        rows = events_in(part).exclude(response_time_ms__isnull=True)
+        if key_field is None:
+            latencies = rows.values_list("response_time_ms", flat=True)
+            found[None].extend(latency for latency in latencies if latency is not None)
+        else:
+            for key, latency in rows.values_list(key_field, "response_time_ms"):
+                found[key or ""].append(latency)
+    return found
+
+
+def _sketch_percentiles(histogram: np.ndarray) -> dict[str, float | None]:
+    return sketches.percentiles(histogram, PERCENTILES)
+
+
+def _period_percentiles(filters: Filters, middle: tuple[datetime, datetime], edges: list[Filters]) -> dict[str, Any]:
+    """The period's percentiles from its sketches and the raw latencies of its edges and tail."""
+    blobs: list[bytes | memoryview] = []
+    for span, start, end in _period_parts(middle):
+        blobs.extend(_rollup(LatencySketch, filters, start, end).filter(span_minutes=span)
+                     .values_list("bins", flat=True))
+    raw = _raw_latencies([*edges, _tail(filters, middle)]).get(None, [])
+    return _sketch_percentiles(sketches.dense(blobs, raw))
+
+
 def _event_sums(filters: Filters, middle: tuple[datetime, datetime], edges: list[Filters]) -> dict[str, Any]:
     total: dict[str, Any] = {}
-    _merge(total, EventRollup.objects.filter(
-        business_id__in=_owners(filters), bucket__gte=middle[0], bucket__lt=middle[1]
-    ).aggregate(**{name: Sum(name) for name in rollups.EVENT_SUMS}))
+    _merge(total, _rollup(EventRollup, filters, *middle).aggregate(**{name: Sum(name) for name in rollups.EVENT_SUMS}))
     for edge in [*edges, _tail(filters, middle)]:
         _merge(total, events_in(edge).aggregate(**_event_aggregates()))
     return defaultdict(lambda: None, total)
@@ -330,16 +356,45 @@ _CONVERSATION_NAMES = dict(zip(rollups.CONVERSATION_SUMS, ("conversations", "con
                                                             "conv_handoffs"), strict=True))
 
 
+def _named(sums: dict[str, Any]) -> dict[str, Any]:
+    return {_CONVERSATION_NAMES[k]: v for k, v in sums.items()}
+
+
+def _folded_conversations(edge: Filters) -> list[tail.Correction]:
+    """The folded conversations that started in a raw part of the period, as counted (+1) entries."""
+    rows = Conversation.objects.filter(first_at__gte=edge.start, first_at__lt=edge.end)
+    if edge.businesses is not None:
+        rows = rows.filter(business_id__in=edge.businesses)
+    return [
+        tail.Correction.of(b, first_at, 1, flags, values)
+        for b, first_at, *flags, values in rows.values_list(
+            "business_id", "first_at", "appointment_requested", "appointment_booked", "human_handoff_requested",
+            "dimension_values",
+        )
+    ]
+
+
+def _edge_conversation_sums(edge: Filters) -> dict[str, Any]:
+    """Conversation sums of a raw part: its folded conversations in the filters' slice (or matching them all)."""
+    chosen = _slice(edge)
+    if chosen is None:
+        return dict(conversations_in(edge).aggregate(**_conversation_aggregates()))
+    total: dict[str, Any] = {}
+    for conversation in _folded_conversations(edge):
+        if conversation.counts_in(chosen):
+            _merge(total, conversation.sums())
+    return total
+
+
 def _conversation_sums(filters: Filters, middle: tuple[datetime, datetime] | None,
                        edges: list[Filters]) -> dict[str, Any]:
     total: dict[str, Any] = {}
     if middle is not None:
-        sums = ConversationRollup.objects.filter(
-            business_id__in=_owners(filters), bucket__gte=middle[0], bucket__lt=middle[1]
-        ).aggregate(**{name: Sum(name) for name in rollups.CONVERSATION_SUMS})
-        _merge(total, {_CONVERSATION_NAMES[k]: v for k, v in sums.items()})
+        _merge(total, _named(_rollup(ConversationRollup, filters, *middle).aggregate(
+            **{name: Sum(name) for name in rollups.CONVERSATION_SUMS}
+        )))
     for edge in edges:
-        _merge(total, conversations_in(edge).aggregate(**_conversation_aggregates()))
+        _merge(total, _edge_conversation_sums(edge))
     for correction in _corrections(filters):
         if filters.start <= correction.moment < filters.end:
             _merge(total, correction.sums())
@@ -360,21 +415,21 @@ def _in_snapshot(read: Callable[P, R]) -> Callable[P, R]:
             _state.depth += 1
             try:
                 _state.folded_through = rollups.folded_through()
-                _state.corrections = {}
+                _state.touched = {}
                 return read(*args, **kwargs)
             finally:
                 _state.depth -= 1
-                _state.corrections = {}
+                _state.touched = {}
     return in_snapshot
 
 
 class _ReadState(threading.local):
     depth = 0
     folded_through = 0
-    corrections: dict[Any, list[tail.Correction]]
+    touched: dict[frozenset[str] | None, list[tail.Touched]]
 
     def __init__(self) -> None:
-        self.corrections = {}
+        self.touched = {}
 
 
 _state = _ReadState()
@@ -386,14 +441,16 @@ def _folded_through() -> int:
     return _state.folded_through
 
 
-def _corrections(filters: Filters) -> list[tail.Correction]:
-    """The tail's conversation corrections for these businesses and event filters, once per read."""
-    key = (filters.businesses, tuple(sorted(filters.event_filters.items())))
-    found = _state.corrections.get(key)
+def _touched(businesses: frozenset[str] | None) -> list[tail.Touched]:
+    """The conversations the unfolded events touch, read once per answer."""
+    found = _state.touched.get(businesses)
     if found is None:
-        found = _state.corrections[key] = tail.corrections(_folded_through(), filters.businesses,
-                                                            filters.event_filters)
+        found = _state.touched[businesses] = tail.touched(_folded_through(), businesses)
     return found
+
+
+def _corrections(filters: Filters) -> list[tail.Correction]:
+    return tail.corrections(_touched(filters.businesses), _slice(filters), filters.event_filters)
 
 
 @_in_snapshot
@@ -401,15 +458,13 @@ def summary(filters: Filters) -> dict[str, Any]:
     middle, edges = _split(filters)
     if middle is not None:
         figures = _event_figures(_event_sums(filters, middle, edges))
-        latency = _sketch_percentiles(_period_bins(filters, middle, edges))
-        figures.update({f"latency_{name}_ms": value for name, value in latency.items()})
-        figures.update(_conversation_figures(_conversation_sums(filters, middle, edges), figures["cost_usd"]))
-        return figures
-    events = events_in(filters)
-    figures = _event_figures(events.aggregate(**_event_aggregates()))
-    latency = _grouped_percentiles(events).get(None) or _no_percentiles()
+        latency = _period_percentiles(filters, middle, edges)
+    else:
+        events = events_in(filters)
+        figures = _event_figures(events.aggregate(**_event_aggregates()))
+        latency = _grouped_percentiles(events).get(None) or _no_percentiles()
     figures.update({f"latency_{name}_ms": value for name, value in latency.items()})
-    figures.update(_conversation_figures(_conversation_sums(filters, None, [filters]), figures["cost_usd"]))
+    figures.update(_conversation_figures(_conversation_sums(filters, middle, edges), figures["cost_usd"]))
     return figures
 
 
@@ -466,30 +521,37 @@ def _as_local_key(value: datetime, tz: zoneinfo.ZoneInfo) -> datetime:
     return value.astimezone(tz).replace(tzinfo=None) if value.tzinfo else value
 
 
+Buckets = tuple[dict[datetime, Any], dict[datetime, dict[str, float | None]], dict[datetime, Any]]
+
+
 @_in_snapshot
 def timeseries(filters: Filters, bucket: str, percentiles: bool = True) -> list[dict[str, Any]]:
     kind = "day" if bucket == "day" else "hour"
     middle, edges = _split(filters)
     if middle is None:
-        event_sums, latency, conversations = _raw_buckets(filters, kind, percentiles)
+        event_sums, latency = _raw_buckets(filters, kind, percentiles)
+        conversations: dict[datetime, Any] = {}
+        _add_edge_conversations(filters, kind, conversations)
     else:
         event_sums, latency, conversations = _rollup_buckets(filters, kind, middle, edges, percentiles)
-    _add_corrections(filters, kind, conversations)
+    for correction in _corrections(filters):
+        if filters.start <= correction.moment < filters.end:
+            _merge(conversations.setdefault(local_bucket(correction.moment, kind, filters.tz), {}), correction.sums())
     empty: defaultdict[str, Any] = defaultdict(lambda: None)
     series = []
     for start in bucket_starts(filters, kind):
-        figures = _event_figures(event_sums.get(start, empty))
+        figures = _event_figures(defaultdict(lambda: None, event_sums.get(start, {})))
         figures.update({f"latency_{n}_ms": v for n, v in (latency.get(start) or _no_percentiles()).items()})
-        figures.update(_conversation_figures(conversations.get(start, empty), figures["cost_usd"]))
+        figures.update(_conversation_figures(defaultdict(lambda: None, conversations.get(start, empty)),
+                                             figures["cost_usd"]))
         aware = start.replace(tzinfo=filters.tz)
         series.append({"start": aware.isoformat(), **figures})
     return series
 
 
-Buckets = tuple[dict[datetime, Any], dict[datetime, dict[str, float | None]], dict[datetime, Any]]
-
-
-def _raw_buckets(filters: Filters, kind: str, percentiles: bool = True, with_conversations: bool = True) -> Buckets:
+def _raw_buckets(filters: Filters, kind: str, percentiles: bool = True) -> tuple[dict[datetime, Any], dict[
+        datetime, dict[str, float | None]]]:
+    """Event sums (and exact percentiles) per local bucket from the raw rows."""
     trunc = Trunc("timestamp", kind, tzinfo=filters.tz)
     events = events_in(filters)
     rows = _dict_rows(events.annotate(bucket=trunc).values("bucket").annotate(**_event_aggregates()).order_by())
@@ -498,25 +560,46 @@ def _raw_buckets(filters: Filters, kind: str, percentiles: bool = True, with_con
         _as_local_key(key, filters.tz): value
         for key, value in _grouped_percentiles(events, Trunc("timestamp", kind, tzinfo=filters.tz)).items()
     } if percentiles else {}
-    if not with_conversations:
-        return event_sums, latency, {}
-    conv_rows = _dict_rows(
-        conversations_in(filters)
-        .annotate(bucket=Trunc("first_at", kind, tzinfo=filters.tz))
-        .values("bucket")
-        .annotate(**_conversation_aggregates())
-        .order_by()
-    )
-    conversations = {_as_local_key(row.pop("bucket"), filters.tz): row for row in conv_rows}
-    return event_sums, latency, conversations
+    return event_sums, latency
+
+
+def _add_edge_conversations(edge: Filters, kind: str, conversations: dict[datetime, Any]) -> None:
+    """Add the folded conversations that started in a raw part of the period to their local buckets."""
+    chosen = _slice(edge)
+    if chosen is None:
+        rows = _dict_rows(
+            conversations_in(edge).annotate(bucket=Trunc("first_at", kind, tzinfo=edge.tz))
+            .values("bucket").annotate(**_conversation_aggregates()).order_by()
+        )
+        for row in rows:
+            _merge(conversations.setdefault(_as_local_key(row.pop("bucket"), edge.tz), {}), row)
+        return
+    for conversation in _folded_conversations(edge):
+        if conversation.counts_in(chosen):
+            key = local_bucket(conversation.moment, kind, edge.tz)
+            _merge(conversations.setdefault(key, {}), conversation.sums())
 
 
 def _rollup_buckets(filters: Filters, kind: str, middle: tuple[datetime, datetime], edges: list[Filters],
                     percentiles: bool = True) -> Buckets:
-    """Local hour or day buckets summed from quarter-hour rollups, plus the raw edges of the period."""
+    """Local hour or day buckets summed from quarter-hour rollups, plus the raw edges and tail of the period."""
     if connection.vendor == "postgresql":
-        return _rollup_buckets_in_sql(filters, kind, middle, edges, percentiles)
-    owners = _owners(filters)
+        event_sums, conversations = _local_sums_in_sql(filters, kind, middle)
+    else:
+        event_sums, conversations = _local_sums_in_python(filters, kind, middle)
+    tail_part = _tail(filters, middle)
+    for part in [*edges, tail_part]:
+        raw_sums, _ = _raw_buckets(part, kind, percentiles=False)
+        for key, row in raw_sums.items():
+            _merge(event_sums.setdefault(key, {}), row)
+    for edge in edges:
+        _add_edge_conversations(edge, kind, conversations)
+    latency = _bucket_percentiles(filters, kind, middle, [*edges, tail_part]) if percentiles else {}
+    return event_sums, latency, conversations
+
+
+def _local_sums_in_python(filters: Filters, kind: str, middle: tuple[datetime, datetime]) -> tuple[
+        dict[datetime, Any], dict[datetime, Any]]:
     local_of: dict[datetime, datetime] = {}
 
     def local(moment: datetime) -> datetime:
@@ -526,67 +609,162 @@ def _rollup_buckets(filters: Filters, kind: str, middle: tuple[datetime, datetim
         return key
 
     event_sums: dict[datetime, dict[str, Any]] = defaultdict(dict)
-    for bucket, *values in EventRollup.objects.filter(
-        business_id__in=owners, bucket__gte=middle[0], bucket__lt=middle[1]
-    ).order_by().values_list("bucket", *rollups.EVENT_SUMS):
-        _merge(event_sums[local(bucket)], dict(zip(rollups.EVENT_SUMS, values, strict=True)))
-    bins: dict[datetime, dict[int, int]] = defaultdict(dict)
-    sketch = _sketch_rows(owners, rollups.QUARTER, *middle) if percentiles else LatencyRollup.objects.none()
-    for bucket, index, count in sketch.order_by().values_list("bucket", "bin", "count"):
-        target = bins[local(bucket)]
-        target[index] = target.get(index, 0) + count
-    conversations: dict[datetime, dict[str, Any]] = defaultdict(dict)
-    for bucket, *values in ConversationRollup.objects.filter(
-        business_id__in=owners, bucket__gte=middle[0], bucket__lt=middle[1]
-    ).order_by().values_list("bucket", *rollups.CONVERSATION_SUMS):
-        named = {_CONVERSATION_NAMES[k]: v for k, v in zip(rollups.CONVERSATION_SUMS, values, strict=True)}
-        _merge(conversations[local(bucket)], named)
-    tail_part = _tail(filters, middle)
-    for edge in [*edges, tail_part]:
-        _add_raw_edge(edge, kind, event_sums, conversations, with_conversations=edge is not tail_part)
-        if percentiles:
-            _add_raw_edge_bins(edge, kind, filters.tz, bins)
-    latency = {key: _sketch_percentiles(value) for key, value in bins.items()}
-    return _with_none_default(event_sums), latency, _with_none_default(conversations)
-
-
-def _add_raw_edge(
-    edge: Filters, kind: str, event_sums: dict[datetime, dict[str, Any]], conversations: dict[datetime, dict[str, Any]],
-    *, with_conversations: bool = True,
-) -> None:
-    """Add the sums of a part of the period that the rollups do not cover, from the raw rows.
-
-    That is a partial quarter hour at an end of the period, or the events not
-    folded yet (`with_conversations` False: the tail's corrections count those).
-    """
-    raw_sums, _, raw_conversations = _raw_buckets(edge, kind, percentiles=False,
-                                                  with_conversations=with_conversations)
-    for key, row in raw_sums.items():
-        _merge(event_sums.setdefault(key, {}), row)
-    for key, row in raw_conversations.items():
-        _merge(conversations.setdefault(key, {}), row)
-
-
-def _add_raw_edge_bins(edge: Filters, kind: str, tz: zoneinfo.ZoneInfo, bins: dict[datetime, dict[int, int]]) -> None:
-    for moment, latency in events_in(edge).exclude(response_time_ms__isnull=True).values_list(
-        "timestamp", "response_time_ms"
+    for bucket, *values in _rollup(EventRollup, filters, *middle).order_by().values_list(
+        "bucket", *rollups.EVENT_SUMS
     ):
-        _bins_of([latency], bins[local_bucket(moment, kind, tz)])
+        _merge(event_sums[local(bucket)], dict(zip(rollups.EVENT_SUMS, values, strict=True)))
+    conversations: dict[datetime, dict[str, Any]] = defaultdict(dict)
+    for bucket, *values in _rollup(ConversationRollup, filters, *middle).order_by().values_list(
+        "bucket", *rollups.CONVERSATION_SUMS
+    ):
+        _merge(conversations[local(bucket)], _named(dict(zip(rollups.CONVERSATION_SUMS, values, strict=True))))
+    return dict(event_sums), dict(conversations)
 
 
-def _add_corrections(filters: Filters, kind: str, conversations: dict[datetime, Any]) -> None:
-    for correction in _corrections(filters):
-        if filters.start <= correction.moment < filters.end:
-            key = local_bucket(correction.moment, kind, filters.tz)
-            target = conversations.get(key)
-            if target is None:
-                target = conversations[key] = defaultdict(lambda: None)
-            _merge(target, correction.sums())
+def _local_sums_in_sql(filters: Filters, kind: str, middle: tuple[datetime, datetime]) -> tuple[
+        dict[datetime, Any], dict[datetime, Any]]:
+    """PostgreSQL: quarter-hour rollups grouped into local buckets by the database."""
+    dimension, value = _slice(filters) or rollups.EVERY_EVENT
+    local = f"date_trunc('{kind}', bucket AT TIME ZONE %s)"
+    where = "business_id = ANY(%s) AND dimension = %s AND value = %s AND bucket >= %s AND bucket < %s"
+    args: list[Any] = [filters.tz.key, _owners(filters), dimension, value, middle[0], middle[1]]
+    event_sums: dict[datetime, dict[str, Any]] = {}
+    conversations: dict[datetime, dict[str, Any]] = {}
+    with connection.cursor() as cursor:
+        cursor.execute(
+            f"SELECT {local} AS local, {', '.join(f'SUM({n})' for n in rollups.EVENT_SUMS)} "
+            f"FROM {EventRollup._meta.db_table} WHERE {where} GROUP BY 1", args,
+        )
+        for key, *values in cursor.fetchall():
+            event_sums[key] = dict(zip(rollups.EVENT_SUMS, values, strict=True))
+        cursor.execute(
+            f"SELECT {local} AS local, {', '.join(f'SUM({n})' for n in rollups.CONVERSATION_SUMS)} "
+            f"FROM {ConversationRollup._meta.db_table} WHERE {where} GROUP BY 1", args,
+        )
+        for key, *values in cursor.fetchall():
+            conversations[key] = _named(dict(zip(rollups.CONVERSATION_SUMS, values, strict=True)))
+    return event_sums, conversations
+
+
+def _bucket_percentiles(filters: Filters, kind: str, middle: tuple[datetime, datetime],
+                        raw_parts: list[Filters]) -> dict[datetime, dict[str, float | None]]:
+    """Per local bucket: its quarter-hour sketches merged, with the raw latencies of the edges and the tail."""
+    histograms: dict[datetime, np.ndarray] = {}
+    local_of: dict[datetime, datetime] = {}
+
+    def histogram(moment: datetime) -> np.ndarray:
+        key = local_of.get(moment)
+        if key is None:
+            key = local_of[moment] = local_bucket(moment, kind, filters.tz)
+        found = histograms.get(key)
+        if found is None:
+            found = histograms[key] = np.zeros(sketches.BIN_COUNT, dtype=np.int64)
+        return found
+
+    rows = _rollup(LatencySketch, filters, *middle).filter(span_minutes=rollups.QUARTER)
+    for bucket, blob in rows.values_list("bucket", "bins").iterator(chunk_size=2000):
+        indexes, counts = sketches.unpack(blob)
+        np.add.at(histogram(bucket), indexes, counts)
+    for part in raw_parts:
+        for moment, latency in events_in(part).exclude(response_time_ms__isnull=True).values_list(
+            "timestamp", "response_time_ms"
+        ):
+            histogram(moment)[sketches.latency_bin(latency or 0)] += 1
+    return {key: _sketch_percentiles(value) for key, value in histograms.items()}
+
+
+# --- Breakdowns: per value of one dimension, from the rollups of that dimension.
+
+
+def _key_field(dimension: str) -> str:
+    return "business_id" if dimension == "business" else DIMENSIONS[dimension]
 
 
 @_in_snapshot
 def breakdown(filters: Filters, dimension: str, limit: int) -> list[dict[str, Any]]:
-    field = DIMENSIONS[dimension]
+    middle, edges = _split(filters)
+    if middle is None or (dimension != "business" and filters.event_filters):
+        return _raw_breakdown(filters, dimension, limit)
+    key_field = _key_field(dimension)
+    if dimension == "business":
+        chosen, owners, group = _slice(filters), _visible_owners(filters), "business_id"
+    else:
+        chosen, owners, group = (_DIMENSION_OF_COLUMN[DIMENSIONS[dimension]], ""), _owners(filters), "value"
+    events: dict[Any, dict[str, Any]] = defaultdict(dict)
+    every_value = dimension != "business"
+    for row in _dict_rows(_rollup(EventRollup, filters, *middle, chosen, owners, every_value).values(group).annotate(
+        **{n: Sum(n) for n in rollups.EVENT_SUMS}
+    ).order_by()):
+        _merge(events[row.pop(group)], row)
+    tail_part = _tail(filters, middle)
+    for part in [*edges, tail_part]:
+        for row in _dict_rows(events_in(part).values(key_field).annotate(**_event_aggregates()).order_by()):
+            _merge(events[row.pop(key_field) or ""], row)
+    ranked = sorted((key for key in events if _count(events[key].get("events"))),
+                    key=lambda key: (-_count(events[key]["events"]), key))[:limit]
+    latency = _breakdown_percentiles(filters, middle, [*edges, tail_part], chosen, owners, group, key_field, ranked,
+                                     every_value)
+    conversations = _breakdown_conversations(filters, middle, edges, chosen, owners, group, dimension)
+    result = []
+    for key in ranked:
+        figures = _event_figures(defaultdict(lambda: None, events[key]))
+        figures.update({f"latency_{n}_ms": v for n, v in latency.get(key, _no_percentiles()).items()})
+        result.append({"key": key or None, "conversations": _count(conversations.get(key, 0)), **figures})
+    return result
+
+
+def _visible_owners(filters: Filters) -> list[str]:
+    if filters.businesses is not None:
+        return sorted(filters.businesses)
+    return list(EventRollup.objects.exclude(business_id=ALL_BUSINESSES).values_list("business_id", flat=True)
+                .order_by("business_id").distinct())
+
+
+def _breakdown_percentiles(filters: Filters, middle: tuple[datetime, datetime], raw_parts: list[Filters],
+                           chosen: Slice | None, owners: list[str], group: str, key_field: str,
+                           keys: list[str], every_value: bool) -> dict[str, dict[str, float | None]]:
+    """Each key's percentiles: its day and quarter sketches over the middle, with the raw latencies around them."""
+    if not keys:
+        return {}
+    blobs: dict[str, list[bytes | memoryview]] = defaultdict(list)
+    for span, start, end in _period_parts(middle):
+        rows = _rollup(LatencySketch, filters, start, end, chosen, owners, every_value).filter(span_minutes=span)
+        rows = rows.filter(**{f"{group}__in": keys})
+        for key, blob in rows.values_list(group, "bins").iterator(chunk_size=2000):
+            blobs[key].append(blob)
+    raw = _raw_latencies(raw_parts, key_field)
+    return {key: _sketch_percentiles(sketches.dense(blobs.get(key, []), raw.get(key, []))) for key in keys}
+
+
+def _breakdown_conversations(filters: Filters, middle: tuple[datetime, datetime], edges: list[Filters],
+                             chosen: Slice | None, owners: list[str], group: str, dimension: str) -> dict[str, int]:
+    """Conversations that started in the period, per key: counted once under each value their events carry."""
+    counts: dict[str, int] = defaultdict(int)
+    every_value = dimension != "business"
+    for key, started in _rollup(ConversationRollup, filters, *middle, chosen, owners, every_value).values(
+        group
+    ).annotate(
+        n=Sum("started")
+    ).order_by().values_list(group, "n"):
+        counts[key] += int(started or 0)
+    entries = [c for edge in edges for c in _folded_conversations(edge)]
+    entries += [c for c in _corrections(replace(filters)) if filters.start <= c.moment < filters.end]
+    slice_filter = chosen if dimension == "business" else rollups.EVERY_EVENT
+    for entry in entries:
+        if slice_filter is not None and not entry.counts_in(slice_filter):
+            continue
+        for key in entry.keys(dimension):
+            counts[key] += entry.sign
+    return counts
+
+
+def _raw_breakdown(filters: Filters, dimension: str, limit: int) -> list[dict[str, Any]]:
+    """A breakdown with another filter, or over less than a quarter hour: from the raw rows.
+
+    Here a key's conversations are the distinct conversations with an event
+    of that key (and the filters) in the period.
+    """
+    field = _key_field(dimension)
     events = events_in(filters)
     aggregates = {**_event_aggregates(), "distinct_conversations": Count("conversation_id", distinct=True)}
     rows = list(events.values(field).annotate(**aggregates).order_by("-events", field)[:limit])
@@ -598,6 +776,9 @@ def breakdown(filters: Filters, dimension: str, limit: int) -> list[dict[str, An
         figures.update({f"latency_{n}_ms": v for n, v in (latency.get(key) or _no_percentiles()).items()})
         result.append({"key": key, "conversations": row["distinct_conversations"], **figures})
     return result
+
+
+# --- Peak hours: events per local hour of the week.
 
 
 def _raw_peak_cells(filters: Filters) -> dict[tuple[int, int], dict[str, Any]]:
@@ -616,9 +797,9 @@ def _raw_peak_cells(filters: Filters) -> dict[tuple[int, int], dict[str, Any]]:
 
 def _rollup_peak_cells(filters: Filters, middle: tuple[datetime, datetime],
                        edges: list[Filters]) -> dict[tuple[int, int], dict[str, Any]]:
-    """Hour-of-week sums from quarter-hour rollups (every local hour is whole quarter hours), plus the raw edges."""
+    """Hour-of-week sums from quarter-hour rollups (every local hour is whole quarter hours), plus the raw parts."""
     cells: dict[tuple[int, int], dict[str, Any]] = defaultdict(dict)
-    rollup = EventRollup.objects.filter(business_id__in=_owners(filters), bucket__gte=middle[0], bucket__lt=middle[1])
+    rollup = _rollup(EventRollup, filters, *middle)
     if connection.vendor == "postgresql":
         rows = rollup.annotate(
             weekday=ExtractIsoWeekDay("bucket", tzinfo=filters.tz), hour=ExtractHour("bucket", tzinfo=filters.tz)
@@ -639,12 +820,11 @@ def _rollup_peak_cells(filters: Filters, middle: tuple[datetime, datetime],
 def peak_hours(filters: Filters) -> list[dict[str, Any]]:
     middle, edges = _split(filters)
     cells = _raw_peak_cells(filters) if middle is None else _rollup_peak_cells(filters, middle, edges)
-
     empty: defaultdict[str, Any] = defaultdict(lambda: None)
     result = []
     for weekday in range(1, 8):
         for hour in range(24):
-            figures = _event_figures(cells.get((weekday, hour), empty))
+            figures = _event_figures(defaultdict(lambda: None, cells.get((weekday, hour), empty)))
             result.append({
                 "weekday": weekday,
                 "hour": hour,
@@ -665,85 +845,3 @@ def time_zone_of(business_ids: Iterable[str] | None) -> str:
     if len(ids) != 1:
         return "UTC"
     return Business.objects.filter(pk=ids[0]).values_list("time_zone", flat=True).first() or "UTC"
-
-
-def _rollup_buckets_in_sql(filters: Filters, kind: str, middle: tuple[datetime, datetime],
-                           edges: list[Filters], percentiles: bool) -> Buckets:
-    """PostgreSQL: group quarter hours into local buckets, and find each bucket's percentile bins, in SQL.
-
-    Measured on 10 million events, moving the grouping and the cumulative
-    counts of the sketch into the database cut the hourly series several-fold:
-    Python no longer walks one row per quarter hour and latency bin.
-    """
-    owners = _owners(filters)
-    local = f"date_trunc('{kind}', bucket AT TIME ZONE %s)"
-    where = "business_id = ANY(%s) AND bucket >= %s AND bucket < %s"
-    args: list[Any] = [filters.tz.key, owners, middle[0], middle[1]]
-    event_table = EventRollup._meta.db_table
-    conv_table = ConversationRollup._meta.db_table
-    event_sums: dict[datetime, dict[str, Any]] = {}
-    conversations: dict[datetime, dict[str, Any]] = {}
-    with connection.cursor() as cursor:
-        cursor.execute(
-            f"SELECT {local} AS local, {', '.join(f'SUM({n})' for n in rollups.EVENT_SUMS)} "
-            f"FROM {event_table} WHERE {where} GROUP BY 1", args,
-        )
-        for key, *values in cursor.fetchall():
-            event_sums[key] = dict(zip(rollups.EVENT_SUMS, values, strict=True))
-        cursor.execute(
-            f"SELECT {local} AS local, {', '.join(f'SUM({n})' for n in rollups.CONVERSATION_SUMS)} "
-            f"FROM {conv_table} WHERE {where} GROUP BY 1", args,
-        )
-        for key, *values in cursor.fetchall():
-            conversations[key] = {
-                _CONVERSATION_NAMES[k]: v for k, v in zip(rollups.CONVERSATION_SUMS, values, strict=True)
-            }
-        tail_part = _tail(filters, middle)
-        bins_by_bucket = (
-            _percentile_bins_in_sql(cursor, filters, kind, owners, middle, [*edges, tail_part]) if percentiles else {}
-        )
-    for edge in [*edges, tail_part]:
-        _add_raw_edge(edge, kind, event_sums, conversations, with_conversations=edge is not tail_part)
-    return _with_none_default(event_sums), bins_by_bucket, _with_none_default(conversations)
-
-
-def _percentile_bins_in_sql(
-    cursor: Any, filters: Filters, kind: str, owners: list[str], middle: tuple[datetime, datetime], edges: list[Filters]
-) -> dict[datetime, dict[str, float | None]]:
-    """Per local bucket, the sketch bins at the two ranks around each percentile, from cumulative counts."""
-    table = LatencyRollup._meta.db_table
-    parts = [
-        f"SELECT date_trunc('{kind}', bucket AT TIME ZONE %s) AS local, bin, count AS c FROM {table} "
-        f"WHERE business_id = ANY(%s) AND span_minutes = {rollups.QUARTER} AND bucket >= %s AND bucket < %s"
-    ]
-    args: list[Any] = [filters.tz.key, owners, middle[0], middle[1]]
-    for edge in edges:
-        raw_sql, raw_args = events_in(edge).exclude(response_time_ms__isnull=True).values_list(
-            "timestamp", "response_time_ms"
-        ).query.sql_with_params()
-        parts.append(
-            f"SELECT date_trunc('{kind}', r.col1 AT TIME ZONE %s), CASE WHEN r.col2 <= 0 THEN 0 "
-            f"ELSE CEIL(LN(r.col2::float8) / %s::float8)::int + 1 END, 1 FROM ({raw_sql}) AS r (col1, col2)"
-        )
-        args.extend([filters.tz.key, rollups.LOG_GAMMA, *raw_args])
-    picks = []
-    for _name, fraction in PERCENTILES:
-        low_rank = f"floor({fraction!r} * (n - 1))"
-        picks.append(f"MIN(bin) FILTER (WHERE cum > {low_rank})")
-        picks.append(f"MIN(bin) FILTER (WHERE cum > LEAST({low_rank} + 1, n - 1))")
-    cursor.execute(
-        f"WITH s AS (SELECT local, bin, SUM(c) AS c FROM ({' UNION ALL '.join(parts)}) u GROUP BY 1, 2), "
-        f"w AS (SELECT local, bin, SUM(c) OVER (PARTITION BY local ORDER BY bin) AS cum, "
-        f"SUM(c) OVER (PARTITION BY local) AS n FROM s) "
-        f"SELECT local, n, {', '.join(picks)} FROM w GROUP BY local, n",
-        args,
-    )
-    result: dict[datetime, dict[str, float | None]] = {}
-    for key, total, *bins in cursor.fetchall():
-        figures: dict[str, float | None] = {}
-        for i, (name, fraction) in enumerate(PERCENTILES):
-            position = fraction * (int(total) - 1)
-            low, high = rollups.bin_value(bins[2 * i]), rollups.bin_value(bins[2 * i + 1])
-            figures[name] = low + (high - low) * (position - math.floor(position))
-        result[key] = figures
-    return result

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from collections import defaultdict
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -41,73 +42,73 @@ class Flags(NamedTuple):
             self.human_handoff_requested or other.human_handoff_requested,
         )
 
-    def turned_on_since(self, before: Flags) -> Flags:
-        return Flags(
-            self.appointment_requested and not before.appointment_requested,
-            self.appointment_booked and not before.appointment_booked,
-            self.human_handoff_requested and not before.human_handoff_requested,
-        )
-
-    def counted(self, started: int = 0) -> ConversationSums:
-        """These flags as conversation rollup sums, with `started` conversations."""
-        return ConversationSums(
-            started=started,
-            requested=int(self.appointment_requested),
-            booked=int(self.appointment_booked),
-            handoffs=int(self.human_handoff_requested),
-        )
-
 
 _FLAGS = Flags._fields
 
 
 @dataclass(slots=True)
-class _Folded:
-    """What one batch adds to one conversation."""
+class _State:
+    """A conversation as far as the folded events make it: times, turns, flags and the values of its events."""
 
     first_at: datetime
     last_at: datetime
     turns: int
     flags: Flags
+    values: dict[str, set[str]]
+
+    def merged(self, other: _State) -> _State:
+        return _State(
+            min(self.first_at, other.first_at), max(self.last_at, other.last_at), self.turns + other.turns,
+            self.flags.merged(other.flags),
+            {d: self.values.get(d, set()) | other.values.get(d, set()) for d in rollups.DIMENSIONS},
+        )
+
+    def contributions(self, business_id: str, sign: int = 1) -> rollups.ConversationDeltas:
+        listed = {d: sorted(v) for d, v in self.values.items()}
+        return rollups.conversation_contributions(business_id, self.first_at, tuple(self.flags), listed, sign)
+
+    def values_json(self) -> str:
+        return json.dumps({d: sorted(self.values.get(d, ())) for d in rollups.DIMENSIONS}, sort_keys=True)
 
 
-class _Stored(NamedTuple):
-    """The part of a stored conversation that its rollup deltas depend on."""
-
-    first_at: datetime
-    flags: Flags
+_COLUMNS = ("business_id", "conversation_id", "first_at", "last_at", "turns", *_FLAGS, "outcome_note",
+            "dimension_values")
+_SET_BY_FOLDER = ("first_at", "last_at", "turns", *_FLAGS, "dimension_values")
 
 
-_COLUMNS = ("business_id", "conversation_id", "first_at", "last_at", "turns", *_FLAGS, "outcome_note")
-
-
-def _insert_sql(count: int, merge: bool) -> str:
+def _upsert_sql(count: int) -> str:
     table = connection.ops.quote_name(Conversation._meta.db_table)
     values = ", ".join(["(" + ", ".join(["%s"] * len(_COLUMNS)) + ")"] * count)
-    sql = f"INSERT INTO {table} ({', '.join(_COLUMNS)}) VALUES {values} ON CONFLICT (business_id, conversation_id) "
-    if not merge:
-        return sql + "DO NOTHING RETURNING business_id, conversation_id"
-    least, greatest = ("LEAST", "GREATEST") if connection.vendor == "postgresql" else ("MIN", "MAX")
-    flags = ", ".join(f"{f} = {table}.{f} OR excluded.{f}" for f in _FLAGS)
+    updates = ", ".join(f"{c} = excluded.{c}" for c in _SET_BY_FOLDER)
     return (
-        sql + f"DO UPDATE SET first_at = {least}({table}.first_at, excluded.first_at), "
-        f"last_at = {greatest}({table}.last_at, excluded.last_at), turns = {table}.turns + excluded.turns, {flags}"
+        f"INSERT INTO {table} ({', '.join(_COLUMNS)}) VALUES {values} "
+        f"ON CONFLICT (business_id, conversation_id) DO UPDATE SET {updates}"
     )
 
 
-def _locked_states(keys: list[tuple[str, str]]) -> dict[tuple[str, str], _Stored]:
-    """First time and flags of existing conversations, locked until the transaction ends (PostgreSQL)."""
+def _locked_states(keys: list[tuple[str, str]]) -> dict[tuple[str, str], _State]:
+    """The stored conversations among `keys`, locked until the transaction ends (PostgreSQL)."""
     table = connection.ops.quote_name(Conversation._meta.db_table)
-    pairs = ", ".join(["(%s, %s)"] * len(keys))
+    found: dict[tuple[str, str], _State] = {}
     lock = " FOR UPDATE" if connection.vendor == "postgresql" else ""  # SQLite: the write lock is already held
-    sql = (
-        f"SELECT business_id, conversation_id, first_at, {', '.join(_FLAGS)} FROM {table} "
-        f"WHERE (business_id, conversation_id) IN (VALUES {pairs}) ORDER BY business_id, conversation_id{lock}"
-    )
-    with connection.cursor() as cursor:
-        cursor.execute(sql, [value for key in keys for value in key])
-        rows = cursor.fetchall()
-    return {(b, c): _Stored(_as_datetime(first), Flags(*(bool(v) for v in flags))) for b, c, first, *flags in rows}
+    for start in range(0, len(keys), 500):
+        part = keys[start:start + 500]
+        pairs = ", ".join(["(%s, %s)"] * len(part))
+        sql = (
+            f"SELECT business_id, conversation_id, first_at, last_at, turns, {', '.join(_FLAGS)}, dimension_values "
+            f"FROM {table} WHERE (business_id, conversation_id) IN (VALUES {pairs}) "
+            f"ORDER BY business_id, conversation_id{lock}"
+        )
+        with connection.cursor() as cursor:
+            cursor.execute(sql, [value for key in part for value in key])
+            rows = cursor.fetchall()
+        for b, c, first, last, turns, *flags, values in rows:
+            if isinstance(values, str):
+                values = json.loads(values)
+            found[(b, c)] = _State(_as_datetime(first), _as_datetime(last), int(turns),
+                                   Flags(*(bool(v) for v in flags)),
+                                   {d: set(v) for d, v in (values or {}).items()})
+    return found
 
 
 def _as_datetime(value: Any) -> datetime:
@@ -121,96 +122,68 @@ def apply_events(events: list[dict[str, Any]]) -> None:
 
     The folder calls it once per event, in id order: each one adds a turn.
     First/last times take the min/max, so late and out-of-order events land
-    right. New conversations are inserted first (the insert tells which are
-    new); existing ones are locked and read before they are merged, so the
-    rollup deltas are exact under concurrent batches. Keys go in sorted order,
-    so concurrent batches lock in one order and cannot deadlock.
+    right. The stored conversations are locked and read first; each one's
+    old contribution to the rollups (its bucket, flags and values) is taken
+    away and its new one added, so a conversation whose first event moved to
+    an earlier quarter moves there, and one that gained a flag or a value
+    counts it. Keys go in sorted order, so concurrent writers lock in one order.
     """
     folded = _fold(events)
     if not folded:
         return
     keys = sorted(folded)
-    deltas: dict[tuple[str, datetime], ConversationSums] = defaultdict(ConversationSums)
-    created = _insert_new(keys, folded)
-    for key in created:
-        deltas[(key[0], rollups.quarter_of(folded[key].first_at))].add(folded[key].flags.counted(started=1))
-    existing = [key for key in keys if key not in created]
-    if existing:
-        _merge_existing(existing, folded, deltas)
+    stored = _locked_states(keys)
+    deltas: rollups.ConversationDeltas = defaultdict(ConversationSums)
+    params: list[Any] = []
+    field = Conversation._meta.get_field("first_at")
+    assert isinstance(field, DateTimeField)
+    for key in keys:
+        old = stored.get(key)
+        new = folded[key] if old is None else old.merged(folded[key])
+        if old is not None:
+            for slice_key, sums in old.contributions(key[0], sign=-1).items():
+                deltas[slice_key].add(sums)
+        for slice_key, sums in new.contributions(key[0]).items():
+            deltas[slice_key].add(sums)
+        params.extend([*key, field.get_db_prep_save(new.first_at, connection),
+                       field.get_db_prep_save(new.last_at, connection), new.turns, *new.flags, "",
+                       new.values_json()])
+    for start in range(0, len(keys), 500):
+        width = len(_COLUMNS)
+        part = params[start * width:(start + 500) * width]
+        with connection.cursor() as cursor:
+            cursor.execute(_upsert_sql(len(part) // width), part)
     rollups.add_conversation_deltas(deltas)
 
 
-def _fold(events: list[dict[str, Any]]) -> dict[tuple[str, str], _Folded]:
+def _fold(events: list[dict[str, Any]]) -> dict[tuple[str, str], _State]:
     """The batch's events per (business, conversation); events without a conversation are left out."""
-    folded: dict[tuple[str, str], _Folded] = {}
+    folded: dict[tuple[str, str], _State] = {}
     for event in events:
         conversation_id = event.get("conversation_id")
         if not conversation_id:
             continue
         moment = event["timestamp"]
         key = (event["business_id"], conversation_id)
+        values = rollups.dimension_values(event)
         state = folded.get(key)
         if state is None:
-            folded[key] = _Folded(moment, moment, 1, Flags.of_event(event))
-        else:
-            if moment < state.first_at:
-                state.first_at = moment
-            elif moment > state.last_at:
-                state.last_at = moment
-            state.turns += 1
-            # Most replies raise no flag: build and merge flags only for those that do.
-            if event.get("appointment_requested") or event.get("appointment_booked") or event.get(
-                "human_handoff_requested"
-            ):
-                state.flags = state.flags.merged(Flags.of_event(event))
+            folded[key] = _State(moment, moment, 1, Flags.of_event(event),
+                                 {d: {v} for d, v in zip(rollups.DIMENSIONS, values, strict=True)})
+            continue
+        if moment < state.first_at:
+            state.first_at = moment
+        elif moment > state.last_at:
+            state.last_at = moment
+        state.turns += 1
+        for dimension, value in zip(rollups.DIMENSIONS, values, strict=True):
+            state.values[dimension].add(value)
+        # Most replies raise no flag: build and merge flags only for those that do.
+        if event.get("appointment_requested") or event.get("appointment_booked") or event.get(
+            "human_handoff_requested"
+        ):
+            state.flags = state.flags.merged(Flags.of_event(event))
     return folded
-
-
-def _params(chosen: list[tuple[str, str]], folded: dict[tuple[str, str], _Folded]) -> list[Any]:
-    """The INSERT's values for these conversations, in _COLUMNS order."""
-    field = Conversation._meta.get_field("first_at")
-    assert isinstance(field, DateTimeField)
-    values: list[Any] = []
-    for key in chosen:
-        state = folded[key]
-        values.extend([
-            *key,
-            field.get_db_prep_save(state.first_at, connection),
-            field.get_db_prep_save(state.last_at, connection),
-            state.turns,
-            *state.flags,
-            "",
-        ])
-    return values
-
-
-def _insert_new(keys: list[tuple[str, str]], folded: dict[tuple[str, str], _Folded]) -> set[tuple[str, str]]:
-    """Insert the conversations that do not exist yet; returns their keys."""
-    with connection.cursor() as cursor:
-        cursor.execute(_insert_sql(len(keys), merge=False), _params(keys, folded))
-        return {(business_id, conversation_id) for business_id, conversation_id in cursor.fetchall()}
-
-
-def _merge_existing(
-    existing: list[tuple[str, str]],
-    folded: dict[tuple[str, str], _Folded],
-    deltas: dict[tuple[str, datetime], ConversationSums],
-) -> None:
-    """Merge the batch into stored conversations and add what changed to `deltas`: a conversation whose first
-    event moved to an earlier quarter moves there with its flags."""
-    before = _locked_states(existing)
-    with connection.cursor() as cursor:
-        cursor.execute(_insert_sql(len(existing), merge=True), _params(existing, folded))
-    for key in existing:
-        old = before[key]
-        new_first = min(old.first_at, folded[key].first_at)
-        new_flags = old.flags.merged(folded[key].flags)
-        old_bucket, new_bucket = rollups.quarter_of(old.first_at), rollups.quarter_of(new_first)
-        if old_bucket != new_bucket:
-            deltas[(key[0], old_bucket)].add(old.flags.counted(started=1).negated())
-            deltas[(key[0], new_bucket)].add(new_flags.counted(started=1))
-        else:
-            deltas[(key[0], new_bucket)].add(new_flags.turned_on_since(old.flags).counted())
 
 
 @dataclass(frozen=True)
@@ -250,9 +223,13 @@ def record_outcome(
                 if name == "appointment_booked":
                     booked_models.append((locked.business_id, latest.model_name))
         if latest is not None and latest.id <= folded_through:
-            rollups.add_event_flags(locked.business_id, latest.timestamp, event_flags)
-        delta = Flags(**{name: name in changed for name in _FLAGS}).counted()
-        rollups.add_conversation_deltas({(locked.business_id, rollups.quarter_of(locked.first_at)): delta})
+            rollups.add_event_flags(
+                {"business_id": latest.business_id, "timestamp": latest.timestamp,
+                 **{column: getattr(latest, column) for column in rollups.DIMENSION_COLUMNS}},
+                event_flags,
+            )
+        if changed:
+            rollups.add_conversation_deltas(_flag_deltas(locked, changed))
         new_note = bool(note) and note[:300] != locked.outcome_note
         if changed or new_note:  # a repeat changes nothing, not even the time it was recorded
             locked.outcome_recorded_at = at or timezone.now()
@@ -263,6 +240,20 @@ def record_outcome(
     return OutcomeResult(locked, changed)
 
 
+def _flag_deltas(conversation: Conversation, turned_on: list[str]) -> rollups.ConversationDeltas:
+    """What turning these flags on changes in the conversation rollups: in "" and under each of its values."""
+    now = Flags(*(bool(getattr(conversation, name)) for name in _FLAGS))
+    before = Flags(*(flag and name not in turned_on for name, flag in zip(_FLAGS, now, strict=True)))
+    values = conversation.dimension_values or {}
+    deltas: rollups.ConversationDeltas = defaultdict(ConversationSums)
+    for flags, sign in ((before, -1), (now, 1)):
+        for key, sums in rollups.conversation_contributions(
+            conversation.business_id, conversation.first_at, tuple(flags), values, sign
+        ).items():
+            deltas[key].add(sums)
+    return deltas
+
+
 def rebuild_conversations(through: int | None = None) -> int:
     """Recompute every conversation from the events (with id <= `through`); returns how many.
 
@@ -271,8 +262,14 @@ def rebuild_conversations(through: int | None = None) -> int:
     """
     table = connection.ops.quote_name(Conversation._meta.db_table)
     events = connection.ops.quote_name(AIMetric._meta.db_table)
-    any_of = "bool_or({})" if connection.vendor == "postgresql" else "MAX({})"
+    if connection.vendor == "postgresql":
+        any_of, values_of, object_of = "bool_or({})", "jsonb_agg(DISTINCT COALESCE({}, ''))", "jsonb_build_object"
+    else:
+        any_of, values_of, object_of = "MAX({})", "json_group_array(DISTINCT COALESCE({}, ''))", "json_object"
     flags = ", ".join(any_of.format(f) for f in _FLAGS)
+    values = object_of + "(" + ", ".join(
+        f"'{name}', {values_of.format(column)}" for name, column in rollups.DIMENSIONS.items()
+    ) + ")"
     with transaction.atomic():
         kept = list(
             Conversation.objects.exclude(outcome_recorded_at__isnull=True, outcome_note="")
@@ -283,7 +280,7 @@ def rebuild_conversations(through: int | None = None) -> int:
         with connection.cursor() as cursor:
             cursor.execute(
                 f"INSERT INTO {table} ({', '.join(_COLUMNS)}) "
-                f"SELECT business_id, conversation_id, MIN(timestamp), MAX(timestamp), COUNT(*), {flags}, '' "
+                f"SELECT business_id, conversation_id, MIN(timestamp), MAX(timestamp), COUNT(*), {flags}, '', {values} "
                 f"FROM {events} WHERE conversation_id IS NOT NULL AND conversation_id <> ''{upto} "
                 f"GROUP BY business_id, conversation_id"
             )

@@ -65,6 +65,10 @@ class LeaseLost(Exception):
     """Another folder holds the lease: this one must stop folding."""
 
 
+class RebuildNeeded(Exception):
+    """A migration changed what the rollups hold: rebuild_analytics must rebuild them before folding goes on."""
+
+
 def _state_table() -> str:
     return connection.ops.quote_name(FolderState._meta.db_table)
 
@@ -114,6 +118,8 @@ def fold_batch(limit: int | None = None, holder: str | None = None) -> int:
     limit = limit or settings.MLOPS_FOLDER_BATCH
     with transaction.atomic():
         folded_through = _lock_state(holder)
+        if FolderState.objects.filter(name=FOLDER_NAME, rebuild_needed=True).exists():
+            raise RebuildNeeded("the rollups' layout changed: run manage.py rebuild_analytics")
     if _highest_id() <= folded_through:
         return 0  # nothing new: take no lock on the event table
     horizon = _settled_horizon() if connection.vendor == "postgresql" else None
@@ -222,6 +228,9 @@ def run(stop: Callable[[], bool], *, idle_seconds: float = 0.2, holder: str | No
                     _sleep(stop, idle_seconds)
             except LeaseLost as lost:
                 logger.warning("folder %s lost its lease: %s", holder, lost)
+            except RebuildNeeded as waiting:
+                logger.warning("folder waits: %s", waiting)
+                _sleep(stop, 5.0)
             except DatabaseError as exc:
                 logger.exception("fold failed; retrying in %.1f s", pause)
                 note_error(exc)
@@ -257,6 +266,7 @@ class FolderStatus:
     last_error_at: datetime | None
     holder: str
     lease_until: datetime | None
+    rebuild_needed: bool = False
 
     @property
     def running(self) -> bool:
@@ -266,7 +276,7 @@ class FolderStatus:
     def degraded(self) -> bool:
         """Too far behind, or events waiting for a minute with no folder to fold them."""
         stalled = not self.running and self.lag_seconds > STALLED_AFTER_SECONDS
-        return self.backlog_events > settings.MLOPS_FOLDER_MAX_BACKLOG or stalled
+        return self.backlog_events > settings.MLOPS_FOLDER_MAX_BACKLOG or stalled or self.rebuild_needed
 
     def as_dict(self) -> dict[str, Any]:
         return {
@@ -296,7 +306,7 @@ def status() -> FolderStatus:
         folded_through=state.folded_through, highest_id=_highest_id(), backlog_events=backlog, lag_seconds=lag,
         folded_at=state.folded_at, events_folded=state.events_folded, errors=state.errors,
         last_error=state.last_error, last_error_at=state.last_error_at, holder=state.holder,
-        lease_until=state.lease_until,
+        lease_until=state.lease_until, rebuild_needed=state.rebuild_needed,
     )
 
 
@@ -314,5 +324,11 @@ def rebuild(progress: Callable[[int], None] | None = None) -> tuple[int, dict[st
             horizon = _highest_id()
         made = conversations.rebuild_conversations(through=horizon)
         counts = rollups.rebuild(progress=progress, through=horizon)
-        FolderState.objects.filter(name=FOLDER_NAME).update(folded_through=horizon, folded_at=timezone.now())
+        FolderState.objects.filter(name=FOLDER_NAME).update(
+            folded_through=horizon, folded_at=timezone.now(), rebuild_needed=False
+        )
     return made, counts
+
+
+def rebuild_needed() -> bool:
+    return FolderState.objects.filter(name=FOLDER_NAME, rebuild_needed=True).exists()

@@ -188,7 +188,7 @@ def reprice(events: Any, table: PriceTable, chunk: int = 2000, progress: Any = N
     while True:
         rows = list(
             events.filter(id__gt=last_id).order_by("id")
-            .values(*_PRICED_FIELDS, "business_id", "cost_usd", "cost_basis")[:chunk]
+            .values(*_PRICED_FIELDS, "business_id", "cost_usd", "cost_basis", *rollups.DIMENSION_COLUMNS)[:chunk]
         )
         if not rows:
             return examined, changed

@@ -12,8 +12,8 @@ from zoneinfo import ZoneInfo
 import pytest
 from django.core.management import call_command
 
-from metrics_app.analytics import rollups
-from metrics_app.models import ConversationRollup, EventRollup, LatencyRollup, ModelPrice
+from metrics_app.analytics import rollups, sketches
+from metrics_app.models import ConversationRollup, EventRollup, LatencySketch, ModelPrice
 from tests.analytics.helpers import (
     NOW,
     expected_conversations,
@@ -38,9 +38,11 @@ def table(model, fields):
 
 def rollup_tables():
     return (
-        table(EventRollup, ["business_id", "bucket", *rollups.EVENT_SUMS]),
-        table(LatencyRollup, ["business_id", "span_minutes", "bucket", "bin", "count"]),
-        [r for r in table(ConversationRollup, ["business_id", "bucket", *rollups.CONVERSATION_SUMS]) if any(r[2:])],
+        table(EventRollup, ["business_id", "dimension", "value", "bucket", *rollups.EVENT_SUMS]),
+        sorted((*key, sketches.as_dict(blob)) for *key, blob in LatencySketch.objects.values_list(
+            "business_id", "dimension", "value", "span_minutes", "bucket", "bins")),
+        [r for r in table(ConversationRollup, ["business_id", "dimension", "value", "bucket", *rollups.CONVERSATION_SUMS])
+         if any(r[4:])],
     )
 
 

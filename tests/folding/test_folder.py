@@ -14,7 +14,7 @@ from django.db.models import Max, Sum
 from django.test import override_settings
 from django.utils import timezone
 
-from metrics_app.analytics import rollups
+from metrics_app.analytics import rollups, sketches
 from metrics_app.folding import services as folding
 from metrics_app.models import (
     ALL_BUSINESSES,
@@ -24,7 +24,7 @@ from metrics_app.models import (
     ConversationRollup,
     EventRollup,
     FolderState,
-    LatencyRollup,
+    LatencySketch,
 )
 from tests.analytics.helpers import make_events, store
 from tests.helpers import database_url_for_subprocess, fold_all, start_folder, stop_folder
@@ -35,9 +35,11 @@ def derived_tables() -> tuple[list, ...]:
     def table(model, fields):
         return sorted(model.objects.values_list(*fields))
     return (
-        table(EventRollup, ["business_id", "bucket", *rollups.EVENT_SUMS]),
-        table(LatencyRollup, ["business_id", "span_minutes", "bucket", "bin", "count"]),
-        [r for r in table(ConversationRollup, ["business_id", "bucket", *rollups.CONVERSATION_SUMS]) if any(r[2:])],
+        table(EventRollup, ["business_id", "dimension", "value", "bucket", *rollups.EVENT_SUMS]),
+        sorted((*key, sketches.as_dict(blob)) for *key, blob in LatencySketch.objects.values_list(
+            "business_id", "dimension", "value", "span_minutes", "bucket", "bins")),
+        [r for r in table(ConversationRollup, ["business_id", "dimension", "value", "bucket", *rollups.CONVERSATION_SUMS])
+         if any(r[4:])],
         table(Conversation, ["business_id", "conversation_id", "first_at", "last_at", "turns",
                              "appointment_requested", "appointment_booked", "human_handoff_requested"]),
     )
@@ -54,7 +56,7 @@ def folded_through() -> int:
 
 
 def folded_events() -> int:
-    return EventRollup.objects.filter(business_id=ALL_BUSINESSES).aggregate(n=Sum("events"))["n"] or 0
+    return EventRollup.objects.filter(business_id=ALL_BUSINESSES, dimension="").aggregate(n=Sum("events"))["n"] or 0
 
 
 def test_the_folder_folds_in_id_order_and_a_failed_batch_leaves_nothing_half_done(db, monkeypatch):

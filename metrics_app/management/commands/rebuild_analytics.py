@@ -20,12 +20,18 @@ class Command(BaseCommand):
 
     def add_arguments(self, parser: CommandParser) -> None:
         parser.add_argument("--quiet-progress", action="store_true", help="No progress bar.")
+        parser.add_argument(
+            "--if-needed", action="store_true",
+            help="Only when a migration asked for it (start.sh runs this after migrating).",
+        )
 
-    def handle(self, *args: Any, quiet_progress: bool, **options: Any) -> None:
+    def handle(self, *args: Any, quiet_progress: bool, if_needed: bool, **options: Any) -> None:
+        if if_needed and not folding.rebuild_needed():
+            return
         total = AIMetric.objects.count()
         with tqdm(total=total, unit="event", disable=quiet_progress or total == 0) as bar:
             made, counts = folding.rebuild(progress=bar.update)
         self.stdout.write(
-            f"Rebuilt {made} conversations and {counts['event_rollups']} event, {counts['latency_rollups']} "
-            f"latency and {counts['conversation_rollups']} conversation rollup rows from {total} events."
+            f"Rebuilt {made} conversations, {counts['event_rollups']} event and {counts['conversation_rollups']} "
+            f"conversation rollup rows and {counts['latency_sketches']} latency sketches from {total} events."
         )
