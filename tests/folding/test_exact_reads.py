@@ -40,25 +40,31 @@ def live_events(now: datetime, seed: int = 11) -> list[dict[str, Any]]:
                 "appointment_booked": rng.random() < 0.1,
                 "human_handoff_requested": rng.random() < 0.05,
                 "response_type": rng.choice(["text", "text", "error"]),
+                "intent_detected": rng.choice(["booking", "pricing", "hours", None]),
             })
     rng.shuffle(events)
     return events
 
 
-def expected(rows: list[dict[str, Any]], start: datetime, end: datetime, businesses: set[str] | None) -> dict:
-    """The figures from raw rows, in plain Python."""
+def expected(rows: list[dict[str, Any]], start: datetime, end: datetime, businesses: set[str] | None,
+             intent: str | None) -> dict:
+    """The figures from raw rows, in plain Python; with `intent`, of its events and of conversations with one."""
     rows = [r for r in rows if businesses is None or r["business_id"] in businesses]
-    chosen = [r for r in rows if start <= r["timestamp"] < end]
     conversations: dict[tuple[str, str], dict[str, Any]] = {}
     for r in rows:
         if not r["conversation_id"]:
             continue
         c = conversations.setdefault((r["business_id"], r["conversation_id"]),
-                                     {"first": r["timestamp"], "requested": False, "booked": False})
+                                     {"first": r["timestamp"], "requested": False, "booked": False, "intents": set()})
         c["first"] = min(c["first"], r["timestamp"])
         c["requested"] |= r["appointment_requested"]
         c["booked"] |= r["appointment_booked"]
-    started = [c for c in conversations.values() if start <= c["first"] < end]
+        c["intents"].add(r["intent_detected"])
+    chosen = [r for r in rows if start <= r["timestamp"] < end and (intent is None or r["intent_detected"] == intent)]
+    started = [c for c in conversations.values()
+               if start <= c["first"] < end and (intent is None or intent in c["intents"])]
+    every = [c for c in conversations.values() if start <= c["first"] < end]
+    by_intent = Counter(r["intent_detected"] for r in rows if start <= r["timestamp"] < end)
 
     def hour(moment: datetime) -> str:
         return moment.astimezone(TZ).replace(minute=0, second=0, microsecond=0).isoformat()
@@ -75,11 +81,14 @@ def expected(rows: list[dict[str, Any]], start: datetime, end: datetime, busines
         "events_by_hour_of_week": dict(Counter(
             (r["timestamp"].astimezone(TZ).isoweekday(), r["timestamp"].astimezone(TZ).hour) for r in chosen
         )),
+        "events_by_intent": dict(by_intent) if intent is None else None,
+        "conversations_by_intent": dict(Counter(i for c in every for i in c["intents"])) if intent is None else None,
     }
 
 
 def answered(filters: selectors.Filters) -> dict:
     summary = selectors.summary(filters)
+    intents = None if filters.intent else selectors.breakdown(filters, "intent", 100)
     series = selectors.timeseries(filters, "hour")
     peaks = selectors.peak_hours(filters)
     funnel = selectors.funnel(filters)
@@ -91,6 +100,10 @@ def answered(filters: selectors.Filters) -> dict:
         "events_by_hour": {p["start"]: p["events"] for p in series if p["events"]},
         "conversations_by_hour": {p["start"]: p["conversations"] for p in series if p["conversations"]},
         "events_by_hour_of_week": {(c["weekday"], c["hour"]): c["events"] for c in peaks if c["events"]},
+        "events_by_intent": None if intents is None else {row["key"]: row["events"] for row in intents},
+        "conversations_by_intent": None if intents is None else {
+            row["key"]: row["conversations"] for row in intents if row["conversations"]
+        },
     }
 
 
@@ -116,6 +129,7 @@ def test_every_answer_read_during_ingest_and_folding_equals_the_raw_rows_of_its_
     periods = [
         selectors.Filters(businesses=None, start=start, end=end, tz=TZ),
         selectors.Filters(businesses=frozenset({"hill-salon"}), start=start, end=end, tz=TZ),
+        selectors.Filters(businesses=None, start=start, end=end, tz=TZ, intent="booking"),
     ]
     checks = with_tail = with_folded = 0
     try:
@@ -127,10 +141,10 @@ def test_every_answer_read_during_ingest_and_folding_equals_the_raw_rows_of_its_
                     answer = answered(filters)
                     rows = list(AIMetric.objects.values(
                         "business_id", "conversation_id", "timestamp", "tokens_used",
-                        "appointment_requested", "appointment_booked",
+                        "appointment_requested", "appointment_booked", "intent_detected",
                     ))
                 businesses = set(filters.businesses) if filters.businesses else None
-                assert answer == expected(rows, filters.start, filters.end, businesses), (
+                assert answer == expected(rows, filters.start, filters.end, businesses, filters.intent), (
                     f"check {checks}: folded through {folded_through} of {highest}"
                 )
                 checks += 1
