@@ -43,12 +43,22 @@ def find_key(raw: str) -> ApiKey:
     prefix, _, secret = rest.partition("_")
     if mark != KEY_PREFIX_MARK or not prefix or not secret or len(raw) > 200:
         raise KeyRejected("malformed API key")
-    key = ApiKey.objects.filter(prefix=prefix).first()  # the request path reads only key.business_id
+    key = _key_with_prefix(prefix)
     if key is None or not key.matches(raw):
         raise KeyRejected("unknown API key")
     if not key.is_usable:
         raise KeyRejected("this API key is revoked or expired")
     return key
+
+
+def _key_with_prefix(prefix: str) -> ApiKey | None:
+    """The key with this prefix, read fresh on every request (a revoked key stops at once).
+
+    A raw query: building the ORM's query was a third of a /track request's time.
+    """
+    table = connection.ops.quote_name(ApiKey._meta.db_table)
+    found = list(ApiKey.objects.raw(f"SELECT * FROM {table} WHERE prefix = %s", [prefix]))
+    return found[0] if found else None
 
 
 def authenticate_key(request: HttpRequest) -> ApiKey | None:
