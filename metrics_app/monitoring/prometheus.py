@@ -42,6 +42,7 @@ from prometheus_client import (
 )
 
 from metrics_app import listeners
+from metrics_app.analytics.totals import DURATION_BUCKETS, TOKEN_BUCKETS
 from metrics_app.errors import error_response, method_not_allowed
 from metrics_app.listeners import IngestAnswer
 from metrics_app.monitoring.exposition import render_directory
@@ -55,11 +56,6 @@ disable_created_metrics()
 
 OTHER = "other"
 UNKNOWN = "unknown"
-
-# Reply latency, from a quick canned answer to a model that times out at a minute.
-DURATION_BUCKETS = (0.1, 0.25, 0.5, 1.0, 2.0, 4.0, 8.0, 15.0, 30.0, 60.0)
-# OpenTelemetry GenAI token buckets: powers of 4 up to 4**12, above the largest accepted count.
-TOKEN_BUCKETS = tuple(float(4**n) for n in range(13))
 
 # --- The seed's six metrics, with the seed's names and labels.
 AI_REQUESTS = Counter(
