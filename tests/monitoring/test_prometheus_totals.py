@@ -12,7 +12,7 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 import pytest
 from django.core.management import CommandError, call_command
 
-from tests.helpers import post_json
+from tests.helpers import fold_all, post_json
 from tests.pgserver import free_port
 
 
@@ -85,6 +85,7 @@ def test_it_reads_the_same_totals_from_a_running_services_metrics(live_service, 
     events = sent_events()
     status, _, body = service.request("POST", "/track/batch", {"events": events})
     assert status == 200, body
+    fold_all()
     out, _ = run("--json", "--url", f"{service.url}/metrics")
     assert_same_totals(json.loads(out), expected(events))
     from_database, _ = run("--json")
