@@ -4,8 +4,10 @@ from __future__ import annotations
 
 from collections import Counter, defaultdict
 from decimal import Decimal
+from io import StringIO
 
 import pytest
+from django.core.management import call_command
 from django.db import connection
 from django.db.models import Sum
 from django.utils import timezone
@@ -164,3 +166,20 @@ def test_a_database_error_at_scrape_serves_the_rest_and_is_counted(api, business
         "duplicate", "rejected"}
 
     assert total(scrape(api), "ai_requests_total", business_id="dental-one") == 1
+
+
+def test_totals_stored_with_other_buckets_leave_the_series_out_until_a_rebuild(api, businesses, store_event):
+    store_event(business_id="dental-one", response_time_ms=700)
+    fold_all()
+    errors_before = total(scrape(api), "mlops_metrics_totals_read_errors_total")
+    # As the table would be after DURATION_BUCKETS gained a bound, before rebuild_analytics.
+    row = MetricTotals.objects.get(business_id="dental-one")
+    row.histograms["latency_ms"]["counts"].append(0)
+    row.save()
+
+    stale = scrape(api)
+    assert "ai_requests_total" not in stale
+    assert total(stale, "mlops_metrics_totals_read_errors_total") == errors_before + 1
+
+    call_command("rebuild_analytics", "--quiet-progress", stdout=StringIO())  # what the logged error says to run
+    assert total(scrape(api), "ai_response_time_seconds_bucket", business_id="dental-one", le="1.0") == 1
