@@ -50,7 +50,7 @@ MAX_LABEL_LENGTH = 100  # model name, intent, prompt and knowledge-base versions
 MAX_RESPONSE_TYPE_LENGTH = 50
 
 
-# --- A failed reply: success_rate 0, or response_type "error". The ingest's Prometheus counters, the
+# --- A failed reply: success_rate 0, or response_type "error". The /metrics totals, the
 # rollups (in Python and in SQL), the analytics, the console's filter and metrics_totals all ask here.
 ERROR_RESPONSE_TYPE = "error"
 FAILED_REPLY = Q(success_rate=0) | Q(response_type=ERROR_RESPONSE_TYPE)

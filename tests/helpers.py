@@ -203,7 +203,7 @@ def stop_folder(process: subprocess.Popen) -> None:
 
 
 def fold_all() -> int:
-    """Fold every stored event into conversations and rollups, as the folder process would; returns how many."""
+    """Fold every stored event into conversations, rollups and /metrics' totals, as the folder would; how many."""
     from metrics_app.folding import services as folding
 
     return folding.fold_pending()
@@ -220,4 +220,5 @@ def stop_service(service: LiveService) -> None:
         except subprocess.TimeoutExpired:
             os.killpg(service.process.pid, signal.SIGKILL)
             service.process.wait()
+
 

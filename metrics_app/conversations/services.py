@@ -14,7 +14,7 @@ from django.utils import timezone
 from django.utils.dateparse import parse_datetime
 
 from metrics_app import listeners
-from metrics_app.analytics import rollups
+from metrics_app.analytics import rollups, totals
 from metrics_app.analytics.rollups import ConversationSums
 from metrics_app.models import AIMetric, Conversation
 
@@ -199,8 +199,9 @@ def record_outcome(
 
     Outcomes only ever turn a flag on. The conversation's latest event takes the
     flag when no event of it has it yet, so event-level and conversation-level
-    figures agree; a booking newly recorded is announced to the listeners
-    (the Prometheus counter) once the transaction commits.
+    figures agree, and /metrics' counters move with the event's totals; a
+    booking newly recorded is announced to the listeners once the transaction
+    commits.
     """
     changed: list[str] = []
     with transaction.atomic():
@@ -222,12 +223,15 @@ def record_outcome(
                 event_flags.append(name)
                 if name == "appointment_booked":
                     booked_models.append((locked.business_id, latest.model_name))
-        if latest is not None and latest.id <= folded_through:
-            rollups.add_event_flags(
-                {"business_id": latest.business_id, "timestamp": latest.timestamp,
-                 **{column: getattr(latest, column) for column in rollups.DIMENSION_COLUMNS}},
-                event_flags,
-            )
+        if latest is not None and latest.id <= folded_through and event_flags:
+            # Folded already: the rollups and /metrics' totals take the flags now. An unfolded event
+            # carries them into both when the folder reads its row.
+            labels = {"business_id": latest.business_id, "timestamp": latest.timestamp,
+                      **{column: getattr(latest, column) for column in rollups.DIMENSION_COLUMNS}}
+            rollups.add_event_flags(labels, event_flags)
+            counted = totals.TotalsAccumulator()
+            counted.add_flags(labels, event_flags)
+            counted.write()
         if changed:
             rollups.add_conversation_deltas(_flag_deltas(locked, changed))
         new_note = bool(note) and note[:300] != locked.outcome_note

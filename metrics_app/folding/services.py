@@ -44,7 +44,7 @@ from django.db import DatabaseError, connection, transaction
 from django.db.models import F, Max, Q
 from django.utils import timezone
 
-from metrics_app.analytics import rollups
+from metrics_app.analytics import rollups, totals
 from metrics_app.conversations import services as conversations
 from metrics_app.models import FOLDER_NAME, AIMetric, FolderState
 
@@ -135,6 +135,10 @@ def fold_batch(limit: int | None = None, holder: str | None = None) -> int:
         if events:
             conversations.apply_events(events)
             rollups.add_events(events)
+            counted = totals.TotalsAccumulator()
+            for event in events:
+                counted.add(event)
+            counted.write()
         if reached > folded_through:
             FolderState.objects.filter(name=FOLDER_NAME).update(
                 folded_through=reached, folded_at=timezone.now(), events_folded=_plus("events_folded", len(events)),
@@ -324,6 +328,7 @@ def rebuild(progress: Callable[[int], None] | None = None) -> tuple[int, dict[st
             horizon = _highest_id()
         made = conversations.rebuild_conversations(through=horizon)
         counts = rollups.rebuild(progress=progress, through=horizon)
+        counts["totals"] = totals.rebuild(through=horizon)
         FolderState.objects.filter(name=FOLDER_NAME).update(
             folded_through=horizon, folded_at=timezone.now(), rebuild_needed=False
         )

@@ -42,11 +42,13 @@ def _escape_label(value: str) -> str:
     return value.replace("\\", r"\\").replace("\n", r"\n").replace('"', r"\"")
 
 
-def _escape_help(text: str) -> str:
+def escape_help(text: str) -> str:
+    """HELP text escaped as the text format wants it (also used by prometheus.py for the folded series)."""
     return text.replace("\\", r"\\").replace("\n", r"\n")
 
 
-def _labels_text(labels: tuple[tuple[str, str], ...]) -> str:
+def labels_text(labels: tuple[tuple[str, str], ...]) -> str:
+    """`{name="value",...}` with the values escaped; empty without labels."""
     if not labels:
         return ""
     return "{" + ",".join(f'{name}="{_escape_label(value)}"' for name, value in labels) + "}"
@@ -154,7 +156,7 @@ class FastMultiProcessExposition:
             else:
                 series.sum_slot = slot
         else:
-            family.lines.append(_Line(f"{sample_name}{_labels_text(label_items)} ", slot))
+            family.lines.append(_Line(f"{sample_name}{labels_text(label_items)} ", slot))
         self._plan = None
         return slot
 
@@ -190,7 +192,7 @@ class FastMultiProcessExposition:
     def _build_plan(self) -> list[_FamilyPlan]:
         plan: list[_FamilyPlan] = []
         for family in self._families.values():
-            header = f"# HELP {family.name} {_escape_help(family.help)}\n# TYPE {family.name} {family.typ}\n"
+            header = f"# HELP {family.name} {escape_help(family.help)}\n# TYPE {family.name} {family.typ}\n"
             if family.typ == "histogram":
                 series_plans = [_series_plan(family.name, series) for series in family.histograms.values()]
                 plan.append(_FamilyPlan(header, [], series_plans))
@@ -230,12 +232,12 @@ def _series_plan(family_name: str, series: _Histogram) -> _SeriesPlan:
     prefixes = []
     for bound in bounds:
         labels = tuple(sorted((*series.labels, ("le", floatToGoString(bound)))))
-        prefixes.append(f"{family_name}_bucket{_labels_text(labels)} ")
+        prefixes.append(f"{family_name}_bucket{labels_text(labels)} ")
     return _SeriesPlan(
         bucket_prefixes=prefixes,
         bucket_slots=[series.buckets[b] for b in bounds],
-        count_prefix=f"{family_name}_count{_labels_text(series.labels)} ",
-        sum_prefix=f"{family_name}_sum{_labels_text(series.labels)} ",
+        count_prefix=f"{family_name}_count{labels_text(series.labels)} ",
+        sum_prefix=f"{family_name}_sum{labels_text(series.labels)} ",
         sum_slot=series.sum_slot,
     )
 

@@ -22,7 +22,7 @@ from tests.clients.helpers import (
     restart_on_same_port,
     run_chat_app,
 )
-from tests.helpers import LiveService
+from tests.helpers import LiveService, fold_all
 from tests.monitoring.helpers import total
 
 pytestmark = pytest.mark.slow
@@ -97,6 +97,7 @@ def test_metrics_move_by_the_number_of_replies_a_chat_app_reported(client, reque
     summary = run_chat_app(command, cwd, client_env(service, raw_key, CHAT_BUSINESS_ID=business.id,
                                                      CHAT_CONVERSATIONS=str(CONVERSATIONS)))
 
+    fold_all()
     _, _, after = service.request("GET", "/metrics")
     assert_client_delivered_everything(summary)
     assert_each_reply_stored_once(business.id)

@@ -1,4 +1,4 @@
-"""Helpers for the Prometheus tests: reading /metrics text, and the real Prometheus server."""
+"""Helpers for the Prometheus tests: varied events, reading /metrics text, and the real Prometheus server."""
 
 from __future__ import annotations
 
@@ -10,7 +10,7 @@ import time
 import urllib.parse
 import urllib.request
 from collections import defaultdict
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -21,6 +21,37 @@ from prometheus_client.parser import text_string_to_metric_families
 from tests.helpers import ROOT
 
 DEPLOY = ROOT / "deploy"
+
+BUSINESSES = ("dental-one", "dental-two", "salon-three")  # registered in this order by the `businesses` fixture
+
+
+def varied_event(n: int) -> dict[str, Any]:
+    """Events that cross every bucket edge, miss each optional field now and then and raise every flag."""
+    tokens = [1, 4, 5, 16, 4096, 4097, 10_000_000, 0, 300][n % 9]
+    fields: dict[str, Any] = {
+        "business_id": BUSINESSES[n % 3],
+        "response_time_ms": [0, 100, 101, 250, 999, 1000, 60000, 60001, 3_600_000, 4321, 2000][n % 11],
+        "tokens_used": tokens,
+        "model_name": [None, "gpt-4o-mini", "GPT-4o-Mini", "my-finetune-7"][n % 4],
+        "intent_detected": [None, "general", "pricing", "what is the meaning of life", "General"][n % 5],
+        "response_type": [None, "text", "error", "poem"][(n // 2) % 4],
+        "success_rate": [1, 0, 0.5, 1, 1, 1, 1][n % 7],
+        "api_cost_usd": [None, 0.000001, 0.1, 12.345678, 0.002][n % 5],
+        "appointment_requested": n % 4 == 0,
+        "appointment_booked": n % 7 == 0,
+        "human_handoff_requested": n % 6 == 0,
+    }
+    split = n % 5
+    if split == 1:
+        fields.update(input_tokens=tokens, output_tokens=n)
+    elif split == 2:
+        fields.update(output_tokens=tokens)
+    return {key: value for key, value in fields.items() if value is not None}
+
+
+def store_varied(store_event: Callable[..., Any], numbers: Iterable[int]) -> None:
+    for n in numbers:
+        store_event(**varied_event(n))
 
 
 def samples(text: str) -> dict[str, list[tuple[dict[str, str], float]]]:

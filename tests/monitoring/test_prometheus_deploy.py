@@ -12,7 +12,7 @@ import yaml
 from django.db.models import Count, Q, Sum
 
 from metrics_app.models import AIMetric
-from tests.helpers import require
+from tests.helpers import fold_all, require
 from tests.monitoring.helpers import (
     DEPLOY,
     PROMTOOL,
@@ -138,6 +138,7 @@ def test_a_real_prometheus_stores_exactly_the_counts_sent_and_every_dashboard_qu
             status, _, body = service.request("POST", "/track/batch", {"events": wave(n)})
             assert status == 207, body
             sent += body["created"]
+            fold_all()
             # Wait for Prometheus to store this wave before sending the next, so rates have two points.
             wait_for(lambda sent=sent: prometheus.scalar("sum(ai_requests_total)") == sent, 30, f"wave {n} in Prometheus")
 
@@ -159,12 +160,14 @@ def test_a_real_prometheus_stores_exactly_the_counts_sent_and_every_dashboard_qu
             b: row["events"] for b, row in per_business.items()}
         assert by_business("sum by (business_id) (ai_tokens_used_total)") == {
             b: row["tokens"] for b, row in per_business.items()}
+        # Every business with replies has each series, at zero too, so rate() and increase() see its first one.
         assert by_business("sum by (business_id) (ai_failed_replies_total)") == {
-            b: row["failed"] for b, row in per_business.items() if row["failed"]}
+            b: row["failed"] for b, row in per_business.items()}
         assert by_business("sum by (business_id) (human_handoffs_total)") == {
-            b: row["handoffs"] for b, row in per_business.items() if row["handoffs"]}
+            b: row["handoffs"] for b, row in per_business.items()}
         assert by_business("sum by (business_id) (appointments_booked_total)") == {
-            b: row["booked"] for b, row in per_business.items() if row["booked"]}
+            b: row["booked"] for b, row in per_business.items()}
+        assert 0 in {row["booked"] for row in per_business.values()}
         assert prometheus.scalar('sum(mlops_ingest_events_total{outcome="duplicate"})') == 3
         assert prometheus.scalar('sum(mlops_ingest_events_total{outcome="rejected"})') == 3
         cost = float(rows.aggregate(c=Sum("api_cost_usd"))["c"])
@@ -201,29 +204,32 @@ def test_the_shipped_scrape_config_targets_the_services_metrics_path():
     assert config["rule_files"] == ["alerts.yml"]
 
 
-def test_prometheus_sees_a_restarted_service_as_a_counter_reset_and_increase_spans_it(
+def test_a_restarted_service_keeps_its_ai_counters_and_resets_only_its_per_process_ones(
     live_service, tmp_path, monkeypatch
 ):
     require(have_prometheus(), "prometheus server (Debian package prometheus)")
     import tests.pgserver
     from tests.helpers import stop_service
 
-    def send(service, count: int) -> None:
-        events = [{"business_id": "clinic-north", "response_time_ms": 800, "tokens_used": 90,
-                   "intent_detected": "general", "response_type": "text"} for _ in range(count)]
-        status, _, body = service.request("POST", "/track/batch", {"events": events})
-        assert status == 200 and body["created"] == count, body
+    def send(service, count: int, *, retried: int = 0) -> None:
+        events = [{"business_id": "clinic-north", "event_id": str(uuid.uuid4()), "response_time_ms": 800,
+                   "tokens_used": 90, "intent_detected": "general", "response_type": "text"} for _ in range(count)]
+        status, _, body = service.request("POST", "/track/batch", {"events": events + events[:retried]})
+        assert status == 200 and (body["created"], body["duplicates"]) == (count, retried), body
+        fold_all()
 
     # An operator-given directory: the restart must empty it.
     env = {"PROMETHEUS_MULTIPROC_DIR": str(tmp_path / "prometheus-multiproc")}
     service = live_service(workers=2, extra_env=env)
     port = int(service.url.rsplit(":", 1)[1])
     prometheus = start_prometheus(tmp_path, f"127.0.0.1:{port}")
+    duplicates = 'sum(mlops_ingest_events_total{outcome="duplicate"})'
     try:
         send(service, 10)
         wait_for(lambda: prometheus.scalar("sum(ai_requests_total)") == 10, 30, "the first events")
-        send(service, 20)
+        send(service, 20, retried=2)
         wait_for(lambda: prometheus.scalar("sum(ai_requests_total)") == 30, 30, "the second events")
+        wait_for(lambda: prometheus.scalar(duplicates) == 2, 30, "the duplicates")
         stop_service(service)
         wait_for(lambda: prometheus.scalar('up{job="mlops-service"}') == 0, 30, "Prometheus to see it down")
 
@@ -231,18 +237,19 @@ def test_prometheus_sees_a_restarted_service_as_a_counter_reset_and_increase_spa
         monkeypatch.setattr(tests.pgserver, "free_port", lambda: port)
         again = live_service(workers=2, extra_env=env)
         status, _, text = again.request("GET", "/metrics")
-        assert status == 200 and "ai_requests_total{" not in text
+        assert status == 200
+        assert 'ai_requests_total{business_id="clinic-north",intent="general",response_type="text"} 30.0' in text
         send(again, 20)
-        wait_for(lambda: prometheus.scalar("sum(ai_requests_total)") == 20, 30, "the events after the restart")
+        wait_for(lambda: prometheus.scalar("sum(ai_requests_total)") == 50, 30, "the events after the restart")
+        wait_for(lambda: prometheus.scalar(duplicates) == 0, 30, "the restarted duplicate count")
 
-        assert prometheus.scalar("sum(resets(ai_requests_total[10m]))") == 1
-        # What Prometheus stored: 10 (with the series), 30, then a reset to 20. Counted the way
-        # increase() counts, before extrapolation: 20 before the restart and 20 after.
+        # The folded totals never went back: no reset, and increase() is the events sent, plus its extrapolation.
+        assert prometheus.scalar("sum(resets(ai_requests_total[10m]))") == 0
         (series,) = prometheus.query("ai_requests_total[10m]")
         values = [float(value) for _, value in series["values"]]
-        counted = sum(b - a if b >= a else b for a, b in zip(values, values[1:], strict=False))
-        assert (values[0], values[-1], counted) == (10, 20, 40)
-        # increase() adds its extrapolation to the ends of the data, never less.
+        assert (values[0], values[-1]) == (10, 50) and values == sorted(values)
         assert 40 <= prometheus.scalar("sum(increase(ai_requests_total[10m]))") < 80
+        # The duplicates are counted per process, so the restart is a reset of that series only.
+        assert prometheus.scalar('sum(resets(mlops_ingest_events_total{outcome="duplicate"}[10m]))') == 1
     finally:
         prometheus.stop()

@@ -1,4 +1,4 @@
-"""/metrics under gunicorn with several workers: exact sums, worker restarts, label floods, later bookings."""
+"""/metrics under gunicorn with several workers and instances: exact sums, killed workers, label floods, later bookings."""
 
 from __future__ import annotations
 
@@ -11,6 +11,7 @@ import pytest
 from django.db.models import Sum
 
 from metrics_app.models import AIMetric
+from tests.helpers import fold_all
 from tests.monitoring.helpers import label_values, total, wait_for, worker_pids
 
 pytestmark = pytest.mark.slow
@@ -69,6 +70,7 @@ def test_counts_summed_over_workers_equal_the_stored_events_on_every_scrape(live
     rejected = sum(body["rejected"] for _, _, body in answers)
     assert stored == created == 630
     tokens = AIMetric.objects.aggregate(t=Sum("tokens_used"))["t"]
+    fold_all()
 
     # Every worker answers scrapes; each must see the sum over all of them.
     for _ in range(9):
@@ -84,11 +86,14 @@ def test_counts_summed_over_workers_equal_the_stored_events_on_every_scrape(live
                 business_id=business).count()
 
 
-def test_a_restarted_worker_keeps_its_counts_and_its_files_are_folded(live_service, tmp_path):
+def test_killed_workers_lose_no_counts_and_their_files_are_folded(live_service, tmp_path):
     metrics_dir = tmp_path / "prometheus-multiproc"
     service = live_service(workers=3, extra_env={"PROMETHEUS_MULTIPROC_DIR": str(metrics_dir)})
     first = [[event("clinic-a", i * 10 + j) for j in range(10)] for i in range(12)]
     send_batches(service, first)
+    # Retries: the duplicates are counted by the workers that answered them, in their files.
+    send_batches(service, first[:3])
+    fold_all()
     assert total(scrape(service), "ai_requests_total") == 120
 
     workers = worker_pids(service.process.pid)
@@ -106,8 +111,11 @@ def test_a_restarted_worker_keeps_its_counts_and_its_files_are_folded(live_servi
     assert (metrics_dir / "counter_archive.db").exists()
 
     for _ in range(6):
-        assert total(scrape(service), "ai_requests_total") == 120
+        text = scrape(service)
+        assert total(text, "ai_requests_total") == 120
+        assert total(text, "mlops_ingest_events_total", outcome="duplicate") == 30
     send_batches(service, [[event("clinic-b", 500 + i * 10 + j) for j in range(10)] for i in range(6)])
+    fold_all()
     for _ in range(6):
         text = scrape(service)
         assert total(text, "ai_requests_total") == AIMetric.objects.count() == 180
@@ -125,6 +133,7 @@ def test_a_flood_of_business_ids_and_intents_keeps_metrics_bounded(live_service)
     send_batches(service, [flood[i:i + 500] for i in range(0, 3000, 500)])
     assert AIMetric.objects.count() == 3000
 
+    fold_all()
     text = scrape(service)
     businesses = label_values(text, "ai_requests_total", "business_id")
     assert len(businesses) <= cap + 1
@@ -143,6 +152,7 @@ def test_a_flood_of_business_ids_and_intents_keeps_metrics_bounded(live_service)
     lines_before = len(ai_lines(text))
     more = [flood_event(f"flood-more-{n:05d}", 3000 + n) for n in range(1000)]
     send_batches(service, [more[i:i + 500] for i in range(0, 1000, 500)])
+    fold_all()
     text = scrape(service)
     assert total(text, "ai_requests_total") == 4000
     assert label_values(text, "ai_requests_total", "business_id") <= businesses | {"other"}
@@ -158,6 +168,7 @@ def test_a_booking_recorded_later_through_the_api_moves_the_booked_counter_once(
             "POST", "/track", event(business.id, n, conversation_id="conv-1", appointment_requested=n == 2), auth
         )
         assert status == 201, body
+    fold_all()
     assert total(scrape(service), "appointments_booked_total", business_id=business.id) == 0
 
     outcome = {"conversation_id": "conv-1", "appointment_booked": True}
@@ -165,5 +176,27 @@ def test_a_booking_recorded_later_through_the_api_moves_the_booked_counter_once(
         status, _, body = service.request("POST", "/api/conversations/outcome", outcome, auth)
         assert status == 200, body
     booked_rows = AIMetric.objects.filter(business_id=business.id, appointment_booked=True).count()
+    fold_all()
     for _ in range(4):
         assert total(scrape(service), "appointments_booked_total", business_id=business.id) == booked_rows == 1
+
+
+def test_every_instance_on_one_database_reports_the_same_database_wide_ai_series(live_service):
+    one, two = live_service(workers=2), live_service(workers=2)
+    send_batches(one, [[event("clinic-a", i * 10 + j) for j in range(10)] for i in range(5)])
+    retried = [event("clinic-b", 900 + j, model_name="gpt-4o-mini") for j in range(10)]
+    send_batches(two, [retried])
+    send_batches(two, [retried])
+    fold_all()
+
+    def ai_lines(text: str) -> set[str]:
+        return {line for line in text.splitlines() if line.startswith(("ai_", "gen_ai_", "appointments_", "human_"))}
+
+    texts = {name: scrape(service) for name, service in (("one", one), ("two", two))}
+    assert ai_lines(texts["one"]) == ai_lines(texts["two"])
+    for text in texts.values():
+        assert total(text, "ai_requests_total") == AIMetric.objects.count() == 60
+        assert total(text, "mlops_ingest_events_total", outcome="created") == 60
+    # What is stored nowhere is counted by the instance that answered.
+    assert total(texts["one"], "mlops_ingest_events_total", outcome="duplicate") == 0
+    assert total(texts["two"], "mlops_ingest_events_total", outcome="duplicate") == 10

@@ -1,4 +1,4 @@
-"""/metrics in one process: the seed's metrics and ours move only for stored events, with bounded labels."""
+"""/metrics in one process: the seed's metrics and ours move only for stored events, once folded, with bounded labels."""
 
 from __future__ import annotations
 
@@ -10,26 +10,21 @@ import pytest
 from django.db.models import Sum
 from django.utils import timezone
 
-from metrics_app import listeners
-from metrics_app.models import AIMetric, Business
+from metrics_app.conversations import services as conversations
+from metrics_app.models import AIMetric, Business, Conversation
 from metrics_app.monitoring import prometheus
-from tests.helpers import post_json
+from tests.helpers import fold_all, post_json
 from tests.monitoring.helpers import label_values, samples, total
 
 pytestmark = pytest.mark.django_db
 
 
-@pytest.fixture(autouse=True)
-def _fresh_business_labels():
-    # Each test rolls its businesses back; the label policy must not remember them.
-    prometheus.labels.forget_businesses()
-    yield
-    prometheus.labels.forget_businesses()
-
-
 @pytest.fixture
 def scrape(api):
+    """GET /metrics once the stored events are folded, as the background folder does within a second."""
+
     def get() -> str:
+        fold_all()
         response = api.get("/metrics")
         assert response.status_code == 200, response.content
         assert response["Content-Type"].startswith("text/plain")
@@ -166,31 +161,18 @@ def test_failed_replies_are_those_with_success_rate_zero_or_response_type_error(
     assert total(text, "ai_failed_replies_total", business_id=biz) == len(failed) == 2
 
 
-def test_a_booking_counts_when_sent_with_the_event_and_when_recorded_later(
-    scrape, send, django_capture_on_commit_callbacks
-):
+def test_a_booking_counts_when_sent_with_the_event_and_when_recorded_later(scrape, send):
     biz = unique_business()
     send("/track", event(biz, appointment_requested=True, appointment_booked=True))
-    send("/track", event(biz, appointment_requested=True, model_name="gpt-4o"))
+    send("/track", event(biz, appointment_requested=True, model_name="gpt-4o", conversation_id="conv-later"))
     assert total(scrape(), "appointments_booked_total", business_id=biz) == 1
 
-    # An outcome recorded after the fact (the conversations API does this): it counts once it commits.
-    later = AIMetric.objects.get(business_id=biz, appointment_booked=False)
-    with django_capture_on_commit_callbacks() as pending:
-        AIMetric.objects.filter(pk=later.pk).update(appointment_booked=True)
-        listeners.bookings_recorded([(biz, later.model_name)])
-    assert total(scrape(), "appointments_booked_total", business_id=biz) == 1
-    for callback in pending:
-        callback()
-    assert total(scrape(), "appointments_booked_total", business_id=biz) == 2
-
-
-def test_a_booking_recorded_later_moves_the_counter_once_it_commits(scrape, django_capture_on_commit_callbacks):
-    biz = unique_business()
-    Business.objects.create(id=biz)
-    with django_capture_on_commit_callbacks(execute=True):
-        listeners.bookings_recorded([(biz, "gpt-4o"), (biz, None)])
-    assert total(scrape(), "appointments_booked_total", business_id=biz) == 2
+    # An outcome recorded after the fact, as POST /api/conversations/outcome records it.
+    conversation = Conversation.objects.get(business_id=biz, conversation_id="conv-later")
+    conversations.record_outcome(conversation, flags={"appointment_booked": True})
+    text = scrape()
+    assert total(text, "appointments_booked_total", business_id=biz) == 2
+    assert total(text, "appointments_requested_total", business_id=biz) == 2
 
 
 def test_genai_histograms_use_the_briefs_buckets_and_split_tokens_by_type(scrape, send):
@@ -253,18 +235,6 @@ def test_only_the_first_registered_businesses_within_the_cap_keep_their_label(sc
         assert total(text, "ai_requests_total", business_id=biz) == 1
     assert total(text, "ai_requests_total", business_id="other") >= 2
     assert total(text, "ai_requests_total") >= AIMetric.objects.count() == 5
-
-
-def test_the_label_policy_survives_a_database_error_and_still_counts(monkeypatch, settings):
-    settings.MLOPS_PROMETHEUS_MAX_BUSINESSES = 10
-    from django.db import DatabaseError
-    from django.db.models.query import QuerySet
-
-    def broken(*args, **kwargs):
-        raise DatabaseError("gone")
-
-    monkeypatch.setattr(QuerySet, "values_list", broken)
-    assert prometheus.labels.business("never-seen") == "other"
 
 
 def test_metrics_needs_the_bearer_token_when_one_is_set(api, settings):

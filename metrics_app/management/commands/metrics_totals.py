@@ -29,13 +29,13 @@ COLUMNS = {
 }
 # Every column but the cost counts something, so it is printed as a whole number.
 FRACTIONAL = {"cost_usd"}
-# Said when /metrics and the database disagree: the counters see only what /track* stored.
+# Said when /metrics and the database disagree: the counters are the folded totals, under bounded labels.
 WHY_THEY_DIFFER = (
-    "/metrics and the database disagree{detail}. The counters on /metrics count only the events that "
-    "this service stored through /track and /track/batch since it last started: events written to the "
-    "database directly (generate_demo_data, a COPY or a restore) or before a restart are in the database "
-    "but were never counted, and businesses beyond MLOPS_PROMETHEUS_MAX_BUSINESSES are counted under "
-    "'other'. Run without --url for the totals over every stored event."
+    "/metrics and the database disagree{detail}. The counters on /metrics are the totals of the events "
+    "that the background folder has folded: events stored in the last moments (normally under a second) "
+    "are not in them yet, and after a COPY or a restore run manage.py rebuild_analytics. Businesses beyond "
+    "MLOPS_PROMETHEUS_MAX_BUSINESSES are counted under 'other'. Run without --url for the totals over "
+    "every stored event."
 )
 
 Totals = dict[str, dict[str, int | float]]
@@ -46,7 +46,7 @@ def _typed(column: str, value: float) -> int | float:
 
 
 def totals_from_database(business_id: str | None) -> Totals:
-    """Totals over every stored event: what the counters hold when the service never restarted."""
+    """Totals over every stored event: what the counters hold once every event is folded."""
     rows = AIMetric.objects.all()
     if business_id:
         rows = rows.filter(business_id=business_id)
@@ -67,7 +67,7 @@ def totals_from_database(business_id: str | None) -> Totals:
 
 
 def totals_from_metrics(url: str, token: str, business_id: str | None) -> Totals:
-    """Totals as the running service's /metrics reports them (since it started; labels bounded)."""
+    """Totals as the running service's /metrics reports them (the folded events; labels bounded)."""
     from prometheus_client.parser import text_string_to_metric_families
 
     request = urllib.request.Request(url)
@@ -114,8 +114,7 @@ class Command(BaseCommand):
     help = (
         "Print the current totals per business (events, failed replies, tokens, cost, appointments, handoffs), "
         "named as the Prometheus counters. By default from the database; with --url from a running service's "
-        "/metrics (which counts only what the service ingested since it started, so events written to the "
-        "database directly, as generate_demo_data does, are not in it). "
+        "/metrics (the events folded so far, so the last moments' events may be missing there). "
         "Example: manage.py metrics_totals --url http://127.0.0.1:5000/metrics"
     )
 

@@ -1,4 +1,4 @@
-"""Recompute conversations and the analytics rollups from the raw events."""
+"""Recompute conversations, the analytics rollups and the /metrics totals from the raw events."""
 
 from __future__ import annotations
 
@@ -13,9 +13,9 @@ from metrics_app.models import AIMetric
 
 class Command(BaseCommand):
     help = (
-        "Rebuild conversations and the 15-minute analytics rollups from the stored events: after a bulk load "
-        "(COPY), a restore, or a repair. The folder (manage.py fold_events) keeps them current on its own; ingest "
-        "may go on during a rebuild."
+        "Rebuild conversations, the 15-minute analytics rollups and the totals that /metrics reports from the "
+        "stored events: after a bulk load (COPY), a restore, a repair or a change of the histogram buckets. The "
+        "folder (manage.py fold_events) keeps them current on its own; ingest may go on during a rebuild."
     )
 
     def add_arguments(self, parser: CommandParser) -> None:
@@ -33,5 +33,6 @@ class Command(BaseCommand):
             made, counts = folding.rebuild(progress=bar.update)
         self.stdout.write(
             f"Rebuilt {made} conversations, {counts['event_rollups']} event and {counts['conversation_rollups']} "
-            f"conversation rollup rows and {counts['latency_sketches']} latency sketches from {total} events."
+            f"conversation rollup rows, {counts['latency_sketches']} latency sketches and {counts['totals']} "
+            f"/metrics totals rows from {total} events."
         )
