@@ -46,6 +46,7 @@ from metrics_app import listeners
 from metrics_app.analytics import totals
 from metrics_app.analytics.totals import DURATION_BUCKETS, LATENCY, TOKEN_BUCKETS, TOKEN_TYPES, Histogram
 from metrics_app.errors import error_response, method_not_allowed
+from metrics_app.folding import services as folding
 from metrics_app.listeners import IngestAnswer
 from metrics_app.monitoring.exposition import escape_help, labels_text, render_directory
 
@@ -472,9 +473,29 @@ def render_metrics() -> bytes:
     folded = read_folded_series()
     path = multiprocess_dir()
     text = generate_latest(REGISTRY).decode() if path is None else render_directory(path).decode()
-    if folded is None:
-        return text.encode()
-    return (with_created_events(text, folded.events) + folded.text()).encode()
+    if folded is not None:
+        text = with_created_events(text, folded.events) + folded.text()
+    return (text + folder_text()).encode()
+
+
+def folder_text() -> str:
+    """The folder's progress: the same on every instance (it is the database's), so scrape or aggregate with max."""
+    try:
+        folder = folding.status()
+    except DatabaseError:
+        logger.warning("/metrics could not read the folder's state", exc_info=True)
+        return ""
+    lines = []
+    for name, typ, help_text, value in (
+        ("mlops_folder_backlog_events", "gauge", "Events stored but not folded yet", folder.backlog_events),
+        ("mlops_folder_lag_seconds", "gauge", "Age of the oldest event not folded yet, in seconds",
+         round(folder.lag_seconds, 3)),
+        ("mlops_folder_running", "gauge", "1 while a folder holds its lease", int(folder.running)),
+        ("mlops_folder_events_folded_total", "counter", "Events folded", folder.events_folded),
+        ("mlops_folder_errors_total", "counter", "Fold attempts that failed", folder.errors),
+    ):
+        lines.append(f"{_header(name, typ, help_text)}{name} {value}\n")
+    return "".join(lines)
 
 
 def _token_accepted(request: HttpRequest, token: str) -> bool:

@@ -109,7 +109,13 @@ def test_health_says_degraded_while_the_backlog_is_past_its_bound(api, db):
     assert body["status"] == "degraded"
     assert body["folder"]["backlog_events"] == pending
     assert body["folder"]["running"] is False
+    metrics = api.get("/metrics").content.decode()
+    assert f"\nmlops_folder_backlog_events {pending}\n" in metrics
+    assert "\nmlops_folder_running 0\n" in metrics
     fold_all()
+    metrics = api.get("/metrics").content.decode()
+    assert "\nmlops_folder_backlog_events 0\n" in metrics
+    assert f"\nmlops_folder_events_folded_total {pending}\n" in metrics
     body = api.get("/health").json()
     assert body["status"] == "healthy"
     assert body["folder"] == {"status": "ok", "running": False, "backlog_events": 0, "lag_seconds": 0.0,

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import itertools
-from collections.abc import Iterable
 from decimal import Decimal
 from io import StringIO
 from typing import Any
@@ -22,13 +21,6 @@ pytestmark = pytest.mark.django_db
 # The brief's buckets, written out here rather than taken from the code under test.
 LATENCY_BOUNDS_MS = [100, 250, 500, 1000, 2000, 4000, 8000, 15000, 30000, 60000]
 TOKEN_BOUNDS = [4**n for n in range(13)]
-
-
-def fold_rows(rows: Iterable[dict[str, Any]]) -> None:
-    accumulator = TotalsAccumulator()
-    for row in rows:
-        accumulator.add(row)
-    accumulator.write()
 
 
 def stored_snapshot() -> dict[tuple[str, str, str, str], dict[str, Any]]:
@@ -100,8 +92,7 @@ def as_cumulative(histograms: dict[str, Any]) -> dict[str, Any]:
 
 
 def test_folded_totals_equal_the_counts_sums_and_buckets_of_the_raw_rows(businesses, store_event):
-    store_varied(store_event, range(120))
-    fold_rows(AIMetric.objects.values(*EVENT_FIELDS))
+    store_varied(store_event, range(120))  # stored and folded, as the folder folds them
 
     stored = stored_snapshot()
     expected = expected_from_raw_rows()
@@ -115,11 +106,7 @@ def test_folded_totals_equal_the_counts_sums_and_buckets_of_the_raw_rows(busines
 
 
 def test_adding_in_several_folds_equals_one_fold_and_later_flags_count_once(businesses, store_event):
-    store_varied(store_event, range(40))
-    fold_rows(AIMetric.objects.values(*EVENT_FIELDS))
-    folded_through = AIMetric.objects.order_by("-id").values_list("id", flat=True).first()
-    store_varied(store_event, range(40, 90))
-    fold_rows(AIMetric.objects.filter(id__gt=folded_through).values(*EVENT_FIELDS))
+    store_varied(store_event, range(90))  # each event folded as it is stored: 90 folds
 
     # Outcomes recorded after the fact turn flags on for events already folded.
     later = TotalsAccumulator()
@@ -138,7 +125,6 @@ def test_adding_in_several_folds_equals_one_fold_and_later_flags_count_once(busi
 def test_a_rebuild_through_an_id_counts_only_the_events_up_to_it(businesses, store_event):
     store_varied(store_event, range(30))
     through = AIMetric.objects.order_by("-id").values_list("id", flat=True).first()
-    fold_rows(AIMetric.objects.values(*EVENT_FIELDS))
     folded = stored_snapshot()
     store_varied(store_event, range(30, 45))
 

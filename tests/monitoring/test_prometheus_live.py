@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import http.client
 import os
 import signal
 import uuid
@@ -200,3 +201,59 @@ def test_every_instance_on_one_database_reports_the_same_database_wide_ai_series
     # What is stored nowhere is counted by the instance that answered.
     assert total(texts["one"], "mlops_ingest_events_total", outcome="duplicate") == 0
     assert total(texts["two"], "mlops_ingest_events_total", outcome="duplicate") == 10
+
+
+def test_workers_killed_during_ingest_leave_every_counter_equal_to_the_stored_events(live_service, tmp_path):
+    """kill -9 of workers while events stream in: the counters, read from the folded totals, miss nothing."""
+    metrics_dir = tmp_path / "prometheus-multiproc"
+    service = live_service(workers=3, folder=True, extra_env={"PROMETHEUS_MULTIPROC_DIR": str(metrics_dir)})
+    batches = [[event(f"clinic-{i % 3}", i * 20 + j) for j in range(20)] for i in range(150)]
+    killed = 0
+    seen: list[float] = []
+
+    def stream() -> None:
+        with ThreadPoolExecutor(max_workers=4) as pool:
+            # A batch cut off by a kill is simply lost to the client (no answer): the database says what was stored.
+            list(pool.map(lambda b: _send_ignoring_drops(service, b), batches))
+
+    with ThreadPoolExecutor(max_workers=1) as sender:
+        streaming = sender.submit(stream)
+        while not streaming.done() and killed < 6:
+            workers = worker_pids(service.process.pid)
+            if workers:
+                os.kill(min(workers), signal.SIGKILL)
+                killed += 1
+            try:
+                seen.append(total(scrape(service), "ai_requests_total"))
+            except (OSError, http.client.HTTPException):
+                pass  # the worker that took the scrape was the one just killed
+        streaming.result()
+    assert killed >= 3, "the stream ended before workers could be killed"
+    stored = AIMetric.objects.count()
+    assert stored > 0
+    wait_for(lambda: fold_state_done(), 60, "the folder to fold every stored event")
+    text = scrape(service)
+    latencies = AIMetric.objects.exclude(response_time_ms__isnull=True).count()
+    assert total(text, "ai_requests_total") == stored
+    assert total(text, "mlops_ingest_events_total", outcome="created") == stored
+    assert total(text, "ai_response_time_seconds_count") == latencies
+    assert total(text, "ai_response_time_seconds_bucket", le="+Inf") == latencies
+    assert total(text, "gen_ai_client_operation_duration_seconds_count") == latencies
+    assert total(text, "ai_tokens_used_total") == AIMetric.objects.aggregate(t=Sum("tokens_used"))["t"]
+    # Never backwards, though workers died and were replaced while it was read.
+    assert seen == sorted(seen) and seen[-1] <= stored
+
+
+def _send_ignoring_drops(service, batch: list[dict]) -> None:
+    try:
+        service.request("POST", "/track/batch", {"events": batch})
+    except (OSError, http.client.HTTPException):
+        pass
+
+
+def fold_state_done() -> bool:
+    from metrics_app.models import FOLDER_NAME, FolderState
+
+    state = FolderState.objects.filter(name=FOLDER_NAME).first()
+    highest = AIMetric.objects.order_by("-id").values_list("id", flat=True).first()
+    return state is not None and highest is not None and state.folded_through >= highest
