@@ -13,6 +13,7 @@ EventSums fields; tests compare both with rollups kept by ingest.
 
 from __future__ import annotations
 
+import time
 from collections import defaultdict
 from collections.abc import Iterable
 from dataclasses import dataclass, fields
@@ -367,7 +368,8 @@ def _adapter() -> Any:
     return adapt
 
 
-def rebuild(progress: Any = None, chunk: int = 20_000, through: int | None = None) -> dict[str, int]:
+def rebuild(progress: Any = None, chunk: int = 20_000, through: int | None = None,
+            took: dict[str, float] | None = None) -> dict[str, int]:
     """Recompute every rollup from the raw events (those with id <= `through`) and conversations; returns row counts.
 
     metrics_app.folding.rebuild calls it with the folder's row held, so the
@@ -381,7 +383,7 @@ def rebuild(progress: Any = None, chunk: int = 20_000, through: int | None = Non
         if connection.vendor == "postgresql":
             # The same sums and bins in SQL: several times faster on millions of rows. PostgreSQL's ln()
             # and Python's math.log are the same C function, so each latency lands in the same bin.
-            _rebuild_in_sql(AIMetric._meta.db_table, Conversation._meta.db_table, through)
+            _rebuild_in_sql(AIMetric._meta.db_table, Conversation._meta.db_table, through, took)
             return _counts()
         _rebuild_events(progress, chunk, through)
         _rebuild_conversations(chunk)
@@ -460,7 +462,8 @@ def _slices_sql() -> str:
     return f"CROSS JOIN LATERAL (VALUES {', '.join(rows)}) s (dimension, value)"
 
 
-def _rebuild_in_sql(events_table: str, conversations_table: str, through: int | None) -> None:
+def _rebuild_in_sql(events_table: str, conversations_table: str, through: int | None,
+                    took: dict[str, float] | None = None) -> None:
     """PostgreSQL: every rollup from the raw tables, with GROUPING SETS for the business and "*"."""
     q = connection.ops.quote_name
     conversations = q(conversations_table)
@@ -488,6 +491,8 @@ def _rebuild_in_sql(events_table: str, conversations_table: str, through: int | 
     sums = ", ".join(sql_of[column] for column in EVENT_SUMS)
     owner = f"COALESCE(business_id, '{ALL_BUSINESSES}')"
     slice_key = "dimension, value, bucket"
+    took = {} if took is None else took
+    started = time.perf_counter()
     with connection.cursor() as cursor:
         cursor.execute(
             f"INSERT INTO {q(EventRollup._meta.db_table)} (business_id, {slice_key}, {', '.join(EVENT_SUMS)}) "
@@ -495,7 +500,11 @@ def _rebuild_in_sql(events_table: str, conversations_table: str, through: int | 
             f"FROM {events} e {_slices_sql()}) e "
             f"GROUP BY GROUPING SETS ((business_id, {slice_key}), ({slice_key}))"
         )
+        took["event rollups"] = time.perf_counter() - started
+        started = time.perf_counter()
         _rebuild_sketches_in_sql(cursor, events, owner)
+        took["latency sketches"] = time.perf_counter() - started
+        started = time.perf_counter()
         conversation_sql_of = {
             "started": "COUNT(*)",
             "requested": "COUNT(*) FILTER (WHERE appointment_requested)",
@@ -515,6 +524,7 @@ def _rebuild_in_sql(events_table: str, conversations_table: str, through: int | 
             f"CROSS JOIN LATERAL jsonb_array_elements_text(d.value) v (value)) c "
             f"GROUP BY GROUPING SETS ((business_id, {slice_key}), ({slice_key}))"
         )
+        took["conversation rollups"] = time.perf_counter() - started
 
 
 def _rebuild_sketches_in_sql(cursor: Any, events: str, owner: str) -> None:

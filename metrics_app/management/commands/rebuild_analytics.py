@@ -36,3 +36,6 @@ class Command(BaseCommand):
             f"conversation rollup rows, {counts['latency_sketches']} latency sketches and {counts['totals']} "
             f"/metrics totals rows from {total} events."
         )
+        seconds = counts.get("seconds") or {}
+        if seconds:
+            self.stdout.write("Time: " + ", ".join(f"{name} {value:.1f} s" for name, value in seconds.items()))
