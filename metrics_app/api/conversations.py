@@ -4,7 +4,7 @@
 from __future__ import annotations
 
 from drf_spectacular.utils import extend_schema
-from rest_framework.exceptions import NotFound, PermissionDenied, ValidationError
+from rest_framework.exceptions import APIException, NotFound, PermissionDenied, ValidationError
 from rest_framework.request import Request
 from rest_framework.response import Response
 from rest_framework.views import APIView
@@ -73,6 +73,20 @@ class ConversationDetailView(AnalyticsView):
         return Response(ConversationDetailSerializer(item).data)
 
 
+class Rebuilding(APIException):
+    status_code = 503
+    default_detail = "The analytics are being rebuilt after an upgrade; retry shortly"
+    default_code = "rebuilding"
+
+
+def _folded(business_id: str, conversation_id: str) -> bool:
+    """Fold the conversation's stored events if the folder has not yet; False when it has none."""
+    try:
+        return folding.fold_conversation(business_id, conversation_id)
+    except folding.RebuildNeeded:
+        raise Rebuilding() from None
+
+
 class ConversationOutcomeView(APIView):
     permission_classes = [CanRecordOutcome]
 
@@ -94,7 +108,7 @@ class ConversationOutcomeView(APIView):
         if not access.can_write(request.user, business_id):
             raise PermissionDenied("You may not record outcomes for that business")
         conversation = reading.conversation_of(business_id, data["conversation_id"])
-        if conversation is None and folding.fold_conversation(business_id, data["conversation_id"]):
+        if conversation is None and _folded(business_id, data["conversation_id"]):
             conversation = reading.conversation_of(business_id, data["conversation_id"])  # its events, just folded
         if conversation is None:
             raise NotFound("No such conversation")

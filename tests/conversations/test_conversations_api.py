@@ -188,3 +188,18 @@ def test_a_staff_user_limited_to_another_business_cannot_see_the_conversation(ap
     pk = Conversation.objects.get(conversation_id="chat-1").pk
     assert api.get(f"/api/conversations/{pk}").status_code == 404
     assert api.get("/api/conversations/", PERIOD).json()["conversations"] == []
+
+
+def test_an_outcome_while_an_upgrade_rebuild_is_pending_is_a_503_not_a_500(api, writer, business):
+    from metrics_app.folding import services as folding
+    from metrics_app.models import FolderState
+    from tests.helpers import assert_error_shape
+
+    folding.take_lease("nobody", seconds=1)  # makes the folder's row
+    FolderState.objects.update(rebuild_needed=True)
+    store_unfolded([turn(1, 0)])
+    body = {"conversation_id": "chat-1", "appointment_booked": True}
+    answer = api.post("/api/conversations/outcome", json.dumps(body), content_type="application/json",
+                      headers=writer)
+    assert_error_shape(answer, 503)
+    assert not Conversation.objects.exists()
