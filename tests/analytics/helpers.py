@@ -174,3 +174,21 @@ def expected_conversations(all_rows: list[dict[str, Any]], start: datetime, end:
 
 def local_hour(moment: datetime, tz: str) -> datetime:
     return moment.astimezone(ZoneInfo(tz)).replace(minute=0, second=0, microsecond=0, tzinfo=None)
+
+
+def rollup_tables() -> tuple[list, ...]:
+    """Every rollup row (the sketches unpacked), in a comparable form."""
+    from metrics_app.analytics import rollups, sketches
+    from metrics_app.models import ConversationRollup, EventRollup, LatencySketch
+
+    def table(model, fields):
+        return sorted(model.objects.values_list(*fields))
+
+    return (
+        table(EventRollup, ["business_id", "dimension", "value", "bucket", *rollups.EVENT_SUMS]),
+        sorted((*key, sketches.as_dict(blob)) for *key, blob in LatencySketch.objects.values_list(
+            "business_id", "dimension", "value", "span_minutes", "bucket", "bins")),
+        [r for r in table(ConversationRollup, ["business_id", "dimension", "value", "bucket",
+                                               *rollups.CONVERSATION_SUMS]) if any(r[4:])],
+    )
+

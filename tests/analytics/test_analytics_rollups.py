@@ -12,13 +12,14 @@ from zoneinfo import ZoneInfo
 import pytest
 from django.core.management import call_command
 
-from metrics_app.analytics import rollups, sketches
-from metrics_app.models import ConversationRollup, EventRollup, LatencySketch, ModelPrice
+from metrics_app.analytics import rollups
+from metrics_app.models import ModelPrice
 from tests.analytics.helpers import (
     NOW,
     expected_conversations,
     expected_event_figures,
     quantile,
+    rollup_tables,
     rows,
     select,
     store,
@@ -30,20 +31,6 @@ from tests.helpers import fold_all
 def agency(make_key) -> dict[str, str]:
     _, raw = make_key(None, can_ingest=False, can_read=True)
     return {"Authorization": f"Bearer {raw}"}
-
-
-def table(model, fields):
-    return sorted(model.objects.values_list(*fields))
-
-
-def rollup_tables():
-    return (
-        table(EventRollup, ["business_id", "dimension", "value", "bucket", *rollups.EVENT_SUMS]),
-        sorted((*key, sketches.as_dict(blob)) for *key, blob in LatencySketch.objects.values_list(
-            "business_id", "dimension", "value", "span_minutes", "bucket", "bins")),
-        [r for r in table(ConversationRollup, ["business_id", "dimension", "value", "bucket", *rollups.CONVERSATION_SUMS])
-         if any(r[4:])],
-    )
 
 
 @pytest.mark.parametrize("spread", [(1, 50), (100, 3000), (1, 3_600_000)])

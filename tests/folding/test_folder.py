@@ -14,35 +14,27 @@ from django.db.models import Max, Sum
 from django.test import override_settings
 from django.utils import timezone
 
-from metrics_app.analytics import rollups, sketches
+from metrics_app.analytics import rollups
 from metrics_app.folding import services as folding
 from metrics_app.models import (
     ALL_BUSINESSES,
     FOLDER_NAME,
     AIMetric,
     Conversation,
-    ConversationRollup,
     EventRollup,
     FolderState,
-    LatencySketch,
 )
-from tests.analytics.helpers import make_events, store
+from tests.analytics.helpers import make_events, rollup_tables, store
 from tests.helpers import database_url_for_subprocess, fold_all, start_folder, stop_folder
 
 
 def derived_tables() -> tuple[list, ...]:
-    """Everything the folder writes, in a comparable form."""
-    def table(model, fields):
-        return sorted(model.objects.values_list(*fields))
-    return (
-        table(EventRollup, ["business_id", "dimension", "value", "bucket", *rollups.EVENT_SUMS]),
-        sorted((*key, sketches.as_dict(blob)) for *key, blob in LatencySketch.objects.values_list(
-            "business_id", "dimension", "value", "span_minutes", "bucket", "bins")),
-        [r for r in table(ConversationRollup, ["business_id", "dimension", "value", "bucket", *rollups.CONVERSATION_SUMS])
-         if any(r[4:])],
-        table(Conversation, ["business_id", "conversation_id", "first_at", "last_at", "turns",
-                             "appointment_requested", "appointment_booked", "human_handoff_requested"]),
-    )
+    """Everything the folder writes, in a comparable form: the rollups and the conversations."""
+    conversations = sorted(Conversation.objects.values_list(
+        "business_id", "conversation_id", "first_at", "last_at", "turns",
+        "appointment_requested", "appointment_booked", "human_handoff_requested",
+    ))
+    return (*rollup_tables(), conversations)
 
 
 def rebuilt_tables() -> tuple[list, ...]:
