@@ -26,8 +26,9 @@ UNREACHABLE = "unreachable"
 PROBE_WAIT_SECONDS = 1.0
 
 _SQLITE_BUSY_CODES = {5, 6}  # SQLITE_BUSY, SQLITE_LOCKED (the module names them from Python 3.11 on)
-# PostgreSQL's lock_not_available: a lock_timeout ran out.
-_POSTGRES_BUSY_CODES = {"55P03"}
+# PostgreSQL's lock_not_available (a lock_timeout ran out) and query_canceled (a statement_timeout did):
+# the server is there and answering, only too loaded for this statement now.
+_POSTGRES_BUSY_CODES = {"55P03", "57014"}
 
 
 def is_busy(exc: BaseException) -> bool:

@@ -104,3 +104,17 @@ def test_a_rate_limiter_that_cannot_count_refuses_with_503_and_retry_after(live_
         assert int(headers["Retry-After"]) == settings.MLOPS_RETRY_AFTER_SECONDS
     assert AIMetric.objects.count() == 0
     assert service.request("GET", SUMMARY, headers=bearer(reader))[0] == 200
+
+
+def test_a_statement_cancelled_by_its_timeout_counts_as_busy_not_unreachable(db):
+    """A read that runs out of statement_timeout answers 503 "busy" (retry), not "unreachable"."""
+    from django.db import OperationalError, transaction
+
+    from metrics_app import database
+
+    if not on_postgres():
+        pytest.skip("statement_timeout is PostgreSQL's; the run is on SQLite")
+    with pytest.raises(OperationalError) as cancelled, transaction.atomic(), connection.cursor() as cursor:
+        cursor.execute("SET LOCAL statement_timeout = 10")
+        cursor.execute("SELECT pg_sleep(1)")
+    assert database.is_busy(cancelled.value)
