@@ -450,7 +450,6 @@ def _counts() -> dict[str, int]:
 
 
 _QUARTER_SQL = "date_bin('15 minutes', {}, TIMESTAMPTZ '2000-01-01 00:00:00+00')"
-_DAY_SQL = "(date_trunc('day', {} AT TIME ZONE 'UTC') AT TIME ZONE 'UTC')"
 _LATENCY_BIN_SQL = (
     "CASE WHEN response_time_ms <= 0 THEN 0 ELSE CEIL(LN(response_time_ms::float8) / %s::float8)::int + 1 END"
 )
@@ -528,26 +527,34 @@ def _rebuild_in_sql(events_table: str, conversations_table: str, through: int | 
 
 
 def _rebuild_sketches_in_sql(cursor: Any, events: str, owner: str) -> None:
-    """Quarter and day sketches: bins counted in SQL one UTC day at a time (bounded memory), packed here."""
+    """Quarter sketches counted in SQL one UTC day at a time (bounded memory); each day's sketch is their sum."""
     cursor.execute(f"SELECT MIN(timestamp), MAX(timestamp) FROM {events} e")
     first, last = cursor.fetchone()
     if first is None:
         return
     day = day_of(first)
+    quarter = _QUARTER_SQL.format("timestamp")
     while day <= last:
-        for span, bucket_sql in ((QUARTER, _QUARTER_SQL.format("timestamp")), (DAY, _DAY_SQL.format("timestamp"))):
-            cursor.execute(
-                f"SELECT owner, dimension, value, bucket, array_agg(bin ORDER BY bin), array_agg(n ORDER BY bin) "
-                f"FROM (SELECT {owner} AS owner, dimension, value, bucket, bin, COUNT(*) AS n FROM ("
-                f"SELECT e.business_id, s.dimension, s.value, {bucket_sql} AS bucket, {_LATENCY_BIN_SQL} AS bin "
-                f"FROM {events} e {_slices_sql()} WHERE response_time_ms IS NOT NULL "
-                f"AND timestamp >= %s AND timestamp < %s) e "
-                f"GROUP BY GROUPING SETS ((business_id, dimension, value, bucket, bin), "
-                f"(dimension, value, bucket, bin))) g GROUP BY owner, dimension, value, bucket",
-                [LOG_GAMMA, day, day + timedelta(days=1)],
-            )
-            _write_sketches([(b, d, v, span, bucket, sketches.pack(dict(zip(bins, counts, strict=True))))
-                             for b, d, v, bucket, bins, counts in cursor.fetchall()])
+        cursor.execute(
+            f"SELECT owner, dimension, value, bucket, array_agg(bin ORDER BY bin), array_agg(n ORDER BY bin) "
+            f"FROM (SELECT {owner} AS owner, dimension, value, bucket, bin, COUNT(*) AS n FROM ("
+            f"SELECT e.business_id, s.dimension, s.value, {quarter} AS bucket, {_LATENCY_BIN_SQL} AS bin "
+            f"FROM {events} e {_slices_sql()} WHERE response_time_ms IS NOT NULL "
+            f"AND timestamp >= %s AND timestamp < %s) e "
+            f"GROUP BY GROUPING SETS ((business_id, dimension, value, bucket, bin), "
+            f"(dimension, value, bucket, bin))) g GROUP BY owner, dimension, value, bucket",
+            [LOG_GAMMA, day, day + timedelta(days=1)],
+        )
+        rows = []
+        days: dict[tuple[str, str, str], dict[int, int]] = defaultdict(dict)
+        for b, d, v, bucket, bins, counts in cursor.fetchall():
+            quarter_bins = dict(zip(bins, counts, strict=True))
+            rows.append((b, d, v, QUARTER, bucket, sketches.pack(quarter_bins)))
+            whole_day = days[(b, d, v)]
+            for index, count in quarter_bins.items():
+                whole_day[index] = whole_day.get(index, 0) + count
+        rows.extend((b, d, v, DAY, day, sketches.pack(bins)) for (b, d, v), bins in days.items())
+        _write_sketches(rows)
         day += timedelta(days=1)
 
 

@@ -21,18 +21,19 @@ A tail is as long as the folder is behind: normally a few hundred events.
 
 from __future__ import annotations
 
+import json
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
-from datetime import datetime
+from datetime import UTC, datetime
 from typing import Any
 
-from django.db.models import Q, QuerySet
+from django.db import connection
 
 from metrics_app.analytics.rollups import DIMENSIONS, Slice
 from metrics_app.models import AIMetric, Conversation
 
 _FLAGS = ("appointment_requested", "appointment_booked", "human_handoff_requested")
-_KEYS_PER_QUERY = 300
+_LABELS = tuple(DIMENSIONS.values())  # the filterable event columns
 
 
 @dataclass(frozen=True)
@@ -87,48 +88,62 @@ class Touched:
         return any(all(label[f] == v for f, v in event_filters.items()) for label in self.labels)
 
 
-def _scoped(events: QuerySet[AIMetric], businesses: frozenset[str] | None) -> QuerySet[AIMetric]:
-    return events if businesses is None else events.filter(business_id__in=businesses)
-
-
 def touched(folded_through: int, businesses: frozenset[str] | None) -> list[Touched]:
-    """Every conversation of these businesses that an event above folded_through belongs to."""
-    pairs = _scoped(AIMetric.objects.filter(id__gt=folded_through), businesses).exclude(
-        Q(conversation_id__isnull=True) | Q(conversation_id="")
-    ).order_by().values_list("business_id", "conversation_id").distinct()
-    keys = sorted((business_id, conversation_id or "") for business_id, conversation_id in set(pairs))
-    found: list[Touched] = []
-    for start in range(0, len(keys), _KEYS_PER_QUERY):
-        found.extend(_touched(keys[start:start + _KEYS_PER_QUERY]))
-    return found
+    """Every conversation of these businesses that an event above folded_through belongs to.
 
-
-_LABELS = tuple(DIMENSIONS.values())
-
-
-def _touched(keys: list[tuple[str, str]]) -> list[Touched]:
-    wanted = Q()
-    for business_id, conversation_id in keys:
-        wanted |= Q(business_id=business_id, conversation_id=conversation_id)
-    events: dict[tuple[str, str], list[dict[str, Any]]] = {}
-    for row in AIMetric.objects.filter(wanted).order_by().values(
-        "business_id", "conversation_id", "timestamp", *_FLAGS, *_LABELS
-    ):
-        events.setdefault((row["business_id"], row["conversation_id"]), []).append(row)
-    stored = {
-        (b, c): Correction.of(b, first_at, -1, flags, values)
-        for b, c, first_at, *flags, values in Conversation.objects.filter(wanted).values_list(
-            "business_id", "conversation_id", "first_at", *_FLAGS, "dimension_values"
+    Two statements, each joining the touched (business, conversation) pairs,
+    found from the ids above folded_through, to the events and to the stored
+    conversations.
+    """
+    q = connection.ops.quote_name
+    events, conversations = q(AIMetric._meta.db_table), q(Conversation._meta.db_table)
+    scope = ""
+    args: list[Any] = [folded_through]
+    if businesses is not None:
+        scope = f" AND business_id IN ({', '.join(['%s'] * len(businesses))})"
+        args += sorted(businesses)
+    pairs = (
+        f"(SELECT DISTINCT business_id, conversation_id FROM {events} WHERE id > %s{scope} "
+        f"AND conversation_id IS NOT NULL AND conversation_id <> '') t"
+    )
+    columns = ("timestamp", *_FLAGS, *_LABELS)
+    found: dict[tuple[str, str], list[dict[str, Any]]] = {}
+    with connection.cursor() as cursor:
+        cursor.execute(
+            f"SELECT e.business_id, e.conversation_id, {', '.join('e.' + c for c in columns)} FROM {events} e "
+            f"JOIN {pairs} ON e.business_id = t.business_id AND e.conversation_id = t.conversation_id", args,
         )
-    }
-    found = []
-    for key, rows in events.items():
+        for business_id, conversation_id, *values in cursor.fetchall():
+            found.setdefault((business_id, conversation_id), []).append(dict(zip(columns, values, strict=True)))
+        cursor.execute(
+            f"SELECT c.business_id, c.conversation_id, c.first_at, {', '.join('c.' + f for f in _FLAGS)}, "
+            f"c.dimension_values FROM {conversations} c "
+            f"JOIN {pairs} ON c.business_id = t.business_id AND c.conversation_id = t.conversation_id", args,
+        )
+        stored = {
+            (b, c): Correction.of(b, _aware(first_at), -1, flags, _json(values))
+            for b, c, first_at, *flags, values in cursor.fetchall()
+        }
+    result = []
+    for key, rows in found.items():
         values = {d: frozenset(r[column] or "" for r in rows) for d, column in DIMENSIONS.items()}
-        now = Correction.of(key[0], min(r["timestamp"] for r in rows), 1,
+        now = Correction.of(key[0], min(_aware(r["timestamp"]) for r in rows), 1,
                             [any(r[flag] for r in rows) for flag in _FLAGS], values)
         labels = tuple({column: r[column] for column in _LABELS} for r in rows)
-        found.append(Touched(stored.get(key), now, labels))
-    return found
+        result.append(Touched(stored.get(key), now, labels))
+    return result
+
+
+def _aware(value: Any) -> datetime:
+    if isinstance(value, str):  # SQLite hands back text
+        value = datetime.fromisoformat(value)
+    return value if value.tzinfo else value.replace(tzinfo=UTC)
+
+
+def _json(value: Any) -> dict[str, Any]:
+    if isinstance(value, str):  # SQLite keeps JSON as text
+        return dict(json.loads(value))
+    return value or {}
 
 
 def corrections(conversations: list[Touched], chosen: Slice | None, event_filters: dict[str, str]) -> list[Correction]:
