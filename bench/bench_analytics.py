@@ -85,6 +85,7 @@ from metrics_app.ingest import services  # noqa: E402
 from metrics_app.ingest.validation import check_event  # noqa: E402
 from metrics_app.models import AIMetric, Business, Conversation  # noqa: E402
 from metrics_app.pricing import services as pricing  # noqa: E402
+from bench.processes import manage, stop_group  # noqa: E402
 from tests.pgserver import free_port  # noqa: E402
 
 ZONES = ["Asia/Kolkata", "Asia/Kathmandu", "Australia/Eucla", "Europe/London", "America/New_York", "UTC",
@@ -112,7 +113,6 @@ BREAKDOWNS = ("intent", "model", "response_type", "business", "prompt_version", 
 DASHBOARD_TOP_INTENTS = 5
 # Requests per minute for the bench's key: far above what one client sends, so nothing is throttled.
 KEY_RATE_LIMIT = 2_000_000_000
-STOP_SECONDS = 15
 
 
 # --- The data
@@ -324,32 +324,6 @@ def service_env(args: argparse.Namespace) -> dict[str, str]:
     if args.threads:
         env["GUNICORN_THREADS"] = str(args.threads)
     return env
-
-
-def manage(env: dict[str, str], *args: str) -> str:
-    """`manage.py <args>` of this service; its stdout, or RuntimeError with its stderr."""
-    result = subprocess.run(
-        [sys.executable, "manage.py", *args], cwd=ROOT, env=env, capture_output=True, text=True, timeout=300
-    )
-    if result.returncode != 0:
-        raise RuntimeError(f"manage.py {' '.join(args)} failed ({result.returncode}):\n{result.stderr[-3000:]}")
-    return result.stdout.strip()
-
-
-def stop_group(process: subprocess.Popen) -> None:
-    """SIGTERM to the process group that `process` leads, SIGKILL if it is still there after STOP_SECONDS."""
-    try:
-        os.killpg(process.pid, signal.SIGTERM)
-    except ProcessLookupError:
-        pass
-    try:
-        process.wait(timeout=STOP_SECONDS)
-    except subprocess.TimeoutExpired:
-        try:
-            os.killpg(process.pid, signal.SIGKILL)
-        except ProcessLookupError:
-            pass
-        process.wait(timeout=STOP_SECONDS)
 
 
 @dataclass

@@ -49,6 +49,7 @@ from typing import Any
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
+from bench.processes import manage, stop_group  # noqa: E402
 from tests.pgserver import TempPostgres, free_port  # noqa: E402
 
 SEED_REQUIREMENTS = [
@@ -65,7 +66,6 @@ BATCH_SIZE = 500
 BATCHES_PER_SECOND = 40  # bodies made per second of --duration: the batch phase's load is bounded in count too
 COPY_ROWS = 500_000
 SAMPLE_SECONDS = 0.25
-STOP_SECONDS = 15
 # The issue's targets.
 TARGET_SEED_RATIO = 4.0
 TARGET_P99_MS = 50.0
@@ -92,29 +92,6 @@ def connect(server: TempPostgres, db: str = TempPostgres.DB) -> Any:
     import psycopg2
 
     return psycopg2.connect(host="127.0.0.1", port=server.port, user=server.ROLE, dbname=db)
-
-
-def manage(env: dict[str, str], *args: str) -> str:
-    """`manage.py <args>` of this service; its stdout, or RuntimeError with its stderr."""
-    result = subprocess.run(
-        [sys.executable, "manage.py", *args], cwd=ROOT, env=env, capture_output=True, text=True, timeout=300
-    )
-    if result.returncode != 0:
-        raise RuntimeError(f"manage.py {' '.join(args)} failed ({result.returncode}):\n{result.stderr[-3000:]}")
-    return result.stdout.strip()
-
-
-def stop_group(process: subprocess.Popen) -> None:
-    """SIGTERM to the process group that `process` leads, SIGKILL if it is still there after STOP_SECONDS."""
-    try:
-        os.killpg(process.pid, signal.SIGTERM)
-    except ProcessLookupError:
-        pass
-    try:
-        process.wait(timeout=STOP_SECONDS)
-    except subprocess.TimeoutExpired:
-        os.killpg(process.pid, signal.SIGKILL)
-        process.wait(timeout=STOP_SECONDS)
 
 
 def wait_http(url: str, timeout: float = 60.0) -> None:
