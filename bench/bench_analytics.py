@@ -80,12 +80,12 @@ django.setup()
 from django.core.management import call_command  # noqa: E402
 from django.db import connection  # noqa: E402
 
+from bench.processes import manage, stop_group  # noqa: E402
 from metrics_app.console import dashboard  # noqa: E402
 from metrics_app.ingest import services  # noqa: E402
 from metrics_app.ingest.validation import check_event  # noqa: E402
 from metrics_app.models import AIMetric, Business, Conversation  # noqa: E402
 from metrics_app.pricing import services as pricing  # noqa: E402
-from bench.processes import manage, stop_group  # noqa: E402
 from tests.pgserver import free_port  # noqa: E402
 
 ZONES = ["Asia/Kolkata", "Asia/Kathmandu", "Australia/Eucla", "Europe/London", "America/New_York", "UTC",
