@@ -5,10 +5,12 @@ id it folded (`folded_through`) in the same transaction, so a duplicate never
 counts and the reads know exactly which events the rollups hold; a late or
 out-of-order event lands in its own bucket. Conversation counts move by deltas
 that conversations.apply_events computes from the locked rows.
+Every row is kept for all events (dimension "") and per value of each of
+DIMENSIONS, for its business and for "*".
 `rebuild` recomputes everything from the raw rows (after a bulk load, a
-repair, or a repricing): on SQLite with the same accumulator as ingest, on
-PostgreSQL in one SQL statement per table whose sums are named after the same
-EventSums fields; tests compare both with rollups kept by ingest.
+restore or a repair): on SQLite with the same accumulator as the folder, on
+PostgreSQL in SQL whose sums are named after the same EventSums fields; tests
+compare both with the rollups the folder keeps.
 """
 
 from __future__ import annotations
