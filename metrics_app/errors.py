@@ -85,6 +85,15 @@ def database_unavailable(busy: bool = False) -> JsonResponse:
     )
 
 
+def analytics_rebuilding() -> JsonResponse:
+    """503: an upgrade's rollup rebuild has not run yet, so the figures would be incomplete."""
+    return error_response(
+        503, "The analytics are being rebuilt after an upgrade; retry shortly",
+        {"analytics": ["rebuild_analytics has not run since the upgrade"]},
+        headers={"Retry-After": str(settings.MLOPS_RETRY_AFTER_SECONDS)},
+    )
+
+
 def rate_limiter_unavailable() -> JsonResponse:
     """503: the per-key request counter could not answer, so the request is not let through uncounted."""
     return error_response(

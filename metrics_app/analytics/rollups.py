@@ -582,7 +582,15 @@ def whole_quarters(start: datetime, end: datetime) -> tuple[datetime, datetime] 
     return (first, last) if first < last else None
 
 
-def folded_through(*, hold: bool = False) -> int:
+class RebuildPending(Exception):
+    """A migration changed what the rollups hold and rebuild_analytics has not run: their figures are incomplete."""
+
+
+def rebuild_pending() -> bool:
+    return FolderState.objects.filter(name=FOLDER_NAME, rebuild_needed=True).exists()
+
+
+def folded_through(*, hold: bool = False, wait_seconds: float | None = None) -> int:
     """The highest event id folded into the rollups and conversations: every lower id is folded too.
 
     With `hold`, no fold commits until the caller's transaction ends (a share
@@ -594,6 +602,9 @@ def folded_through(*, hold: bool = False) -> int:
     table = connection.ops.quote_name(FolderState._meta.db_table)
     lock = " FOR SHARE" if hold and connection.vendor == "postgresql" else ""
     with connection.cursor() as cursor:
+        if lock and wait_seconds is not None:
+            # A lock not granted in time (a rebuild holds the row for minutes) is "busy": 503, retry later.
+            cursor.execute("SELECT set_config('lock_timeout', %s, true)", [f"{int(wait_seconds * 1000)}ms"])
         cursor.execute(f"SELECT folded_through FROM {table} WHERE name = %s{lock}", [FOLDER_NAME])
         row = cursor.fetchone()
     return int(row[0]) if row else 0

@@ -415,6 +415,8 @@ def _in_snapshot(read: Callable[P, R]) -> Callable[P, R]:
         with database.snapshot(connection):
             _state.depth += 1
             try:
+                if rollups.rebuild_pending():
+                    raise rollups.RebuildPending("run manage.py rebuild_analytics (start.sh does after migrating)")
                 _state.folded_through = rollups.folded_through()
                 _state.touched = {}
                 return read(*args, **kwargs)

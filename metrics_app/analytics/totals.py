@@ -244,9 +244,9 @@ def _token_observations(event: dict[str, Any]) -> Iterator[tuple[str, int]]:
 class TotalsAccumulator:
     """Adds folded events (and flags turned on later) to MetricTotals, one statement per few hundred rows.
 
-    `write` runs in the caller's transaction and assumes a single writer: the
-    folder calls it while it holds its state-row lock, so no other process
-    changes the rows between the read and the write.
+    `write` runs in the caller's transaction and locks the rows it reads until
+    that ends, so two writers (the folder, outcomes recorded at the same
+    moment) never add to the same old value.
     """
 
     # Keys per SELECT of the stored rows: 4 parameters each, well under SQLite's 999.
@@ -309,7 +309,8 @@ def _stored_rows(keys: list[TotalsKey], chunk: int) -> dict[TotalsKey, MetricTot
     found: dict[TotalsKey, MetricTotals] = {}
     for start in range(0, len(keys), chunk):
         wanted = functools.reduce(operator.or_, (Q(**key._asdict()) for key in keys[start:start + chunk]))
-        for row in MetricTotals.objects.filter(wanted).order_by():
+        # Locked until the caller's transaction ends (PostgreSQL): outcomes recorded at once add in turn.
+        for row in MetricTotals.objects.select_for_update().filter(wanted).order_by():
             found[_key_of(row)] = row
     return found
 

@@ -79,12 +79,20 @@ class Rebuilding(APIException):
     default_code = "rebuilding"
 
 
+class FolderBehind(APIException):
+    status_code = 503
+    default_detail = "The conversation's events are not folded yet; retry shortly"
+    default_code = "folder_behind"
+
+
 def _folded(business_id: str, conversation_id: str) -> bool:
     """Fold the conversation's stored events if the folder has not yet; False when it has none."""
     try:
         return folding.fold_conversation(business_id, conversation_id)
     except folding.RebuildNeeded:
         raise Rebuilding() from None
+    except folding.FolderBehind:
+        raise FolderBehind() from None
 
 
 class ConversationOutcomeView(APIView):

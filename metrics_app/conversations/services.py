@@ -186,6 +186,10 @@ def _fold(events: list[dict[str, Any]]) -> dict[tuple[str, str], _State]:
     return folded
 
 
+# How long an outcome waits for a fold (or a rebuild) holding the folder's row before answering 503 busy.
+OUTCOME_WAIT_SECONDS = 5.0
+
+
 @dataclass(frozen=True)
 class OutcomeResult:
     conversation: Conversation
@@ -207,8 +211,11 @@ def record_outcome(
     with transaction.atomic():
         # No fold commits until this does: the event rollups take the flag now only when they hold the event.
         # Held before the conversation is locked, in the folder's order (its row, then conversations).
-        folded_through = rollups.folded_through(hold=True)
-        locked = Conversation.objects.select_for_update().get(pk=conversation.pk)
+        folded_through = rollups.folded_through(hold=True, wait_seconds=OUTCOME_WAIT_SECONDS)
+        # By its key: a rebuild that ran while this waited made the row again, under a new id.
+        locked = Conversation.objects.select_for_update().get(
+            business_id=conversation.business_id, conversation_id=conversation.conversation_id
+        )
         events = AIMetric.objects.filter(business_id=locked.business_id, conversation_id=locked.conversation_id)
         latest = events.order_by("-timestamp", "-id").first()
         booked_models: list[tuple[str, str | None]] = []

@@ -118,7 +118,7 @@ def fold_batch(limit: int | None = None, holder: str | None = None) -> int:
     limit = limit or settings.MLOPS_FOLDER_BATCH
     with transaction.atomic():
         folded_through = _lock_state(holder)
-        if FolderState.objects.filter(name=FOLDER_NAME, rebuild_needed=True).exists():
+        if rollups.rebuild_pending():
             raise RebuildNeeded("the rollups' layout changed: run manage.py rebuild_analytics")
     if _highest_id() <= folded_through:
         return 0  # nothing new: take no lock on the event table
@@ -150,16 +150,30 @@ def _plus(column: str, amount: int) -> Any:
     return F(column) + amount
 
 
-def fold_pending(limit: int | None = None, until: int | None = None) -> int:
-    """Fold every event stored so far (or up to id `until`), batch by batch; returns how many."""
-    total = 0
+class FolderBehind(Exception):
+    """The folder is too far behind for a request to catch up on its own."""
+
+
+def fold_pending(limit: int | None = None, until: int | None = None, max_batches: int | None = None) -> int:
+    """Fold every event stored so far (or up to id `until`), batch by batch; returns how many.
+
+    With `max_batches`, FolderBehind when `until` is not reached within that many.
+    """
+    total = batches = 0
     while True:
         if until is not None and rollups.folded_through() >= until:
             return total
+        if max_batches is not None and batches >= max_batches:
+            raise FolderBehind(f"more than {max_batches} batches to fold before event {until}")
         folded = fold_batch(limit)
         total += folded
+        batches += 1
         if not folded:
             return total
+
+
+# A request that needs its conversation folded folds at most this many batches itself.
+REQUEST_FOLD_BATCHES = 5
 
 
 def fold_conversation(business_id: str, conversation_id: str) -> bool:
@@ -169,7 +183,7 @@ def fold_conversation(business_id: str, conversation_id: str) -> bool:
     )["highest"]
     if highest is None:
         return False
-    fold_pending(until=highest)
+    fold_pending(until=highest, max_batches=REQUEST_FOLD_BATCHES)
     return True
 
 
@@ -323,9 +337,12 @@ def rebuild(progress: Callable[[int], None] | None = None) -> tuple[int, dict[st
     """
     horizon = _settled_horizon() if connection.vendor == "postgresql" else None
     with transaction.atomic():
-        _lock_state(None)
+        folded_through = _lock_state(None)
         if horizon is None:
             horizon = _highest_id()
+        # A fold that committed after the horizon was read went past it; its ids are settled too (it read
+        # them under its own horizon), and the conversations it made must be rebuilt, not dropped.
+        horizon = max(horizon, folded_through)
         started = time.perf_counter()
         made = conversations.rebuild_conversations(through=horizon)
         took = {"conversations": time.perf_counter() - started}
@@ -341,4 +358,4 @@ def rebuild(progress: Callable[[int], None] | None = None) -> tuple[int, dict[st
 
 
 def rebuild_needed() -> bool:
-    return FolderState.objects.filter(name=FOLDER_NAME, rebuild_needed=True).exists()
+    return rollups.rebuild_pending()

@@ -10,8 +10,9 @@ from typing import Any
 from django.db import InterfaceError, OperationalError, connections
 from django.http import HttpRequest, HttpResponse, QueryDict
 
+from metrics_app.analytics.rollups import RebuildPending
 from metrics_app.database import is_busy
-from metrics_app.errors import database_unavailable, error_response, rate_limiter_unavailable
+from metrics_app.errors import analytics_rebuilding, database_unavailable, error_response, rate_limiter_unavailable
 from metrics_app.keys.rate_limit import LimiterUnavailable
 
 logger = logging.getLogger(__name__)
@@ -37,6 +38,8 @@ class DatabaseUnavailableMiddleware:
             # A limit fails closed: a request the counter cannot count is refused, not let through.
             logger.warning("rate limiter unavailable during %s %s: %s", request.method, request.path, exception)
             return rate_limiter_unavailable()
+        if isinstance(exception, RebuildPending):
+            return analytics_rebuilding()
         if not isinstance(exception, (OperationalError, InterfaceError)):
             return None
         logger.warning("database unavailable during %s %s: %s", request.method, request.path, exception)

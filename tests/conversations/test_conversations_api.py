@@ -203,3 +203,42 @@ def test_an_outcome_while_an_upgrade_rebuild_is_pending_is_a_503_not_a_500(api, 
                       headers=writer)
     assert_error_shape(answer, 503)
     assert not Conversation.objects.exists()
+
+
+def test_an_outcome_that_waits_too_long_for_the_folder_answers_503_busy(api, writer, transactional_db, monkeypatch):
+    """A rebuild holds the folder's row for minutes: an outcome meanwhile is refused in time, not left hanging."""
+    import threading
+
+    from django.db import connection, transaction
+
+    from metrics_app.conversations import services
+    from metrics_app.models import FolderState
+    from tests.helpers import assert_error_shape, on_postgres
+
+    if not on_postgres():
+        pytest.skip("the folder's row lock with a timeout is PostgreSQL's; SQLite writers take turns")
+    Business.objects.get_or_create(id="acme-dental")
+    store([turn(1, 0)])
+    monkeypatch.setattr(services, "OUTCOME_WAIT_SECONDS", 0.3)
+    held, release = threading.Event(), threading.Event()
+
+    def hold_the_row() -> None:
+        with transaction.atomic():
+            FolderState.objects.select_for_update().get()
+            held.set()
+            release.wait(10)
+        connection.close()
+
+    holder = threading.Thread(target=hold_the_row)
+    holder.start()
+    try:
+        assert held.wait(10)
+        body = {"conversation_id": "chat-1", "appointment_booked": True}
+        answer = api.post("/api/conversations/outcome", json.dumps(body), content_type="application/json",
+                          headers=writer)
+    finally:
+        release.set()
+        holder.join()
+    assert_error_shape(answer, 503)
+    assert answer.json()["errors"] == {"database": ["busy"]}
+    assert not Conversation.objects.filter(appointment_booked=True).exists()

@@ -196,3 +196,20 @@ def test_of_two_folders_one_folds_and_the_other_takes_over_when_it_dies(transact
     assert folded_events() == AIMetric.objects.count()
     folded = derived_tables()
     assert rebuilt_tables() == folded
+
+
+def test_analytics_answer_503_until_an_upgrades_rebuild_has_run(api, db, make_key):
+    from tests.helpers import assert_error_shape
+
+    _, raw = make_key(None, can_ingest=False, can_read=True)
+    agency = {"Authorization": f"Bearer {raw}"}
+    store(make_events(conversations=3))
+    folding.take_lease("nobody", seconds=1)  # makes the folder's row
+    FolderState.objects.update(rebuild_needed=True)
+    response = api.get("/api/analytics/summary", headers=agency)
+    assert_error_shape(response, 503)
+    assert response["Retry-After"]
+    call_command("rebuild_analytics", "--if-needed", "--quiet-progress", stdout=StringIO())
+    summary = api.get("/api/analytics/summary", {"start": "2026-03-01T00:00:00Z", "end": "2026-03-21T00:00:00Z"},
+                      headers=agency).json()["summary"]
+    assert summary["events"] == AIMetric.objects.count()
