@@ -52,7 +52,6 @@ import io
 import json
 import os
 import random
-import secrets
 import signal
 import statistics
 import subprocess
@@ -80,7 +79,7 @@ django.setup()
 from django.core.management import call_command  # noqa: E402
 from django.db import connection  # noqa: E402
 
-from bench.processes import manage, stop_group  # noqa: E402
+from bench.processes import manage, production_env, stop_group  # noqa: E402
 from metrics_app.console import dashboard  # noqa: E402
 from metrics_app.ingest import services  # noqa: E402
 from metrics_app.ingest.validation import check_event  # noqa: E402
@@ -303,22 +302,10 @@ def service_env(args: argparse.Namespace) -> dict[str, str]:
     """This service configured as production requires (metrics_app/checks.py), on this bench's database."""
     s = connection.settings_dict
     auth = s["USER"] + (f":{s['PASSWORD']}" if s.get("PASSWORD") else "")
-    env = {
-        **os.environ,
-        "DATABASE_URL": f"postgresql://{auth}@{s['HOST']}:{s['PORT']}/{s['NAME']}",
-        "DJANGO_SETTINGS_MODULE": "mlops_site.settings",
-        "PYTHONPATH": str(ROOT),
-        "MLOPS_ENV": "production",
-        "SECRET_KEY": secrets.token_urlsafe(48),
-        "DEBUG": "false",
-        "ALLOWED_HOSTS": "127.0.0.1,localhost",
-        "MLOPS_ALLOW_ANONYMOUS_CHAT": "false",
-        "MLOPS_METRICS_TOKEN": secrets.token_urlsafe(24),
-        "LOG_LEVEL": "WARNING",
-        # A read that runs away is cancelled by PostgreSQL, before gunicorn would kill its worker.
-        "PGOPTIONS": f"-c statement_timeout={int(args.request_timeout * 1000)}",
-        "GUNICORN_TIMEOUT": str(int(args.request_timeout) + 15),
-    }
+    env = production_env(f"postgresql://{auth}@{s['HOST']}:{s['PORT']}/{s['NAME']}")
+    # A read that runs away is cancelled by PostgreSQL, before gunicorn would kill its worker.
+    env["PGOPTIONS"] = f"-c statement_timeout={int(args.request_timeout * 1000)}"
+    env["GUNICORN_TIMEOUT"] = str(int(args.request_timeout) + 15)
     if args.workers:
         env["WEB_CONCURRENCY"] = str(args.workers)
     if args.threads:

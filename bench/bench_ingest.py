@@ -31,7 +31,6 @@ import io
 import json
 import os
 import re
-import secrets
 import shutil
 import signal
 import subprocess
@@ -49,7 +48,7 @@ from typing import Any
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from bench.processes import manage, stop_group  # noqa: E402
+from bench.processes import manage, production_env, stop_group  # noqa: E402
 from tests.pgserver import TempPostgres, free_port  # noqa: E402
 
 SEED_REQUIREMENTS = [
@@ -449,19 +448,9 @@ def folder_process(env: dict[str, str]) -> Iterator[subprocess.Popen | None]:
 
 def service_env(server: TempPostgres, args: argparse.Namespace) -> dict[str, str]:
     """This service configured as production requires (metrics_app/checks.py), on the temporary server."""
-    return {
-        **os.environ,
-        "DATABASE_URL": server.url,
-        "MLOPS_ENV": "production",
-        "SECRET_KEY": secrets.token_urlsafe(48),
-        "DEBUG": "false",
-        "ALLOWED_HOSTS": "127.0.0.1,localhost",
-        "MLOPS_ALLOW_ANONYMOUS_CHAT": "false",
-        "MLOPS_METRICS_TOKEN": secrets.token_urlsafe(24),
-        "LOG_LEVEL": "WARNING",
-        "WEB_CONCURRENCY": str(args.workers),
-        "GUNICORN_THREADS": str(args.threads),
-    }
+    env = production_env(server.url)
+    env.update(WEB_CONCURRENCY=str(args.workers), GUNICORN_THREADS=str(args.threads))
+    return env
 
 
 @dataclass

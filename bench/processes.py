@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import secrets
 import signal
 import subprocess
 import sys
@@ -10,6 +11,23 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
 STOP_SECONDS = 15
+
+
+def production_env(database_url: str) -> dict[str, str]:
+    """This service as production requires it (metrics_app/checks.py), on `database_url`, with fresh secrets."""
+    return {
+        **os.environ,
+        "DATABASE_URL": database_url,
+        "DJANGO_SETTINGS_MODULE": "mlops_site.settings",
+        "PYTHONPATH": str(ROOT),
+        "MLOPS_ENV": "production",
+        "SECRET_KEY": secrets.token_urlsafe(48),
+        "DEBUG": "false",
+        "ALLOWED_HOSTS": "127.0.0.1,localhost",
+        "MLOPS_ALLOW_ANONYMOUS_CHAT": "false",
+        "MLOPS_METRICS_TOKEN": secrets.token_urlsafe(24),
+        "LOG_LEVEL": "WARNING",
+    }
 
 
 def manage(env: dict[str, str], *args: str) -> str:

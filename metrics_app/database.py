@@ -14,7 +14,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 
-from django.db import DatabaseError
+from django.db import DatabaseError, transaction
 from django.db.backends.base.base import BaseDatabaseWrapper
 
 OK = "ok"
@@ -102,8 +102,6 @@ def snapshot(connection: BaseDatabaseWrapper) -> Iterator[None]:
         yield
         return
     if connection.vendor == "postgresql":
-        from django.db import transaction
-
         with transaction.atomic(using=connection.alias):
             with connection.cursor() as cursor:
                 cursor.execute("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ, READ ONLY")

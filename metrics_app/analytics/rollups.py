@@ -26,7 +26,7 @@ from typing import Any
 from django.db import connection, transaction
 
 from metrics_app.analytics import sketches
-from metrics_app.analytics.sketches import LOG_GAMMA, bin_value, latency_bin, sketch_percentile
+from metrics_app.analytics.sketches import LOG_GAMMA, latency_bin
 from metrics_app.models import (
     ALL_BUSINESSES,
     ALL_EVENTS,
@@ -46,8 +46,6 @@ from metrics_app.rules import (
     CostBasis,
     is_failed_reply,
 )
-
-__all__ = ["LOG_GAMMA", "bin_value", "latency_bin", "sketch_percentile"]  # the sketch's bins, for the reads
 
 QUARTER = 15
 DAY = 1440

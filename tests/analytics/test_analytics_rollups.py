@@ -12,7 +12,7 @@ from zoneinfo import ZoneInfo
 import pytest
 from django.core.management import call_command
 
-from metrics_app.analytics import rollups
+from metrics_app.analytics import sketches
 from metrics_app.models import ModelPrice
 from tests.analytics.helpers import (
     NOW,
@@ -40,11 +40,11 @@ def test_the_latency_sketch_is_within_one_percent_of_the_exact_percentile(spread
         values = sorted(int(rng.lognormvariate(0, 2) * spread[0]) % spread[1] + 1 for _ in range(size))
         bins: dict[int, int] = {}
         for value in values:
-            index = rollups.latency_bin(value)
+            index = sketches.latency_bin(value)
             bins[index] = bins.get(index, 0) + 1
         for fraction in (0.5, 0.95, 0.99):
             exact = quantile(values, fraction)
-            assert rollups.sketch_percentile(bins, fraction) == pytest.approx(exact, rel=0.01)
+            assert sketches.sketch_percentile(bins, fraction) == pytest.approx(exact, rel=0.01)
 
 
 def test_rollups_kept_by_the_folder_equal_a_rebuild_from_the_raw_rows(analytics_data):
