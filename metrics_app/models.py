@@ -92,6 +92,14 @@ class AIMetric(models.Model):
     tokens_used = models.IntegerField(null=True)
     input_tokens = models.IntegerField(null=True, blank=True)
     output_tokens = models.IntegerField(null=True, blank=True)
+    # Subsets of the totals above, as the OpenTelemetry GenAI conventions define them:
+    # input_tokens is the whole prompt (fresh, read from the cache and written to it),
+    # output_tokens the whole output (visible and reasoning).
+    cache_read_input_tokens = models.IntegerField(null=True, blank=True, help_text="Input tokens read from the cache.")
+    cache_write_input_tokens = models.IntegerField(
+        null=True, blank=True, help_text="Input tokens written to the cache."
+    )
+    reasoning_output_tokens = models.IntegerField(null=True, blank=True, help_text="Output tokens spent reasoning.")
     api_cost_usd = models.DecimalField(max_digits=10, decimal_places=6, null=True, blank=True)
     model_name = models.CharField(max_length=MAX_LABEL_LENGTH, null=True, blank=True)
 
@@ -114,6 +122,9 @@ class AIMetric(models.Model):
     # Ten decimals hold tokens x a per-million price of four decimals exactly.
     cost_usd = models.DecimalField(max_digits=20, decimal_places=10, null=True, blank=True)
     cost_basis = models.CharField(max_length=16, choices=CostBasis.choices, default=CostBasis.UNPRICED_NONE)
+    # What the cache changed in cost_usd: the cached tokens at the input price minus their own prices
+    # (negative when cache writes cost more than they saved). None when unpriced or nothing was cached.
+    cache_savings_usd = models.DecimalField(max_digits=20, decimal_places=10, null=True, blank=True)
 
     class Meta:
         db_table = "ai_metrics"
@@ -144,6 +155,13 @@ class AIMetric(models.Model):
             models.CheckConstraint(
                 condition=Q(api_cost_usd__gte=0, api_cost_usd__lte=MAX_COST_USD) | Q(api_cost_usd__isnull=True),
                 name="ai_metrics_cost_range",
+            ),
+            *(
+                models.CheckConstraint(
+                    condition=Q(**{f"{name}__gte": 0, f"{name}__lte": MAX_TOKENS}) | Q(**{f"{name}__isnull": True}),
+                    name=f"ai_metrics_{name}_range",
+                )
+                for name in ("cache_read_input_tokens", "cache_write_input_tokens", "reasoning_output_tokens")
             ),
             models.CheckConstraint(
                 condition=Q(user_message_length__gte=0, user_message_length__lte=MAX_MESSAGE_LENGTH)
@@ -287,7 +305,12 @@ class ModelPrice(models.Model):
     input_usd_per_mtok = models.DecimalField(max_digits=12, decimal_places=4, verbose_name="input USD / 1M tokens")
     output_usd_per_mtok = models.DecimalField(max_digits=12, decimal_places=4, verbose_name="output USD / 1M tokens")
     cached_input_usd_per_mtok = models.DecimalField(
-        max_digits=12, decimal_places=4, null=True, blank=True, verbose_name="cached input USD / 1M tokens"
+        max_digits=12, decimal_places=4, null=True, blank=True, verbose_name="cached input USD / 1M tokens",
+        help_text="Input tokens read from the prompt cache; empty: priced as input.",
+    )
+    cache_write_input_usd_per_mtok = models.DecimalField(
+        max_digits=12, decimal_places=4, null=True, blank=True, verbose_name="cache write USD / 1M tokens",
+        help_text="Input tokens written to the prompt cache, where the provider prices them; empty: priced as input.",
     )
     valid_from = models.DateTimeField(help_text="The price applies to events at or after this moment.")
     source_url = models.URLField(max_length=500, help_text="Where the price is published.")
@@ -301,7 +324,8 @@ class ModelPrice(models.Model):
             models.UniqueConstraint(fields=["model_pattern", "valid_from"], name="model_price_pattern_from_uniq"),
             models.CheckConstraint(
                 condition=Q(input_usd_per_mtok__gte=0, output_usd_per_mtok__gte=0)
-                & (Q(cached_input_usd_per_mtok__gte=0) | Q(cached_input_usd_per_mtok__isnull=True)),
+                & (Q(cached_input_usd_per_mtok__gte=0) | Q(cached_input_usd_per_mtok__isnull=True))
+                & (Q(cache_write_input_usd_per_mtok__gte=0) | Q(cache_write_input_usd_per_mtok__isnull=True)),
                 name="model_price_not_negative",
             ),
         ]
@@ -420,7 +444,11 @@ class EventRollup(models.Model):
     tokens = models.BigIntegerField(default=0)
     input_tokens = models.BigIntegerField(default=0)
     output_tokens = models.BigIntegerField(default=0)
+    cache_read_tokens = models.BigIntegerField(default=0)
+    cache_write_tokens = models.BigIntegerField(default=0)
+    reasoning_tokens = models.BigIntegerField(default=0)
     cost = models.DecimalField(max_digits=30, decimal_places=10, default=0)
+    cache_savings = models.DecimalField(max_digits=30, decimal_places=10, default=0)
     client_cost = models.DecimalField(max_digits=30, decimal_places=10, default=0)
     unpriced = models.BigIntegerField(default=0)
     estimated = models.BigIntegerField(default=0)

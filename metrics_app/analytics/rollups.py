@@ -59,6 +59,8 @@ DIMENSIONS = {
     "kb_version": "kb_version",
 }
 DIMENSION_COLUMNS = tuple(DIMENSIONS.values())
+# The event columns of cached and reasoning tokens, which the rollups sum.
+CACHE_COLUMNS = ("cache_read_input_tokens", "cache_write_input_tokens", "reasoning_output_tokens")
 Slice = tuple[str, str]  # (dimension, value): ("", "") is every event; value "" is an event without one
 EVERY_EVENT: Slice = (ALL_EVENTS, "")
 
@@ -84,7 +86,11 @@ class EventSums:
     tokens: int = 0
     input_tokens: int = 0
     output_tokens: int = 0
+    cache_read_tokens: int = 0
+    cache_write_tokens: int = 0
+    reasoning_tokens: int = 0
     cost: Decimal = Decimal(0)
+    cache_savings: Decimal = Decimal(0)
     client_cost: Decimal = Decimal(0)
     unpriced: int = 0
     estimated: int = 0
@@ -106,7 +112,11 @@ class EventSums:
             tokens=event.get("tokens_used") or 0,
             input_tokens=event.get("input_tokens") or 0,
             output_tokens=event.get("output_tokens") or 0,
+            cache_read_tokens=event.get("cache_read_input_tokens") or 0,
+            cache_write_tokens=event.get("cache_write_input_tokens") or 0,
+            reasoning_tokens=event.get("reasoning_output_tokens") or 0,
             cost=Decimal(event.get("cost_usd") or 0),
+            cache_savings=Decimal(event.get("cache_savings_usd") or 0),
             client_cost=Decimal(event.get("api_cost_usd") or 0),
             unpriced=1 if basis in UNPRICED_BASES else 0,
             estimated=1 if basis == CostBasis.ESTIMATED else 0,
@@ -125,7 +135,11 @@ class EventSums:
         self.tokens += other.tokens
         self.input_tokens += other.input_tokens
         self.output_tokens += other.output_tokens
+        self.cache_read_tokens += other.cache_read_tokens
+        self.cache_write_tokens += other.cache_write_tokens
+        self.reasoning_tokens += other.reasoning_tokens
         self.cost += other.cost
+        self.cache_savings += other.cache_savings
         self.client_cost += other.client_cost
         self.unpriced += other.unpriced
         self.estimated += other.estimated
@@ -299,6 +313,7 @@ def replace_costs(before: list[dict[str, Any]], after: list[dict[str, Any]]) -> 
     for old, new in zip(before, after, strict=True):
         change = EventSums(
             cost=Decimal(new["cost_usd"] or 0) - Decimal(old["cost_usd"] or 0),
+            cache_savings=Decimal(new["cache_savings_usd"] or 0) - Decimal(old["cache_savings_usd"] or 0),
             unpriced=(new["cost_basis"] in UNPRICED_BASES) - (old["cost_basis"] in UNPRICED_BASES),
             estimated=(new["cost_basis"] == CostBasis.ESTIMATED) - (old["cost_basis"] == CostBasis.ESTIMATED),
         )
@@ -392,7 +407,7 @@ def rebuild(progress: Any = None, chunk: int = 20_000, through: int | None = Non
 
 _EVENT_COLUMNS = (
     "business_id", "timestamp", "response_time_ms", "success_rate", "response_type", "tokens_used",
-    "input_tokens", "output_tokens", "cost_usd", "api_cost_usd", "cost_basis",
+    "input_tokens", "output_tokens", *CACHE_COLUMNS, "cost_usd", "cache_savings_usd", "api_cost_usd", "cost_basis",
     "appointment_requested", "appointment_booked", "human_handoff_requested", *DIMENSION_COLUMNS,
 )
 
@@ -479,7 +494,11 @@ def _rebuild_in_sql(events_table: str, conversations_table: str, through: int | 
         "tokens": "COALESCE(SUM(tokens_used), 0)",
         "input_tokens": "COALESCE(SUM(input_tokens), 0)",
         "output_tokens": "COALESCE(SUM(output_tokens), 0)",
+        "cache_read_tokens": "COALESCE(SUM(cache_read_input_tokens), 0)",
+        "cache_write_tokens": "COALESCE(SUM(cache_write_input_tokens), 0)",
+        "reasoning_tokens": "COALESCE(SUM(reasoning_output_tokens), 0)",
         "cost": "COALESCE(SUM(cost_usd), 0)",
+        "cache_savings": "COALESCE(SUM(cache_savings_usd), 0)",
         "client_cost": "COALESCE(SUM(api_cost_usd), 0)",
         "unpriced": f"COUNT(*) FILTER (WHERE {UNPRICED_SQL})",
         "estimated": f"COUNT(*) FILTER (WHERE {ESTIMATED_SQL})",

@@ -46,7 +46,15 @@ class EventFiguresSerializer(serializers.Serializer):
     tokens = serializers.IntegerField()
     input_tokens = serializers.IntegerField()
     output_tokens = serializers.IntegerField()
+    cache_read_input_tokens = serializers.IntegerField(help_text="input tokens read from the prompt cache")
+    cache_write_input_tokens = serializers.IntegerField(help_text="input tokens written to the prompt cache")
+    reasoning_output_tokens = serializers.IntegerField(help_text="output tokens spent reasoning")
+    cached_input_share = _float("cache_read_input_tokens / input_tokens")
     cost_usd = _float("analytics cost: the server's price when the model has one, else the client's figure", null=False)
+    cache_savings_usd = _float(
+        "what the prompt cache saved on priced events: cached tokens at the input price minus their own prices",
+        null=False,
+    )
     client_cost_usd = _float("sum of the clients' api_cost_usd", null=False)
     unpriced_events = serializers.IntegerField()
     estimated_cost_events = serializers.IntegerField()
@@ -164,7 +172,11 @@ class EventSerializer(serializers.Serializer):
     tokens_used = serializers.IntegerField(allow_null=True)
     input_tokens = serializers.IntegerField(allow_null=True)
     output_tokens = serializers.IntegerField(allow_null=True)
+    cache_read_input_tokens = serializers.IntegerField(allow_null=True)
+    cache_write_input_tokens = serializers.IntegerField(allow_null=True)
+    reasoning_output_tokens = serializers.IntegerField(allow_null=True)
     cost_usd = serializers.FloatField(allow_null=True)
+    cache_savings_usd = serializers.FloatField(allow_null=True)
     cost_basis = serializers.CharField()
     api_cost_usd = serializers.FloatField(allow_null=True)
     model_name = serializers.CharField(allow_null=True)

@@ -67,7 +67,10 @@ class AIMetricAdmin(CheckedSelectionAdmin):
             "model_name", "response_time_ms", "success_rate", "response_type", "intent_detected",
             "user_message_length", "ai_response_length",
         )}),
-        ("Tokens and cost", {"fields": ("tokens_used", "input_tokens", "output_tokens", "api_cost_usd")}),
+        ("Tokens and cost", {"fields": (
+            "tokens_used", "input_tokens", "output_tokens", "cache_read_input_tokens", "cache_write_input_tokens",
+            "reasoning_output_tokens", "api_cost_usd", "cost_usd", "cost_basis", "cache_savings_usd",
+        )}),
         ("Outcome", {"fields": ("appointment_requested", "appointment_booked", "human_handoff_requested")}),
         ("Versions", {"fields": ("prompt_version", "kb_version")}),
     )

@@ -13,7 +13,8 @@ MAX_EXPORT_ROWS = 1_000_000
 # Columns of the CSV export, in order: every stored field but the internal row id.
 EXPORT_FIELDS = (
     "event_id", "business_id", "conversation_id", "session_id", "timestamp", "created_at",
-    "response_time_ms", "success_rate", "tokens_used", "input_tokens", "output_tokens", "api_cost_usd",
+    "response_time_ms", "success_rate", "tokens_used", "input_tokens", "output_tokens",
+    "cache_read_input_tokens", "cache_write_input_tokens", "reasoning_output_tokens", "api_cost_usd",
     "model_name", "intent_detected", "response_type", "appointment_requested", "appointment_booked",
     "human_handoff_requested", "user_message_length", "ai_response_length", "prompt_version", "kb_version",
 )

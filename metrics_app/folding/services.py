@@ -53,7 +53,8 @@ logger = logging.getLogger(__name__)
 # What a fold reads of each event: what conversations and rollups are made of.
 FOLDED_COLUMNS = (
     "id", "business_id", "conversation_id", "timestamp", "created_at", "response_time_ms", "success_rate",
-    "response_type", "tokens_used", "input_tokens", "output_tokens", "cost_usd", "api_cost_usd", "cost_basis",
+    "response_type", "tokens_used", "input_tokens", "output_tokens", *rollups.CACHE_COLUMNS, "cost_usd",
+    "cache_savings_usd", "api_cost_usd", "cost_basis",
     "model_name", "intent_detected", "prompt_version", "kb_version",
     "appointment_requested", "appointment_booked", "human_handoff_requested",
 )

@@ -30,8 +30,8 @@ from metrics_app.pricing import services as pricing
 
 logger = logging.getLogger(__name__)
 
-# Columns written by ingest, in order: the validated fields, created_at and the server's cost.
-_COLUMNS = (*FIELD_NAMES, "created_at", "cost_usd", "cost_basis")
+# Columns written by ingest, in order: the validated fields, created_at and the server's cost figures.
+_COLUMNS = (*FIELD_NAMES, "created_at", "cost_usd", "cost_basis", "cache_savings_usd")
 
 
 @dataclass(frozen=True)

@@ -160,6 +160,9 @@ RULES: dict[str, Rule] = {
     "tokens_used": _integer_rule(MAX_TOKENS, required=True),
     "input_tokens": _integer_rule(MAX_TOKENS),
     "output_tokens": _integer_rule(MAX_TOKENS),
+    "cache_read_input_tokens": _integer_rule(MAX_TOKENS),
+    "cache_write_input_tokens": _integer_rule(MAX_TOKENS),
+    "reasoning_output_tokens": _integer_rule(MAX_TOKENS),
     "api_cost_usd": _decimal_rule(MAX_COST_USD, _COST_STEP),
     "model_name": _text_rule(MAX_LABEL_LENGTH),
     "intent_detected": _text_rule(MAX_LABEL_LENGTH),
@@ -176,6 +179,33 @@ RULES: dict[str, Rule] = {
 FIELD_NAMES = tuple(RULES)
 # Unknown field names are listed back, but only this many, each cut short.
 _MAX_IGNORED_LISTED = 20
+
+
+def token_totals(values: dict[str, Any]) -> tuple[int | None, int | None]:
+    """(input, output) token totals of an event: as sent, or the part of `tokens_used` the other leaves."""
+    total, tokens_in, tokens_out = values.get("tokens_used"), values.get("input_tokens"), values.get("output_tokens")
+    if tokens_in is None and total is not None:
+        tokens_in = total - tokens_out if tokens_out is not None and total >= tokens_out else total
+    if tokens_out is None and total is not None:
+        tokens_out = total - tokens_in if tokens_in is not None and total >= tokens_in else total
+    return tokens_in, tokens_out
+
+
+def _check_token_subsets(values: dict[str, Any], errors: dict[str, list[str]]) -> None:
+    """Cached and reasoning tokens are parts of the input and output totals, never more than them."""
+    tokens_in, tokens_out = token_totals(values)
+    read, write = values["cache_read_input_tokens"] or 0, values["cache_write_input_tokens"] or 0
+    if tokens_in is not None and read + write > tokens_in:
+        name = "cache_read_input_tokens" if read > tokens_in or not write else "cache_write_input_tokens"
+        errors[name] = [
+            f"cache_read_input_tokens + cache_write_input_tokens ({read + write}) must not exceed the input "
+            f"tokens ({tokens_in}): input_tokens counts every prompt token, cached ones included"
+        ]
+    reasoning = values["reasoning_output_tokens"] or 0
+    if tokens_out is not None and reasoning > tokens_out:
+        errors["reasoning_output_tokens"] = [
+            f"must not exceed the output tokens ({tokens_out}): output_tokens counts reasoning tokens too"
+        ]
 
 
 @dataclass
@@ -219,6 +249,8 @@ def check_event(payload: Any, *, default_business_id: str | None = None) -> Chec
             values[name] = rule.check(raw)
         except FieldError as exc:
             errors[name] = [str(exc)]
+    if not errors:
+        _check_token_subsets(values, errors)
     unknown = [key for key in payload if key not in RULES]
     if unknown:
         result.ignored_fields = [str(key)[:100] for key in unknown[:_MAX_IGNORED_LISTED]]

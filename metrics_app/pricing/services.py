@@ -6,7 +6,13 @@ Rules (the contract's "Costs"):
   (latest `valid_from` not after it). When several patterns match, the most
   specific wins: an exact name over a glob, then the longer pattern.
 - With `input_tokens` and `output_tokens` the cost is input x input price +
-  output x output price (basis "tokens"). When only one of the two is sent with
+  output x output price (basis "tokens"). Input tokens read from the prompt
+  cache (`cache_read_input_tokens`) are priced at the cached-input price and
+  those written to it (`cache_write_input_tokens`) at the cache-write price,
+  each at the input price where the row has none; the rest of the input at
+  the input price. Reasoning tokens are output and priced as output.
+  `cache_savings_usd` is what the cache changed: the cached tokens at the
+  input price minus what they cost (None for an event without cached tokens). When only one of the two is sent with
   `tokens_used`, the other is `tokens_used` minus it. With only `tokens_used`,
   every token is priced at the input price and the figure is marked
   "estimated" (a receptionist's prompt, with its instructions and knowledge
@@ -54,6 +60,8 @@ class Price:
     valid_from: datetime
     input_per_mtok: Decimal
     output_per_mtok: Decimal
+    cached_input_per_mtok: Decimal | None = None
+    cache_write_per_mtok: Decimal | None = None
 
     @property
     def specificity(self) -> tuple[int, int]:
@@ -91,11 +99,17 @@ class PriceTable:
 
 def cost_of(event: dict[str, Any], price: Price | None) -> tuple[Decimal | None, str]:
     """(analytics cost, cost basis) of one event under `price` (None: the model is unpriced)."""
+    cost, basis, _ = priced(event, price)
+    return cost, basis
+
+
+def priced(event: dict[str, Any], price: Price | None) -> tuple[Decimal | None, str, Decimal | None]:
+    """(analytics cost, cost basis, cache savings) of one event under `price` (None: the model is unpriced)."""
     if price is None:
         client = event.get("api_cost_usd")
         if client is None:
-            return None, CostBasis.UNPRICED_NONE
-        return Decimal(client), CostBasis.UNPRICED_CLIENT
+            return None, CostBasis.UNPRICED_NONE, None
+        return Decimal(client), CostBasis.UNPRICED_CLIENT, None
     total = event.get("tokens_used")
     tokens_in = event.get("input_tokens")
     tokens_out = event.get("output_tokens")
@@ -103,11 +117,19 @@ def cost_of(event: dict[str, Any], price: Price | None) -> tuple[Decimal | None,
         tokens_out = total - tokens_in
     elif tokens_out is not None and tokens_in is None and total is not None and total >= tokens_out:
         tokens_in = total - tokens_out
+    read = event.get("cache_read_input_tokens") or 0
+    write = event.get("cache_write_input_tokens") or 0
+    read_price = price.input_per_mtok if price.cached_input_per_mtok is None else price.cached_input_per_mtok
+    write_price = price.input_per_mtok if price.cache_write_per_mtok is None else price.cache_write_per_mtok
+    cached = read * read_price + write * write_price
+    savings = ((read + write) * price.input_per_mtok - cached) / MILLION if read or write else None
     if tokens_in is not None and tokens_out is not None:
-        cost = (tokens_in * price.input_per_mtok + tokens_out * price.output_per_mtok) / MILLION
-        return cost, CostBasis.TOKENS
-    cost = Decimal(total or 0) * price.input_per_mtok / MILLION
-    return cost, CostBasis.ESTIMATED
+        fresh = max(tokens_in - read - write, 0)
+        cost = (fresh * price.input_per_mtok + cached + tokens_out * price.output_per_mtok) / MILLION
+        return cost, CostBasis.TOKENS, savings
+    fresh = max((total or 0) - read - write, 0)
+    cost = (fresh * price.input_per_mtok + cached) / MILLION
+    return cost, CostBasis.ESTIMATED, savings
 
 
 _cache: tuple[tuple[int, Any], PriceTable] | None = None
@@ -149,7 +171,7 @@ def price_events(events: list[dict[str, Any]], table: PriceTable | None = None) 
     table = table or current_table()
     for event in events:
         price = table.price_for(event.get("model_name"), event["timestamp"])
-        event["cost_usd"], event["cost_basis"] = cost_of(event, price)
+        event["cost_usd"], event["cost_basis"], event["cache_savings_usd"] = priced(event, price)
 
 
 def published_prices() -> list[dict[str, Any]]:
@@ -157,13 +179,14 @@ def published_prices() -> list[dict[str, Any]]:
     data = json.loads(PRICE_FILE.read_text())
     rows = []
     for item in data["prices"]:
-        cached = item.get("cached_input")
+        cached, write = item.get("cached_input"), item.get("cache_write_input")
         rows.append(
             {
                 "model_pattern": item["model_pattern"],
                 "input_usd_per_mtok": Decimal(item["input"]),
                 "output_usd_per_mtok": Decimal(item["output"]),
                 "cached_input_usd_per_mtok": Decimal(cached) if cached is not None else None,
+                "cache_write_input_usd_per_mtok": Decimal(write) if write is not None else None,
                 "valid_from": datetime.fromisoformat(item["valid_from"]).replace(tzinfo=UTC),
                 "source_url": item["source_url"],
                 "source_as_of": datetime.fromisoformat(item["source_as_of"]).date(),
@@ -173,7 +196,11 @@ def published_prices() -> list[dict[str, Any]]:
     return rows
 
 
-_PRICED_FIELDS = ("id", "model_name", "timestamp", "tokens_used", "input_tokens", "output_tokens", "api_cost_usd")
+_PRICED_FIELDS = (
+    "id", "model_name", "timestamp", "tokens_used", "input_tokens", "output_tokens", "cache_read_input_tokens",
+    "cache_write_input_tokens", "api_cost_usd",
+)
+_PRICE_COLUMNS = ("cost_usd", "cost_basis", "cache_savings_usd")
 
 
 def reprice(events: Any, table: PriceTable, chunk: int = 2000, progress: Any = None) -> tuple[int, int]:
@@ -188,7 +215,7 @@ def reprice(events: Any, table: PriceTable, chunk: int = 2000, progress: Any = N
     while True:
         rows = list(
             events.filter(id__gt=last_id).order_by("id")
-            .values(*_PRICED_FIELDS, "business_id", "cost_usd", "cost_basis", *rollups.DIMENSION_COLUMNS)[:chunk]
+            .values(*_PRICED_FIELDS, "business_id", *_PRICE_COLUMNS, *rollups.DIMENSION_COLUMNS)[:chunk]
         )
         if not rows:
             return examined, changed
@@ -199,16 +226,17 @@ def reprice(events: Any, table: PriceTable, chunk: int = 2000, progress: Any = N
         updates = []
         before, after = [], []
         for row in rows:
-            cost, basis = cost_of(row, table.price_for(row["model_name"], row["timestamp"]))
-            if cost != row["cost_usd"] or basis != row["cost_basis"]:
-                updates.append(model(id=row["id"], cost_usd=cost, cost_basis=basis))
+            figures = dict(zip(_PRICE_COLUMNS, priced(row, table.price_for(row["model_name"], row["timestamp"])),
+                               strict=True))
+            if any(figures[column] != row[column] for column in _PRICE_COLUMNS):
+                updates.append(model(id=row["id"], **figures))
                 before.append(row)
-                after.append({**row, "cost_usd": cost, "cost_basis": basis})
+                after.append({**row, **figures})
         if updates:
             with transaction.atomic():
                 # The rollups hold the folded events only; the folder prices the others as they now are.
                 folded_through = rollups.folded_through(hold=True)
-                model.objects.bulk_update(updates, ["cost_usd", "cost_basis"], batch_size=500)
+                model.objects.bulk_update(updates, list(_PRICE_COLUMNS), batch_size=500)
                 folded = [i for i, row in enumerate(before) if row["id"] <= folded_through]
                 if folded:
                     rollups.replace_costs([before[i] for i in folded], [after[i] for i in folded])
@@ -218,6 +246,10 @@ def reprice(events: Any, table: PriceTable, chunk: int = 2000, progress: Any = N
 def table_from(prices: Any) -> PriceTable:
     """A PriceTable from a ModelPrice queryset."""
     rows = prices.order_by("id").values_list(
-        "id", "model_pattern", "valid_from", "input_usd_per_mtok", "output_usd_per_mtok"
+        "id", "model_pattern", "valid_from", "input_usd_per_mtok", "output_usd_per_mtok", "cached_input_usd_per_mtok",
+        "cache_write_input_usd_per_mtok",
     )
-    return PriceTable(Price(i, pattern.lower(), start, pin, pout) for i, pattern, start, pin, pout in rows)
+    return PriceTable(
+        Price(i, pattern.lower(), start, pin, pout, cached, write)
+        for i, pattern, start, pin, pout, cached, write in rows
+    )

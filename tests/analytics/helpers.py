@@ -36,6 +36,7 @@ INTENTS = ["booking", "pricing", "hours", "general", None]
 def make_events(seed: int = 7, conversations: int = 60) -> list[dict[str, Any]]:
     """Raw payloads, as a chat app would send them, in a shuffled (late, out-of-order) order."""
     rng = random.Random(seed)
+    cache_rng = random.Random(seed + 1)  # its own stream: the cached tokens leave the other figures as they were
     payloads = []
     for n in range(conversations):
         business = rng.choice(list(BUSINESSES))
@@ -67,6 +68,11 @@ def make_events(seed: int = 7, conversations: int = 60) -> list[dict[str, Any]]:
             shape = rng.random()
             if shape < 0.6:
                 event["input_tokens"], event["output_tokens"] = tokens_in, tokens_out
+                if cache_rng.random() < 0.5:  # a prompt cache served part of the prompt, and wrote some of it
+                    event["cache_read_input_tokens"] = cache_rng.randint(0, tokens_in // 2)
+                    event["cache_write_input_tokens"] = cache_rng.choice([None, 0, tokens_in // 4])
+                if cache_rng.random() < 0.3:
+                    event["reasoning_output_tokens"] = cache_rng.randint(0, tokens_out)
             elif shape < 0.7:
                 event["input_tokens"] = tokens_in
             if rng.random() < 0.7:
@@ -131,6 +137,8 @@ def expected_event_figures(chosen: list[dict[str, Any]]) -> dict[str, Any]:
     latencies = [r["response_time_ms"] for r in chosen if r["response_time_ms"] is not None]
     n = len(chosen)
     cost = sum((r["cost_usd"] or Decimal(0) for r in chosen), Decimal(0))
+    cache_read = sum(r["cache_read_input_tokens"] or 0 for r in chosen)
+    input_tokens = sum(r["input_tokens"] or 0 for r in chosen)
     return {
         "events": n,
         "errors": sum(failed(r) for r in chosen),
@@ -140,7 +148,13 @@ def expected_event_figures(chosen: list[dict[str, Any]]) -> dict[str, Any]:
         "latency_p95_ms": quantile(latencies, 0.95),
         "latency_p99_ms": quantile(latencies, 0.99),
         "tokens": sum(r["tokens_used"] or 0 for r in chosen),
+        "input_tokens": sum(r["input_tokens"] or 0 for r in chosen),
+        "cache_read_input_tokens": cache_read,
+        "cache_write_input_tokens": sum(r["cache_write_input_tokens"] or 0 for r in chosen),
+        "reasoning_output_tokens": sum(r["reasoning_output_tokens"] or 0 for r in chosen),
+        "cached_input_share": cache_read / input_tokens if input_tokens else None,
         "cost_usd": float(cost),
+        "cache_savings_usd": float(sum((r["cache_savings_usd"] or Decimal(0) for r in chosen), Decimal(0))),
         "client_cost_usd": float(sum((r["api_cost_usd"] or Decimal(0) for r in chosen), Decimal(0))),
         "unpriced_events": sum(r["cost_basis"] in ("client", "none") for r in chosen),
         "estimated_cost_events": sum(r["cost_basis"] == "estimated" for r in chosen),

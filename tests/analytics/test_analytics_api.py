@@ -57,6 +57,7 @@ def test_summary_matches_the_raw_rows(api, agency, analytics_data, business_id):
     chosen = select(all_rows, START, NOW, businesses)
     assert chosen, "the fixture must put events in the period"
     expected = expected_event_figures(chosen)
+    assert expected["cache_read_input_tokens"] > 0 and expected["cache_savings_usd"] > 0, "the data must use a cache"
     assert_figures(summary, expected, sketch=True)
     conversations = expected_conversations(all_rows, START, NOW, businesses)
     booked = sum(c["booked"] for c in conversations)

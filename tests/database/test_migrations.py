@@ -71,12 +71,20 @@ EVENTS: list[tuple[str, str | None, int, str | None, int | None, int | None, int
 ]
 
 
+def historical_price_table(apps: Any) -> pricing.PriceTable:
+    """The price table of a past state: its events carry no cached tokens, so the base prices price them."""
+    rows = apps.get_model("metrics_app", "ModelPrice").objects.order_by("id").values_list(
+        "id", "model_pattern", "valid_from", "input_usd_per_mtok", "output_usd_per_mtok"
+    )
+    return pricing.PriceTable(pricing.Price(i, p.lower(), start, pin, pout) for i, p, start, pin, pout in rows)
+
+
 def put_events(apps: Any, state: set[str]) -> None:
     """The events (and what the service kept beside them at that state) of EVENTS, with historical models."""
     Business = apps.get_model("metrics_app", "Business")
     Event = apps.get_model("metrics_app", "AIMetric")
     priced = "0004_published_prices_and_backfill" in state
-    table = pricing.table_from(apps.get_model("metrics_app", "ModelPrice").objects.all()) if priced else None
+    table = historical_price_table(apps) if priced else None
     for business_id in ("clinic-a", "clinic-b"):
         Business.objects.create(id=business_id)
     for n, (business_id, conversation, minutes, model, tokens, tokens_in, tokens_out, cost, flags) in enumerate(EVENTS):

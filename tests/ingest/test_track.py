@@ -189,6 +189,9 @@ def test_an_uppercase_event_id_is_the_same_event(api, seed_event):
         ("timestamp", "2999-01-01T00:00:00Z"),
         ("user_message_length", -1),
         ("input_tokens", 1.25),
+        ("cache_read_input_tokens", -1),
+        ("cache_write_input_tokens", "10"),
+        ("reasoning_output_tokens", 0.5),
     ],
 )
 def test_a_bad_field_is_refused_by_name_and_nothing_is_stored(api, seed_event, field, value):
@@ -200,6 +203,35 @@ def test_a_bad_field_is_refused_by_name_and_nothing_is_stored(api, seed_event, f
 
     assert_error_shape(response, 400, field)
     assert AIMetric.objects.count() == 0
+
+
+@pytest.mark.parametrize(
+    "tokens, field",
+    [
+        ({"input_tokens": 100, "output_tokens": 50, "cache_read_input_tokens": 101}, "cache_read_input_tokens"),
+        ({"input_tokens": 100, "output_tokens": 50, "cache_read_input_tokens": 60, "cache_write_input_tokens": 41},
+         "cache_write_input_tokens"),
+        ({"input_tokens": 100, "output_tokens": 50, "reasoning_output_tokens": 51}, "reasoning_output_tokens"),
+        # Without the split, tokens_used bounds the part: 150 in all, 30 of them output.
+        ({"output_tokens": 30, "cache_read_input_tokens": 121}, "cache_read_input_tokens"),
+        ({"reasoning_output_tokens": 151}, "reasoning_output_tokens"),
+    ],
+)
+def test_cached_or_reasoning_tokens_beyond_their_total_are_refused_by_name(api, seed_event, tokens, field):
+    seed_event.update(tokens_used=150, **tokens)
+    response = post_json(api, "/track", seed_event)
+
+    assert_error_shape(response, 400, field)
+    assert AIMetric.objects.count() == 0
+
+
+def test_cached_and_reasoning_tokens_within_their_totals_are_stored(api, seed_event):
+    seed_event.update(tokens_used=150, input_tokens=100, output_tokens=50, cache_read_input_tokens=70,
+                      cache_write_input_tokens=30, reasoning_output_tokens=50)
+    assert post_json(api, "/track", seed_event).status_code == 201
+    stored = AIMetric.objects.get()
+    assert (stored.cache_read_input_tokens, stored.cache_write_input_tokens, stored.reasoning_output_tokens) == (
+        70, 30, 50)
 
 
 def test_every_bad_field_is_named_at_once(api):

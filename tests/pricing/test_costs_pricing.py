@@ -123,3 +123,66 @@ def test_reprice_refuses_a_bad_date(db):
 
     with pytest.raises(CommandError, match="--since"):
         call_command("reprice_events", "--since", "last tuesday", stdout=StringIO())
+
+
+def test_cache_reads_and_writes_are_priced_at_their_own_rates(db):
+    # An Anthropic reply: 200 fresh prompt tokens, 3,000 read from the cache, 1,000 written to it.
+    event = ingest(model_name="claude-3-5-haiku-20241022", tokens_used=4400, input_tokens=4200, output_tokens=200,
+                   cache_read_input_tokens=3000, cache_write_input_tokens=1000, reasoning_output_tokens=50)
+    assert event.cost_basis == CostBasis.TOKENS
+    assert event.cost_usd == (per_million(200, "0.80") + per_million(3000, "0.08") + per_million(1000, "1.00")
+                              + per_million(200, "4.00"))
+    # Reads saved 0.72 per million each; writes cost 0.20 per million more than fresh input.
+    assert event.cache_savings_usd == per_million(3000, "0.72") - per_million(1000, "0.20")
+    assert (event.cache_read_input_tokens, event.cache_write_input_tokens, event.reasoning_output_tokens) == (
+        3000, 1000, 50)
+
+
+def test_a_price_without_a_cache_price_prices_cached_tokens_as_input(db):
+    # gemini-2.0-flash-lite publishes no cached price: its cached tokens cost what input costs, and save nothing.
+    event = ingest(model_name="gemini-2.0-flash-lite", tokens_used=1000, input_tokens=800, output_tokens=200,
+                   cache_read_input_tokens=600)
+    assert event.cost_usd == per_million(800, "0.075") + per_million(200, "0.30")
+    assert event.cache_savings_usd == 0
+
+
+def test_openai_cached_tokens_are_a_part_of_the_input_not_extra(db):
+    event = ingest(model_name="gpt-4o-mini", tokens_used=1300, input_tokens=1200, output_tokens=100,
+                   cache_read_input_tokens=1024)
+    assert event.cost_usd == per_million(176, "0.15") + per_million(1024, "0.075") + per_million(100, "0.60")
+    assert event.cache_savings_usd == per_million(1024, "0.075")
+
+
+def test_an_event_without_cached_tokens_has_no_cache_savings(db):
+    assert ingest(model_name="gpt-4o-mini", input_tokens=900).cache_savings_usd is None
+    assert ingest(model_name="in-house-llm", cache_read_input_tokens=500).cache_savings_usd is None
+
+
+def test_an_estimated_cost_prices_the_cached_part_at_the_cached_rate(db):
+    event = ingest(model_name="gpt-4o-mini", tokens_used=1000, cache_read_input_tokens=400)
+    assert event.cost_basis == CostBasis.ESTIMATED
+    assert event.cost_usd == per_million(600, "0.15") + per_million(400, "0.075")
+
+
+def test_a_new_cache_price_reprices_the_cost_and_the_savings_in_the_summary(superuser, logged_in):
+    from tests.helpers import fold_all
+
+    events = [ingest(model_name="gemini-2.0-flash-lite", tokens_used=1000, input_tokens=800, output_tokens=200,
+                     cache_read_input_tokens=600) for _ in range(2)]
+    fold_all()
+    price = ModelPrice.objects.get(model_pattern="gemini-2.0-flash-lite*")
+    price.cached_input_usd_per_mtok = Decimal("0.0200")
+    price.save()
+    call_command("reprice_events", "--quiet-progress", stdout=StringIO())
+    saved = per_million(600, "0.055")
+    for event in events:
+        event.refresh_from_db()
+        assert event.cache_savings_usd == saved
+        assert event.cost_usd == per_million(200, "0.075") + per_million(600, "0.02") + per_million(200, "0.30")
+    summary = logged_in(superuser).get("/api/analytics/summary", {
+        "business_id": "price-test", "start": (WHEN - timedelta(hours=1)).isoformat(),
+        "end": (WHEN + timedelta(hours=1)).isoformat(),
+    }).json()["summary"]
+    assert summary["cache_savings_usd"] == pytest.approx(float(2 * saved))
+    assert summary["cache_read_input_tokens"] == 1200
+    assert summary["cached_input_share"] == pytest.approx(1200 / 1600)
