@@ -13,13 +13,20 @@ import time
 from contextlib import contextmanager
 from typing import Any, Iterator, Mapping
 
-from mlops_tracking.tokens import TokenUsage, calculate_token_usage, estimate_api_cost, reported_usage
+from mlops_tracking.tokens import (
+    NormalisedUsage,
+    TokenUsage,
+    calculate_token_usage,
+    estimate_api_cost,
+    normalise_usage,
+    reported_usage,
+)
 from mlops_tracking.tracker import FlushResult, MetricsTracker, TrackerStats, parse_retry_after
 
 __all__ = [
-    "FlushResult", "MetricsTracker", "TokenUsage", "TrackerStats", "calculate_token_usage", "configure",
-    "estimate_api_cost", "flush", "get_tracker", "parse_retry_after", "reported_usage", "shutdown",
-    "track_metrics", "track_reply", "tracking_stats",
+    "FlushResult", "MetricsTracker", "NormalisedUsage", "TokenUsage", "TrackerStats", "calculate_token_usage",
+    "configure", "estimate_api_cost", "flush", "get_tracker", "normalise_usage", "parse_retry_after",
+    "reported_usage", "shutdown", "track_metrics", "track_reply", "tracking_stats",
 ]
 
 _tracker: MetricsTracker | None = None

@@ -38,6 +38,9 @@ WHOLE_NUMBER_FIELDS = (
     "tokens_used",
     "input_tokens",
     "output_tokens",
+    "cache_read_input_tokens",
+    "cache_write_input_tokens",
+    "reasoning_output_tokens",
     "user_message_length",
     "ai_response_length",
 )

@@ -167,6 +167,22 @@ def test_each_event_gets_a_uuid_and_a_reply_time_and_keeps_the_callers_own(fake)
     assert service.requests[0].headers["Authorization"] == "Bearer mlk_abc_secret"
 
 
+def test_it_sends_the_cache_and_reasoning_counts_of_the_providers_usage_as_whole_numbers(fake):
+    service = fake()
+    metrics = tracker(service.url)
+    usage = {"input_tokens": 12, "cache_read_input_tokens": 2890, "cache_creation_input_tokens": 1104, "output_tokens": 356}
+    metrics.track(reply(**calculate_token_usage("system", "hello", "hi", usage).event_fields()))
+    metrics.track(reply(input_tokens=100, cache_read_input_tokens=40.4, output_tokens=20, reasoning_output_tokens=-2))
+    assert metrics.flush(5).complete
+    anthropic, rounded = service.requests[0].events
+    assert {name: anthropic[name] for name in ("tokens_used", "input_tokens", "output_tokens")} == {
+        "tokens_used": 4362, "input_tokens": 4006, "output_tokens": 356,
+    }
+    assert (anthropic["cache_read_input_tokens"], anthropic["cache_write_input_tokens"]) == (2890, 1104)
+    assert "reasoning_output_tokens" not in anthropic
+    assert (rounded["cache_read_input_tokens"], rounded["reasoning_output_tokens"]) == (40, 0)
+
+
 def test_a_503_with_retry_after_is_retried_after_that_wait_with_the_same_event_ids(fake):
     service = fake(lambda r, i: (503, {"Retry-After": "1"}, {"error": "down"}, 0.0) if i == 0 else None)
     metrics = tracker(service.url)

@@ -22,6 +22,11 @@ export interface MetricsData {
   tokens_used: number;
   input_tokens?: number | null;
   output_tokens?: number | null;
+  // Parts of input_tokens (served from / written to the prompt cache) and of
+  // output_tokens (reasoning); the service refuses parts larger than their total.
+  cache_read_input_tokens?: number | null;
+  cache_write_input_tokens?: number | null;
+  reasoning_output_tokens?: number | null;
   api_cost_usd?: number | null;
   model_name?: string | null;
 
@@ -118,6 +123,9 @@ const WHOLE_NUMBER_FIELDS = [
   "tokens_used",
   "input_tokens",
   "output_tokens",
+  "cache_read_input_tokens",
+  "cache_write_input_tokens",
+  "reasoning_output_tokens",
   "user_message_length",
   "ai_response_length",
 ] as const;

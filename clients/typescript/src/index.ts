@@ -14,8 +14,8 @@ import { MetricsTracker, type FlushResult, type MetricsData, type TrackerOptions
 
 export { MetricsTracker, parseRetryAfter } from "./client.js";
 export type { FlushResult, Logger, MetricsData, TrackerOptions, TrackerStats } from "./client.js";
-export { calculateTokenUsage, estimateApiCost, reportedUsage, tokenFields } from "./tokens.js";
-export type { ProviderUsage, TokenUsage } from "./tokens.js";
+export { calculateTokenUsage, estimateApiCost, normaliseUsage, reportedUsage, tokenFields } from "./tokens.js";
+export type { NormalisedUsage, ProviderUsage, TokenFields, TokenUsage } from "./tokens.js";
 
 // Kept on globalThis so that Next.js dev reloads, which evaluate this module
 // again, share one queue and one exit hook instead of piling them up.

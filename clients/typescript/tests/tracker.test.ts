@@ -1,7 +1,7 @@
 import assert from "node:assert/strict";
 import { after, test } from "node:test";
 
-import { MetricsTracker, parseRetryAfter, type MetricsData } from "mlops-chat-tracking";
+import { MetricsTracker, calculateTokenUsage, parseRetryAfter, tokenFields, type MetricsData } from "mlops-chat-tracking";
 
 import { deadPort, reply, startFake, stored, type FakeService } from "./helpers.js";
 
@@ -64,6 +64,22 @@ test("it rounds fractional milliseconds and token counts, which the service refu
   assert.equal(event.response_time_ms, 1235);
   assert.equal(event.tokens_used, 100);
   assert.equal(event.input_tokens, 0);
+});
+
+test("it sends the cache and reasoning counts of the provider's usage as whole numbers", async () => {
+  const service = await fake();
+  const metrics = tracker(service.url);
+  const usage = { input_tokens: 12, cache_read_input_tokens: 2890, cache_creation_input_tokens: 1104, output_tokens: 356 };
+  metrics.track(reply({ ...tokenFields(calculateTokenUsage("system", "hello", "hi", usage)) }));
+  metrics.track(reply({ input_tokens: 100, cache_read_input_tokens: 40.4, output_tokens: 20, reasoning_output_tokens: -2 }));
+  await metrics.flush();
+  const [anthropic, rounded] = service.requests[0]!.events;
+  assert.deepEqual(
+    [anthropic!.tokens_used, anthropic!.input_tokens, anthropic!.output_tokens, anthropic!.cache_read_input_tokens, anthropic!.cache_write_input_tokens],
+    [4362, 4006, 356, 2890, 1104],
+  );
+  assert.ok(!("reasoning_output_tokens" in anthropic!));
+  assert.deepEqual([rounded!.cache_read_input_tokens, rounded!.reasoning_output_tokens], [40, 0]);
 });
 
 test("it sends the API key as a bearer token", async () => {
