@@ -1,16 +1,22 @@
-"""Helpers for the client tests: building the TypeScript package, running a chat-app script, restarting the service."""
+"""Helpers for the client tests: building the TypeScript package and the Next.js chat app, running them, restarting the service."""
 
 from __future__ import annotations
 
 import atexit
 import functools
+import hashlib
 import json
 import os
 import shutil
+import signal
 import subprocess
 import sys
 import tempfile
 import threading
+import time
+import urllib.error
+import urllib.request
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable
 from unittest import mock
@@ -21,6 +27,11 @@ from tests.helpers import ROOT, LiveService, stop_service
 
 TS_DIR = ROOT / "clients" / "typescript"
 PY_DIR = ROOT / "clients" / "python"
+NEXTJS_APP = Path("examples") / "nextjs"  # inside TS_DIR, so that its `file:../..` is the package
+
+# What a copy of TS_DIR leaves out: installs, build output, and the chat route
+# and lib/ that the Next.js app's build copies in from fixtures/.
+_NOT_SOURCE = shutil.ignore_patterns("node_modules", "dist", "build-test", "*.tgz", ".next", "next-env.d.ts")
 
 TURNS_PER_CONVERSATION = 5  # the scripted conversation in both chat-app scripts
 
@@ -41,11 +52,143 @@ def build_typescript() -> Path:
     # A private copy: runs that share the work tree (SQLite and PostgreSQL side
     # by side, or two developers) must not rebuild each other's node_modules.
     copy = Path(tempfile.mkdtemp(prefix="mlops-ts-client-")) / "typescript"
-    shutil.copytree(TS_DIR, copy, ignore=shutil.ignore_patterns("node_modules", "dist", "build-test", "*.tgz"))
+    shutil.copytree(TS_DIR, copy, ignore=_NOT_SOURCE)
     atexit.register(shutil.rmtree, copy.parent, True)
     run(["npm", "ci", "--no-audit", "--no-fund"], copy)
     run(["npm", "run", "pretest"], copy)
     return copy
+
+
+# --- The Next.js chat app: clients/typescript/examples/nextjs, the seed's route served by `next start`.
+
+NEXT_ENV = {"NEXT_TELEMETRY_DISABLED": "1"}  # next build and next start would otherwise report usage
+
+
+def _package_sources() -> list[str]:
+    """The TypeScript package's files as git sees them (tracked or new, not ignored), edits included."""
+    listed = subprocess.run(
+        ["git", "ls-files", "-z", "--cached", "--others", "--exclude-standard", "."],
+        cwd=TS_DIR, capture_output=True, check=True,
+    ).stdout
+    return sorted(name for name in listed.decode().split("\0") if name and (TS_DIR / name).is_file())
+
+
+def _sources_digest(names: list[str]) -> str:
+    digest = hashlib.sha256(subprocess.run(["node", "--version"], capture_output=True, text=True).stdout.encode())
+    for name in names:
+        digest.update(name.encode() + b"\0" + (TS_DIR / name).read_bytes() + b"\0")
+    return digest.hexdigest()[:16]
+
+
+@functools.cache
+def build_nextjs_app() -> Path:
+    """The Next.js chat app installed from its lock file and built (`next build`); its folder.
+
+    The build (about 40 s on two cores) is kept in the temporary directory
+    under a digest of the package's sources and Node's version, so the
+    PostgreSQL pass of ./test.sh and later runs reuse what the SQLite pass
+    built; any edit to the package, the app or the route makes a new one.
+    Builds from other sources (and unfinished ones), unused for an hour, are removed.
+    """
+    names = _package_sources()
+    cache = Path(tempfile.gettempdir())
+    built = cache / f"mlops-nextjs-app-{_sources_digest(names)}"
+    if not built.is_dir():
+        staging = Path(tempfile.mkdtemp(prefix="mlops-nextjs-build-", dir=cache))
+        try:
+            _install_and_build(names, staging)
+            # Atomic: a run beside this one sees the whole build or none; when
+            # both built, the first rename wins and the other copy goes.
+            staging.rename(built)
+        except OSError:
+            if not built.is_dir():
+                raise
+        finally:
+            shutil.rmtree(staging, ignore_errors=True)
+    os.utime(built)
+    _remove_stale_builds(cache, keep=built)
+    return built / "typescript" / NEXTJS_APP
+
+
+def _install_and_build(names: list[str], staging: Path) -> None:
+    package = staging / "typescript"
+    for name in names:
+        (package / name).parent.mkdir(parents=True, exist_ok=True)
+        shutil.copy2(TS_DIR / name, package / name)
+    env = {**os.environ, **NEXT_ENV}
+    run(["npm", "ci", "--no-audit", "--no-fund"], package, env=env)
+    run(["npm", "run", "build"], package, env=env)  # dist/, which the app's file:../.. link resolves to
+    app = package / NEXTJS_APP
+    run(["npm", "ci", "--no-audit", "--no-fund"], app, env=env)
+    run(["npm", "run", "build"], app, env=env)
+    shutil.rmtree(app / ".next" / "cache", ignore_errors=True)  # the bundler's cache (85 MB); next start needs none
+
+
+def _remove_stale_builds(cache: Path, keep: Path) -> None:
+    for old in [*cache.glob("mlops-nextjs-app-*"), *cache.glob("mlops-nextjs-build-*")]:
+        try:
+            stale = old != keep and time.time() - old.stat().st_mtime > 3600
+        except OSError:
+            continue
+        if stale:
+            shutil.rmtree(old, ignore_errors=True)
+
+
+@dataclass
+class ChatApp:
+    url: str
+    process: subprocess.Popen
+    log_path: Path
+
+    def log(self) -> str:
+        return self.log_path.read_text(errors="replace") if self.log_path.exists() else ""
+
+    def request(self, method: str, path: str, payload: Any = None, headers: dict[str, str] | None = None):
+        """(status, parsed JSON) for one HTTP request to the app."""
+        data = json.dumps(payload).encode() if payload is not None else None
+        req = urllib.request.Request(self.url + path, data=data, method=method, headers=headers or {})
+        if data is not None:
+            req.add_header("Content-Type", "application/json")
+        try:
+            with urllib.request.urlopen(req, timeout=30) as resp:
+                return resp.status, json.loads(resp.read())
+        except urllib.error.HTTPError as err:
+            return err.code, json.loads(err.read())
+
+
+def start_nextjs_app(app: Path, env: dict[str, str], tmp_path: Path, timeout: float = 30.0) -> ChatApp:
+    """`next start` on 127.0.0.1 and a free port, in a process group of its own; returns once it answers."""
+    from tests.pgserver import free_port
+
+    port = free_port()
+    log_path = tmp_path / f"next-{port}.log"
+    process = subprocess.Popen(
+        ["node", "node_modules/next/dist/bin/next", "start", "--hostname", "127.0.0.1", "--port", str(port)],
+        cwd=app, env={**env, **NEXT_ENV}, stdout=log_path.open("w"), stderr=subprocess.STDOUT,
+        start_new_session=True,
+    )
+    chat_app = ChatApp(url=f"http://127.0.0.1:{port}", process=process, log_path=log_path)
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if process.poll() is not None:
+            raise RuntimeError(f"next start exited with {process.returncode}:\n{chat_app.log()}")
+        try:
+            chat_app.request("GET", "/api/tracking")
+            return chat_app
+        except OSError:
+            time.sleep(0.1)
+    stop_nextjs_app(chat_app)
+    raise RuntimeError(f"next start did not answer within {timeout} s:\n{chat_app.log()}")
+
+
+def stop_nextjs_app(chat_app: ChatApp) -> None:
+    if chat_app.process.poll() is None:
+        os.killpg(chat_app.process.pid, signal.SIGTERM)
+        try:
+            chat_app.process.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            os.killpg(chat_app.process.pid, signal.SIGKILL)
+            chat_app.process.wait()
 
 
 def restart_on_same_port(service: LiveService, start: Callable[..., LiveService], **options: Any) -> LiveService:
