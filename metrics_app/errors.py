@@ -105,8 +105,8 @@ def rate_limiter_unavailable() -> JsonResponse:
 BODY_TOO_LARGE = "Request body too large"
 
 
-def body_limit(max_bytes: int) -> ErrorMap:
-    return {"body": [f"at most {max_bytes} bytes"]}
+def body_limit(max_bytes: int, decompressed: bool = False) -> ErrorMap:
+    return {"body": [f"at most {max_bytes} bytes{' once decompressed' if decompressed else ''}"]}
 
 
 class ApiError(exceptions.APIException):

@@ -21,11 +21,15 @@ Booking = tuple[str, str | None]  # (business_id, model_name) of an event that b
 
 @dataclass(frozen=True)
 class IngestAnswer:
-    """What one /track or /track/batch request did with the events it carried."""
+    """What one ingest request (/track, /track/batch, /v1/traces) did with the events it carried.
+
+    `skipped` counts the spans of an OTLP export that were no GenAI call, so no event.
+    """
 
     created: int = 0
     duplicates: int = 0
     rejected: int = 0
+    skipped: int = 0
 
 
 _stored: list[Callable[[list[dict[str, Any]]], None]] = []

@@ -6,6 +6,7 @@ from django.urls import include, path
 
 from metrics_app.api import docs
 from metrics_app.errors import client_error_response, error_response
+from metrics_app.ingest import otlp
 from metrics_app.ingest import views as ingest
 from metrics_app.monitoring import health, prometheus
 
@@ -16,6 +17,7 @@ urlpatterns = [
     path("track/", ingest.track),
     path("track/batch", ingest.track_batch, name="track-batch"),
     path("track/batch/", ingest.track_batch),
+    path("v1/traces", otlp.traces, name="otlp-traces"),
     path("metrics", prometheus.metrics_view, name="metrics"),
     path("api/", include("metrics_app.api.urls")),
     path("api/schema/", docs.schema, name="api-schema"),

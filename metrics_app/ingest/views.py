@@ -48,7 +48,7 @@ def _now_iso() -> str:
     return datetime.now(UTC).isoformat()
 
 
-def _ingest_key(request: HttpRequest) -> ApiKey | None:
+def ingest_key(request: HttpRequest) -> ApiKey | None:
     """The request's ingest key; None in development when no key was sent."""
     try:
         key = authenticate_key(request)
@@ -83,7 +83,7 @@ def _ingest_request(request: HttpRequest, max_bytes: int) -> tuple[ApiKey | None
     """The key and parsed body of an ingest request, or Refused with the answer to give."""
     if request.method != "POST":
         raise Refused(method_not_allowed("POST"))
-    key = _ingest_key(request)
+    key = ingest_key(request)
     return key, _json_body(request, max_bytes)
 
 

@@ -62,11 +62,13 @@ GEN_AI_OPERATION = "chat"
 
 # --- Per-process counters: what the database does not hold.
 INGEST_EVENTS_NAME = "mlops_ingest_events"
-INGEST_EVENTS_HELP = "Events received by /track and /track/batch, by outcome"
+INGEST_EVENTS_HELP = (
+    "Events received by /track, /track/batch and /v1/traces, by outcome (skipped: spans that are no GenAI call)"
+)
 INGEST_EVENTS = Counter(INGEST_EVENTS_NAME, INGEST_EVENTS_HELP, ["outcome"])
 # Duplicates and rejected events are stored nowhere, so the worker that answered counts them; `created` is the
 # folded events' count, read from the totals at scrape time.
-PER_PROCESS_OUTCOMES = ("duplicate", "rejected")
+PER_PROCESS_OUTCOMES = ("duplicate", "rejected", "skipped")
 for _outcome in PER_PROCESS_OUTCOMES:
     INGEST_EVENTS.labels(_outcome)
 TOTALS_READ_ERRORS = Counter(
@@ -452,7 +454,8 @@ class MetricsAfterMiddleware(PrometheusAfterMiddleware):
 
 def count_ingest_answer(answer: IngestAnswer) -> None:
     """The duplicates and rejected events of each ingest request (its created events are counted when folded)."""
-    for outcome, count in zip(PER_PROCESS_OUTCOMES, (answer.duplicates, answer.rejected), strict=True):
+    counts = (answer.duplicates, answer.rejected, answer.skipped)
+    for outcome, count in zip(PER_PROCESS_OUTCOMES, counts, strict=True):
         if count:
             INGEST_EVENTS.labels(outcome).inc(count)
 
