@@ -131,7 +131,48 @@ def add_chat_endpoints(result: dict[str, Any], generator: Any, request: Any, pub
                       "207": _json(batch_result, "Some events were rejected."),
                       **_errors(400, 401, 403, 405, 413, 415, 429, 503)},
     }}
+    paths["/v1/traces"] = {"post": _otlp_traces(schemas, security)}
     definitions = Path(settings.BASE_DIR) / "docs" / "analytics.md"
     if definitions.exists():
         result.setdefault("info", {})["description"] = definitions.read_text()
     return result
+
+
+def _otlp_traces(schemas: dict[str, Any], security: list[dict[str, list[str]]]) -> dict[str, Any]:
+    """POST /v1/traces: OTLP/HTTP, whose messages the OpenTelemetry protocol defines (JSON shown; protobuf alike)."""
+    schemas["RpcStatus"] = {
+        "type": "object", "required": ["code", "message"],
+        "description": "google.rpc.Status, the body OTLP defines for a refused export (the one answer of this "
+                       "service outside the Error shape).",
+        "properties": {"code": {"type": "integer"}, "message": {"type": "string"},
+                       "details": {"type": "array", "items": {"type": "object"}}},
+    }
+    answer = {
+        "type": "object",
+        "properties": {"partialSuccess": {"type": "object", "properties": {
+            "rejectedSpans": {"oneOf": [{"type": "integer"}, {"type": "string"}]},
+            "errorMessage": {"type": "string"},
+        }}},
+    }
+    export = {"type": "object", "properties": {"resourceSpans": {"type": "array", "items": {"type": "object"}}}}
+    binary = {"schema": {"type": "string", "format": "binary"}}
+    return {
+        "operationId": "otlp_traces", "tags": ["chat app"], "security": security,
+        "description": (
+            "OTLP/HTTP trace export (ExportTraceServiceRequest), as application/x-protobuf or application/json, "
+            "gzip-encoded or not. Each GenAI span (gen_ai.operation.name chat, generate_content or "
+            "text_completion) is stored as one event; other spans are skipped. The answer is in the request's "
+            "encoding; partialSuccess counts the spans refused and says why. A malformed export gets 400 with a "
+            "google.rpc.Status; 413 (1 MiB sent, 8 MiB decompressed) must not be retried."
+        ),
+        "requestBody": {"required": True, "content": {"application/json": {"schema": export},
+                                                      "application/x-protobuf": binary}},
+        "responses": {
+            "200": {"description": "Stored; refused spans are counted in partialSuccess.",
+                    "content": {"application/json": {"schema": answer}, "application/x-protobuf": binary}},
+            "400": {"description": "Not an OTLP export.",
+                    "content": {"application/json": {"schema": {"$ref": "#/components/schemas/RpcStatus"}},
+                                "application/x-protobuf": binary}},
+            **_errors(401, 403, 405, 413, 415, 429, 503),
+        },
+    }

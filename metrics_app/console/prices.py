@@ -13,7 +13,8 @@ from metrics_app.models import ModelPrice
 @admin.register(ModelPrice)
 class ModelPriceAdmin(CheckedSelectionAdmin):
     list_display = (
-        "model_pattern", "input_usd_per_mtok", "output_usd_per_mtok", "cached_input_usd_per_mtok", "valid_from",
+        "model_pattern", "input_usd_per_mtok", "output_usd_per_mtok", "cached_input_usd_per_mtok",
+        "cache_write_input_usd_per_mtok", "valid_from",
         "source_as_of", "source_link",
     )
     list_filter = ("valid_from", "source_as_of")
