@@ -173,7 +173,9 @@ def test_every_figure_the_dashboard_draws_equals_the_api_answer_for_the_same_fil
         "p50": summary["latency_p50_ms"], "p95": summary["latency_p95_ms"], "cost": summary["cost_usd"],
         "cost_per_conversation": summary["cost_per_conversation_usd"], "bookings": summary["conversations_booked"],
         "cost_per_booking": summary["cost_per_booked_appointment_usd"], "handoff_rate": summary["handoff_rate"],
+        "cached_share": summary["cached_input_share"], "cache_savings": summary["cache_savings_usd"],
     }
+    assert 0 < kpis["cached_share"] < 1 and kpis["cache_savings"] > 0  # the demo's prompts are cached
 
     # Intents over time: the busiest intents, each from the time series filtered to it.
     rows = api(demo, browser, "/api/analytics/breakdown/intent", {**params, "limit": 6})["rows"]

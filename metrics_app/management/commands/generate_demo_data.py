@@ -172,13 +172,15 @@ class DemoTraffic:
             else:
                 ai_length = int(rng.uniform(60, 600))
                 input_tokens = 420 + history_tokens + user_length // 4  # system prompt + history + message
+                # From the second turn on the provider's prompt cache holds the system prompt and the history.
+                cached = 420 + history_tokens if turn else None
                 output_tokens = max(12, ai_length // 4 + rng.randint(-5, 20))
                 history_tokens += user_length // 4 + output_tokens
                 tokens = input_tokens + output_tokens
                 event = {
                     "response_time_ms": self._latency_ms(rng, median_ms, turn),
                     "success_rate": 1.0, "tokens_used": tokens, "input_tokens": input_tokens,
-                    "output_tokens": output_tokens,
+                    "output_tokens": output_tokens, "cache_read_input_tokens": cached,
                     "api_cost_usd": round(tokens / 1_000_000 * CLIENT_COST_PER_MILLION, 6),
                     "intent_detected": intent, "response_type": response_type,
                     "appointment_requested": requested, "appointment_booked": booked,

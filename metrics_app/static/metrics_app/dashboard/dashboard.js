@@ -63,6 +63,8 @@
       bookings: s.conversations_booked,
       cost_per_booking: s.cost_per_booked_appointment_usd,
       handoff_rate: s.handoff_rate,
+      cached_share: s.cached_input_share,
+      cache_savings: s.cache_savings_usd,
     };
   }
 
@@ -84,6 +86,8 @@
     ["bookings", "Conversations booked", fmt.count, 1],
     ["cost_per_booking", "Cost / booked appointment", fmt.usd, -1],
     ["handoff_rate", "Handoff rate", fmt.percent, -1],
+    ["cached_share", "Input from cache", fmt.percent, 1],
+    ["cache_savings", "Saved by caching", fmt.usd, 1],
   ];
 
   function drawKpis(current, previous) {
