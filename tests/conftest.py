@@ -65,8 +65,12 @@ def make_key(db) -> Callable[..., tuple[Any, str]]:
 
 
 @pytest.fixture
-def live_service(transactional_db, tmp_path) -> Iterator[Callable[..., LiveService]]:
-    """Start the real service (gunicorn, N workers) on the test database; stopped after the test."""
+def live_service(django_db_serialized_rollback, transactional_db, tmp_path) -> Iterator[Callable[..., LiveService]]:
+    """Start the real service (gunicorn, N workers) on the test database; stopped after the test.
+
+    The test's writes are committed, and the tables emptied after it: the serialized rollback puts back
+    what the migrations wrote (the published prices among them) for the next one.
+    """
     started: list[LiveService] = []
 
     def start(**options: Any) -> LiveService:

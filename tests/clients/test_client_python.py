@@ -8,7 +8,7 @@ import sys
 from collections import Counter
 
 import pytest
-from mlops_tracking import MetricsTracker  # clients/python is put on sys.path by this folder's conftest.py
+from mlops_tracking import MetricsTracker, calculate_token_usage  # clients/python is on sys.path (conftest.py)
 
 from metrics_app.models import AIMetric, Business
 from tests.clients.helpers import PY_DIR
@@ -43,6 +43,40 @@ def test_the_real_service_stores_each_event_once_and_a_resend_only_counts_duplic
     assert stored == Counter(ids)
     row = AIMetric.objects.get(event_id=ids[7])
     assert (row.response_time_ms, row.input_tokens, row.output_tokens) == (107, 100, 20)
+
+
+# Each provider's usage object as its API returns it, and the event fields it must become.
+USAGES = [
+    ("gpt-4o-mini", {"prompt_tokens": 1200, "completion_tokens": 300, "total_tokens": 1500,
+                     "prompt_tokens_details": {"cached_tokens": 1024},
+                     "completion_tokens_details": {"reasoning_tokens": 120}},
+     (1200, 300, 1024, None, 120)),
+    ("claude-3-5-haiku-20241022", {"input_tokens": 200, "output_tokens": 150, "cache_read_input_tokens": 3000,
+                                   "cache_creation_input_tokens": 1000},
+     (4200, 150, 3000, 1000, None)),
+    ("gemini-2.5-flash", {"promptTokenCount": 900, "candidatesTokenCount": 100, "thoughtsTokenCount": 250,
+                          "cachedContentTokenCount": 600, "totalTokenCount": 1250},
+     (900, 350, 600, None, 250)),
+]
+
+
+def test_provider_usage_objects_are_stored_whole_with_their_cached_and_reasoning_parts(live_service, business,
+                                                                                     make_key):
+    _, raw_key = make_key(business, can_ingest=True)
+    service = live_service(workers=1)
+    tracker = MetricsTracker(service.url, raw_key, flush_at_exit=False)
+    ids = {}
+    for model, usage, _ in USAGES:
+        tokens = calculate_token_usage("system", "user", "reply", usage=usage)
+        ids[model] = tracker.track(reply(business.id, model_name=model, api_cost_usd=None, **tokens.event_fields()))
+    assert tracker.flush(20).complete
+
+    for model, _, (tokens_in, tokens_out, read, write, reasoning) in USAGES:
+        row = AIMetric.objects.get(event_id=ids[model])
+        assert (row.input_tokens, row.output_tokens, row.tokens_used) == (tokens_in, tokens_out, tokens_in + tokens_out)
+        assert (row.cache_read_input_tokens, row.cache_write_input_tokens, row.reasoning_output_tokens) == (
+            read, write, reasoning)
+        assert row.cost_basis == "tokens" and row.cache_savings_usd > 0
 
 
 def test_an_unknown_key_or_another_business_loses_the_events_without_retrying(live_service, business, make_key):

@@ -69,10 +69,10 @@ def test_metrics_renders_the_totals_with_unlisted_values_summed_under_other(api,
     assert "salon-three" not in text
     assert "what is the meaning of life" not in text and "my-finetune-7" not in text
     assert total(text, "mlops_ingest_events_total", outcome="created") == AIMetric.objects.count() == 90
-    # One family, one HELP line: the created series joins the per-process duplicate and rejected ones.
+    # One family, one HELP line: the created series joins the per-process duplicate, rejected and skipped ones.
     assert text.count("# HELP mlops_ingest_events_total") == 1
     assert {labels["outcome"] for labels, _ in samples(text)["mlops_ingest_events_total"]} == {
-        "created", "duplicate", "rejected"}
+        "created", "duplicate", "rejected", "skipped"}
 
 
 def test_histogram_buckets_are_cumulative_and_count_the_events_with_a_latency(api, businesses, store_event):
@@ -163,7 +163,7 @@ def test_a_database_error_at_scrape_serves_the_rest_and_is_counted(api, business
     assert total(broken, "mlops_metrics_totals_read_errors_total") == errors_before + 1
     assert total(broken, "django_http_requests_latency_seconds_by_view_method_count") >= 1
     assert {labels["outcome"] for labels, _ in samples(broken)["mlops_ingest_events_total"]} == {
-        "duplicate", "rejected"}
+        "duplicate", "rejected", "skipped"}
 
     assert total(scrape(api), "ai_requests_total", business_id="dental-one") == 1
 
