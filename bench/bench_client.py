@@ -28,11 +28,9 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
-sys.path.insert(0, str(ROOT / "bench"))
 sys.path.insert(0, str(ROOT / "clients" / "python"))
 
-from bench_ingest import serve  # noqa: E402
-
+from bench.processes import serve, service_command  # noqa: E402
 from tests.pgserver import TempPostgres, free_port  # noqa: E402
 
 TS_DIR = ROOT / "clients" / "typescript"
@@ -151,8 +149,7 @@ def main() -> int:
         port = free_port()
         url = f"http://127.0.0.1:{port}"
         results: dict = {"workers": args.workers}
-        with serve([sys.executable, "-m", "gunicorn", "mlops_site.wsgi", "-c", "gunicorn.conf.py",
-                    "-b", f"127.0.0.1:{port}"], env, url, ROOT):
+        with serve(service_command(port), env, url, ROOT):
             client_env = {**os.environ, "MLOPS_SERVICE_URL": url, "MLOPS_API_KEY": key}
             node = subprocess.run(
                 ["node", "--input-type=module", "-e", NODE_BENCH, "--", str(args.calls), str(args.events)],

@@ -32,7 +32,6 @@ import json
 import os
 import re
 import shutil
-import signal
 import subprocess
 import sys
 import tempfile
@@ -48,7 +47,15 @@ from typing import Any
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from bench.processes import manage, production_env, stop_group  # noqa: E402
+from bench.processes import (  # noqa: E402
+    create_ingest_key,
+    manage,
+    production_env,
+    serve,
+    service_command,
+    stop_group,
+    stop_on_sigterm,
+)
 from tests.pgserver import TempPostgres, free_port  # noqa: E402
 
 SEED_REQUIREMENTS = [
@@ -91,35 +98,6 @@ def connect(server: TempPostgres, db: str = TempPostgres.DB) -> Any:
     import psycopg2
 
     return psycopg2.connect(host="127.0.0.1", port=server.port, user=server.ROLE, dbname=db)
-
-
-def wait_http(url: str, timeout: float = 60.0) -> None:
-    host, port = url.split("//")[1].split(":")
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        try:
-            conn = http.client.HTTPConnection(host, int(port), timeout=2)
-            conn.request("GET", "/health")
-            if conn.getresponse().status == 200:
-                return
-        except OSError:
-            pass
-        time.sleep(0.2)
-    raise TimeoutError(f"{url} did not come up")
-
-
-@contextmanager
-def serve(command: list[str], env: dict[str, str], url: str, cwd: Path) -> Iterator[None]:
-    log = tempfile.NamedTemporaryFile(prefix="bench-server-", suffix=".log", delete=False)
-    process = subprocess.Popen(command, cwd=cwd, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
-    try:
-        wait_http(url)
-        yield
-    except Exception:
-        print(Path(log.name).read_text()[-3000:], file=sys.stderr)
-        raise
-    finally:
-        stop_group(process)
 
 
 def check_key(url: str, api_key: str) -> None:
@@ -466,8 +444,7 @@ def run_ours(
     """This service's two ingest phases, with the folder beside it; the folder's figures, None without one."""
     env = service_env(server, args)
     manage(env, "migrate", "-v0")
-    key = manage(env, "create_api_key", BUSINESS_ID, "--name", "bench_ingest", "--scope", "ingest",
-                 "--rate-limit", str(KEY_RATE_LIMIT), "--create-business")
+    key = create_ingest_key(env, BUSINESS_ID, "bench_ingest", KEY_RATE_LIMIT)
     port = free_port()
     url = f"http://127.0.0.1:{port}"
     limit = drain_limit(args.duration)
@@ -476,8 +453,7 @@ def run_ours(
         IngestPhase(BATCH, "/track/batch", lambda: batch_rate(url, args.duration, key)),
     ]
     with ExitStack() as stack:
-        stack.enter_context(serve([sys.executable, "-m", "gunicorn", "mlops_site.wsgi", "-c", "gunicorn.conf.py",
-                                   "-b", f"127.0.0.1:{port}"], env, url, ROOT))
+        stack.enter_context(serve(service_command(port), env, url, ROOT))
         check_key(url, key)
         folder = stack.enter_context(folder_process(env))
         if folder is None:
@@ -588,10 +564,6 @@ def report(results: dict[str, dict[str, float]], phases: list[FolderPhase] | Non
     report_folder(phases)
 
 
-def _stop_on_sigterm(signum: int, frame: object) -> None:
-    raise SystemExit(128 + signum)  # unwinds through the finally blocks that stop what was started
-
-
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--seed-app", default=str(ROOT.parent / "shared" / "bench" / "seed_flask_app.py"),
@@ -606,7 +578,7 @@ def main() -> int:
         parser.error(f"no seed service at {seed_app}")
     if not shutil.which("wrk"):
         parser.error("wrk not found (Debian package wrk)")
-    signal.signal(signal.SIGTERM, _stop_on_sigterm)
+    stop_on_sigterm()
 
     server = TempPostgres.create()
     results: dict[str, dict[str, float]] = {}
