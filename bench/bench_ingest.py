@@ -56,6 +56,7 @@ from bench.processes import (  # noqa: E402
     stop_group,
     stop_on_sigterm,
 )
+from bench.senders import Answer, send_bodies  # noqa: E402
 from tests.pgserver import TempPostgres, free_port  # noqa: E402
 
 SEED_REQUIREMENTS = [
@@ -140,46 +141,21 @@ def batch_bodies(count: int) -> list[bytes]:
     ]
 
 
+def batch_created(answer: Answer) -> int:
+    """The events a /track/batch answer says it created; RuntimeError for any answer but 200."""
+    if answer.status != 200:
+        raise RuntimeError(f"batch answered {answer.status}: {answer.body[:500].decode(errors='replace')}")
+    return json.loads(answer.body)["created"]
+
+
 def batch_rate(url: str, duration: int, api_key: str | None = None, senders: int = 4) -> dict[str, float]:
     """Events/s through /track/batch, bodies made before the clock starts; `seconds` is less than
     `duration` when every body was sent before the deadline."""
-    host, port = url.split("//")[1].split(":")
     headers = {"Content-Type": "application/json"}
     if api_key:
         headers["Authorization"] = f"Bearer {api_key}"
-    queue = iter(batch_bodies(max(40, duration * BATCHES_PER_SECOND)))
-    stored = 0
-    failures: list[str] = []
-    lock = threading.Lock()
-    deadline = time.monotonic() + duration
-
-    def sender() -> None:
-        nonlocal stored
-        while time.monotonic() < deadline:
-            with lock:
-                body = next(queue, None)
-            if body is None or failures:
-                return
-            conn = http.client.HTTPConnection(host, int(port), timeout=60)
-            conn.request("POST", "/track/batch", body, headers)
-            response = conn.getresponse()
-            answer = json.loads(response.read())
-            with lock:
-                if response.status != 200:
-                    failures.append(f"batch answered {response.status}: {str(answer)[:500]}")
-                    return
-                stored += answer["created"]
-
-    started = time.monotonic()
-    threads = [threading.Thread(target=sender) for _ in range(senders)]
-    for thread in threads:
-        thread.start()
-    for thread in threads:
-        thread.join()
-    if failures:
-        raise RuntimeError(failures[0])
-    elapsed = time.monotonic() - started
-    return {"events_per_s": stored / elapsed, "seconds": elapsed}
+    bodies = batch_bodies(max(40, duration * BATCHES_PER_SECOND))
+    return send_bodies(url, "/track/batch", bodies, headers, batch_created, duration, senders).figures()
 
 
 def pgbench_insert_rate(server: TempPostgres, duration: int) -> float:
