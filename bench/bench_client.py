@@ -61,7 +61,10 @@ for (let i = 0; i < calls; i += 1) {
 }
 const latencyFlush = await flush(60_000);
 took.sort((a, b) => a - b);
-const latency = { calls, p50_us: pct(took, 50), p99_us: pct(took, 99), max_us: took[took.length - 1], delivered: latencyFlush.complete };
+const latency = {
+  calls, p50_us: pct(took, 50), p99_us: pct(took, 99), max_us: took[took.length - 1],
+  delivered: latencyFlush.complete,
+};
 
 // 2. Delivery rate.
 const rates = {};
@@ -75,7 +78,9 @@ for (const batchSize of [100, 500]) {
   const done = await tracker.flush(300_000);
   const seconds = (performance.now() - started) / 1000;
   const s = tracker.stats();
-  rates[`batch_${batchSize}`] = { events, events_per_s: events / seconds, complete: done.complete, created: s.created, dropped: s.dropped };
+  rates[`batch_${batchSize}`] = {
+    events, events_per_s: events / seconds, complete: done.complete, created: s.created, dropped: s.dropped,
+  };
 }
 console.log(JSON.stringify({ latency, rates }));
 """
