@@ -103,7 +103,8 @@ def main() -> None:
 
     # The analytics calls the dashboard's script makes for one business over 30 days, one after another.
     page = client.get(url(f"{events}dashboard/", business=one, period="30d")).content.decode()
-    config = json.loads(page.split('<script id="dashboard-config" type="application/json">', 1)[1].split("</script>")[0])
+    config_tag = '<script id="dashboard-config" type="application/json">'
+    config = json.loads(page.split(config_tag, 1)[1].split("</script>")[0])
     params = config["params"]
     core = [
         (config["api"]["summary"], params), (config["api"]["summary"], config["previous"]),

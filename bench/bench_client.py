@@ -28,11 +28,9 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
-sys.path.insert(0, str(ROOT / "bench"))
 sys.path.insert(0, str(ROOT / "clients" / "python"))
 
-from bench_ingest import serve  # noqa: E402
-
+from bench.processes import serve, service_command  # noqa: E402
 from tests.pgserver import TempPostgres, free_port  # noqa: E402
 
 TS_DIR = ROOT / "clients" / "typescript"
@@ -63,7 +61,10 @@ for (let i = 0; i < calls; i += 1) {
 }
 const latencyFlush = await flush(60_000);
 took.sort((a, b) => a - b);
-const latency = { calls, p50_us: pct(took, 50), p99_us: pct(took, 99), max_us: took[took.length - 1], delivered: latencyFlush.complete };
+const latency = {
+  calls, p50_us: pct(took, 50), p99_us: pct(took, 99), max_us: took[took.length - 1],
+  delivered: latencyFlush.complete,
+};
 
 // 2. Delivery rate.
 const rates = {};
@@ -77,7 +78,9 @@ for (const batchSize of [100, 500]) {
   const done = await tracker.flush(300_000);
   const seconds = (performance.now() - started) / 1000;
   const s = tracker.stats();
-  rates[`batch_${batchSize}`] = { events, events_per_s: events / seconds, complete: done.complete, created: s.created, dropped: s.dropped };
+  rates[`batch_${batchSize}`] = {
+    events, events_per_s: events / seconds, complete: done.complete, created: s.created, dropped: s.dropped,
+  };
 }
 console.log(JSON.stringify({ latency, rates }));
 """
@@ -151,8 +154,7 @@ def main() -> int:
         port = free_port()
         url = f"http://127.0.0.1:{port}"
         results: dict = {"workers": args.workers}
-        with serve([sys.executable, "-m", "gunicorn", "mlops_site.wsgi", "-c", "gunicorn.conf.py",
-                    "-b", f"127.0.0.1:{port}"], env, url, ROOT):
+        with serve(service_command(port), env, url, ROOT):
             client_env = {**os.environ, "MLOPS_SERVICE_URL": url, "MLOPS_API_KEY": key}
             node = subprocess.run(
                 ["node", "--input-type=module", "-e", NODE_BENCH, "--", str(args.calls), str(args.events)],

@@ -32,7 +32,6 @@ import json
 import os
 import re
 import shutil
-import signal
 import subprocess
 import sys
 import tempfile
@@ -48,7 +47,16 @@ from typing import Any
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from bench.processes import manage, production_env, stop_group  # noqa: E402
+from bench.processes import (  # noqa: E402
+    create_ingest_key,
+    manage,
+    production_env,
+    serve,
+    service_command,
+    stop_group,
+    stop_on_sigterm,
+)
+from bench.senders import Answer, send_bodies  # noqa: E402
 from tests.pgserver import TempPostgres, free_port  # noqa: E402
 
 SEED_REQUIREMENTS = [
@@ -93,35 +101,6 @@ def connect(server: TempPostgres, db: str = TempPostgres.DB) -> Any:
     return psycopg2.connect(host="127.0.0.1", port=server.port, user=server.ROLE, dbname=db)
 
 
-def wait_http(url: str, timeout: float = 60.0) -> None:
-    host, port = url.split("//")[1].split(":")
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        try:
-            conn = http.client.HTTPConnection(host, int(port), timeout=2)
-            conn.request("GET", "/health")
-            if conn.getresponse().status == 200:
-                return
-        except OSError:
-            pass
-        time.sleep(0.2)
-    raise TimeoutError(f"{url} did not come up")
-
-
-@contextmanager
-def serve(command: list[str], env: dict[str, str], url: str, cwd: Path) -> Iterator[None]:
-    log = tempfile.NamedTemporaryFile(prefix="bench-server-", suffix=".log", delete=False)
-    process = subprocess.Popen(command, cwd=cwd, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
-    try:
-        wait_http(url)
-        yield
-    except Exception:
-        print(Path(log.name).read_text()[-3000:], file=sys.stderr)
-        raise
-    finally:
-        stop_group(process)
-
-
 def check_key(url: str, api_key: str) -> None:
     """One keyed event through /track, so a service that refuses the key stops the bench instead of being timed."""
     host, port = url.split("//")[1].split(":")
@@ -162,46 +141,21 @@ def batch_bodies(count: int) -> list[bytes]:
     ]
 
 
+def batch_created(answer: Answer) -> int:
+    """The events a /track/batch answer says it created; RuntimeError for any answer but 200."""
+    if answer.status != 200:
+        raise RuntimeError(f"batch answered {answer.status}: {answer.body[:500].decode(errors='replace')}")
+    return json.loads(answer.body)["created"]
+
+
 def batch_rate(url: str, duration: int, api_key: str | None = None, senders: int = 4) -> dict[str, float]:
     """Events/s through /track/batch, bodies made before the clock starts; `seconds` is less than
     `duration` when every body was sent before the deadline."""
-    host, port = url.split("//")[1].split(":")
     headers = {"Content-Type": "application/json"}
     if api_key:
         headers["Authorization"] = f"Bearer {api_key}"
-    queue = iter(batch_bodies(max(40, duration * BATCHES_PER_SECOND)))
-    stored = 0
-    failures: list[str] = []
-    lock = threading.Lock()
-    deadline = time.monotonic() + duration
-
-    def sender() -> None:
-        nonlocal stored
-        while time.monotonic() < deadline:
-            with lock:
-                body = next(queue, None)
-            if body is None or failures:
-                return
-            conn = http.client.HTTPConnection(host, int(port), timeout=60)
-            conn.request("POST", "/track/batch", body, headers)
-            response = conn.getresponse()
-            answer = json.loads(response.read())
-            with lock:
-                if response.status != 200:
-                    failures.append(f"batch answered {response.status}: {str(answer)[:500]}")
-                    return
-                stored += answer["created"]
-
-    started = time.monotonic()
-    threads = [threading.Thread(target=sender) for _ in range(senders)]
-    for thread in threads:
-        thread.start()
-    for thread in threads:
-        thread.join()
-    if failures:
-        raise RuntimeError(failures[0])
-    elapsed = time.monotonic() - started
-    return {"events_per_s": stored / elapsed, "seconds": elapsed}
+    bodies = batch_bodies(max(40, duration * BATCHES_PER_SECOND))
+    return send_bodies(url, "/track/batch", bodies, headers, batch_created, duration, senders).figures()
 
 
 def pgbench_insert_rate(server: TempPostgres, duration: int) -> float:
@@ -466,8 +420,7 @@ def run_ours(
     """This service's two ingest phases, with the folder beside it; the folder's figures, None without one."""
     env = service_env(server, args)
     manage(env, "migrate", "-v0")
-    key = manage(env, "create_api_key", BUSINESS_ID, "--name", "bench_ingest", "--scope", "ingest",
-                 "--rate-limit", str(KEY_RATE_LIMIT), "--create-business")
+    key = create_ingest_key(env, BUSINESS_ID, "bench_ingest", KEY_RATE_LIMIT)
     port = free_port()
     url = f"http://127.0.0.1:{port}"
     limit = drain_limit(args.duration)
@@ -476,8 +429,7 @@ def run_ours(
         IngestPhase(BATCH, "/track/batch", lambda: batch_rate(url, args.duration, key)),
     ]
     with ExitStack() as stack:
-        stack.enter_context(serve([sys.executable, "-m", "gunicorn", "mlops_site.wsgi", "-c", "gunicorn.conf.py",
-                                   "-b", f"127.0.0.1:{port}"], env, url, ROOT))
+        stack.enter_context(serve(service_command(port), env, url, ROOT))
         check_key(url, key)
         folder = stack.enter_context(folder_process(env))
         if folder is None:
@@ -588,10 +540,6 @@ def report(results: dict[str, dict[str, float]], phases: list[FolderPhase] | Non
     report_folder(phases)
 
 
-def _stop_on_sigterm(signum: int, frame: object) -> None:
-    raise SystemExit(128 + signum)  # unwinds through the finally blocks that stop what was started
-
-
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--seed-app", default=str(ROOT.parent / "shared" / "bench" / "seed_flask_app.py"),
@@ -606,7 +554,7 @@ def main() -> int:
         parser.error(f"no seed service at {seed_app}")
     if not shutil.which("wrk"):
         parser.error("wrk not found (Debian package wrk)")
-    signal.signal(signal.SIGTERM, _stop_on_sigterm)
+    stop_on_sigterm()
 
     server = TempPostgres.create()
     results: dict[str, dict[str, float]] = {}

@@ -178,7 +178,7 @@ def main() -> int:
                 pid = int(line.split()[0].strip("<>"))
                 served[pid] = served.get(pid, 0) + 1
         first_by: dict[int, float] = {}
-        for line, ms in zip(access_log.read_text().splitlines(), cold):
+        for line, ms in zip(access_log.read_text().splitlines(), cold, strict=False):
             first_by.setdefault(int(line.split()[0].strip("<>")), ms)
 
         access_log.write_text("")
