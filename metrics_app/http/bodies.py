@@ -87,15 +87,19 @@ def _depth(value: Any) -> int:
     return deepest
 
 
-def parse_json(body: bytes) -> Any:
-    """Strict JSON (no NaN, valid UTF-8) nested at most MAX_JSON_DEPTH levels, or BodyRefused(400)."""
+def parse_json(body: bytes, check_depth: bool = True) -> Any:
+    """Strict JSON (no NaN, valid UTF-8) nested at most MAX_JSON_DEPTH levels, or BodyRefused(400).
+
+    Without `check_depth` only orjson's own bound (1024 levels) holds: for a reader that walks just
+    the parts it needs and bounds its own depth there (OTLP/JSON), sparing the walk over every node.
+    """
     try:
         value = orjson.loads(body)
     except orjson.JSONDecodeError as exc:
         if "recursion" in str(exc).lower():
             raise _too_deep() from None
         raise BodyRefused(400, "Malformed JSON", {"body": [str(exc)[:200]]}) from None
-    if _depth(value) > MAX_JSON_DEPTH:
+    if check_depth and _depth(value) > MAX_JSON_DEPTH:
         raise _too_deep()
     return value
 

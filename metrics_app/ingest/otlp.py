@@ -19,10 +19,7 @@ validation and write path. The answer comes in the request's encoding:
 
 from __future__ import annotations
 
-import base64
-import binascii
 import zlib
-from collections.abc import Iterator
 from typing import Any
 
 from django.http import HttpRequest, HttpResponse
@@ -40,7 +37,15 @@ from metrics_app import access, listeners
 from metrics_app.errors import BODY_TOO_LARGE, body_limit, error_response, method_not_allowed
 from metrics_app.http import bodies
 from metrics_app.ingest import services
-from metrics_app.ingest.spans import SOURCE_OF, SpanEvents, span_events
+from metrics_app.ingest.spans import (
+    SOURCE_OF,
+    NotOtlp,
+    SpanEvents,
+    SpanView,
+    json_spans,
+    proto_spans,
+    span_events,
+)
 from metrics_app.ingest.validation import check_event
 from metrics_app.ingest.views import Refused, ingest_key
 from metrics_app.listeners import IngestAnswer
@@ -53,7 +58,6 @@ MAX_DECOMPRESSED_BYTES = 8 * 1024 * 1024
 MAX_SPANS = 5000
 # How many refused spans the error message names (it says how many more there were).
 _MAX_REASONS = 10
-_ID_FIELDS = ("traceId", "spanId", "parentSpanId")
 
 
 class Malformed(Exception):
@@ -96,55 +100,30 @@ def _inflate(body: bytes, request: HttpRequest) -> bytes:
     return plain
 
 
-def _hex_ids_as_base64(data: Any) -> None:
-    """OTLP/JSON writes trace and span ids in hex; protobuf's JSON reader takes bytes in base64."""
-    if not isinstance(data, dict):
-        raise Malformed("the body must be a JSON object")
-    for holder in _spans_and_links(data):
-        for name in _ID_FIELDS:
-            value = holder.get(name)
-            if isinstance(value, str):
-                try:
-                    holder[name] = base64.b64encode(bytes.fromhex(value)).decode()
-                except ValueError:
-                    raise Malformed(f"{name} must be hex-encoded") from None
-
-
-def _spans_and_links(data: dict[str, Any]) -> Iterator[dict[str, Any]]:
-    """The span and link objects of an OTLP/JSON export (either spelling of the field names)."""
-    for resource_spans in _objects(data.get("resourceSpans", data.get("resource_spans"))):
-        for scope_spans in _objects(resource_spans.get("scopeSpans", resource_spans.get("scope_spans"))):
-            for span in _objects(scope_spans.get("spans")):
-                yield span
-                yield from _objects(span.get("links"))
-
-
-def _objects(value: Any) -> list[dict[str, Any]]:
-    return [item for item in value if isinstance(item, dict)] if isinstance(value, list) else []
-
-
-def _export_request(body: bytes, encoding: str) -> ExportTraceServiceRequest:
-    export = ExportTraceServiceRequest()
+def _spans(body: bytes, encoding: str) -> list[tuple[SpanView, dict[str, Any]]]:
+    """The spans of an export, read from protobuf or OTLP/JSON; Malformed when the body is no export."""
     if encoding == PROTOBUF:
+        export = ExportTraceServiceRequest()
         try:
             export.ParseFromString(body)
         except (DecodeError, RecursionError):
             raise Malformed("the body is not an ExportTraceServiceRequest in protobuf") from None
-        return export
+        spans = proto_spans(export)
+    else:
+        try:
+            data = bodies.parse_json(body, check_depth=False) if body.strip() else {}
+        except bodies.BodyRefused as refused:
+            raise Malformed(f"{refused.summary}: {'; '.join(refused.errors.get('body', []))}") from None
+        spans = json_spans(data)
+    read: list[tuple[SpanView, dict[str, Any]]] = []
     try:
-        data = bodies.parse_json(body) if body.strip() else {}
-    except bodies.BodyRefused as refused:
-        raise Malformed(f"{refused.summary}: {'; '.join(refused.errors.get('body', []))}") from None
-    _hex_ids_as_base64(data)
-    try:
-        json_format.ParseDict(data, export, ignore_unknown_fields=True)
-    except (json_format.ParseError, binascii.Error, RecursionError, TypeError, ValueError) as exc:
-        raise Malformed(f"the body is not an ExportTraceServiceRequest in OTLP/JSON: {str(exc)[:200]}") from None
-    return export
-
-
-def _span_count(export: ExportTraceServiceRequest) -> int:
-    return sum(len(scope.spans) for resource in export.resource_spans for scope in resource.scope_spans)
+        for span in spans:
+            read.append(span)
+            if len(read) > MAX_SPANS:
+                raise Malformed(f"an export may carry at most {MAX_SPANS} spans")
+    except NotOtlp as exc:
+        raise Malformed(f"the body is not an ExportTraceServiceRequest in OTLP/JSON: {exc}") from None
+    return read
 
 
 def _store(found: SpanEvents, key: ApiKey | None) -> tuple[list[str], list[services.StoredOutcome]]:
@@ -185,17 +164,14 @@ def _traces(request: HttpRequest) -> tuple[HttpResponse, IngestAnswer]:
     try:
         key = ingest_key(request)
         body = bodies.read_body(request, bodies.max_body_bytes())
-        export = _export_request(_inflate(body, request), encoding)
+        spans = _spans(_inflate(body, request), encoding)
     except bodies.BodyRefused as too_large:
         return too_large.response(), IngestAnswer()
     except Refused as refusal:
         return refusal.response, IngestAnswer()
     except Malformed as exc:
         return _malformed(str(exc), encoding), IngestAnswer()
-    if _span_count(export) > MAX_SPANS:
-        return _malformed(f"an export may carry at most {MAX_SPANS} spans", encoding), IngestAnswer()
-
-    found = span_events(export)
+    found = span_events(spans)
     refused, outcomes = _store(found, key)
     created = sum(outcome.created for outcome in outcomes)
     response = ExportTraceServiceResponse()

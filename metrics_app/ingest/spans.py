@@ -27,11 +27,12 @@ attributes named here are.
 
 from __future__ import annotations
 
+import hashlib
 import uuid
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
-from typing import Any
+from typing import Any, NamedTuple
 
 from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import ExportTraceServiceRequest
 from opentelemetry.proto.common.v1.common_pb2 import AnyValue, KeyValue
@@ -84,10 +85,13 @@ SOURCE_OF = {
 SPAN_EVENT_NAMESPACE = uuid.UUID("6d6c6f70-732d-4f54-8c50-7370616e7321")
 
 
+_SCALARS = frozenset({"string_value", "bool_value", "int_value", "double_value"})
+
+
 def _value(value: AnyValue) -> Any:
     """A scalar attribute value as JSON would carry it; arrays as lists of scalars; anything else None."""
     kind = value.WhichOneof("value")
-    if kind in ("string_value", "bool_value", "int_value", "double_value"):
+    if kind in _SCALARS:
         return getattr(value, kind)
     if kind == "array_value":
         return [_value(item) for item in value.array_value.values]
@@ -99,13 +103,16 @@ def attributes_of(pairs: Any, wanted: frozenset[str]) -> dict[str, Any]:
     found: dict[str, Any] = {}
     pair: KeyValue
     for pair in pairs:
-        if pair.key in wanted:
-            found[pair.key] = _value(pair.value)
+        key = pair.key
+        if key in wanted:
+            value = pair.value
+            kind = value.WhichOneof("value")  # the scalar case inline: this runs for every attribute of every span
+            found[key] = getattr(value, kind) if kind in _SCALARS else _value(value)
     return found
 
 
-_OWN = frozenset(ATTRIBUTES)
-_WANTED = frozenset({
+OWN_ATTRIBUTES = frozenset(ATTRIBUTES)
+WANTED_ATTRIBUTES = frozenset({
     *ATTRIBUTES, *(name for names in TOKEN_ATTRIBUTES.values() for name in names), *_MODEL_ATTRIBUTES,
     *_PROVIDER_ATTRIBUTES, "gen_ai.operation.name", "gen_ai.conversation.id", "error.type",
 })
@@ -121,7 +128,9 @@ class SpanEvents:
 
 
 def span_event_id(trace_id: bytes, span_id: bytes) -> uuid.UUID:
-    return uuid.uuid5(SPAN_EVENT_NAMESPACE, f"{trace_id.hex()}-{span_id.hex()}")
+    """The name-based (version 5, SHA-1) UUID of the trace and span ids' bytes under SPAN_EVENT_NAMESPACE."""
+    digest = hashlib.sha1(SPAN_EVENT_NAMESPACE.bytes + trace_id + span_id, usedforsecurity=False).digest()
+    return uuid.UUID(bytes=digest[:16], version=5)
 
 
 def _is_model_call(attributes: Mapping[str, Any]) -> bool:
@@ -139,67 +148,226 @@ def _first(attributes: Mapping[str, Any], names: tuple[str, ...]) -> Any:
     return None
 
 
+def _number(value: Any) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool)
+
+
 def _tokens(attributes: Mapping[str, Any]) -> dict[str, Any]:
-    tokens = {name: _first(attributes, names) for name, names in TOKEN_ATTRIBUTES.items()}
+    """The token fields of a span: each from its first attribute present, the totals made whole."""
+    tokens: dict[str, Any] = {}
+    for name, names in TOKEN_ATTRIBUTES.items():
+        for attribute in names:
+            value = attributes.get(attribute)
+            if value is not None:
+                tokens[name] = value
+                break
+    tokens_in: Any = tokens.get("input_tokens")
+    tokens_out: Any = tokens.get("output_tokens")
     provider = _first(attributes, _PROVIDER_ATTRIBUTES)
-    cached = [tokens[name] for name in ("cache_read_input_tokens", "cache_write_input_tokens")]
-    counts = [tokens["input_tokens"], *cached]
-    if isinstance(provider, str) and provider.lower() in CACHE_APART_PROVIDERS and all(
-        isinstance(count, int) for count in counts if count is not None
-    ) and tokens["input_tokens"] is not None:
-        tokens["input_tokens"] = sum(count or 0 for count in counts)
-    known = [tokens["input_tokens"], tokens["output_tokens"]]
-    if all(isinstance(count, (int, float)) and not isinstance(count, bool) for count in known):
-        tokens["tokens_used"] = known[0] + known[1]
-    elif any(count is not None for count in known):
-        tokens["tokens_used"] = next(count for count in known if count is not None)
+    if tokens_in is not None and isinstance(provider, str) and provider.lower() in CACHE_APART_PROVIDERS:
+        parts = [tokens.get("cache_read_input_tokens"), tokens.get("cache_write_input_tokens")]
+        if all(_number(count) for count in (tokens_in, *parts) if count is not None):
+            tokens_in = tokens["input_tokens"] = tokens_in + sum(count or 0 for count in parts)
+    if _number(tokens_in) and _number(tokens_out):
+        tokens["tokens_used"] = tokens_in + tokens_out
+    elif tokens_in is not None or tokens_out is not None:
+        tokens["tokens_used"] = tokens_in if tokens_in is not None else tokens_out
     return tokens
 
 
-def event_payload(span: Span, resource: Mapping[str, Any]) -> dict[str, Any] | str:
-    """The event payload of one GenAI span, or why the span cannot be one."""
-    attributes = attributes_of(span.attributes, _WANTED)
-    if not span.start_time_unix_nano or not span.end_time_unix_nano:
-        return "the span has no start or end time"
-    if span.end_time_unix_nano < span.start_time_unix_nano:
-        return "the span ends before it starts"
-    if len(span.trace_id) != 16 or len(span.span_id) != 8:
-        return "the span needs a 16-byte trace id and an 8-byte span id"
-    failed = span.status.code == Status.STATUS_CODE_ERROR or bool(attributes.get("error.type"))
-    payload: dict[str, Any] = {
-        field_name: value
-        for name, field_name in ATTRIBUTES.items()
-        if (value := attributes.get(name, resource.get(name))) is not None
+def _own_fields(attributes: Mapping[str, Any]) -> dict[str, Any]:
+    """The event fields that `mlops.` attributes fill."""
+    return {
+        ATTRIBUTES[name]: value for name, value in attributes.items() if name in OWN_ATTRIBUTES and value is not None
     }
+
+
+class SpanView(NamedTuple):
+    """What an event is made of from one span, read from protobuf or from OTLP/JSON alike."""
+
+    trace_id: bytes
+    span_id: bytes
+    start: int
+    end: int
+    error_status: bool
+    attributes: dict[str, Any]  # the WANTED_ATTRIBUTES it has, decoded
+
+
+def event_payload(span: SpanView, resource: Mapping[str, Any]) -> dict[str, Any] | str:
+    """The event payload of one GenAI span, or why the span cannot be one.
+
+    `resource` holds the event fields its resource's `mlops.` attributes fill; the span's own win.
+    """
+    start, end, trace_id, span_id, attributes = span.start, span.end, span.trace_id, span.span_id, span.attributes
+    if not start or not end:
+        return "the span has no start or end time"
+    if end < start:
+        return "the span ends before it starts"
+    if len(trace_id) != 16 or len(span_id) != 8:
+        return "the span needs a 16-byte trace id and an 8-byte span id"
+    failed = span.error_status or bool(attributes.get("error.type"))
+    payload = {**resource, **_own_fields(attributes), **_tokens(attributes)}
     conversation = attributes.get("gen_ai.conversation.id")
     if conversation is not None:
         payload["conversation_id"] = conversation
-    payload.update((name, value) for name, value in _tokens(attributes).items() if value is not None)
-    if "tokens_used" not in payload and failed:
+    if failed and "tokens_used" not in payload:
         payload["tokens_used"] = 0  # a call that failed before the model answered used none
     payload["model_name"] = _first(attributes, _MODEL_ATTRIBUTES)
-    payload["event_id"] = str(span_event_id(span.trace_id, span.span_id))
-    payload["response_time_ms"] = round((span.end_time_unix_nano - span.start_time_unix_nano) / 1_000_000)
-    payload["timestamp"] = datetime.fromtimestamp(span.end_time_unix_nano / 1e9, UTC).isoformat()
+    # Typed, not strings: the validation takes a UUID and an aware datetime as they are.
+    payload["event_id"] = span_event_id(trace_id, span_id)
+    payload["response_time_ms"] = round((end - start) / 1_000_000)
+    payload["timestamp"] = datetime.fromtimestamp(end / 1e9, UTC)
     if failed:
         payload["success_rate"] = 0
     return payload
 
 
-def spans_of(request: ExportTraceServiceRequest) -> Iterator[tuple[Span, dict[str, Any]]]:
-    """Every span of an export with its resource's `mlops.` attributes."""
+def proto_spans(request: ExportTraceServiceRequest) -> Iterator[tuple[SpanView, dict[str, Any]]]:
+    """Every span of a protobuf export, with the event fields its resource's `mlops.` attributes fill."""
     for resource_spans in request.resource_spans:
-        resource = attributes_of(resource_spans.resource.attributes, _OWN)
+        resource = _own_fields(attributes_of(resource_spans.resource.attributes, OWN_ATTRIBUTES))
         for scope_spans in resource_spans.scope_spans:
+            span: Span
             for span in scope_spans.spans:
-                yield span, resource
+                yield SpanView(
+                    span.trace_id, span.span_id, span.start_time_unix_nano, span.end_time_unix_nano,
+                    span.status.code == Status.STATUS_CODE_ERROR, attributes_of(span.attributes, WANTED_ATTRIBUTES),
+                ), resource
 
 
-def span_events(request: ExportTraceServiceRequest) -> SpanEvents:
-    """The export's GenAI spans as event payloads; the others skipped."""
+# --- OTLP/JSON, read as it is: protobuf's own JSON reader took most of a request to build messages
+# whose every field but a few is never read. The shapes are the protocol's JSON mapping of the same
+# messages (lowerCamelCase names, the original snake_case names accepted too).
+
+
+class NotOtlp(ValueError):
+    """A body that does not follow OTLP/JSON where the event reads it."""
+
+
+def _get(holder: dict[str, Any], camel: str, snake: str) -> Any:
+    value = holder.get(camel)
+    return holder.get(snake) if value is None else value
+
+
+def _objects(holder: dict[str, Any], camel: str, snake: str) -> list[dict[str, Any]]:
+    value = _get(holder, camel, snake)
+    if value is None:
+        return []
+    if not isinstance(value, list) or not all(isinstance(item, dict) for item in value):
+        raise NotOtlp(f"{camel} must be a list of objects")
+    return value
+
+
+def _json_int(value: Any, name: str) -> int:
+    """A 64-bit integer, which OTLP/JSON writes as a number or a decimal string."""
+    if value is None:
+        return 0
+    if isinstance(value, bool) or not isinstance(value, (int, str)):
+        raise NotOtlp(f"{name} must be an integer or a decimal string")
+    try:
+        number = int(value)
+    except ValueError:
+        raise NotOtlp(f"{name} must be an integer or a decimal string") from None
+    if not -(2**63) <= number < 2**64:
+        raise NotOtlp(f"{name} is out of range")
+    return number
+
+
+def _json_id(value: Any, name: str) -> bytes:
+    if value is None or value == "":
+        return b""
+    if not isinstance(value, str):
+        raise NotOtlp(f"{name} must be hex-encoded")
+    try:
+        return bytes.fromhex(value)
+    except ValueError:
+        raise NotOtlp(f"{name} must be hex-encoded") from None
+
+
+# Arrays in arrays are read this deep at most; the body's JSON depth is not checked as a whole.
+MAX_ARRAY_DEPTH = 4
+
+
+def _json_double(found: Any) -> float:
+    if isinstance(found, bool) or not isinstance(found, (int, float, str)):
+        raise NotOtlp("doubleValue must be a number")
+    try:
+        return float(found)
+    except ValueError:
+        raise NotOtlp("doubleValue must be a number") from None
+
+
+def _json_value(value: Any, depth: int = 0) -> Any:
+    """An AnyValue's scalar (arrays as lists of scalars); anything else None."""
+    if depth > MAX_ARRAY_DEPTH:
+        raise NotOtlp(f"attribute arrays may nest at most {MAX_ARRAY_DEPTH} levels")
+    if not isinstance(value, dict):
+        raise NotOtlp("an attribute's value must be an AnyValue object")
+    for camel, snake, kind in (("stringValue", "string_value", str), ("boolValue", "bool_value", bool)):
+        found = _get(value, camel, snake)
+        if found is not None:
+            if not isinstance(found, kind):
+                raise NotOtlp(f"{camel} has the wrong type")
+            return found
+    found = _get(value, "intValue", "int_value")
+    if found is not None:
+        return _json_int(found, "intValue")
+    found = _get(value, "doubleValue", "double_value")
+    if found is not None:
+        return _json_double(found)
+    array = _get(value, "arrayValue", "array_value")
+    if isinstance(array, dict):
+        return [_json_value(item, depth + 1) for item in _objects(array, "values", "values")]
+    return None
+
+
+def _json_attributes(holder: dict[str, Any], wanted: frozenset[str]) -> dict[str, Any]:
+    found: dict[str, Any] = {}
+    for pair in _objects(holder, "attributes", "attributes"):
+        key = pair.get("key")
+        if key in wanted:
+            found[key] = _json_value(pair.get("value", {}))
+    return found
+
+
+def _json_status_is_error(span: dict[str, Any]) -> bool:
+    status = span.get("status")
+    if status is None:
+        return False
+    if not isinstance(status, dict):
+        raise NotOtlp("status must be an object")
+    code = status.get("code")
+    if isinstance(code, str) and not code.isdigit():
+        return code == "STATUS_CODE_ERROR"
+    return code is not None and _json_int(code, "status.code") == Status.STATUS_CODE_ERROR
+
+
+def json_spans(data: Any) -> Iterator[tuple[SpanView, dict[str, Any]]]:
+    """Every span of an OTLP/JSON export, as `proto_spans` gives those of a protobuf one; NotOtlp when it is none."""
+    if not isinstance(data, dict):
+        raise NotOtlp("the body must be a JSON object")
+    for resource_spans in _objects(data, "resourceSpans", "resource_spans"):
+        resource_object = resource_spans.get("resource") or {}
+        if not isinstance(resource_object, dict):
+            raise NotOtlp("resource must be an object")
+        resource = _own_fields(_json_attributes(resource_object, OWN_ATTRIBUTES))
+        for scope_spans in _objects(resource_spans, "scopeSpans", "scope_spans"):
+            for span in _objects(scope_spans, "spans", "spans"):
+                yield SpanView(
+                    _json_id(_get(span, "traceId", "trace_id"), "traceId"),
+                    _json_id(_get(span, "spanId", "span_id"), "spanId"),
+                    _json_int(_get(span, "startTimeUnixNano", "start_time_unix_nano"), "startTimeUnixNano"),
+                    _json_int(_get(span, "endTimeUnixNano", "end_time_unix_nano"), "endTimeUnixNano"),
+                    _json_status_is_error(span),
+                    _json_attributes(span, WANTED_ATTRIBUTES),
+                ), resource
+
+
+def span_events(spans: Iterable[tuple[SpanView, dict[str, Any]]]) -> SpanEvents:
+    """The GenAI spans as event payloads; the others skipped."""
     found = SpanEvents()
-    for span, resource in spans_of(request):
-        if not _is_model_call(attributes_of(span.attributes, _WANTED)):
+    for span, resource in spans:
+        if not _is_model_call(span.attributes):
             found.skipped += 1
             continue
         payload = event_payload(span, resource)

@@ -102,6 +102,8 @@ def _boolean(value: Any) -> bool:
 
 
 def _event_id(value: Any) -> uuid.UUID:
+    if isinstance(value, uuid.UUID):  # made by the service itself (an OTLP span's id); JSON never gives one
+        return value
     if not isinstance(value, str) or len(value) > 45:
         raise FieldError("must be a UUID string")
     try:
@@ -111,12 +113,15 @@ def _event_id(value: Any) -> uuid.UUID:
 
 
 def _timestamp(value: Any) -> datetime:
-    if not isinstance(value, str) or len(value) > 40:
+    if isinstance(value, datetime):  # made by the service itself (an OTLP span's end); JSON never gives one
+        moment = value
+    elif not isinstance(value, str) or len(value) > 40:
         raise FieldError("must be an ISO 8601 date-time string")
-    try:
-        moment = datetime.fromisoformat(value)
-    except ValueError:
-        raise FieldError("must be an ISO 8601 date-time string") from None
+    else:
+        try:
+            moment = datetime.fromisoformat(value)
+        except ValueError:
+            raise FieldError("must be an ISO 8601 date-time string") from None
     if moment.tzinfo is None:  # the seed sends utcnow().isoformat(): naive means UTC
         moment = moment.replace(tzinfo=UTC)
     if moment < _EARLIEST:
