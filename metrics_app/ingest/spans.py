@@ -4,9 +4,11 @@ A span is one event when its attributes say it is a call to a model, as the
 OpenTelemetry GenAI semantic conventions name them: `gen_ai.operation.name`
 chat, generate_content or text_completion (or, from instrumentations older
 than that attribute, `gen_ai.system` with a model name). Every other span is
-skipped, not refused. What this module makes of a span is an event payload
-in /track's own form, so the one validation in `validation.check_event`
-applies to both doors.
+skipped, not refused. Spans are read from a protobuf export
+(`proto_spans`) or from OTLP/JSON as it is (`json_spans`) into the same
+SpanView. What this module makes of a span is an event payload in /track's
+own form, so the one validation in `validation.check_event` applies to both
+doors.
 
 - The latency is the span's duration; the reply time, its end.
 - A span is a failed reply when its status is ERROR or `error.type` is set.
