@@ -14,7 +14,7 @@ from django.test import Client
 from metrics_app.ingest import services
 from metrics_app.ingest.validation import check_event
 from metrics_app.keys import services as key_services
-from metrics_app.models import AIMetric, Business
+from metrics_app.models import AIMetric, Business, ModelPrice
 from metrics_app.pricing import services as pricing
 from tests.helpers import LiveService, fold_all, staff_user, start_service, stop_service
 
@@ -65,12 +65,15 @@ def make_key(db) -> Callable[..., tuple[Any, str]]:
 
 
 @pytest.fixture
-def live_service(django_db_serialized_rollback, transactional_db, tmp_path) -> Iterator[Callable[..., LiveService]]:
-    """Start the real service (gunicorn, N workers) on the test database; stopped after the test.
+def published_prices(db) -> None:
+    """The published prices as the migrations ship them, also after a transactional test emptied every table."""
+    if not ModelPrice.objects.exists():
+        ModelPrice.objects.bulk_create(ModelPrice(**row) for row in pricing.published_prices())
 
-    The test's writes are committed, and the tables emptied after it: the serialized rollback puts back
-    what the migrations wrote (the published prices among them) for the next one.
-    """
+
+@pytest.fixture
+def live_service(transactional_db, tmp_path) -> Iterator[Callable[..., LiveService]]:
+    """Start the real service (gunicorn, N workers) on the test database; stopped after the test."""
     started: list[LiveService] = []
 
     def start(**options: Any) -> LiveService:

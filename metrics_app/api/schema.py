@@ -163,7 +163,8 @@ def _otlp_traces(schemas: dict[str, Any], security: list[dict[str, list[str]]]) 
             "gzip-encoded or not. Each GenAI span (gen_ai.operation.name chat, generate_content or "
             "text_completion) is stored as one event; other spans are skipped. The answer is in the request's "
             "encoding; partialSuccess counts the spans refused and says why. A malformed export gets 400 with a "
-            "google.rpc.Status; 413 (1 MiB sent, 8 MiB decompressed) must not be retried."
+            "google.rpc.Status (so is one of more than 5,000 spans); 413 (past 8 MiB sent or decompressed) must "
+            "not be retried."
         ),
         "requestBody": {"required": True, "content": {"application/json": {"schema": export},
                                                       "application/x-protobuf": binary}},

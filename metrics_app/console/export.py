@@ -17,6 +17,7 @@ EXPORT_FIELDS = (
     "cache_read_input_tokens", "cache_write_input_tokens", "reasoning_output_tokens", "api_cost_usd",
     "model_name", "intent_detected", "response_type", "appointment_requested", "appointment_booked",
     "human_handoff_requested", "user_message_length", "ai_response_length", "prompt_version", "kb_version",
+    "cost_usd", "cost_basis", "cache_savings_usd",
 )
 
 # A cell a spreadsheet would run as a formula; client-sent text is prefixed with a quote.

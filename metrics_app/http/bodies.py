@@ -52,9 +52,32 @@ def _too_deep() -> BodyRefused:
     )
 
 
+# An OTLP trace export, as sent or once decompressed: 500 spans of OTLP/JSON are about 1 MiB before any
+# message content, so exporters' default batches need more room than an event batch.
+MAX_EXPORT_BYTES = 8 * 1024 * 1024
+
+
 def max_body_bytes() -> int:
-    """The largest body any endpoint reads: Django's own limit for non-file request data (a 1 MiB batch)."""
+    """The largest body a JSON endpoint reads: Django's own limit for non-file request data (a 1 MiB batch)."""
     return settings.DATA_UPLOAD_MAX_MEMORY_SIZE
+
+
+def read_stream(request: HttpRequest, max_bytes: int) -> bytes:
+    """The raw body read from the request's stream, past Django's 1 MiB limit, or BodyRefused(413) past `max_bytes`.
+
+    For endpoints whose bodies are not request data that Django parses (OTLP exports); the read stops one
+    byte past the limit, so no body is held beyond it.
+    """
+    try:
+        declared = int(request.META.get("CONTENT_LENGTH") or 0)
+    except ValueError:
+        declared = 0
+    if declared > max_bytes:
+        raise _too_large(max_bytes)
+    body = request.read(max_bytes + 1)
+    if len(body) > max_bytes:
+        raise _too_large(max_bytes)
+    return body
 
 
 def read_body(request: HttpRequest, max_bytes: int) -> bytes:
@@ -134,7 +157,8 @@ WSGIApp = Callable[[dict[str, Any], Callable[..., Any]], Iterable[bytes]]
 
 
 class ChunkedBodies:
-    """WSGI wrapper: a chunked body, read up to the largest size any endpoint takes, gets a Content-Length.
+    """WSGI wrapper: a chunked body, read up to the largest size any endpoint takes (an OTLP export), gets a
+    Content-Length.
 
     gunicorn hands a `Transfer-Encoding: chunked` body over without
     CONTENT_LENGTH, and Django then reads it as empty (a valid event became a
@@ -151,7 +175,7 @@ class ChunkedBodies:
         # Only input that the server ends with the body (gunicorn says so with wsgi.input_terminated) may be
         # read this way; on other servers (Django's runserver) the read would wait for the client to close.
         if chunked and not environ.get("CONTENT_LENGTH") and environ.get("wsgi.input_terminated"):
-            body = environ["wsgi.input"].read(max_body_bytes() + 1)
+            body = environ["wsgi.input"].read(max(max_body_bytes(), MAX_EXPORT_BYTES) + 1)
             environ["wsgi.input"] = io.BytesIO(body)
             environ["CONTENT_LENGTH"] = str(len(body))
         return self.application(environ, start_response)

@@ -12,8 +12,8 @@ validation and write path. The answer comes in the request's encoding:
 - 400 with a `google.rpc.Status` body for a request that is not OTLP (the
   protocol defines that body; every other answer is in the service's error
   shape);
-- 401 / 403 for the key; 413 past the body limit, sent or decompressed (the
-  protocol says not to retry it); 415 for another content type or encoding;
+- 401 / 403 for the key; 413 past 8 MiB, sent or decompressed (the protocol
+  says not to retry it); 415 for another content type or encoding;
   429 and 503 with Retry-After, which exporters honour.
 """
 
@@ -22,6 +22,7 @@ from __future__ import annotations
 import zlib
 from typing import Any
 
+from django.db import transaction
 from django.http import HttpRequest, HttpResponse
 from django.views.decorators.csrf import csrf_exempt
 from google.protobuf import json_format
@@ -53,9 +54,12 @@ from metrics_app.models import ApiKey
 
 PROTOBUF = "application/x-protobuf"
 JSON = "application/json"
-# A gzip body may inflate to at most this; the body as sent is bounded like every other (1 MiB).
-MAX_DECOMPRESSED_BYTES = 8 * 1024 * 1024
+# An export may be this large as sent, and once decompressed.
+MAX_EXPORT_BYTES = bodies.MAX_EXPORT_BYTES
 MAX_SPANS = 5000
+# Events are written this many to a statement (all of an export's in one transaction), which keeps each
+# statement's parameters within what any SQLite build takes.
+_INSERT_CHUNK = 500
 # How many refused spans the error message names (it says how many more there were).
 _MAX_REASONS = 10
 
@@ -81,7 +85,7 @@ def _encoding(request: HttpRequest) -> str | None:
 
 
 def _inflate(body: bytes, request: HttpRequest) -> bytes:
-    """The body without its Content-Encoding; Refused past MAX_DECOMPRESSED_BYTES or for another encoding."""
+    """The body without its Content-Encoding; Refused past MAX_EXPORT_BYTES or for another encoding."""
     coding = request.META.get("HTTP_CONTENT_ENCODING", "").strip().lower()
     if coding in ("", "identity"):
         return body
@@ -90,11 +94,11 @@ def _inflate(body: bytes, request: HttpRequest) -> bytes:
                                      {"content_encoding": ["send gzip or no Content-Encoding"]}))
     inflater = zlib.decompressobj(16 + zlib.MAX_WBITS)
     try:
-        plain = inflater.decompress(body, MAX_DECOMPRESSED_BYTES + 1)
+        plain = inflater.decompress(body, MAX_EXPORT_BYTES + 1)
     except zlib.error:
         raise Malformed("the body is not valid gzip") from None
-    if len(plain) > MAX_DECOMPRESSED_BYTES or inflater.unconsumed_tail:
-        raise Refused(error_response(413, BODY_TOO_LARGE, body_limit(MAX_DECOMPRESSED_BYTES, decompressed=True)))
+    if len(plain) > MAX_EXPORT_BYTES or inflater.unconsumed_tail:
+        raise Refused(error_response(413, BODY_TOO_LARGE, body_limit(MAX_EXPORT_BYTES, decompressed=True)))
     if not inflater.eof:
         raise Malformed("the gzip body ends early")
     return plain
@@ -139,7 +143,11 @@ def _store(found: SpanEvents, key: ApiKey | None) -> tuple[list[str], list[servi
                            f"than this key's ({key.business_id!r})")
         else:
             valid.append(checked.values)
-    return refused, services.record_events(valid) if valid else []
+    outcomes: list[services.StoredOutcome] = []
+    with transaction.atomic():
+        for start in range(0, len(valid), _INSERT_CHUNK):
+            outcomes += services.record_events(valid[start:start + _INSERT_CHUNK])
+    return refused, outcomes
 
 
 def _refusal(errors: dict[str, list[str]]) -> str:
@@ -163,7 +171,7 @@ def _traces(request: HttpRequest) -> tuple[HttpResponse, IngestAnswer]:
                               {"content_type": [f"send {PROTOBUF} or {JSON}"]}), IngestAnswer()
     try:
         key = ingest_key(request)
-        body = bodies.read_body(request, bodies.max_body_bytes())
+        body = bodies.read_stream(request, MAX_EXPORT_BYTES)
         spans = _spans(_inflate(body, request), encoding)
     except bodies.BodyRefused as too_large:
         return too_large.response(), IngestAnswer()

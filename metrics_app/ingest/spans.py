@@ -13,10 +13,14 @@ doors.
 - The latency is the span's duration; the reply time, its end.
 - A span is a failed reply when its status is ERROR or `error.type` is set.
 - Token counts follow the conventions: input tokens include those read from
-  and written to the prompt cache, output tokens include reasoning ones. Spans
-  of Anthropic (`gen_ai.provider.name` or `gen_ai.system` "anthropic") carry
-  Anthropic's own counts, where input excludes the cached parts: they are
-  added to it.
+  and written to the prompt cache, output tokens include reasoning ones.
+  Anthropic's API counts its cached tokens outside its input tokens, and some
+  instrumentations pass that count on as it is: the cached parts are added to
+  the input of an Anthropic span (`gen_ai.provider.name` or `gen_ai.system`
+  starting with "anthropic") whose input is smaller than them (it cannot be
+  the whole prompt) or that comes from the Vercel AI SDK (instrumentation
+  scope "ai"), and of any span whose `mlops.input_tokens_exclude_cache`
+  (span or resource) is true; false says the input is whole.
 - The receptionist's own fields come from attributes under `mlops.` (see
   ATTRIBUTES), on the span or else on its resource.
 - The event id is a UUID derived from the trace and span ids, so an exporter's
@@ -42,7 +46,11 @@ from opentelemetry.proto.trace.v1.trace_pb2 import Span, Status
 
 GENAI_OPERATIONS = frozenset({"chat", "generate_content", "text_completion"})
 # Providers whose input token count leaves out the tokens read from and written to the cache.
-CACHE_APART_PROVIDERS = frozenset({"anthropic"})
+CACHE_APART_PROVIDER = "anthropic"
+# The instrumentation scope of the Vercel AI SDK's spans, which carry the provider's own counts.
+VERCEL_AI_SCOPE = "ai"
+# Says whether a span's input token count leaves out its cached parts (true) or includes them (false).
+EXCLUDES_CACHE = "mlops.input_tokens_exclude_cache"
 NAMESPACE = "mlops."
 
 # The event field each of the receptionist's attributes fills.
@@ -114,8 +122,9 @@ def attributes_of(pairs: Any, wanted: frozenset[str]) -> dict[str, Any]:
 
 
 OWN_ATTRIBUTES = frozenset(ATTRIBUTES)
+RESOURCE_ATTRIBUTES = frozenset({*ATTRIBUTES, EXCLUDES_CACHE})
 WANTED_ATTRIBUTES = frozenset({
-    *ATTRIBUTES, *(name for names in TOKEN_ATTRIBUTES.values() for name in names), *_MODEL_ATTRIBUTES,
+    *ATTRIBUTES, EXCLUDES_CACHE, *(name for names in TOKEN_ATTRIBUTES.values() for name in names), *_MODEL_ATTRIBUTES,
     *_PROVIDER_ATTRIBUTES, "gen_ai.operation.name", "gen_ai.conversation.id", "error.type",
 })
 
@@ -138,7 +147,7 @@ def span_event_id(trace_id: bytes, span_id: bytes) -> uuid.UUID:
 def _is_model_call(attributes: Mapping[str, Any]) -> bool:
     operation = attributes.get("gen_ai.operation.name")
     if operation is not None:
-        return operation in GENAI_OPERATIONS
+        return isinstance(operation, str) and operation in GENAI_OPERATIONS
     has_model = any(isinstance(attributes.get(name), str) for name in _MODEL_ATTRIBUTES)
     return has_model and any(isinstance(attributes.get(name), str) for name in _PROVIDER_ATTRIBUTES)
 
@@ -154,8 +163,20 @@ def _number(value: Any) -> bool:
     return isinstance(value, (int, float)) and not isinstance(value, bool)
 
 
-def _tokens(attributes: Mapping[str, Any]) -> dict[str, Any]:
+def _cache_apart(span: SpanView, tokens_in: Any, parts: list[Any]) -> bool:
+    """Whether the span's input token count leaves out its cached parts (see the module's rule)."""
+    stated = span.attributes.get(EXCLUDES_CACHE, span.resource_excludes_cache)
+    if isinstance(stated, bool):
+        return stated
+    provider = _first(span.attributes, _PROVIDER_ATTRIBUTES)
+    if not isinstance(provider, str) or not provider.lower().startswith(CACHE_APART_PROVIDER):
+        return False
+    return span.scope == VERCEL_AI_SCOPE or tokens_in < sum(count or 0 for count in parts)
+
+
+def _tokens(span: SpanView) -> dict[str, Any]:
     """The token fields of a span: each from its first attribute present, the totals made whole."""
+    attributes = span.attributes
     tokens: dict[str, Any] = {}
     for name, names in TOKEN_ATTRIBUTES.items():
         for attribute in names:
@@ -165,11 +186,11 @@ def _tokens(attributes: Mapping[str, Any]) -> dict[str, Any]:
                 break
     tokens_in: Any = tokens.get("input_tokens")
     tokens_out: Any = tokens.get("output_tokens")
-    provider = _first(attributes, _PROVIDER_ATTRIBUTES)
-    if tokens_in is not None and isinstance(provider, str) and provider.lower() in CACHE_APART_PROVIDERS:
-        parts = [tokens.get("cache_read_input_tokens"), tokens.get("cache_write_input_tokens")]
-        if all(_number(count) for count in (tokens_in, *parts) if count is not None):
-            tokens_in = tokens["input_tokens"] = tokens_in + sum(count or 0 for count in parts)
+    parts = [tokens.get("cache_read_input_tokens"), tokens.get("cache_write_input_tokens")]
+    if (tokens_in is not None and any(count is not None for count in parts)
+            and all(_number(count) for count in (tokens_in, *parts) if count is not None)
+            and _cache_apart(span, tokens_in, parts)):
+        tokens_in = tokens["input_tokens"] = tokens_in + sum(count or 0 for count in parts)
     if _number(tokens_in) and _number(tokens_out):
         tokens["tokens_used"] = tokens_in + tokens_out
     elif tokens_in is not None or tokens_out is not None:
@@ -193,6 +214,8 @@ class SpanView(NamedTuple):
     end: int
     error_status: bool
     attributes: dict[str, Any]  # the WANTED_ATTRIBUTES it has, decoded
+    scope: str = ""  # the instrumentation scope's name
+    resource_excludes_cache: Any = None  # its resource's EXCLUDES_CACHE
 
 
 def event_payload(span: SpanView, resource: Mapping[str, Any]) -> dict[str, Any] | str:
@@ -208,7 +231,7 @@ def event_payload(span: SpanView, resource: Mapping[str, Any]) -> dict[str, Any]
     if len(trace_id) != 16 or len(span_id) != 8:
         return "the span needs a 16-byte trace id and an 8-byte span id"
     failed = span.error_status or bool(attributes.get("error.type"))
-    payload = {**resource, **_own_fields(attributes), **_tokens(attributes)}
+    payload = {**resource, **_own_fields(attributes), **_tokens(span)}
     conversation = attributes.get("gen_ai.conversation.id")
     if conversation is not None:
         payload["conversation_id"] = conversation
@@ -227,13 +250,16 @@ def event_payload(span: SpanView, resource: Mapping[str, Any]) -> dict[str, Any]
 def proto_spans(request: ExportTraceServiceRequest) -> Iterator[tuple[SpanView, dict[str, Any]]]:
     """Every span of a protobuf export, with the event fields its resource's `mlops.` attributes fill."""
     for resource_spans in request.resource_spans:
-        resource = _own_fields(attributes_of(resource_spans.resource.attributes, OWN_ATTRIBUTES))
+        resource_attributes = attributes_of(resource_spans.resource.attributes, RESOURCE_ATTRIBUTES)
+        resource, excludes_cache = _own_fields(resource_attributes), resource_attributes.get(EXCLUDES_CACHE)
         for scope_spans in resource_spans.scope_spans:
+            scope = scope_spans.scope.name
             span: Span
             for span in scope_spans.spans:
                 yield SpanView(
                     span.trace_id, span.span_id, span.start_time_unix_nano, span.end_time_unix_nano,
                     span.status.code == Status.STATUS_CODE_ERROR, attributes_of(span.attributes, WANTED_ATTRIBUTES),
+                    scope, excludes_cache,
                 ), resource
 
 
@@ -327,6 +353,8 @@ def _json_attributes(holder: dict[str, Any], wanted: frozenset[str]) -> dict[str
     found: dict[str, Any] = {}
     for pair in _objects(holder, "attributes", "attributes"):
         key = pair.get("key")
+        if not isinstance(key, str):
+            raise NotOtlp("an attribute's key must be a string")
         if key in wanted:
             found[key] = _json_value(pair.get("value", {}))
     return found
@@ -352,8 +380,13 @@ def json_spans(data: Any) -> Iterator[tuple[SpanView, dict[str, Any]]]:
         resource_object = resource_spans.get("resource") or {}
         if not isinstance(resource_object, dict):
             raise NotOtlp("resource must be an object")
-        resource = _own_fields(_json_attributes(resource_object, OWN_ATTRIBUTES))
+        resource_attributes = _json_attributes(resource_object, RESOURCE_ATTRIBUTES)
+        resource, excludes_cache = _own_fields(resource_attributes), resource_attributes.get(EXCLUDES_CACHE)
         for scope_spans in _objects(resource_spans, "scopeSpans", "scope_spans"):
+            scope_object = scope_spans.get("scope") or {}
+            scope = scope_object.get("name") if isinstance(scope_object, dict) else None
+            if scope is not None and not isinstance(scope, str):
+                raise NotOtlp("scope.name must be a string")
             for span in _objects(scope_spans, "spans", "spans"):
                 yield SpanView(
                     _json_id(_get(span, "traceId", "trace_id"), "traceId"),
@@ -362,6 +395,7 @@ def json_spans(data: Any) -> Iterator[tuple[SpanView, dict[str, Any]]]:
                     _json_int(_get(span, "endTimeUnixNano", "end_time_unix_nano"), "endTimeUnixNano"),
                     _json_status_is_error(span),
                     _json_attributes(span, WANTED_ATTRIBUTES),
+                    scope or "", excludes_cache,
                 ), resource
 
 

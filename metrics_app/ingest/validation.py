@@ -186,30 +186,27 @@ FIELD_NAMES = tuple(RULES)
 _MAX_IGNORED_LISTED = 20
 
 
-def token_totals(values: dict[str, Any]) -> tuple[int | None, int | None]:
-    """(input, output) token totals of an event: as sent, or the part of `tokens_used` the other leaves."""
-    total, tokens_in, tokens_out = values.get("tokens_used"), values.get("input_tokens"), values.get("output_tokens")
-    if tokens_in is None and total is not None:
-        tokens_in = total - tokens_out if tokens_out is not None and total >= tokens_out else total
-    if tokens_out is None and total is not None:
-        tokens_out = total - tokens_in if tokens_in is not None and total >= tokens_in else total
-    return tokens_in, tokens_out
-
-
 def _check_token_subsets(values: dict[str, Any], errors: dict[str, list[str]]) -> None:
-    """Cached and reasoning tokens are parts of the input and output totals, never more than them."""
-    tokens_in, tokens_out = token_totals(values)
-    read, write = values["cache_read_input_tokens"] or 0, values["cache_write_input_tokens"] or 0
-    if tokens_in is not None and read + write > tokens_in:
-        name = "cache_read_input_tokens" if read > tokens_in or not write else "cache_write_input_tokens"
+    """Cached and reasoning tokens are parts of the input and output totals: sent with them, never more."""
+    tokens_in, tokens_out = values["input_tokens"], values["output_tokens"]
+    read, write = values["cache_read_input_tokens"], values["cache_write_input_tokens"]
+    cached = [name for name, count in (("cache_read_input_tokens", read), ("cache_write_input_tokens", write))
+              if count is not None]
+    if cached and tokens_in is None:
+        for name in cached:
+            errors[name] = ["needs input_tokens, of which it is a part"]
+    elif cached and (read or 0) + (write or 0) > tokens_in:
+        name = "cache_read_input_tokens" if (read or 0) > tokens_in or not write else "cache_write_input_tokens"
         errors[name] = [
-            f"cache_read_input_tokens + cache_write_input_tokens ({read + write}) must not exceed the input "
-            f"tokens ({tokens_in}): input_tokens counts every prompt token, cached ones included"
+            f"cache_read_input_tokens + cache_write_input_tokens ({(read or 0) + (write or 0)}) must not exceed "
+            f"input_tokens ({tokens_in}): input_tokens counts every prompt token, cached ones included"
         ]
-    reasoning = values["reasoning_output_tokens"] or 0
-    if tokens_out is not None and reasoning > tokens_out:
+    reasoning = values["reasoning_output_tokens"]
+    if reasoning is not None and tokens_out is None:
+        errors["reasoning_output_tokens"] = ["needs output_tokens, of which it is a part"]
+    elif reasoning is not None and reasoning > tokens_out:
         errors["reasoning_output_tokens"] = [
-            f"must not exceed the output tokens ({tokens_out}): output_tokens counts reasoning tokens too"
+            f"must not exceed output_tokens ({tokens_out}): output_tokens counts reasoning tokens too"
         ]
 
 

@@ -127,9 +127,8 @@ def priced(event: dict[str, Any], price: Price | None) -> tuple[Decimal | None, 
         fresh = max(tokens_in - read - write, 0)
         cost = (fresh * price.input_per_mtok + cached + tokens_out * price.output_per_mtok) / MILLION
         return cost, CostBasis.TOKENS, savings
-    fresh = max((total or 0) - read - write, 0)
-    cost = (fresh * price.input_per_mtok + cached) / MILLION
-    return cost, CostBasis.ESTIMATED, savings
+    # Without the split there are no cached parts (they are only taken with input_tokens).
+    return Decimal(total or 0) * price.input_per_mtok / MILLION, CostBasis.ESTIMATED, None
 
 
 _cache: tuple[tuple[int, Any], PriceTable] | None = None

@@ -60,8 +60,9 @@ USAGES = [
 ]
 
 
-def test_provider_usage_objects_are_stored_whole_with_their_cached_and_reasoning_parts(live_service, business,
-                                                                                     make_key):
+def test_provider_usage_objects_are_stored_whole_with_their_cached_and_reasoning_parts(
+    live_service, published_prices, business, make_key
+):
     _, raw_key = make_key(business, can_ingest=True)
     service = live_service(workers=1)
     tracker = MetricsTracker(service.url, raw_key, flush_at_exit=False)

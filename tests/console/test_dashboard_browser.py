@@ -124,7 +124,7 @@ def series_of(marks: list[dict[str, Any]], name: str) -> list[tuple[str, float]]
 
 
 @pytest.fixture
-def demo(live_service) -> Any:
+def demo(live_service, published_prices) -> Any:
     call_command("generate_demo_data", "--events", "600", "--days", "4", "--seed", "21", "--no-progress",
                  stdout=io.StringIO(), stderr=io.StringIO())
     User.objects.create_superuser("boss", "boss@example.com", PASSWORD)

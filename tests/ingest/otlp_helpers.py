@@ -43,12 +43,13 @@ class Call:
     old_names: bool = False
 
 
-def genai_spans(calls: list[Call], resource: dict[str, Any] | None = None, extra_spans: int = 0) -> list[ReadableSpan]:
+def genai_spans(calls: list[Call], resource: dict[str, Any] | None = None, extra_spans: int = 0,
+                scope: str = "receptionist.chat") -> list[ReadableSpan]:
     """Finished SDK spans: one per call (GenAI attributes, content in every content place), then plain spans."""
     exporter = InMemorySpanExporter()
     provider = TracerProvider(resource=Resource.create({"service.name": "receptionist", **(resource or {})}))
     provider.add_span_processor(SimpleSpanProcessor(exporter))
-    tracer = provider.get_tracer("receptionist.chat")
+    tracer = provider.get_tracer(scope)
     at = START_NS
     for call in calls:
         attributes = _attributes(call)

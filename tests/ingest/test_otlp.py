@@ -108,6 +108,44 @@ def test_the_older_attribute_names_are_understood(api, key):
     assert event.cost_usd == per_million(700, "0.075") + per_million(300, "0.30")
 
 
+@pytest.mark.parametrize(
+    "call, resource, scope, tokens_in",
+    [
+        # OpenLLMetry's Anthropic spans already count the cache in (older names, gen_ai.system "Anthropic").
+        (Call("claude-3-5-haiku-20241022", 900, 5200, 80, provider="Anthropic", cache_read=3000, cache_write=1000,
+              old_names=True), {}, "opentelemetry.instrumentation.anthropic", 5200),
+        # The Vercel AI SDK passes Anthropic's own count on: made whole even where it could be the total.
+        (Call("claude-3-5-haiku-20241022", 900, 5200, 80, provider="anthropic.messages", cache_read=3000,
+              old_names=True), {}, "ai", 8200),
+        # Stated: a Bedrock instrumentation that sends Bedrock's count without the cache.
+        (Call("claude-3-5-haiku-20241022", 900, 200, 80, provider="aws.bedrock", cache_read=3000),
+         {"mlops.input_tokens_exclude_cache": True}, "receptionist.chat", 3200),
+        (Call("gpt-4o-mini", 900, 5200, 80, cache_read=3000), {}, "receptionist.chat", 5200),
+    ],
+)
+def test_input_tokens_are_made_whole_only_where_they_leave_the_cache_out(api, key, call, resource, scope, tokens_in):
+    answer_of(post(api, protobuf_body(genai_spans([call], resource=resource, scope=scope)), key=key))
+    event = AIMetric.objects.get()
+    assert (event.input_tokens, event.tokens_used, event.cache_read_input_tokens) == (
+        tokens_in, tokens_in + 80, call.cache_read)
+
+
+def test_a_span_stating_its_input_is_whole_is_refused_when_the_cache_is_larger(api, key):
+    call = Call("claude-3-5-haiku-20241022", 900, 200, 80, provider="anthropic", cache_read=3000)
+    spans = genai_spans([call], resource={"mlops.input_tokens_exclude_cache": False})
+    answer = answer_of(post(api, protobuf_body(spans), key=key))
+    assert answer.partial_success.rejected_spans == 1
+    assert "gen_ai.usage.cache_read.input_tokens" in answer.partial_success.error_message
+
+
+def test_an_export_of_many_spans_past_the_event_batch_limits_is_stored_whole(api, key):
+    calls = [Call("gpt-4o-mini", 500 + n, 100, 50, conversation=f"conv-{n // 6}") for n in range(1200)]
+    body = json_body(genai_spans(calls))
+    assert len(body) > 1024 * 1024  # past /track/batch's 1 MiB and 500 events
+    assert not answer_of(post(api, body, JSON, key)).HasField("partial_success")
+    assert AIMetric.objects.count() == 1200
+
+
 def test_spans_whose_parts_exceed_their_totals_are_refused_by_name_and_the_rest_stored(api, key):
     calls = [Call("gpt-4o-mini", 500, 100, 50, cache_read=101), Call("gpt-4o-mini", 500, 100, 50, reasoning=51),
              Call("gpt-4o-mini", 500, 100, 50)]
@@ -121,6 +159,19 @@ def test_spans_whose_parts_exceed_their_totals_are_refused_by_name_and_the_rest_
         AIMetric.objects.get().event_id
     ]
     assert str(AIMetric.objects.get().event_id) == event_id_of(spans[2])
+
+
+def test_an_operation_name_that_is_no_string_is_no_model_call(api, key):
+    from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import ExportTraceServiceRequest
+    from opentelemetry.proto.common.v1.common_pb2 import AnyValue, ArrayValue, KeyValue
+    from opentelemetry.proto.trace.v1.trace_pb2 import ResourceSpans, ScopeSpans, Span
+
+    listed = AnyValue(array_value=ArrayValue(values=[AnyValue(string_value="chat")]))
+    span = Span(trace_id=b"t" * 16, span_id=b"s" * 8, start_time_unix_nano=1, end_time_unix_nano=2,
+                attributes=[KeyValue(key="gen_ai.operation.name", value=listed)])
+    export = ExportTraceServiceRequest(resource_spans=[ResourceSpans(scope_spans=[ScopeSpans(spans=[span])])])
+    assert answer_of(post(api, export.SerializeToString(), key=key)).partial_success.rejected_spans == 0
+    assert not AIMetric.objects.exists()
 
 
 def test_operations_that_are_no_model_call_are_skipped_not_refused(api, key):
@@ -173,6 +224,11 @@ def test_a_span_naming_another_business_than_the_keys_is_refused(api, key):
          "traceId must be hex-encoded"),
         (json.dumps({"resourceSpans": "many"}).encode(), JSON, "OTLP/JSON"),
         (json.dumps([1, 2]).encode(), JSON, "JSON object"),
+        (json.dumps({"resourceSpans": [{"scopeSpans": [{"spans": [{"attributes": [
+            {"key": ["gen_ai.operation.name"], "value": {"stringValue": "chat"}}]}]}]}]}).encode(), JSON,
+         "key must be a string"),
+        (json.dumps({"resourceSpans": [{"resource": {"attributes": [{"key": {"k": 1}, "value": {}}]}}]}).encode(),
+         JSON, "key must be a string"),
     ],
 )
 def test_a_malformed_export_gets_400_with_a_google_rpc_status_in_its_encoding(api, key, body, content_type, reason):
@@ -203,7 +259,7 @@ def test_another_content_type_or_encoding_gets_415(api, key):
 
 
 def test_an_export_past_the_size_limit_gets_413_sent_or_decompressed(api, key):
-    too_large = post(api, b"\x00" * (1024 * 1024 + 1), key=key)
+    too_large = post(api, b"\x00" * (8 * 1024 * 1024 + 1), key=key)
     assert too_large.status_code == 413
     bomb = gzip.compress(b"\x00" * (9 * 1024 * 1024))  # about 9 KB on the wire
     inflated = post(api, bomb, key=key, HTTP_CONTENT_ENCODING="gzip")

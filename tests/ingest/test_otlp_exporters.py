@@ -38,7 +38,7 @@ def stock_exporter(service, raw_key: str, monkeypatch) -> OTLPSpanExporter:
 
 
 def test_the_python_sdk_exporter_stores_every_genai_span_once_and_prometheus_counts_them(
-    live_service, business, make_key, monkeypatch, tmp_path
+    live_service, published_prices, business, make_key, monkeypatch, tmp_path
 ):
     _, raw_key = make_key(business, can_ingest=True)
     service = live_service(workers=2)

@@ -9,7 +9,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import ExportTraceServiceRequest
-from opentelemetry.proto.common.v1.common_pb2 import AnyValue, KeyValue
+from opentelemetry.proto.common.v1.common_pb2 import AnyValue, ArrayValue, KeyValue
 from opentelemetry.proto.trace.v1.trace_pb2 import ResourceSpans, ScopeSpans, Span
 
 from metrics_app.ingest.spans import ATTRIBUTES, TOKEN_ATTRIBUTES
@@ -28,6 +28,8 @@ any_values = st.one_of(
     st.builds(lambda v: AnyValue(double_value=v), st.floats(allow_nan=True, allow_infinity=True)),
     st.builds(lambda v: AnyValue(bool_value=v), st.booleans()),
     st.builds(lambda v: AnyValue(bytes_value=v), st.binary(max_size=20)),
+    st.builds(lambda v: AnyValue(array_value=ArrayValue(values=[AnyValue(string_value=s) for s in v])),
+              st.lists(st.sampled_from(["chat", "anthropic", ""]), max_size=3)),
 )
 spans = st.builds(
     lambda trace, span, start, end, attributes: Span(
@@ -42,6 +44,25 @@ exports = st.builds(
         ResourceSpans(scope_spans=[ScopeSpans(spans=group)]) for group in groups
     ]),
     st.lists(st.lists(spans, max_size=4), max_size=3),
+)
+# Attribute pairs as OTLP/JSON writes them, with keys and values of any JSON shape among the real ones.
+json_attributes = st.lists(st.one_of(
+    st.fixed_dictionaries({"key": st.sampled_from(KEYS), "value": st.one_of(
+        st.fixed_dictionaries({"stringValue": st.one_of(st.sampled_from(["chat", "anthropic"]), json_values)}),
+        st.fixed_dictionaries({"intValue": st.one_of(st.integers(), st.text(max_size=5), json_values)}),
+        st.fixed_dictionaries({"doubleValue": json_values}), st.fixed_dictionaries({"boolValue": json_values}),
+        st.fixed_dictionaries({"arrayValue": st.fixed_dictionaries({"values": json_values})}), json_values,
+    )}),
+    st.fixed_dictionaries({"key": json_values, "value": json_values}),
+    json_values,
+), max_size=8)
+json_spans = st.fixed_dictionaries(
+    {"traceId": st.sampled_from(["0af7651916cd43dd8448eb211c80319c", "zz", ""]),
+     "spanId": st.sampled_from(["b7ad6b7169203331", "12"]),
+     "startTimeUnixNano": st.one_of(st.integers(-5, 2**64), st.just("1773900000000000000"), json_values),
+     "endTimeUnixNano": st.one_of(st.just("1773900000500000000"), json_values),
+     "attributes": json_attributes},
+    optional={"status": st.one_of(st.fixed_dictionaries({"code": json_values}), json_values)},
 )
 json_exports = st.recursive(
     st.fixed_dictionaries({"resourceSpans": st.lists(st.fixed_dictionaries({"scopeSpans": st.lists(
@@ -70,7 +91,12 @@ def test_protobuf_exports_never_answer_500(api, export):
 
 
 @FUZZ
-@given(data=st.one_of(json_exports, json_values))
+@given(data=st.one_of(
+    json_exports, json_values,
+    st.builds(lambda spans, resource: {"resourceSpans": [{"resource": {"attributes": resource},
+                                                          "scopeSpans": [{"spans": spans}]}]},
+              st.lists(json_spans, max_size=4), json_attributes),
+))
 def test_json_exports_never_answer_500(api, data):
     before = AIMetric.objects.count()
     response = post(api, json.dumps(data).encode(), "application/json")

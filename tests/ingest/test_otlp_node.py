@@ -156,14 +156,11 @@ def everything_stored() -> str:
     return repr([list(model.objects.values()) for model in apps.get_models()])
 
 
-# The live service needs a transactional database, whose flush after each test also empties the published
-# prices that a migration ships; a serialized rollback puts them back for each case, as a fresh install has them.
-@pytest.mark.django_db(transaction=True, serialized_rollback=True)
 @pytest.mark.parametrize(("encoding", "compression"), [
     ("json", "none"), ("json", "gzip"), ("protobuf", "none"), ("protobuf", "gzip"),
 ])
 def test_the_javascript_sdk_exporter_stores_every_genai_span_once_with_its_figures(
-    otlp_node_project, live_service, business, make_key, encoding, compression
+    otlp_node_project, live_service, published_prices, business, make_key, encoding, compression
 ):
     _, raw_key = make_key(business, can_ingest=True)
     service = live_service(workers=2)

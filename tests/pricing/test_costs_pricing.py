@@ -153,15 +153,9 @@ def test_openai_cached_tokens_are_a_part_of_the_input_not_extra(db):
     assert event.cache_savings_usd == per_million(1024, "0.075")
 
 
-def test_an_event_without_cached_tokens_has_no_cache_savings(db):
+def test_an_event_without_cached_tokens_or_a_price_has_no_cache_savings(db):
     assert ingest(model_name="gpt-4o-mini", input_tokens=900).cache_savings_usd is None
-    assert ingest(model_name="in-house-llm", cache_read_input_tokens=500).cache_savings_usd is None
-
-
-def test_an_estimated_cost_prices_the_cached_part_at_the_cached_rate(db):
-    event = ingest(model_name="gpt-4o-mini", tokens_used=1000, cache_read_input_tokens=400)
-    assert event.cost_basis == CostBasis.ESTIMATED
-    assert event.cost_usd == per_million(600, "0.15") + per_million(400, "0.075")
+    assert ingest(model_name="in-house-llm", input_tokens=900, cache_read_input_tokens=500).cache_savings_usd is None
 
 
 def test_a_new_cache_price_reprices_the_cost_and_the_savings_in_the_summary(superuser, logged_in):
