@@ -143,8 +143,10 @@ def _store(found: SpanEvents, key: ApiKey | None) -> tuple[list[str], list[servi
                            f"than this key's ({key.business_id!r})")
         else:
             valid.append(checked.values)
+    if len(valid) <= _INSERT_CHUNK:
+        return refused, services.record_events(valid) if valid else []
     outcomes: list[services.StoredOutcome] = []
-    with transaction.atomic():
+    with transaction.atomic():  # all of the export's events, or none
         for start in range(0, len(valid), _INSERT_CHUNK):
             outcomes += services.record_events(valid[start:start + _INSERT_CHUNK])
     return refused, outcomes
