@@ -209,16 +209,21 @@ def fold_all() -> int:
     return folding.fold_pending()
 
 
+def stop_process_group(process: subprocess.Popen, timeout: float) -> None:
+    """SIGTERM to the process's group, SIGKILL after `timeout` seconds; returns once it has ended."""
+    if process.poll() is None:
+        os.killpg(process.pid, signal.SIGTERM)
+        try:
+            process.wait(timeout=timeout)
+        except subprocess.TimeoutExpired:
+            os.killpg(process.pid, signal.SIGKILL)
+            process.wait()
+
+
 def stop_service(service: LiveService) -> None:
     folder = getattr(service, "folder", None)
     if folder is not None:
         stop_folder(folder)
-    if service.process.poll() is None:
-        os.killpg(service.process.pid, signal.SIGTERM)
-        try:
-            service.process.wait(timeout=15)
-        except subprocess.TimeoutExpired:
-            os.killpg(service.process.pid, signal.SIGKILL)
-            service.process.wait()
+    stop_process_group(service.process, timeout=15)
 
 

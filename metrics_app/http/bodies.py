@@ -68,11 +68,7 @@ def read_stream(request: HttpRequest, max_bytes: int) -> bytes:
     For endpoints whose bodies are not request data that Django parses (OTLP exports); the read stops one
     byte past the limit, so no body is held beyond it.
     """
-    try:
-        declared = int(request.META.get("CONTENT_LENGTH") or 0)
-    except ValueError:
-        declared = 0
-    if declared > max_bytes:
+    if _declared_length(request) > max_bytes:
         raise _too_large(max_bytes)
     body = request.read(max_bytes + 1)
     if len(body) > max_bytes:
@@ -80,13 +76,16 @@ def read_stream(request: HttpRequest, max_bytes: int) -> bytes:
     return body
 
 
+def _declared_length(request: HttpRequest) -> int:
+    try:
+        return int(request.META.get("CONTENT_LENGTH") or 0)
+    except ValueError:
+        return 0
+
+
 def read_body(request: HttpRequest, max_bytes: int) -> bytes:
     """The raw body, or BodyRefused(413) past `max_bytes`, whether declared or sent."""
-    try:
-        declared = int(request.META.get("CONTENT_LENGTH") or 0)
-    except ValueError:
-        declared = 0
-    if declared > max_bytes:
+    if _declared_length(request) > max_bytes:
         raise _too_large(max_bytes)
     try:
         body = request.body

@@ -23,7 +23,7 @@ from unittest import mock
 
 import pytest
 
-from tests.helpers import ROOT, LiveService, stop_service
+from tests.helpers import ROOT, LiveService, stop_process_group, stop_service
 
 TS_DIR = ROOT / "clients" / "typescript"
 PY_DIR = ROOT / "clients" / "python"
@@ -64,57 +64,70 @@ def build_typescript() -> Path:
 NEXT_ENV = {"NEXT_TELEMETRY_DISABLED": "1"}  # next build and next start would otherwise report usage
 
 
-def _package_sources() -> list[str]:
-    """The TypeScript package's files as git sees them (tracked or new, not ignored), edits included."""
+def git_files(folder: Path) -> list[str]:
+    """A folder's files as git sees them (tracked or new, not ignored: no node_modules), edits included."""
     listed = subprocess.run(
         ["git", "ls-files", "-z", "--cached", "--others", "--exclude-standard", "."],
-        cwd=TS_DIR, capture_output=True, check=True,
+        cwd=folder, capture_output=True, check=True,
     ).stdout
-    return sorted(name for name in listed.decode().split("\0") if name and (TS_DIR / name).is_file())
+    return sorted(name for name in listed.decode().split("\0") if name and (folder / name).is_file())
 
 
-def _sources_digest(names: list[str]) -> str:
+def cached_node_build(source: Path, prefix: str, build: Callable[[list[str], Path], None]) -> Path:
+    """The folder `build(names, staging)` filled from `source`'s files, made once per digest of them and Node.
+
+    Kept in the temporary directory under a digest of the files and Node's
+    version, so the PostgreSQL pass of ./test.sh and later runs reuse what the
+    SQLite pass made; any edit makes a new one. Made in a staging folder and
+    renamed into place, so a run beside this one sees the whole of it or none
+    (when both made it, the first rename wins). Others of `prefix` (and
+    unfinished ones) unused for an hour are removed.
+    """
+    names = git_files(source)
     digest = hashlib.sha256(subprocess.run(["node", "--version"], capture_output=True, text=True).stdout.encode())
     for name in names:
-        digest.update(name.encode() + b"\0" + (TS_DIR / name).read_bytes() + b"\0")
-    return digest.hexdigest()[:16]
+        digest.update(name.encode() + b"\0" + (source / name).read_bytes() + b"\0")
+    cache = Path(tempfile.gettempdir())
+    made = cache / f"{prefix}-{digest.hexdigest()[:16]}"
+    if not made.is_dir():
+        staging = Path(tempfile.mkdtemp(prefix=f"{prefix}-staging-", dir=cache))
+        try:
+            build(names, staging)
+            staging.rename(made)
+        except OSError:
+            if not made.is_dir():
+                raise
+        finally:
+            shutil.rmtree(staging, ignore_errors=True)
+    os.utime(made)
+    for old in cache.glob(f"{prefix}-*"):
+        try:
+            stale = old != made and time.time() - old.stat().st_mtime > 3600
+        except OSError:
+            continue
+        if stale:
+            shutil.rmtree(old, ignore_errors=True)
+    return made
+
+
+def copy_files(names: list[str], source: Path, target: Path) -> None:
+    for name in names:
+        (target / name).parent.mkdir(parents=True, exist_ok=True)
+        shutil.copy2(source / name, target / name)
 
 
 @functools.cache
 def build_nextjs_app() -> Path:
-    """The Next.js chat app installed from its lock file and built (`next build`); its folder.
+    """The Next.js chat app installed from its lock file and built (`next build`, about 40 s on two cores).
 
-    The build (about 40 s on two cores) is kept in the temporary directory
-    under a digest of the package's sources and Node's version, so the
-    PostgreSQL pass of ./test.sh and later runs reuse what the SQLite pass
-    built; any edit to the package, the app or the route makes a new one.
-    Builds from other sources (and unfinished ones), unused for an hour, are removed.
+    Reused while the package's sources, the app, the route and Node's version stay the same.
     """
-    names = _package_sources()
-    cache = Path(tempfile.gettempdir())
-    built = cache / f"mlops-nextjs-app-{_sources_digest(names)}"
-    if not built.is_dir():
-        staging = Path(tempfile.mkdtemp(prefix="mlops-nextjs-build-", dir=cache))
-        try:
-            _install_and_build(names, staging)
-            # Atomic: a run beside this one sees the whole build or none; when
-            # both built, the first rename wins and the other copy goes.
-            staging.rename(built)
-        except OSError:
-            if not built.is_dir():
-                raise
-        finally:
-            shutil.rmtree(staging, ignore_errors=True)
-    os.utime(built)
-    _remove_stale_builds(cache, keep=built)
-    return built / "typescript" / NEXTJS_APP
+    return cached_node_build(TS_DIR, "mlops-nextjs-app", _install_and_build) / "typescript" / NEXTJS_APP
 
 
 def _install_and_build(names: list[str], staging: Path) -> None:
     package = staging / "typescript"
-    for name in names:
-        (package / name).parent.mkdir(parents=True, exist_ok=True)
-        shutil.copy2(TS_DIR / name, package / name)
+    copy_files(names, TS_DIR, package)
     env = {**os.environ, **NEXT_ENV}
     run(["npm", "ci", "--no-audit", "--no-fund"], package, env=env)
     run(["npm", "run", "build"], package, env=env)  # dist/, which the app's file:../.. link resolves to
@@ -122,16 +135,6 @@ def _install_and_build(names: list[str], staging: Path) -> None:
     run(["npm", "ci", "--no-audit", "--no-fund"], app, env=env)
     run(["npm", "run", "build"], app, env=env)
     shutil.rmtree(app / ".next" / "cache", ignore_errors=True)  # the bundler's cache (85 MB); next start needs none
-
-
-def _remove_stale_builds(cache: Path, keep: Path) -> None:
-    for old in [*cache.glob("mlops-nextjs-app-*"), *cache.glob("mlops-nextjs-build-*")]:
-        try:
-            stale = old != keep and time.time() - old.stat().st_mtime > 3600
-        except OSError:
-            continue
-        if stale:
-            shutil.rmtree(old, ignore_errors=True)
 
 
 @dataclass
@@ -182,13 +185,7 @@ def start_nextjs_app(app: Path, env: dict[str, str], tmp_path: Path, timeout: fl
 
 
 def stop_nextjs_app(chat_app: ChatApp) -> None:
-    if chat_app.process.poll() is None:
-        os.killpg(chat_app.process.pid, signal.SIGTERM)
-        try:
-            chat_app.process.wait(timeout=10)
-        except subprocess.TimeoutExpired:
-            os.killpg(chat_app.process.pid, signal.SIGKILL)
-            chat_app.process.wait()
+    stop_process_group(chat_app.process, timeout=10)
 
 
 def restart_on_same_port(service: LiveService, start: Callable[..., LiveService], **options: Any) -> LiveService:

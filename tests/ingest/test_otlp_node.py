@@ -11,13 +11,9 @@ is checked against that, with costs computed here from the published prices.
 from __future__ import annotations
 
 import functools
-import hashlib
 import json
 import os
-import shutil
 import subprocess
-import tempfile
-import time
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from decimal import Decimal
@@ -29,7 +25,7 @@ from django.apps import apps
 
 from metrics_app.ingest.spans import span_event_id
 from metrics_app.models import AIMetric
-from tests.clients.helpers import have_node, run
+from tests.clients.helpers import cached_node_build, copy_files, have_node, run
 from tests.helpers import ROOT, LiveService, fold_all, require
 from tests.monitoring.helpers import total
 
@@ -43,54 +39,15 @@ ERROR = 2  # SpanStatusCode.ERROR in @opentelemetry/api
 GPT_4O_MINI = {"input": Decimal("0.15"), "cached": Decimal("0.075"), "output": Decimal("0.60")}
 
 
-def _project_files() -> list[str]:
-    """The Node project's files as git sees them (tracked or new, not ignored), so node_modules stays out."""
-    listed = subprocess.run(
-        ["git", "ls-files", "-z", "--cached", "--others", "--exclude-standard", "."],
-        cwd=PROJECT, capture_output=True, check=True,
-    ).stdout
-    return sorted(name for name in listed.decode().split("\0") if name and (PROJECT / name).is_file())
+def _install(names: list[str], staging: Path) -> None:
+    copy_files(names, PROJECT, staging)
+    run(["npm", "ci", "--no-audit", "--no-fund"], staging, timeout=300)
 
 
 @functools.cache
 def install_project() -> Path:
-    """The Node project installed from its lock file (`npm ci`); its folder.
-
-    Kept in the temporary directory under a digest of the project's files and
-    Node's version, so the PostgreSQL pass of ./test.sh and later runs reuse
-    the SQLite pass's install; an edit to the project makes a new one.
-    Installs from other digests (and unfinished ones), unused for an hour, are removed.
-    """
-    names = _project_files()
-    node = subprocess.run(["node", "--version"], capture_output=True, text=True, check=True).stdout
-    digest = hashlib.sha256(node.encode())
-    for name in names:
-        digest.update(name.encode() + b"\0" + (PROJECT / name).read_bytes() + b"\0")
-    cache = Path(tempfile.gettempdir())
-    installed = cache / f"mlops-otlp-node-{digest.hexdigest()[:16]}"
-    if not installed.is_dir():
-        staging = Path(tempfile.mkdtemp(prefix="mlops-otlp-node-staging-", dir=cache))
-        try:
-            for name in names:
-                (staging / name).parent.mkdir(parents=True, exist_ok=True)
-                shutil.copy2(PROJECT / name, staging / name)
-            run(["npm", "ci", "--no-audit", "--no-fund"], staging, timeout=300)
-            # Atomic: a run beside this one sees the whole install or none; the first rename wins.
-            staging.rename(installed)
-        except OSError:
-            if not installed.is_dir():
-                raise
-        finally:
-            shutil.rmtree(staging, ignore_errors=True)
-    os.utime(installed)
-    for old in cache.glob("mlops-otlp-node-*"):
-        try:
-            stale = old != installed and time.time() - old.stat().st_mtime > 3600
-        except OSError:
-            continue
-        if stale:
-            shutil.rmtree(old, ignore_errors=True)
-    return installed
+    """The Node project installed from its lock file (`npm ci`), once per edit of it and Node's version."""
+    return cached_node_build(PROJECT, "mlops-otlp-node", _install)
 
 
 @pytest.fixture
