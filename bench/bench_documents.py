@@ -1,6 +1,6 @@
 """Speed of the document pipeline: a full `dvc repro` over a generated corpus, then a rerun after one change.
 
-    .venv/bin/python bench/bench_documents.py [--documents 200] [--method bm25|minilm]
+    .venv/bin/python bench/bench_documents.py [--documents 200] [--method bm25|minilm|minilm-onnx|hybrid]
 
 Works in a fresh clone of the repository in a temporary folder, whose raw
 folder is replaced by a generated corpus of mixed formats (PDF, DOCX, TXT,
@@ -86,7 +86,7 @@ def timed_repro(root: Path) -> tuple[float, dict, dict]:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--documents", type=int, default=200)
-    parser.add_argument("--method", choices=("bm25", "minilm"), default="bm25")
+    parser.add_argument("--method", choices=("bm25", "minilm", "minilm-onnx", "hybrid"), default="bm25")
     args = parser.parse_args()
 
     with tempfile.TemporaryDirectory() as scratch:

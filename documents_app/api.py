@@ -59,7 +59,13 @@ class KnowledgeBaseSummarySerializer(serializers.Serializer):
 
 class KnowledgeBaseChunkSerializer(serializers.Serializer):
     chunk_id = serializers.CharField()
-    score = serializers.FloatField(help_text="BM25 score or cosine similarity, by the method; higher is better.")
+    score = serializers.FloatField(
+        help_text="Relevance: cosine similarity for minilm-onnx, hybrid and minilm (hybrid orders by the fused "
+                  "ranks), the BM25 score for bm25; higher is better. Hits below the method's min_score are left out."
+    )
+    kb_version = serializers.CharField(
+        help_text="The knowledge-base version the hit comes from (send it as kb_version)."
+    )
     text = serializers.CharField()
     source = serializers.CharField(help_text="The document, as a path inside the business's folder.")  # type: ignore[assignment]  # a declared field: DRF's metaclass takes it off the class
     section = serializers.CharField()
@@ -73,7 +79,7 @@ class KnowledgeBaseSearchSerializer(serializers.Serializer):
     business_id = serializers.CharField()
     query = serializers.CharField()
     k = serializers.IntegerField()
-    results = KnowledgeBaseChunkSerializer(many=True)
+    results = KnowledgeBaseChunkSerializer(many=True, help_text="Best first; empty when nothing answers the query.")
 
 
 ERRORS = documented_errors(

