@@ -47,6 +47,25 @@ def test_the_summary_gives_the_version_the_chat_app_reports_as_kb_version(api: C
 
 
 @pytest.mark.django_db
+def test_search_finds_an_answer_that_shares_no_word_with_the_question(api: Client, kb_root: Path) -> None:
+    status, body = _search(api, q="Is there somewhere to leave my car?", k=3, business_id=SAMPLE)
+    assert status == 200, body
+    best = body["results"][0]
+    assert (best["source"], best["section"]) == ("policies.pdf", "Accessibility")
+    assert "parking" in best["text"].lower()
+    assert best["kb_version"] == body["version"] == _kb(kb_root)["version"]
+    assert isinstance(best["position"], int) and 0.15 <= best["score"] <= 1
+
+
+@pytest.mark.django_db
+@pytest.mark.parametrize("question", ["Tell me a joke", "What is the capital of Australia?"])
+def test_a_question_nothing_answers_gets_no_hits(api: Client, kb_root: Path, question: str) -> None:
+    status, body = _search(api, q=question, k=3, business_id=SAMPLE)
+    assert status == 200, body
+    assert body["results"] == []
+
+
+@pytest.mark.django_db
 def test_search_answers_the_written_customer_questions(api: Client, kb_root: Path) -> None:
     def search(question: str, k: int) -> list[dict]:
         status, body = _search(api, q=question, k=k, business_id=SAMPLE)
