@@ -28,7 +28,9 @@ class Workspace:
         return path
 
     def process(self, **overrides) -> dict:
-        params = replace(ProcessParams(), **overrides)
+        # The pipeline's own mechanics, on the instant method; the default method has tests of its own
+        # (test_documents_retrieval_quality.py), where merging near-duplicates by meaning is expected.
+        params = replace(ProcessParams(embedding_method="bm25"), **overrides)
         return pipeline.process_documents(
             self.raw, self.root / "emb.json", self.root / "m1.json", params, cache_dir=self.cache
         )

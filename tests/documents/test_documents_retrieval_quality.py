@@ -18,23 +18,23 @@ from django.core.management import call_command
 from documents_app.management.commands.evaluate_retrieval import evaluate, question_files, question_sets
 from documents_app.pipeline import stages as pipeline
 from documents_app.search.embeddings import HybridMethod, MiniLmOnnxMethod, _onnx_embed, _sentences, get_method
-from tests.documents.helpers import ROOT
 
 REFERENCE = json.loads((Path(__file__).with_name("minilm_reference.json")).read_text())
 
 
-def reference_texts() -> list[str]:
+def reference_texts(clone: Path) -> list[str]:
+    """The reference's texts; "@file:" ones are documents of the sample business (fetched by dvc pull)."""
     return [
-        (ROOT / text.removeprefix("@file:")).read_text() if text.startswith("@file:") else text
+        (clone / text.removeprefix("@file:")).read_text() if text.startswith("@file:") else text
         for text in REFERENCE["sentences"]
     ]
 
 
-def test_the_onnx_model_gives_the_vectors_of_the_pytorch_model() -> None:
+def test_the_onnx_model_gives_the_vectors_of_the_pytorch_model(built_clone: Path) -> None:
     # The reference: sentence-transformers 6.2 running the fp32 weights on PyTorch (tests/documents/
     # minilm_reference.json); the int8 export may move each vector a little, never its meaning.
     expected = np.asarray(REFERENCE["vectors"], dtype=np.float32)
-    got = _onnx_embed(reference_texts())
+    got = _onnx_embed(reference_texts(built_clone))
     cosines = np.sum(got * expected, axis=1)
     assert cosines.min() > 0.99, cosines
     assert np.allclose(np.linalg.norm(got, axis=1), 1, atol=1e-5)
@@ -105,10 +105,13 @@ def test_hybrid_orders_by_meaning_and_words_and_shows_the_meaning() -> None:
 
 
 @pytest.fixture(scope="module")
-def measured() -> dict:
-    """The default method over every evaluation business, asked every written question (as evaluate_retrieval)."""
-    default = pipeline.load_params(ROOT / "params.yaml")[0].embedding_method
-    return evaluate(default, ROOT / pipeline.RAW_DIR, question_sets(question_files()))
+def measured(built_clone: Path) -> dict:
+    """The default method over every evaluation business, asked every written question (as evaluate_retrieval).
+
+    The sample business's documents come from a clone where `dvc pull` fetched them, as on a fresh machine.
+    """
+    default = pipeline.load_params(built_clone / "params.yaml")[0].embedding_method
+    return evaluate(default, built_clone / pipeline.RAW_DIR, question_sets(question_files()))
 
 
 def test_the_default_answers_the_written_questions_in_its_top_three(measured: dict) -> None:
