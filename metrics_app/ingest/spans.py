@@ -45,13 +45,13 @@ from opentelemetry.proto.common.v1.common_pb2 import AnyValue, KeyValue
 from opentelemetry.proto.trace.v1.trace_pb2 import Span, Status
 
 GENAI_OPERATIONS = frozenset({"chat", "generate_content", "text_completion"})
-# Providers whose input token count leaves out the tokens read from and written to the cache.
+# The provider (a prefix of its name) whose input token count leaves out the tokens read from and written to
+# the cache.
 CACHE_APART_PROVIDER = "anthropic"
 # The instrumentation scope of the Vercel AI SDK's spans, which carry the provider's own counts.
 VERCEL_AI_SCOPE = "ai"
 # Says whether a span's input token count leaves out its cached parts (true) or includes them (false).
 EXCLUDES_CACHE = "mlops.input_tokens_exclude_cache"
-NAMESPACE = "mlops."
 
 # The event field each of the receptionist's attributes fills.
 ATTRIBUTES = {
@@ -91,7 +91,7 @@ SOURCE_OF = {
     "timestamp": "the span's end time",
     "tokens_used": "gen_ai.usage.input_tokens + gen_ai.usage.output_tokens",
 }
-# Event ids of spans: uuid5 of the hex trace and span ids under this namespace.
+# Event ids of spans: name-based (version 5) UUIDs of the trace and span ids' bytes under this namespace.
 SPAN_EVENT_NAMESPACE = uuid.UUID("6d6c6f70-732d-4f54-8c50-7370616e7321")
 
 

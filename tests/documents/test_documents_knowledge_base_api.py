@@ -70,6 +70,7 @@ def test_a_damaged_model_install_answers_503_not_500(api: Client, kb_root: Path,
     from documents_app.search import embeddings, knowledge_base
 
     monkeypatch.setattr(embeddings, "_onnx", {})
+    monkeypatch.setattr(embeddings, "_onnx_files", None)
     monkeypatch.setattr(embeddings, "MODEL_SHA256", "f" * 64)
     monkeypatch.setattr(knowledge_base, "_cache", {})
     status, body = _search(api, q="Where do I park?", k=3, business_id=SAMPLE)

@@ -45,14 +45,17 @@ def test_the_onnx_model_gives_the_vectors_of_the_pytorch_model(built_clone: Path
         assert answers[np.argmax(got[answers] @ got[q])] == answers[np.argmax(expected[answers] @ expected[q])]
 
 
-def test_a_query_runs_on_one_thread_and_a_corpus_on_every_core() -> None:
+def test_a_query_runs_on_one_thread_and_a_corpus_on_every_core(monkeypatch: pytest.MonkeyPatch) -> None:
     from documents_app.search import embeddings
 
-    _onnx_embed(["one question"])
-    _onnx_embed(["a corpus", "of chunks"])
-    assert set(embeddings._onnx) == {1, 0}
-    session = embeddings._onnx[1][1]
-    assert session is embeddings._onnx_model(1)[1]  # loaded once per process, not per query
+    monkeypatch.setattr(embeddings, "_onnx", {})
+    method = MiniLmOnnxMethod()
+    scorer = method.scorer(method.embed(["Hours\nWe open at nine."]))  # a corpus of one chunk: every core
+    assert set(embeddings._onnx) == {embeddings.CORPUS_THREADS}
+    scorer.scores("When do you open?")
+    session = embeddings._onnx[embeddings.QUERY_THREADS][1]
+    scorer.scores("And on Sundays?")
+    assert embeddings._onnx[embeddings.QUERY_THREADS][1] is session  # loaded once per process, not per query
 
 
 def test_a_chunk_is_represented_by_its_vector_and_its_sentences() -> None:
@@ -88,6 +91,7 @@ def test_a_model_file_other_than_the_measured_one_is_refused(monkeypatch: pytest
     from documents_app.search import embeddings
 
     monkeypatch.setattr(embeddings, "_onnx", {})
+    monkeypatch.setattr(embeddings, "_onnx_files", None)
     monkeypatch.setattr(embeddings, "MODEL_SHA256", "0" * 64)
     with pytest.raises(embeddings.MethodUnavailable, match="not the file this method was measured with"):
         _onnx_embed(["a question"])
