@@ -598,3 +598,78 @@ class MetricTotals(models.Model):
 
     def __str__(self) -> str:
         return f"{self.business_id}/{self.model_name}/{self.intent}/{self.response_type}: {self.events} events"
+
+
+class ExperimentDimension(models.TextChoices):
+    """What an experiment varies: one of the event labels the chat app sends."""
+
+    PROMPT_VERSION = "prompt_version", "prompt version"
+    KB_VERSION = "kb_version", "knowledge-base version"
+    MODEL = "model", "model"
+
+
+class ExperimentMetric(models.TextChoices):
+    """The conversation rate an experiment's verdict is about."""
+
+    BOOKING_RATE = "booking_rate", "booking rate"
+    APPOINTMENT_REQUEST_RATE = "appointment_request_rate", "appointment request rate"
+    HANDOFF_RATE = "handoff_rate", "handoff rate (lower is better)"
+    ERROR_RATE = "error_rate", "error rate (lower is better)"
+
+
+class Experiment(models.Model):
+    """A planned comparison of two values of one dimension for one business, from a fixed start.
+
+    The arms, the dimension and the start cannot change once it exists: its
+    verdict reads only the conversations since the start, so the window
+    cannot be slid until the figures look good. Stopping it sets `ended_at`.
+    The name is also the salt of the clients' assignment hash.
+    """
+
+    business = models.ForeignKey(Business, on_delete=models.CASCADE, related_name="experiments")
+    name = models.SlugField(
+        max_length=100, help_text="Unique per business; the clients hash it with the conversation id to pick an arm."
+    )
+    description = models.CharField(max_length=500, blank=True, help_text="The hypothesis, in a sentence.")
+    dimension = models.CharField(max_length=20, choices=ExperimentDimension.choices,
+                                 default=ExperimentDimension.PROMPT_VERSION)
+    variant_a = models.CharField(max_length=MAX_LABEL_LENGTH, help_text="The control: the value now in use.")
+    variant_b = models.CharField(max_length=MAX_LABEL_LENGTH, help_text="The challenger.")
+    split_a = models.FloatField(
+        default=0.5, help_text="The planned share of conversations for variant a, strictly between 0 and 1."
+    )
+    primary_metric = models.CharField(max_length=32, choices=ExperimentMetric.choices,
+                                      default=ExperimentMetric.BOOKING_RATE)
+    minimum_lift = models.FloatField(
+        default=0.05,
+        help_text="The smallest difference of the primary rate that matters, in rate points (0.05 = 5 points).",
+    )
+    started_at = models.DateTimeField(default=timezone.now, help_text="Only conversations from here on count.")
+    ended_at = models.DateTimeField(null=True, blank=True, help_text="Set when the experiment is stopped.")
+    created_at = models.DateTimeField(default=timezone.now, editable=False)
+    created_by = models.ForeignKey(
+        settings.AUTH_USER_MODEL, on_delete=models.SET_NULL, null=True, blank=True, editable=False
+    )
+
+    class Meta:
+        db_table = "mlops_experiment"
+        constraints = [
+            models.UniqueConstraint(fields=["business", "name"], name="experiment_business_name_uniq"),
+            models.CheckConstraint(condition=~Q(variant_a=models.F("variant_b")), name="experiment_distinct_arms"),
+            models.CheckConstraint(condition=Q(split_a__gt=0, split_a__lt=1), name="experiment_split_range"),
+            models.CheckConstraint(condition=Q(minimum_lift__gt=0, minimum_lift__lt=1),
+                                   name="experiment_minimum_lift_range"),
+            models.CheckConstraint(condition=Q(ended_at__isnull=True) | Q(ended_at__gt=models.F("started_at")),
+                                   name="experiment_ends_after_start"),
+        ]
+        indexes = [
+            # The experiment list of a business, newest first (API and admin).
+            models.Index(fields=["business", "-started_at"], name="experiment_business_start_idx"),
+        ]
+
+    def __str__(self) -> str:
+        return f"{self.business_id}/{self.name}: {self.dimension} {self.variant_a} vs {self.variant_b}"
+
+    @property
+    def is_running(self) -> bool:
+        return self.ended_at is None

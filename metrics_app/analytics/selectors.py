@@ -230,7 +230,7 @@ def _with_none_default(sums: dict[Any, dict[str, Any]]) -> dict[Any, defaultdict
     return {key: defaultdict(lambda: None, value) for key, value in sums.items()}
 
 
-def _grouped_percentiles(events: QuerySet[AIMetric], group: Any = None) -> dict[Any, dict[str, float | None]]:
+def grouped_percentiles(events: QuerySet[AIMetric], group: Any = None) -> dict[Any, dict[str, float | None]]:
     """p50/p95/p99 of response_time_ms, per value of `group` (an expression), or overall under key None."""
     with_latency = events.exclude(response_time_ms__isnull=True)
     if connection.vendor == "postgresql":
@@ -474,7 +474,7 @@ def summary(filters: Filters) -> dict[str, Any]:
     else:
         events = events_in(filters)
         figures = _event_figures(events.aggregate(**_event_aggregates()))
-        latency = _grouped_percentiles(events).get(None) or _no_percentiles()
+        latency = grouped_percentiles(events).get(None) or _no_percentiles()
     figures.update({f"latency_{name}_ms": value for name, value in latency.items()})
     figures.update(_conversation_figures(_conversation_sums(filters, middle, edges), figures["cost_usd"]))
     return figures
@@ -570,7 +570,7 @@ def _raw_buckets(filters: Filters, kind: str, percentiles: bool = True) -> tuple
     event_sums = {_as_local_key(row.pop("bucket"), filters.tz): row for row in rows}
     latency = {
         _as_local_key(key, filters.tz): value
-        for key, value in _grouped_percentiles(events, Trunc("timestamp", kind, tzinfo=filters.tz)).items()
+        for key, value in grouped_percentiles(events, Trunc("timestamp", kind, tzinfo=filters.tz)).items()
     } if percentiles else {}
     return event_sums, latency
 
@@ -780,7 +780,7 @@ def _raw_breakdown(filters: Filters, dimension: str, limit: int) -> list[dict[st
     events = events_in(filters)
     aggregates = {**_event_aggregates(), "distinct_conversations": Count("conversation_id", distinct=True)}
     rows = list(events.values(field).annotate(**aggregates).order_by("-events", field)[:limit])
-    latency = _grouped_percentiles(events, F(field))
+    latency = grouped_percentiles(events, F(field))
     result = []
     for row in rows:
         key = row[field]

@@ -2,7 +2,7 @@
 
 from django.urls import path
 
-from metrics_app.api import analytics, conversations
+from metrics_app.api import analytics, conversations, experiments
 
 urlpatterns = [
     path("analytics/summary", analytics.SummaryView.as_view(), name="analytics-summary"),
@@ -10,6 +10,11 @@ urlpatterns = [
     path("analytics/timeseries", analytics.TimeseriesView.as_view(), name="analytics-timeseries"),
     path("analytics/breakdown/<str:dimension>", analytics.BreakdownView.as_view(), name="analytics-breakdown"),
     path("analytics/peak-hours", analytics.PeakHoursView.as_view(), name="analytics-peak-hours"),
+    path("analytics/compare", experiments.CompareView.as_view(), name="analytics-compare"),
+    path("experiments/", experiments.ExperimentListView.as_view(), name="experiments"),
+    path("experiments/<int:pk>", experiments.ExperimentDetailView.as_view(), name="experiment-detail"),
+    path("experiments/<int:pk>/stop", experiments.ExperimentStopView.as_view(), name="experiment-stop"),
+    path("experiments/<int:pk>/results", experiments.ExperimentResultsView.as_view(), name="experiment-results"),
     path("conversations/", conversations.ConversationListView.as_view(), name="conversations"),
     path("conversations/outcome", conversations.ConversationOutcomeView.as_view(), name="conversations-outcome"),
     path("conversations/<int:pk>", conversations.ConversationDetailView.as_view(), name="conversation-detail"),

@@ -23,6 +23,7 @@ from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 
 from documents_app.search.embeddings import get_method
+from metrics_app.api.experiments import CompareQuerySerializer
 from metrics_app.api.queries import BreakdownQuerySerializer, ConversationQuerySerializer, TimeseriesQuerySerializer
 from metrics_app.http.bodies import MAX_JSON_DEPTH
 from metrics_app.models import Business
@@ -117,9 +118,11 @@ def test_raw_bytes_to_the_outcome_api_never_answer_500(api, make_key, business, 
 ANALYTICS_PATHS = [
     "/api/analytics/summary", "/api/analytics/funnel", "/api/analytics/timeseries", "/api/analytics/peak-hours",
     "/api/analytics/breakdown/intent", "/api/analytics/breakdown/model", "/api/conversations/",
+    "/api/analytics/compare",
 ]
 ANALYTICS_PARAMS = sorted(
-    {*TimeseriesQuerySerializer().fields, *BreakdownQuerySerializer().fields, *ConversationQuerySerializer().fields}
+    {*TimeseriesQuerySerializer().fields, *BreakdownQuerySerializer().fields, *ConversationQuerySerializer().fields,
+     *CompareQuerySerializer().fields}
 )
 
 
@@ -136,6 +139,27 @@ def test_odd_path_segments_never_answer_500(api, make_key, business, traffic, di
     headers = key_headers(make_key, None, can_read=True, can_ingest=False)
     assert_no_500(api.get(f"/api/analytics/breakdown/{dimension.replace('/', '')}", headers=headers))
     assert_no_500(api.get(f"/api/conversations/{pk}", headers=headers))
+    assert_no_500(api.get(f"/api/experiments/{pk}/results", {"lift": dimension, "tz": dimension}, headers=headers))
+
+
+# --- Experiments.
+
+experiment_fields = ["business_id", "name", "description", "dimension", "variant_a", "variant_b", "split_a",
+                     "primary_metric", "minimum_lift", "started_at"]
+experiment_bodies = st.one_of(
+    st.dictionaries(st.sampled_from(experiment_fields), st.one_of(values, json_values), max_size=10),
+    json_values,
+)
+
+
+@FUZZ
+@given(body=experiment_bodies)
+@example(body={"name": "x", "variant_a": "v1", "variant_b": "v2", "split_a": 1e309})
+@example(body={"name": "x", "variant_a": "v1", "variant_b": "v2", "started_at": "9999-12-31T23:59:59Z"})
+def test_making_an_experiment_never_answers_500(api, make_key, business, body):
+    headers = key_headers(make_key, business, can_ingest=True)
+    response = api.post("/api/experiments/", json.dumps(body), content_type="application/json", headers=headers)
+    assert_no_500(response)
 
 
 # --- The knowledge-base search.
