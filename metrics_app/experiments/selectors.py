@@ -13,13 +13,14 @@ assumptions of each test: docs/analytics.md, "Experiments".
 from __future__ import annotations
 
 import zoneinfo
+from collections.abc import Iterator
 from dataclasses import dataclass, field
-from datetime import date, datetime, timedelta
+from datetime import UTC, date, datetime, timedelta
 from typing import Any
 
 import numpy as np
 from django.db import connection
-from django.db.models import Count, F, Min, Q, Sum
+from django.db.models import Count, F, Min, Q, QuerySet, Sum
 
 from metrics_app import database
 from metrics_app.analytics import selectors as analytics
@@ -109,6 +110,26 @@ def _began_earlier(question: Question) -> set[tuple[str, str]]:
     return set(rows.values_list("business_id", "conversation_id"))
 
 
+def _fetched(rows: QuerySet[Any, Any]) -> Iterator[tuple[Any, ...]]:
+    """The rows of a values_list query as the database driver gives them, a few thousand at a time.
+
+    Django's per-value converters (decimals, datetimes) were 40% of a compare
+    of 100,000 events; the loop converts the few values it uses itself. A
+    plain cursor, not a server-side one, so it runs behind a transaction pooler.
+    """
+    sql, params = rows.query.sql_with_params()
+    with connection.cursor() as cursor:
+        cursor.execute(sql, params)
+        while batch := cursor.fetchmany(5000):
+            yield from batch
+
+
+def _as_datetime(value: Any) -> datetime:
+    if isinstance(value, str):  # SQLite hands back text
+        value = datetime.fromisoformat(value)
+    return value if value.tzinfo else value.replace(tzinfo=UTC)
+
+
 def _conversations(question: Question) -> tuple[dict[str, _Arm], int, int]:
     """The arms' conversations, how many carried both values, and how many began before the period."""
     filters = question.filters
@@ -133,7 +154,7 @@ def _conversations(question: Question) -> tuple[dict[str, _Arm], int, int]:
     arms = {"a": _Arm(), "b": _Arm()}
     both = before = seen = 0
     for (business_id, conversation_id, on_a, on_b, first, count, errors, requested, booked, handoffs, cost,
-         latency_sum, latency_n) in rows.iterator(chunk_size=5000):
+         latency_sum, latency_n) in _fetched(rows):
         seen += 1
         if seen > MAX_CONVERSATIONS:
             raise TooManyConversations(f"the period holds more than {MAX_CONVERSATIONS:,} conversations of the "
@@ -146,7 +167,7 @@ def _conversations(question: Question) -> tuple[dict[str, _Arm], int, int]:
             continue
         name = "a" if on_a else "b"
         arm = arms[name]
-        arm.days.append(first.astimezone(filters.tz).date())
+        arm.days.append(_as_datetime(first).astimezone(filters.tz).date())
         arm.booked.append(booked > 0)
         arm.requested.append(requested > 0)
         arm.handed_off.append(handoffs > 0)

@@ -42,6 +42,7 @@ _NORMAL = NormalDist()
 _Z = _NORMAL.inv_cdf(1 - (1 - CONFIDENCE) / 2)  # 1.959964...
 
 FloatArray = npt.NDArray[np.float64]
+NORMAL_DF = 1e7
 
 
 @dataclass(frozen=True)
@@ -127,23 +128,46 @@ def incomplete_beta(a: float, b: float, x: float) -> float:
 
 
 def student_t_two_sided_p(t: float, df: float) -> float:
-    """P(|T| >= |t|) for Student's t with `df` degrees of freedom."""
+    """P(|T| >= |t|) for Student's t with `df` degrees of freedom.
+
+    Past NORMAL_DF the normal distribution is used: it is then within 1e-6 of
+    Student's, while the beta function's log-gamma terms lose more digits.
+    """
+    if df > NORMAL_DF:
+        return normal_two_sided_p(t)
     return incomplete_beta(df / 2, 0.5, df / (df + t * t))
 
 
+def _student_t_density(t: float, df: float) -> float:
+    if df > NORMAL_DF:
+        return math.exp(-t * t / 2) / math.sqrt(2 * math.pi)
+    log_scale = math.lgamma((df + 1) / 2) - math.lgamma(df / 2) - 0.5 * math.log(df * math.pi)
+    return math.exp(log_scale - (df + 1) / 2 * math.log1p(t * t / df))
+
+
 def student_t_quantile(probability: float, df: float) -> float:
-    """The t with P(T <= t) = probability (0.5 < probability < 1), by bisection on the distribution."""
+    """The t with P(T <= t) = probability (0.5 < probability < 1): Newton's method from the normal quantile.
+
+    Each step is kept inside the bracket known so far, so it cannot run away
+    where the density is flat (one or two degrees of freedom).
+    """
     tail = 2 * (1 - probability)
-    low, high = 0.0, 1.0
-    while student_t_two_sided_p(high, df) > tail:
-        high *= 2
-    for _ in range(200):
-        middle = (low + high) / 2
-        if student_t_two_sided_p(middle, df) > tail:
-            low = middle
+    low, high = 0.0, math.inf
+    t = _NORMAL.inv_cdf(probability)
+    for _ in range(100):
+        excess = tail - student_t_two_sided_p(t, df)  # > 0: t is too large
+        if excess > 0:
+            high = t
         else:
-            high = middle
-    return (low + high) / 2
+            low = t
+        step = excess / (2 * _student_t_density(t, df))
+        following = t + step
+        if not low < following < high:
+            following = (low + high) / 2 if math.isfinite(high) else 2 * t
+        if abs(following - t) <= 1e-13 * max(1.0, abs(t)):
+            return following
+        t = following
+    return t
 
 
 def mean_difference(a: FloatArray, b: FloatArray) -> Difference | None:

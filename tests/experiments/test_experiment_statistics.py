@@ -57,12 +57,17 @@ def test_a_difference_of_means_is_welchs_t_test_with_its_interval(seed):
     assert (found.low, found.high) == (pytest.approx(interval.low, rel=1e-8), pytest.approx(interval.high, rel=1e-8))
 
 
-@pytest.mark.parametrize("df", [1, 2.5, 7.3, 30, 1000, 1e6])
+@pytest.mark.parametrize("df", [1, 1.5, 2, 2.5, 7.3, 30, 1000, 1e6])
 def test_students_t_distribution_matches_scipys(df):
     for t in (0.0, 0.1, 1.0, 1.96, 3.0, 10.0):
         # Within 1e-8: at a million degrees of freedom the log-gamma differences lose a few digits.
         assert statistics.student_t_two_sided_p(t, df) == pytest.approx(2 * stats.t.sf(t, df), rel=1e-8, abs=1e-14)
     assert statistics.student_t_quantile(0.975, df) == pytest.approx(stats.t.ppf(0.975, df), rel=1e-9)
+
+
+def test_past_ten_million_degrees_of_freedom_students_t_is_the_normal_within_a_millionth():
+    assert statistics.student_t_two_sided_p(2.0, 1e9) == pytest.approx(2 * stats.t.sf(2.0, 1e9), rel=1e-6)
+    assert statistics.student_t_quantile(0.975, 1e9) == pytest.approx(stats.t.ppf(0.975, 1e9), rel=1e-6)
 
 
 def test_a_mean_has_its_t_interval():
