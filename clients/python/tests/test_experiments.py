@@ -59,8 +59,8 @@ def test_the_default_split_is_even() -> None:
 def test_two_experiments_assign_independently() -> None:
     first = [assign_variant("greeting-2025-06", cid, ("a", "b"), 0.3) for cid in CONVERSATIONS]
     second = [assign_variant("kb-rollout-2025-06", cid, ("a", "b"), 0.3) for cid in CONVERSATIONS]
-    agree = sum(x == y for x, y in zip(first, second))
-    both_a = sum(x == y == "a" for x, y in zip(first, second))
+    agree = sum(x == y for x, y in zip(first, second, strict=True))
+    both_a = sum(x == y == "a" for x, y in zip(first, second, strict=True))
     assert within_binomial_tolerance(agree, len(CONVERSATIONS), 0.3**2 + 0.7**2), agree
     assert within_binomial_tolerance(both_a, len(CONVERSATIONS), 0.3**2), both_a
 
