@@ -27,6 +27,7 @@ from tests.helpers import ROOT, LiveService, stop_process_group, stop_service
 
 TS_DIR = ROOT / "clients" / "typescript"
 PY_DIR = ROOT / "clients" / "python"
+SHARED_VECTORS = ROOT / "clients" / "variant_assignment_vectors.json"  # A/B arm assignment, checked by both clients
 NEXTJS_APP = Path("examples") / "nextjs"  # inside TS_DIR, so that its `file:../..` is the package
 
 # What a copy of TS_DIR leaves out: installs, build output, and the chat route
@@ -53,6 +54,8 @@ def build_typescript() -> Path:
     # by side, or two developers) must not rebuild each other's node_modules.
     copy = Path(tempfile.mkdtemp(prefix="mlops-ts-client-")) / "typescript"
     shutil.copytree(TS_DIR, copy, ignore=_NOT_SOURCE)
+    # Beside the package, as in clients/: its tests read the vectors that both clients share.
+    shutil.copy2(SHARED_VECTORS, copy.parent / SHARED_VECTORS.name)
     atexit.register(shutil.rmtree, copy.parent, True)
     run(["npm", "ci", "--no-audit", "--no-fund"], copy)
     run(["npm", "run", "pretest"], copy)

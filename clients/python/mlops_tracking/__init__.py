@@ -3,7 +3,9 @@
 `track_metrics(event)` queues one reply's event and returns at once; a daemon
 thread sends batches to the service's /track/batch, retries with the same
 event_id, and flushes at interpreter exit. Configured by MLOPS_SERVICE_URL and
-MLOPS_API_KEY, or by `configure(...)`.
+MLOPS_API_KEY, or by `configure(...)`. `assign_variant(experiment,
+conversation_id, (a, b), split)` picks a conversation's arm of an A/B
+experiment, the same way the TypeScript client and the service do.
 """
 
 from __future__ import annotations
@@ -13,6 +15,7 @@ import time
 from contextlib import contextmanager
 from typing import Any, Iterator, Mapping
 
+from mlops_tracking.experiments import Experiment, assign_variant
 from mlops_tracking.tokens import (
     NormalisedUsage,
     TokenUsage,
@@ -24,9 +27,9 @@ from mlops_tracking.tokens import (
 from mlops_tracking.tracker import FlushResult, MetricsTracker, TrackerStats, parse_retry_after
 
 __all__ = [
-    "FlushResult", "MetricsTracker", "NormalisedUsage", "TokenUsage", "TrackerStats", "calculate_token_usage",
-    "configure", "estimate_api_cost", "flush", "get_tracker", "normalise_usage", "parse_retry_after",
-    "reported_usage", "shutdown", "track_metrics", "track_reply", "tracking_stats",
+    "Experiment", "FlushResult", "MetricsTracker", "NormalisedUsage", "TokenUsage", "TrackerStats", "assign_variant",
+    "calculate_token_usage", "configure", "estimate_api_cost", "flush", "get_tracker", "normalise_usage",
+    "parse_retry_after", "reported_usage", "shutdown", "track_metrics", "track_reply", "tracking_stats",
 ]
 
 _tracker: MetricsTracker | None = None

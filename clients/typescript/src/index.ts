@@ -8,12 +8,17 @@
  *
  * Environment: MLOPS_SERVICE_URL (the service's base URL) and MLOPS_API_KEY
  * (an ingest key; may be left out against a development service).
+ *
+ * `assignVariant(experiment, conversationId, [a, b], split)` picks a
+ * conversation's arm of an A/B experiment, as the Python client and the
+ * service do.
  */
 
 import { MetricsTracker, type FlushResult, type MetricsData, type TrackerOptions, type TrackerStats } from "./client.js";
 
 export { MetricsTracker, parseRetryAfter } from "./client.js";
 export type { FlushResult, Logger, MetricsData, TrackerOptions, TrackerStats } from "./client.js";
+export { Experiment, assignVariant } from "./experiments.js";
 export { calculateTokenUsage, estimateApiCost, normaliseUsage, reportedUsage, tokenFields } from "./tokens.js";
 export type { NormalisedUsage, ProviderUsage, TokenFields, TokenUsage } from "./tokens.js";
 
