@@ -246,11 +246,9 @@ def test_a_start_in_the_past_is_refused_so_the_window_cannot_be_slid(api, dental
 
 
 def test_a_conversation_that_began_before_the_start_is_left_out(api, dental, writer, reader):
-    before = START - timedelta(minutes=10)
-    store([{**event, "timestamp": (before + timedelta(minutes=20 * i)).isoformat()}
-           for i, event in enumerate(conversations(dental.id, 1, seed=9)[:1] * 2)][:1])
-    event = conversations(dental.id, 1, seed=9)[0]
-    store([{**event, "event_id": str(uuid.uuid4()), "timestamp": (START + timedelta(minutes=5)).isoformat()}])
+    event = {**conversations(dental.id, 1, seed=9)[0], "prompt_version": "v6"}
+    store([{**event, "timestamp": (START - timedelta(minutes=10)).isoformat()},
+           {**event, "event_id": str(uuid.uuid4()), "timestamp": (START + timedelta(minutes=5)).isoformat()}])
     fold_pending()
     made = make_experiment(api, writer).json()
     with time_machine.travel(NOW, tick=False):
