@@ -470,14 +470,26 @@ def summary(filters: Filters) -> dict[str, Any]:
     middle, edges = _split(filters)
     if middle is not None:
         figures = _event_figures(_event_sums(filters, middle, edges))
-        latency = _period_percentiles(filters, middle, edges)
     else:
-        events = events_in(filters)
-        figures = _event_figures(events.aggregate(**_event_aggregates()))
-        latency = grouped_percentiles(events).get(None) or _no_percentiles()
+        figures = _event_figures(events_in(filters).aggregate(**_event_aggregates()))
+    latency = _latency(filters, middle, edges)
     figures.update({f"latency_{name}_ms": value for name, value in latency.items()})
     figures.update(_conversation_figures(_conversation_sums(filters, middle, edges), figures["cost_usd"]))
     return figures
+
+
+def _latency(filters: Filters, middle: tuple[datetime, datetime] | None,
+             edges: list[Filters]) -> dict[str, float | None]:
+    if middle is not None:
+        return _period_percentiles(filters, middle, edges)
+    return grouped_percentiles(events_in(filters)).get(None) or _no_percentiles()
+
+
+@_in_snapshot
+def latency_percentiles(filters: Filters) -> dict[str, float | None]:
+    """The summary's p50/p95/p99 alone: from the sketches with no filter or one (within 1%), else exact."""
+    middle, edges = _split(filters)
+    return _latency(filters, middle, edges)
 
 
 @_in_snapshot

@@ -97,7 +97,9 @@ class ArmSerializer(serializers.Serializer):
     appointment_request_rate = _rate_field()
     handoff_rate = _rate_field()
     error_rate = _rate_field()
-    latency_p50_ms = serializers.FloatField(allow_null=True, help_text="exact, over the replies carrying the variant")
+    latency_p50_ms = serializers.FloatField(
+        allow_null=True, help_text="of the replies carrying the variant, as a summary filtered by it: from the "
+        "sketches (within 1%)")
     latency_p95_ms = serializers.FloatField(allow_null=True)
     conversation_latency_mean_ms = MeanSerializer(allow_null=True, help_text="mean of each conversation's mean latency")
     cost_usd = serializers.FloatField()

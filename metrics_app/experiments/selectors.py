@@ -6,21 +6,23 @@ b (and the other way round); one that carries both is counted apart and left
 out of both arms, and so is one that began before the period (it met the old
 setup first). Its flags, cost and latency are those of all its events in the
 period. The conversations are read in one grouped query, one row each, in
-one snapshot with the arms' latency percentiles; definitions and the
-assumptions of each test: docs/analytics.md, "Experiments".
+one snapshot with the arms' latency percentiles (from the rollups, as a
+summary filtered by the value reads them); definitions and the assumptions
+of each test: docs/analytics.md, "Experiments".
 """
 
 from __future__ import annotations
 
 import zoneinfo
-from collections.abc import Iterator
-from dataclasses import dataclass, field
-from datetime import UTC, date, datetime, timedelta
+from dataclasses import dataclass, replace
+from datetime import date, datetime, timedelta
 from typing import Any
 
 import numpy as np
+import numpy.typing as npt
 from django.db import connection
-from django.db.models import Count, F, Min, Q, QuerySet, Sum
+from django.db.models import Count, Min, Q, QuerySet, Sum
+from django.db.models.functions import TruncDate
 
 from metrics_app import database
 from metrics_app.analytics import selectors as analytics
@@ -79,30 +81,38 @@ def question_of(experiment: Experiment, *, now: datetime, tz: zoneinfo.ZoneInfo 
                     experiment.primary_metric, experiment.minimum_lift, lift, experiment.split_a, experiment.name)
 
 
+BoolArray = npt.NDArray[np.bool_]
+
+
 @dataclass
 class _Arm:
-    """The conversations of one arm, as parallel lists (one entry per conversation)."""
+    """The conversations of one arm, one entry per conversation in each array."""
 
-    days: list[date] = field(default_factory=list)
-    booked: list[bool] = field(default_factory=list)
-    requested: list[bool] = field(default_factory=list)
-    handed_off: list[bool] = field(default_factory=list)
-    errored: list[bool] = field(default_factory=list)
-    cost: list[float] = field(default_factory=list)
-    latency: list[float] = field(default_factory=list)  # the mean latency of each conversation that has one
-    events: int = 0
-    other_arm_by_hash: int = 0
+    day: npt.NDArray[np.int64]  # the index, among the period's local days, of the day it began
+    booked: BoolArray
+    requested: BoolArray
+    handed_off: BoolArray
+    errored: BoolArray
+    cost: npt.NDArray[np.float64]
+    latency: npt.NDArray[np.float64]  # the mean latency of each conversation that has one
+    events: int
+    other_arm_by_hash: int
 
     @property
     def conversations(self) -> int:
-        return len(self.days)
+        return len(self.day)
 
     def count(self, flag: str) -> int:
-        return sum(getattr(self, flag))
+        return int(np.count_nonzero(getattr(self, flag)))
 
 
 def _began_earlier(question: Question) -> set[tuple[str, str]]:
-    """Conversations that began before the period and went on into it."""
+    """Conversations that began before the period and went on into it.
+
+    Read from the folded conversations of the businesses, by their start
+    (conversation_biz_first_idx): a business's earlier conversations, a few
+    milliseconds for tens of thousands.
+    """
     filters = question.filters
     rows = Conversation.objects.filter(first_at__lt=filters.start, last_at__gte=filters.start)
     if filters.businesses is not None:
@@ -110,34 +120,45 @@ def _began_earlier(question: Question) -> set[tuple[str, str]]:
     return set(rows.values_list("business_id", "conversation_id"))
 
 
-def _fetched(rows: QuerySet[Any, Any]) -> Iterator[tuple[Any, ...]]:
-    """The rows of a values_list query as the database driver gives them, a few thousand at a time.
+def _fetched(rows: QuerySet[Any, Any]) -> list[tuple[Any, ...]]:
+    """The rows of a values_list query as the database driver gives them.
 
     Django's per-value converters (decimals, datetimes) were 40% of a compare
-    of 100,000 events; the loop converts the few values it uses itself. A
+    of 100,000 events; the columns are converted whole below instead. A
     plain cursor, not a server-side one, so it runs behind a transaction pooler.
     """
     sql, params = rows.query.sql_with_params()
     with connection.cursor() as cursor:
         cursor.execute(sql, params)
-        while batch := cursor.fetchmany(5000):
-            yield from batch
+        return cursor.fetchall()
 
 
-def _as_datetime(value: Any) -> datetime:
-    if isinstance(value, str):  # SQLite hands back text
-        value = datetime.fromisoformat(value)
-    return value if value.tzinfo else value.replace(tzinfo=UTC)
+def _day_indexes(values: tuple[Any, ...], days: list[date]) -> npt.NDArray[np.int64]:
+    """Each local date the database gave (a date, or text on SQLite) as its index among `days`."""
+    index = {day: i for i, day in enumerate(days)}
+    found: dict[Any, int] = {}
+    result = np.empty(len(values), dtype=np.int64)
+    for position, value in enumerate(values):
+        known = found.get(value)
+        if known is None:
+            day = date.fromisoformat(value[:10]) if isinstance(value, str) else value
+            known = found[value] = index[day]
+        result[position] = known
+    return result
 
 
-def _conversations(question: Question) -> tuple[dict[str, _Arm], int, int]:
+_COLUMNS = ("business_id", "conversation_id", "on_a", "on_b", "first_day", "events", "errors", "requested", "booked",
+            "handoffs", "cost", "latency_sum", "latency_n")
+
+
+def _conversations(question: Question, days: list[date]) -> tuple[dict[str, _Arm], int, int]:
     """The arms' conversations, how many carried both values, and how many began before the period."""
     filters = question.filters
     events = analytics.events_in(filters).exclude(conversation_id__isnull=True).exclude(conversation_id="")
     rows = events.values("business_id", "conversation_id").annotate(
         on_a=Count("id", filter=Q(**{question.column: question.a})),
         on_b=Count("id", filter=Q(**{question.column: question.b})),
-        first=Min("timestamp"),
+        first_day=TruncDate(Min("timestamp"), tzinfo=filters.tz),
         events=Count("id"),
         errors=Count("id", filter=FAILED_REPLY),
         requested=Count("id", filter=Q(appointment_requested=True)),
@@ -146,42 +167,48 @@ def _conversations(question: Question) -> tuple[dict[str, _Arm], int, int]:
         cost=Sum("cost_usd"),
         latency_sum=Sum("response_time_ms"),
         latency_n=Count("response_time_ms"),
-    ).filter(Q(on_a__gt=0) | Q(on_b__gt=0)).order_by().values_list(
-        "business_id", "conversation_id", "on_a", "on_b", "first", "events", "errors", "requested", "booked",
-        "handoffs", "cost", "latency_sum", "latency_n",
-    )
+    ).filter(Q(on_a__gt=0) | Q(on_b__gt=0)).order_by().values_list(*_COLUMNS)[:MAX_CONVERSATIONS + 1]
+    fetched = _fetched(rows)
+    if len(fetched) > MAX_CONVERSATIONS:
+        raise TooManyConversations(f"the period holds more than {MAX_CONVERSATIONS:,} conversations of the two "
+                                   "variants; shorten it")
+    column = dict(zip(_COLUMNS, zip(*fetched, strict=True), strict=True)) if fetched else {
+        name: () for name in _COLUMNS}
+    on_a, on_b = np.array(column["on_a"], dtype=np.int64) > 0, np.array(column["on_b"], dtype=np.int64) > 0
+    in_both = on_a & on_b
     earlier = _began_earlier(question)
-    arms = {"a": _Arm(), "b": _Arm()}
-    both = before = seen = 0
-    for (business_id, conversation_id, on_a, on_b, first, count, errors, requested, booked, handoffs, cost,
-         latency_sum, latency_n) in _fetched(rows):
-        seen += 1
-        if seen > MAX_CONVERSATIONS:
-            raise TooManyConversations(f"the period holds more than {MAX_CONVERSATIONS:,} conversations of the "
-                                       "two variants; shorten it")
-        if on_a and on_b:
-            both += 1
-            continue
-        if (business_id, conversation_id) in earlier:
-            before += 1
-            continue
-        name = "a" if on_a else "b"
-        arm = arms[name]
-        arm.days.append(_as_datetime(first).astimezone(filters.tz).date())
-        arm.booked.append(booked > 0)
-        arm.requested.append(requested > 0)
-        arm.handed_off.append(handoffs > 0)
-        arm.errored.append(errors > 0)
-        arm.cost.append(float(cost or 0))
-        if latency_n:
-            arm.latency.append(float(latency_sum) / latency_n)
-        arm.events += count
-        if question.experiment is not None and question.split_a is not None:
-            expected = assignment.assign_variant(question.experiment, str(conversation_id), question.variants,
-                                                 question.split_a)
-            if expected != question.variants[ARMS.index(name)]:
-                arm.other_arm_by_hash += 1
-    return arms, both, before
+    began_before = np.array([key in earlier for key in zip(column["business_id"], column["conversation_id"],
+                                                            strict=True)], dtype=bool) & ~in_both
+    day = _day_indexes(column["first_day"], days)
+    flags = {name: np.array(column[source], dtype=np.int64) > 0 for name, source in (
+        ("booked", "booked"), ("requested", "requested"), ("handed_off", "handoffs"), ("errored", "errors"))}
+    cost = np.array([value or 0 for value in column["cost"]], dtype=np.float64)
+    latency_n = np.array(column["latency_n"], dtype=np.int64)
+    latency_sum = np.array([value or 0 for value in column["latency_sum"]], dtype=np.float64)
+    event_counts = np.array(column["events"], dtype=np.int64)
+    arms = {}
+    for name, member in (("a", on_a), ("b", on_b)):
+        chosen = member & ~in_both & ~began_before
+        with_latency = chosen & (latency_n > 0)
+        arms[name] = _Arm(
+            day=day[chosen], **{flag: values[chosen] for flag, values in flags.items()}, cost=cost[chosen],
+            latency=latency_sum[with_latency] / latency_n[with_latency], events=int(event_counts[chosen].sum()),
+            other_arm_by_hash=_other_arm_by_hash(question, name, np.flatnonzero(chosen), column["conversation_id"]),
+        )
+    return arms, int(in_both.sum()), int(began_before.sum())
+
+
+def _other_arm_by_hash(question: Question, name: str, positions: npt.NDArray[np.int64],
+                       conversation_ids: tuple[Any, ...]) -> int:
+    """How many of an arm's conversations the assignment hash puts in the other arm (saved experiments only)."""
+    if question.experiment is None or question.split_a is None:
+        return 0
+    arm = question.variants[ARMS.index(name)]
+    return sum(
+        assignment.assign_variant(question.experiment, str(conversation_ids[i]), question.variants,
+                                  question.split_a) != arm
+        for i in positions
+    )
 
 
 def _interval(found: statistics.Interval | None) -> dict[str, float] | None:
@@ -197,7 +224,7 @@ def _difference(found: statistics.Difference | None) -> dict[str, Any] | None:
 
 def _arm_figures(question: Question, name: str, arm: _Arm, latency: dict[str, float | None]) -> dict[str, Any]:
     n = arm.conversations
-    cost = float(np.sum(arm.cost)) if arm.cost else 0.0
+    cost = float(np.sum(arm.cost))
     booked = arm.count("booked")
     return {
         "variant": question.variants[ARMS.index(name)],
@@ -210,19 +237,21 @@ def _arm_figures(question: Question, name: str, arm: _Arm, latency: dict[str, fl
         **{rate: _interval(statistics.wilson(arm.count(flag), n)) for rate, flag in RATES.items()},
         "latency_p50_ms": latency.get("p50"),
         "latency_p95_ms": latency.get("p95"),
-        "conversation_latency_mean_ms": _interval(statistics.mean_interval(np.asarray(arm.latency))),
+        "conversation_latency_mean_ms": _interval(statistics.mean_interval(arm.latency)),
         "cost_usd": cost,
-        "cost_per_conversation_usd": _interval(statistics.mean_interval(np.asarray(arm.cost))),
+        "cost_per_conversation_usd": _interval(statistics.mean_interval(arm.cost)),
         "cost_per_booked_appointment_usd": cost / booked if booked else None,
         "conversations_on_other_arm_by_hash": arm.other_arm_by_hash if question.experiment else None,
     }
 
 
 def _latency_percentiles(question: Question) -> dict[str, dict[str, float | None]]:
-    """p50 and p95 of the replies that carry each arm's value (exact, as in the analytics breakdowns)."""
-    events = analytics.events_in(question.filters).filter(**{f"{question.column}__in": question.variants})
-    found = analytics.grouped_percentiles(events, F(question.column))
-    return {name: found.get(value) or {} for name, value in zip(ARMS, question.variants, strict=True)}
+    """p50 and p95 of the replies that carry each arm's value: the analytics' own, from the sketches of that value."""
+    found = {}
+    for name, value in zip(ARMS, question.variants, strict=True):
+        arm: dict[str, Any] = {question.dimension: value}
+        found[name] = analytics.latency_percentiles(replace(question.filters, **arm))
+    return found
 
 
 def _days(filters: analytics.Filters) -> list[date]:
@@ -233,13 +262,9 @@ def _days(filters: analytics.Filters) -> list[date]:
 
 def _cumulative(arm: _Arm, flag: str, days: list[date]) -> tuple[np.ndarray, np.ndarray]:
     """Conversations and conversations with `flag`, cumulated by the day each began, for every day."""
-    index = {day: i for i, day in enumerate(days)}
-    started = np.zeros(len(days), dtype=np.int64)
-    flagged = np.zeros(len(days), dtype=np.int64)
-    for day, on in zip(arm.days, getattr(arm, flag), strict=True):
-        started[index[day]] += 1
-        flagged[index[day]] += on
-    return np.cumsum(started), np.cumsum(flagged)
+    started = np.bincount(arm.day, minlength=len(days))
+    flagged = np.bincount(arm.day, weights=getattr(arm, flag).astype(np.float64), minlength=len(days))
+    return np.cumsum(started), np.cumsum(flagged).astype(np.int64)
 
 
 def _rate(successes: float, trials: float) -> float | None:
@@ -369,10 +394,10 @@ def _sample_ratio(question: Question, arms: dict[str, _Arm]) -> dict[str, Any] |
 
 def compare(question: Question) -> dict[str, Any]:
     """Per-arm figures, the differences with their tests, the sequential verdict and the daily cumulative rates."""
-    with database.snapshot(connection):
-        arms, both, before = _conversations(question)
-        latency = _latency_percentiles(question)
     days = _days(question.filters)
+    with database.snapshot(connection):
+        arms, both, before = _conversations(question, days)
+        latency = _latency_percentiles(question)
     verdict, series = _verdict(question, arms, days)
     return {
         "dimension": question.dimension,

@@ -132,6 +132,11 @@ def test_each_arms_figures_equal_the_raw_rows_and_reference_statistics(api, traf
         assert found["cost_per_conversation_usd"]["value"] == pytest.approx(np.mean(rows["cost"]))
         assert found["cost_per_booked_appointment_usd"] == pytest.approx(sum(rows["cost"]) / sum(rows["booked"]))
         assert found["conversation_latency_mean_ms"]["value"] == pytest.approx(np.mean(rows["latency"]))
+        # The replies that carry the variant: from the latency sketches, within 1% of the exact percentile.
+        replies = sorted(e.response_time_ms for e in AIMetric.objects.filter(
+            business_id="acme-dental", prompt_version=version, timestamp__gte=START, timestamp__lt=NOW))
+        for name, fraction in (("latency_p50_ms", 0.5), ("latency_p95_ms", 0.95)):
+            assert found[name] == pytest.approx(float(np.quantile(replies, fraction)), rel=0.01)
     a, b = expected["v6"], expected["v7"]
     x_a, n_a, x_b, n_b = sum(a["booked"]), len(a["booked"]), sum(b["booked"]), len(b["booked"])
     booking = body["comparisons"]["booking_rate"]
