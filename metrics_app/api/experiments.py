@@ -105,9 +105,11 @@ class ArmSerializer(serializers.Serializer):
     cost_usd = serializers.FloatField()
     cost_per_conversation_usd = MeanSerializer(allow_null=True)
     cost_per_booked_appointment_usd = serializers.FloatField(allow_null=True, help_text="cost_usd / booked")
+    conversations_checked_by_hash = serializers.IntegerField(
+        allow_null=True, help_text="saved experiments: conversations whose arm was checked against the assignment "
+        "hash (a sample of at most 20,000 of both arms; null for an ad hoc compare)")
     conversations_on_other_arm_by_hash = serializers.IntegerField(
-        allow_null=True, help_text="saved experiments: conversations whose arm is not the one the assignment hash "
-        "gives (null for an ad hoc compare)")
+        allow_null=True, help_text="of those, the ones whose arm is not the one the hash gives")
 
 
 class DifferenceSerializer(serializers.Serializer):
@@ -224,13 +226,6 @@ class CompareQuerySerializer(AnalyticsQuerySerializer):
         return attrs
 
 
-def _compared(question: experiments.Question) -> dict[str, Any]:
-    try:
-        return experiments.compare(question)
-    except experiments.TooManyConversations as too_many:
-        raise ValidationError({"start": [str(too_many)]}) from None
-
-
 class CompareView(AnalyticsView):
     @extend_schema(
         operation_id="analytics_compare", tags=["experiments"], parameters=[CompareQuerySerializer],
@@ -247,7 +242,7 @@ class CompareView(AnalyticsView):
             filters, data["dimension"], data["a"], data["b"], data["primary_metric"], data["minimum_lift"],
             data.get("lift"), data.get("split_a"),
         )
-        return Response({"period": _period(filters), "experiment": None, **_compared(question)})
+        return Response({"period": _period(filters), "experiment": None, **experiments.compare(question)})
 
 
 def _visible_experiment(request: Request, pk: int) -> Experiment:
@@ -348,6 +343,6 @@ class ExperimentResultsView(AnalyticsView):
             tz=zoneinfo.ZoneInfo(tz) if tz else None,
         )
         body = {"period": _period(question.filters), "experiment": ExperimentSerializer(experiment).data,
-                **_compared(question)}
+                **experiments.compare(question)}
         return Response(body)
 

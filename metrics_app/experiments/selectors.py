@@ -39,12 +39,6 @@ RATES = {
 }
 LOWER_IS_BETTER = {ExperimentMetric.HANDOFF_RATE.value, ExperimentMetric.ERROR_RATE.value}
 ARMS = ("a", "b")
-# A compare reads one row per conversation; past this many it refuses (a shorter period answers).
-MAX_CONVERSATIONS = 1_000_000
-
-
-class TooManyConversations(Exception):
-    """The period holds more conversations than one compare reads."""
 
 
 @dataclass(frozen=True)
@@ -81,81 +75,58 @@ def question_of(experiment: Experiment, *, now: datetime, tz: zoneinfo.ZoneInfo 
                     experiment.primary_metric, experiment.minimum_lift, lift, experiment.split_a, experiment.name)
 
 
-BoolArray = npt.NDArray[np.bool_]
+IntArray = npt.NDArray[np.int64]
+# The saved experiment's hash check reads at most this many conversations' ids: a broken assignment shows in any
+# sample, and reading every id of a million conversations would be most of a compare.
+HASH_CHECK_LIMIT = 20_000
 
 
 @dataclass
 class _Arm:
-    """The conversations of one arm, one entry per conversation in each array."""
+    """An arm's conversations: per local day of the period (by the day each began), and sums over all of them."""
 
-    day: npt.NDArray[np.int64]  # the index, among the period's local days, of the day it began
-    booked: BoolArray
-    requested: BoolArray
-    handed_off: BoolArray
-    errored: BoolArray
-    cost: npt.NDArray[np.float64]
-    latency: npt.NDArray[np.float64]  # the mean latency of each conversation that has one
-    events: int
-    other_arm_by_hash: int
+    started: IntArray
+    booked: IntArray
+    requested: IntArray
+    handed_off: IntArray
+    errored: IntArray
+    events: int = 0
+    cost: float = 0.0
+    cost_squares: float = 0.0
+    with_latency: int = 0
+    latency: float = 0.0  # the sum of each conversation's mean latency
+    latency_squares: float = 0.0
+    checked_by_hash: int = 0
+    other_arm_by_hash: int = 0
+
+    @classmethod
+    def empty(cls, days: int) -> _Arm:
+        def zeros() -> IntArray:
+            return np.zeros(days, dtype=np.int64)
+
+        return cls(started=zeros(), booked=zeros(), requested=zeros(), handed_off=zeros(), errored=zeros())
 
     @property
     def conversations(self) -> int:
-        return len(self.day)
+        return int(self.started.sum())
 
     def count(self, flag: str) -> int:
-        return int(np.count_nonzero(getattr(self, flag)))
+        return int(getattr(self, flag).sum())
+
+    @property
+    def cost_sample(self) -> statistics.Sample:
+        return statistics.Sample.from_sums(self.conversations, self.cost, self.cost_squares)
+
+    @property
+    def latency_sample(self) -> statistics.Sample:
+        return statistics.Sample.from_sums(self.with_latency, self.latency, self.latency_squares)
 
 
-def _began_earlier(question: Question) -> set[tuple[str, str]]:
-    """Conversations that began before the period and went on into it.
-
-    Read from the folded conversations of the businesses, by their start
-    (conversation_biz_first_idx): a business's earlier conversations, a few
-    milliseconds for tens of thousands.
-    """
-    filters = question.filters
-    rows = Conversation.objects.filter(first_at__lt=filters.start, last_at__gte=filters.start)
-    if filters.businesses is not None:
-        rows = rows.filter(business_id__in=filters.businesses)
-    return set(rows.values_list("business_id", "conversation_id"))
-
-
-def _fetched(rows: QuerySet[Any, Any]) -> list[tuple[Any, ...]]:
-    """The rows of a values_list query as the database driver gives them.
-
-    Django's per-value converters (decimals, datetimes) were 40% of a compare
-    of 100,000 events; the columns are converted whole below instead. A
-    plain cursor, not a server-side one, so it runs behind a transaction pooler.
-    """
-    sql, params = rows.query.sql_with_params()
-    with connection.cursor() as cursor:
-        cursor.execute(sql, params)
-        return cursor.fetchall()
-
-
-def _day_indexes(values: tuple[Any, ...], days: list[date]) -> npt.NDArray[np.int64]:
-    """Each local date the database gave (a date, or text on SQLite) as its index among `days`."""
-    index = {day: i for i, day in enumerate(days)}
-    found: dict[Any, int] = {}
-    result = np.empty(len(values), dtype=np.int64)
-    for position, value in enumerate(values):
-        known = found.get(value)
-        if known is None:
-            day = date.fromisoformat(value[:10]) if isinstance(value, str) else value
-            known = found[value] = index[day]
-        result[position] = known
-    return result
-
-
-_COLUMNS = ("business_id", "conversation_id", "on_a", "on_b", "first_day", "events", "errors", "requested", "booked",
-            "handoffs", "cost", "latency_sum", "latency_n")
-
-
-def _conversations(question: Question, days: list[date]) -> tuple[dict[str, _Arm], int, int]:
-    """The arms' conversations, how many carried both values, and how many began before the period."""
+def _per_conversation(question: Question) -> QuerySet[Any, Any]:
+    """One row per conversation with an event of either value in the period: its counts and sums there."""
     filters = question.filters
     events = analytics.events_in(filters).exclude(conversation_id__isnull=True).exclude(conversation_id="")
-    rows = events.values("business_id", "conversation_id").annotate(
+    return events.values("business_id", "conversation_id").annotate(
         on_a=Count("id", filter=Q(**{question.column: question.a})),
         on_b=Count("id", filter=Q(**{question.column: question.b})),
         first_day=TruncDate(Min("timestamp"), tzinfo=filters.tz),
@@ -167,48 +138,83 @@ def _conversations(question: Question, days: list[date]) -> tuple[dict[str, _Arm
         cost=Sum("cost_usd"),
         latency_sum=Sum("response_time_ms"),
         latency_n=Count("response_time_ms"),
-    ).filter(Q(on_a__gt=0) | Q(on_b__gt=0)).order_by().values_list(*_COLUMNS)[:MAX_CONVERSATIONS + 1]
-    fetched = _fetched(rows)
-    if len(fetched) > MAX_CONVERSATIONS:
-        raise TooManyConversations(f"the period holds more than {MAX_CONVERSATIONS:,} conversations of the two "
-                                   "variants; shorten it")
-    column = dict(zip(_COLUMNS, zip(*fetched, strict=True), strict=True)) if fetched else {
-        name: () for name in _COLUMNS}
-    on_a, on_b = np.array(column["on_a"], dtype=np.int64) > 0, np.array(column["on_b"], dtype=np.int64) > 0
-    in_both = on_a & on_b
-    earlier = _began_earlier(question)
-    began_before = np.array([key in earlier for key in zip(column["business_id"], column["conversation_id"],
-                                                            strict=True)], dtype=bool) & ~in_both
-    day = _day_indexes(column["first_day"], days)
-    flags = {name: np.array(column[source], dtype=np.int64) > 0 for name, source in (
-        ("booked", "booked"), ("requested", "requested"), ("handed_off", "handoffs"), ("errored", "errors"))}
-    cost = np.array([value or 0 for value in column["cost"]], dtype=np.float64)
-    latency_n = np.array(column["latency_n"], dtype=np.int64)
-    latency_sum = np.array([value or 0 for value in column["latency_sum"]], dtype=np.float64)
-    event_counts = np.array(column["events"], dtype=np.int64)
-    arms = {}
-    for name, member in (("a", on_a), ("b", on_b)):
-        chosen = member & ~in_both & ~began_before
-        with_latency = chosen & (latency_n > 0)
-        arms[name] = _Arm(
-            day=day[chosen], **{flag: values[chosen] for flag, values in flags.items()}, cost=cost[chosen],
-            latency=latency_sum[with_latency] / latency_n[with_latency], events=int(event_counts[chosen].sum()),
-            other_arm_by_hash=_other_arm_by_hash(question, name, np.flatnonzero(chosen), column["conversation_id"]),
-        )
-    return arms, int(in_both.sum()), int(began_before.sum())
+    ).filter(Q(on_a__gt=0) | Q(on_b__gt=0)).order_by()
 
 
-def _other_arm_by_hash(question: Question, name: str, positions: npt.NDArray[np.int64],
-                       conversation_ids: tuple[Any, ...]) -> int:
-    """How many of an arm's conversations the assignment hash puts in the other arm (saved experiments only)."""
-    if question.experiment is None or question.split_a is None:
-        return 0
-    arm = question.variants[ARMS.index(name)]
-    return sum(
-        assignment.assign_variant(question.experiment, str(conversation_ids[i]), question.variants,
-                                  question.split_a) != arm
-        for i in positions
+def _arm_sums_sql(question: Question) -> tuple[str, list[Any]]:
+    """The conversations summed per (arm, begun before the period, local day): a few rows per day.
+
+    Arm "both" holds the conversations that carry both values. A conversation
+    began before the period when the folded conversation starts earlier; one
+    not folded yet has no earlier event folded either. The sums of squares
+    give the t-tests their variances without reading a row per conversation.
+    """
+    inner, params = _per_conversation(question).query.sql_with_params()
+    quote = connection.ops.quote_name
+    conversations = quote(Conversation._meta.db_table)
+    latency = "CASE WHEN t.latency_n > 0 THEN t.latency_sum * 1.0 / t.latency_n END"
+    flagged = ", ".join(f"SUM(CASE WHEN t.{column} > 0 THEN 1 ELSE 0 END)"
+                        for column in ("booked", "requested", "handoffs", "errors"))
+    sql = (
+        "SELECT CASE WHEN t.on_a > 0 AND t.on_b > 0 THEN 'both' WHEN t.on_a > 0 THEN 'a' ELSE 'b' END AS arm, "
+        f"EXISTS (SELECT 1 FROM {conversations} c WHERE c.business_id = t.business_id "
+        "AND c.conversation_id = t.conversation_id AND c.first_at < %s) AS earlier, "
+        f"t.first_day, COUNT(*), SUM(t.events), {flagged}, SUM(t.cost), SUM(t.cost * t.cost), "
+        f"COUNT({latency}), SUM({latency}), SUM(({latency}) * ({latency})) "
+        f"FROM ({inner}) t GROUP BY 1, 2, 3"
     )
+    return sql, [question.filters.start, *params]  # the EXISTS placeholder comes before the inner query
+
+
+def _conversations(question: Question, days: list[date]) -> tuple[dict[str, _Arm], int, int]:
+    """The arms' conversations, how many carried both values, and how many began before the period."""
+    index = {day: i for i, day in enumerate(days)}
+    arms = {name: _Arm.empty(len(days)) for name in ARMS}
+    both = before = 0
+    sql, params = _arm_sums_sql(question)
+    with connection.cursor() as cursor:
+        cursor.execute(sql, params)
+        rows = cursor.fetchall()
+    for (arm_name, earlier, day, count, events, booked, requested, handoffs, errors, cost, cost_squares,
+         with_latency, latency, latency_squares) in rows:
+        if arm_name == "both":
+            both += count
+            continue
+        if earlier:
+            before += count
+            continue
+        position = index[date.fromisoformat(day[:10]) if isinstance(day, str) else day]
+        arm = arms[arm_name]
+        arm.started[position] += count
+        arm.booked[position] += booked
+        arm.requested[position] += requested
+        arm.handed_off[position] += handoffs
+        arm.errored[position] += errors
+        arm.events += int(events)
+        arm.cost += float(cost or 0)
+        arm.cost_squares += float(cost_squares or 0)
+        arm.with_latency += int(with_latency)
+        arm.latency += float(latency or 0)
+        arm.latency_squares += float(latency_squares or 0)
+    if question.experiment is not None and question.split_a is not None:
+        _check_hash(question, arms)
+    return arms, both, before
+
+
+def _check_hash(question: Question, arms: dict[str, _Arm]) -> None:
+    """Count, in up to HASH_CHECK_LIMIT conversations of one arm, those the assignment hash puts in the other."""
+    rows = _per_conversation(question).exclude(on_a__gt=0, on_b__gt=0).values_list("conversation_id", "on_a")
+    sql, params = rows[:HASH_CHECK_LIMIT].query.sql_with_params()
+    with connection.cursor() as cursor:
+        cursor.execute(sql, params)
+        sampled = cursor.fetchall()
+    assert question.experiment is not None and question.split_a is not None
+    for conversation_id, on_a in sampled:
+        name = "a" if on_a else "b"
+        expected = assignment.assign_variant(question.experiment, str(conversation_id), question.variants,
+                                             question.split_a)
+        arms[name].checked_by_hash += 1
+        arms[name].other_arm_by_hash += expected != question.variants[ARMS.index(name)]
 
 
 def _interval(found: statistics.Interval | None) -> dict[str, float] | None:
@@ -224,7 +230,7 @@ def _difference(found: statistics.Difference | None) -> dict[str, Any] | None:
 
 def _arm_figures(question: Question, name: str, arm: _Arm, latency: dict[str, float | None]) -> dict[str, Any]:
     n = arm.conversations
-    cost = float(np.sum(arm.cost))
+    cost = arm.cost
     booked = arm.count("booked")
     return {
         "variant": question.variants[ARMS.index(name)],
@@ -237,10 +243,11 @@ def _arm_figures(question: Question, name: str, arm: _Arm, latency: dict[str, fl
         **{rate: _interval(statistics.wilson(arm.count(flag), n)) for rate, flag in RATES.items()},
         "latency_p50_ms": latency.get("p50"),
         "latency_p95_ms": latency.get("p95"),
-        "conversation_latency_mean_ms": _interval(statistics.mean_interval(arm.latency)),
+        "conversation_latency_mean_ms": _interval(statistics.mean_interval(arm.latency_sample)),
         "cost_usd": cost,
-        "cost_per_conversation_usd": _interval(statistics.mean_interval(arm.cost)),
+        "cost_per_conversation_usd": _interval(statistics.mean_interval(arm.cost_sample)),
         "cost_per_booked_appointment_usd": cost / booked if booked else None,
+        "conversations_checked_by_hash": arm.checked_by_hash if question.experiment else None,
         "conversations_on_other_arm_by_hash": arm.other_arm_by_hash if question.experiment else None,
     }
 
@@ -260,11 +267,9 @@ def _days(filters: analytics.Filters) -> list[date]:
     return [first + timedelta(days=i) for i in range((last - first).days + 1)]
 
 
-def _cumulative(arm: _Arm, flag: str, days: list[date]) -> tuple[np.ndarray, np.ndarray]:
+def _cumulative(arm: _Arm, flag: str) -> tuple[IntArray, IntArray]:
     """Conversations and conversations with `flag`, cumulated by the day each began, for every day."""
-    started = np.bincount(arm.day, minlength=len(days))
-    flagged = np.bincount(arm.day, weights=getattr(arm, flag).astype(np.float64), minlength=len(days))
-    return np.cumsum(started), np.cumsum(flagged).astype(np.int64)
+    return np.cumsum(arm.started), np.cumsum(getattr(arm, flag))
 
 
 def _rate(successes: float, trials: float) -> float | None:
@@ -273,10 +278,10 @@ def _rate(successes: float, trials: float) -> float | None:
 
 def _verdict(question: Question, arms: dict[str, _Arm], days: list[date]) -> tuple[dict[str, Any], list[dict]]:
     flag = RATES[question.primary_metric]
-    n_a, x_a = _cumulative(arms["a"], flag, days)
-    n_b, x_b = _cumulative(arms["b"], flag, days)
-    booked_a = _cumulative(arms["a"], "booked", days)[1]
-    booked_b = _cumulative(arms["b"], "booked", days)[1]
+    n_a, x_a = _cumulative(arms["a"], flag)
+    n_b, x_b = _cumulative(arms["b"], flag)
+    booked_a = _cumulative(arms["a"], "booked")[1]
+    booked_b = _cumulative(arms["b"], "booked")[1]
     tau = question.minimum_lift
     p_values = statistics.always_valid_p_values(n_a, x_a, n_b, x_b, tau) if days else np.array([])
     series = [
@@ -374,10 +379,9 @@ def _comparisons(arms: dict[str, _Arm]) -> dict[str, Any]:
         rate: _difference(statistics.rate_difference(a.count(flag), a.conversations, b.count(flag), b.conversations))
         for rate, flag in RATES.items()
     }
-    found["cost_per_conversation_usd"] = _difference(
-        statistics.mean_difference(np.asarray(a.cost), np.asarray(b.cost)))
+    found["cost_per_conversation_usd"] = _difference(statistics.mean_difference(a.cost_sample, b.cost_sample))
     found["conversation_latency_mean_ms"] = _difference(
-        statistics.mean_difference(np.asarray(a.latency), np.asarray(b.latency)))
+        statistics.mean_difference(a.latency_sample, b.latency_sample))
     return found
 
 

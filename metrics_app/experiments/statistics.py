@@ -42,6 +42,7 @@ _NORMAL = NormalDist()
 _Z = _NORMAL.inv_cdf(1 - (1 - CONFIDENCE) / 2)  # 1.959964...
 
 FloatArray = npt.NDArray[np.float64]
+Counts = npt.ArrayLike  # counts so far: integers or floats, one per look
 NORMAL_DF = 1e7
 
 
@@ -170,42 +171,61 @@ def student_t_quantile(probability: float, df: float) -> float:
     return t
 
 
-def mean_difference(a: FloatArray, b: FloatArray) -> Difference | None:
+@dataclass(frozen=True)
+class Sample:
+    """What a mean's tests need of a sample: its size, mean and (n - 1) variance."""
+
+    n: int
+    mean: float
+    variance: float
+
+    @classmethod
+    def of(cls, values: FloatArray) -> Sample:
+        values = np.asarray(values, dtype=np.float64)
+        n = len(values)
+        return cls(n, float(np.mean(values)) if n else 0.0, float(np.var(values, ddof=1)) if n > 1 else 0.0)
+
+    @classmethod
+    def from_sums(cls, n: int, total: float, squares: float) -> Sample:
+        """From the count, sum and sum of squares, as a database sums them."""
+        if n == 0:
+            return cls(0, 0.0, 0.0)
+        mean = total / n
+        variance = max(0.0, (squares - total * mean) / (n - 1)) if n > 1 else 0.0
+        return cls(n, mean, variance)
+
+
+def mean_difference(a: Sample, b: Sample) -> Difference | None:
     """Mean of b minus mean of a: Welch's t-test and its 95% interval; None with fewer than 2 values in an arm."""
-    if len(a) < 2 or len(b) < 2:
+    if a.n < 2 or b.n < 2:
         return None
-    mean_a, mean_b = float(np.mean(a)), float(np.mean(b))
-    share_a, share_b = float(np.var(a, ddof=1)) / len(a), float(np.var(b, ddof=1)) / len(b)
-    difference = mean_b - mean_a
+    share_a, share_b = a.variance / a.n, b.variance / b.n
+    difference = b.mean - a.mean
     se2 = share_a + share_b
     test = "Welch's t-test"
     if se2 <= 0:
         return Difference(difference, difference, difference, 1.0 if difference == 0 else 0.0, test)
-    df = se2 * se2 / (share_a * share_a / (len(a) - 1) + share_b * share_b / (len(b) - 1))
+    df = se2 * se2 / (share_a * share_a / (a.n - 1) + share_b * share_b / (b.n - 1))
     se = math.sqrt(se2)
     half = student_t_quantile(1 - (1 - CONFIDENCE) / 2, df) * se
     return Difference(difference, difference - half, difference + half, student_t_two_sided_p(difference / se, df),
                       test)
 
 
-def mean_interval(values: FloatArray) -> Interval | None:
+def mean_interval(sample: Sample) -> Interval | None:
     """The mean with its 95% t interval; None without values (no interval with one)."""
-    if len(values) == 0:
+    if sample.n == 0:
         return None
-    mean = float(np.mean(values))
-    if len(values) < 2:
-        return Interval(mean, mean, mean)
-    half = student_t_quantile(1 - (1 - CONFIDENCE) / 2, len(values) - 1) * float(np.std(values, ddof=1)) / math.sqrt(
-        len(values)
-    )
-    return Interval(mean, mean - half, mean + half)
+    if sample.n < 2:
+        return Interval(sample.mean, sample.mean, sample.mean)
+    half = student_t_quantile(1 - (1 - CONFIDENCE) / 2, sample.n - 1) * math.sqrt(sample.variance / sample.n)
+    return Interval(sample.mean, sample.mean - half, sample.mean + half)
 
 
 # --- The sequential test.
 
 
-def log_mixture_ratio(n_a: FloatArray, x_a: FloatArray, n_b: FloatArray, x_b: FloatArray,
-                      tau: float) -> FloatArray:
+def log_mixture_ratio(n_a: Counts, x_a: Counts, n_b: Counts, x_b: Counts, tau: float) -> FloatArray:
     """log of the mSPRT's likelihood ratio for rate b minus rate a, elementwise (arrays of counts so far).
 
     With d the observed difference and V its variance under "no difference"
@@ -224,7 +244,7 @@ def log_mixture_ratio(n_a: FloatArray, x_a: FloatArray, n_b: FloatArray, x_b: Fl
     return np.where(np.isfinite(result) & (variance > 0), result, -np.inf)
 
 
-def eligible(n_a: FloatArray, x_a: FloatArray, n_b: FloatArray, x_b: FloatArray) -> npt.NDArray[np.bool_]:
+def eligible(n_a: Counts, x_a: Counts, n_b: Counts, x_b: Counts) -> npt.NDArray[np.bool_]:
     """Where both arms have enough conversations, and both outcomes enough cases, for the test to count."""
     n_a, n_b = np.asarray(n_a), np.asarray(n_b)
     successes = np.asarray(x_a) + np.asarray(x_b)
@@ -233,8 +253,7 @@ def eligible(n_a: FloatArray, x_a: FloatArray, n_b: FloatArray, x_b: FloatArray)
         successes >= MIN_OUTCOMES) & (failures >= MIN_OUTCOMES)
 
 
-def always_valid_p_values(n_a: FloatArray, x_a: FloatArray, n_b: FloatArray, x_b: FloatArray,
-                          tau: float) -> FloatArray:
+def always_valid_p_values(n_a: Counts, x_a: Counts, n_b: Counts, x_b: Counts, tau: float) -> FloatArray:
     """The always-valid p-value after each look (the last axis is time): the running minimum of 1 / ratio."""
     log_ratio = np.where(eligible(n_a, x_a, n_b, x_b), log_mixture_ratio(n_a, x_a, n_b, x_b, tau), -np.inf)
     p_values = np.minimum(1.0, np.exp(-log_ratio))

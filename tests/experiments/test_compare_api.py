@@ -240,7 +240,9 @@ def test_an_experiment_counts_only_conversations_since_its_start(api, dental, wr
     assert body["arms"]["b"]["conversations"] == len(expected["v7"]["booked"])
     assert body["period"]["start"] == START.isoformat()
     assert body["experiment"]["name"] == NAME and body["sample_ratio"]["mismatch"] is False
-    assert body["arms"]["a"]["conversations_on_other_arm_by_hash"] == 0
+    for arm in body["arms"].values():
+        assert arm["conversations_checked_by_hash"] == arm["conversations"]
+        assert arm["conversations_on_other_arm_by_hash"] == 0
 
 
 def test_a_start_in_the_past_is_refused_so_the_window_cannot_be_slid(api, dental, writer):

@@ -49,7 +49,7 @@ def test_a_difference_of_means_is_welchs_t_test_with_its_interval(seed):
     rng = np.random.default_rng(seed)
     a = rng.exponential(0.004, rng.integers(5, 400))
     b = rng.exponential(0.005, rng.integers(5, 400))
-    found = statistics.mean_difference(a, b)
+    found = statistics.mean_difference(statistics.Sample.of(a), statistics.Sample.of(b))
     reference = stats.ttest_ind(b, a, equal_var=False)
     interval = reference.confidence_interval(0.95)
     assert found.difference == pytest.approx(b.mean() - a.mean(), rel=1e-12)
@@ -72,13 +72,14 @@ def test_past_ten_million_degrees_of_freedom_students_t_is_the_normal_within_a_m
 
 def test_a_mean_has_its_t_interval():
     values = np.array([0.002, 0.004, 0.0031, 0.01, 0.0007, 0.0052])
-    found = statistics.mean_interval(values)
+    found = statistics.mean_interval(statistics.Sample.of(values))
     low, high = stats.t.interval(0.95, len(values) - 1, loc=values.mean(), scale=stats.sem(values))
     assert (found.low, found.high) == (pytest.approx(low, rel=1e-9), pytest.approx(high, rel=1e-9))
 
 
 def test_an_arm_with_one_conversation_has_no_mean_difference():
-    assert statistics.mean_difference(np.array([1.0]), np.array([1.0, 2.0])) is None
+    assert statistics.mean_difference(statistics.Sample.of(np.array([1.0])),
+                                       statistics.Sample.of(np.array([1.0, 2.0]))) is None
 
 
 @pytest.mark.parametrize(("baseline", "lift", "split"), [(0.3, 0.05, 0.5), (0.3, 0.05, 0.3), (0.1, 0.03, 0.5),
@@ -130,3 +131,10 @@ def test_the_always_valid_p_value_never_rises_and_waits_for_enough_conversations
     assert p_values[0] == p_values[1] == 1.0  # below the minimum sample the test does not count
     assert np.all(np.diff(p_values) <= 0)
     assert statistics.first_crossing(p_values) is not None
+
+
+def test_a_sample_from_a_databases_sums_equals_the_sample_itself():
+    values = np.random.default_rng(5).exponential(0.003, 5000)
+    found = statistics.Sample.from_sums(len(values), float(values.sum()), float((values**2).sum()))
+    assert found.mean == pytest.approx(values.mean(), rel=1e-12)
+    assert found.variance == pytest.approx(values.var(ddof=1), rel=1e-9)
