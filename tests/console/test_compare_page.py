@@ -142,7 +142,7 @@ def test_a_limited_staff_member_cannot_compare_another_business(acme_only, logge
 def test_a_limited_staff_member_cannot_open_another_businesses_experiment(acme_only, logged_in):
     theirs = experiment_of("kathmandu-physio", name="theirs-secret")
 
-    for asked in (str(theirs.pk), "abc", "9" * 30):
+    for asked in (str(theirs.pk), "abc", "9" * 30, "²"):
         response = logged_in(acme_only).get(COMPARE, {"experiment": asked})
         html = response.content.decode()
         assert response.status_code == 200
