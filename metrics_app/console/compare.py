@@ -87,7 +87,8 @@ def _chosen_experiment(request: HttpRequest, problems: list[str]) -> Experiment 
     if not asked:
         return None
     found = None
-    if asked.isascii() and asked.isdigit() and len(asked) < 19:  # past that it is no id of ours (and would overflow the column)
+    # ASCII digits only (int() refuses '²'), and fewer than 19: a longer number would overflow the column.
+    if asked.isascii() and asked.isdigit() and len(asked) < 19:
         found = visible_rows(request.user, Experiment.objects.select_related("business")).filter(pk=asked).first()
     if found is None:
         problems.append("That experiment does not exist or is not yours to see.")
