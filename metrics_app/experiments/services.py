@@ -1,4 +1,4 @@
-"""Writes to experiments: made once with fixed arms and start, then stopped; nothing else changes."""
+"""Writes to experiments: made once with fixed arms and start, then stopped; only the description changes."""
 
 from __future__ import annotations
 
@@ -23,9 +23,12 @@ def _name_taken() -> ValidationError:
     return ValidationError({"name": ["this business already has an experiment of that name"]})
 
 
-def create_experiment(business: Business, *, created_by: Any = None, now: datetime | None = None,
-                      **fields: Any) -> Experiment:
-    """Make an experiment of `business`; ValidationError names each bad field (a start in the past is one)."""
+def check_new_experiment(business: Business, *, created_by: Any = None, now: datetime | None = None,
+                         **fields: Any) -> Experiment:
+    """The experiment `create_experiment` would make, checked and unsaved; ValidationError names each bad field.
+
+    Forms call it to show the refusals on their fields before anything is written.
+    """
     now = now or timezone.now()
     fields.setdefault("started_at", now)
     if fields["started_at"] < now - START_TOLERANCE:
@@ -39,6 +42,13 @@ def create_experiment(business: Business, *, created_by: Any = None, now: dateti
     _check_arms(experiment)
     if Experiment.objects.filter(business=business, name=experiment.name).exists():
         raise _name_taken()
+    return experiment
+
+
+def create_experiment(business: Business, *, created_by: Any = None, now: datetime | None = None,
+                      **fields: Any) -> Experiment:
+    """Make an experiment of `business`; ValidationError names each bad field (a start in the past is one)."""
+    experiment = check_new_experiment(business, created_by=created_by, now=now, **fields)
     try:
         with transaction.atomic():
             experiment.save(force_insert=True)
@@ -66,4 +76,12 @@ def stop_experiment(experiment: Experiment, *, now: datetime | None = None) -> E
         ended = max(now, experiment.started_at + timedelta(seconds=1))
         Experiment.objects.filter(pk=experiment.pk, ended_at__isnull=True).update(ended_at=ended)
         experiment.refresh_from_db(fields=["ended_at"])
+    return experiment
+
+
+def describe_experiment(experiment: Experiment, description: str) -> Experiment:
+    """Reword the hypothesis: the one thing about an experiment that may change after it is made."""
+    experiment.description = description
+    experiment.full_clean(validate_unique=False, validate_constraints=False)
+    Experiment.objects.filter(pk=experiment.pk).update(description=description)
     return experiment

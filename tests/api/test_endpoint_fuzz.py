@@ -211,6 +211,10 @@ CONSOLE_PAGES = {
     ],
     reverse("admin:metrics_app_modelprice_changelist"): ["q", "valid_from__gte", "source_as_of__lt", "o"],
     reverse("admin:metrics_app_staffbusinessaccess_changelist"): ["business", "q", "user__id__exact"],
+    reverse("admin:metrics_app_experiment_changelist"): ["business", "dimension__exact", "ended_at__isempty", "q", "o"],
+    reverse("admin:metrics_app_experiment_compare"): [
+        "experiment", "business", "dimension", "a", "b", "primary_metric", "period", "start", "end",
+    ],
     reverse("admin:autocomplete"): ["app_label", "model_name", "field_name", "term", "page"],
 }
 
@@ -234,7 +238,8 @@ def test_console_filters_searches_and_exports_never_answer_500(console, page, da
 @given(object_id=values)
 def test_console_object_pages_never_answer_500(console, object_id):
     quoted = quote(object_id, safe="")
-    for name in ("admin:metrics_app_business_changelist", "admin:metrics_app_conversation_changelist"):
+    for name in ("admin:metrics_app_business_changelist", "admin:metrics_app_conversation_changelist",
+                 "admin:metrics_app_experiment_changelist"):
         assert_no_500(console.get(f"{reverse(name)}{quoted}/change/"))
 
 
@@ -243,6 +248,7 @@ ACTIONS = {
     reverse("admin:metrics_app_conversation_changelist"): ["mark_booked"],
     reverse("admin:metrics_app_aimetric_changelist"): ["export_selected_csv"],
     reverse("admin:metrics_app_apikey_changelist"): ["revoke_selected"],
+    reverse("admin:metrics_app_experiment_changelist"): ["stop_selected"],
 }
 
 

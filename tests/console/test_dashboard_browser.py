@@ -4,13 +4,9 @@ from __future__ import annotations
 
 import io
 import json
-import shutil
-import tempfile
 import zoneinfo
 from collections import Counter
-from collections.abc import Iterator
 from datetime import timedelta
-from pathlib import Path
 from typing import Any
 from urllib.parse import urlencode
 
@@ -20,56 +16,11 @@ from django.core.management import call_command
 from django.utils import timezone
 
 from metrics_app.models import AIMetric, Business
-from tests.helpers import require
+from tests.console.browser import PASSWORD, api, log_in
 
 pytestmark = [pytest.mark.slow]
 
-CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
-CHROMEDRIVER = shutil.which("chromedriver") or "/usr/bin/chromedriver"
-# As the machine's notes require: no network chatter, no sandbox as root, a fresh profile.
-CHROMIUM_FLAGS = (
-    "--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
-    "--disable-background-networking", "--disable-component-update", "--disable-sync", "--window-size=1400,2400",
-)
 BUSINESS = "mountain-physio"  # a demo business in Asia/Kathmandu (UTC+05:45)
-PASSWORD = "browser-test-password-3"
-
-
-@pytest.fixture(scope="module")
-def browser() -> Iterator[Any]:
-    try:
-        from selenium import webdriver
-        from selenium.webdriver.chrome.service import Service
-    except ImportError:
-        webdriver = None
-    require(webdriver is not None, "selenium (requirements-dev.txt)")
-    require(Path(CHROMIUM).exists() and Path(CHROMEDRIVER).exists(), "Chromium and chromedriver (Debian packages)")
-    options = webdriver.ChromeOptions()
-    options.binary_location = CHROMIUM
-    for flag in CHROMIUM_FLAGS:
-        options.add_argument(flag)
-    profile = tempfile.mkdtemp(prefix="mlops-chromium-")
-    options.add_argument(f"--user-data-dir={profile}")
-    driver = webdriver.Chrome(service=Service(CHROMEDRIVER), options=options)
-    driver.set_page_load_timeout(60)
-    try:
-        yield driver
-    finally:
-        driver.quit()
-        shutil.rmtree(profile, ignore_errors=True)
-
-
-def log_in(driver: Any, service: Any, username: str) -> None:
-    from selenium.webdriver.common.by import By
-    from selenium.webdriver.support.ui import WebDriverWait
-
-    driver.delete_all_cookies()
-    driver.get(f"{service.url}/admin/login/")
-    driver.find_element(By.NAME, "username").send_keys(username)
-    driver.find_element(By.NAME, "password").send_keys(PASSWORD)
-    driver.find_element(By.CSS_SELECTOR, "input[type=submit]").click()
-    # Wait for the login to land (the admin's user tools), or the next page load would cut it short.
-    WebDriverWait(driver, 60).until(lambda d: d.find_elements(By.ID, "user-tools"))
 
 
 def open_dashboard(driver: Any, service: Any, query: dict[str, str]) -> dict[str, Any]:
@@ -109,14 +60,6 @@ def open_dashboard(driver: Any, service: Any, query: dict[str, str]) -> dict[str
         return {charts, kpis, options, legends, volumeLines,
                 config: JSON.parse(document.getElementById("dashboard-config").textContent)};
     """)
-
-
-def api(service: Any, driver: Any, path: str, params: dict[str, Any]) -> dict[str, Any]:
-    """The API's answer for the same filters, asked with the browser's staff session."""
-    session = driver.get_cookie("sessionid")["value"]
-    status, _, body = service.request("GET", f"{path}?{urlencode(params)}", headers={"Cookie": f"sessionid={session}"})
-    assert status == 200, body
-    return body
 
 
 def series_of(marks: list[dict[str, Any]], name: str) -> list[tuple[str, float]]:

@@ -1,8 +1,9 @@
 /*
- * Small SVG charts for the staff dashboard: lines, bars, stacked bars and a funnel.
+ * Small SVG charts for the staff dashboard and the compare page: lines, bars, stacked bars, a funnel,
+ * and bars with interval whiskers.
  *
  * Every mark a chart draws carries the figure it stands for in data attributes
- * (data-series, data-x, data-value), so what a person sees can be read back
+ * (data-series, data-x, data-value; data-low and data-high for an interval), so what a person sees can be read back
  * and checked against the API that supplied it.
  */
 (function (global) {
@@ -197,5 +198,54 @@
     });
   }
 
-  global.MlopsCharts = { lineChart, barChart, funnelChart, empty };
+  /*
+   * One bar per series with its 95% interval as a whisker, on an axis from 0.
+   * bars: [{series, value, low, high}]; a bar whose value is null (no data) is drawn as "n/a".
+   * `x` names the figure in each mark's data-x. Bar k takes the palette's k-th colour, as lineChart's series do.
+   */
+  function intervalChart(container, { bars, x, format, height = 200 }) {
+    if (!bars.some((bar) => bar.value !== null && bar.value !== undefined)) {
+      return empty(container, "No conversations in either arm.");
+    }
+    const width = 360;
+    const innerWidth = width - MARGIN.left - MARGIN.right;
+    const innerHeight = height - MARGIN.top - MARGIN.bottom;
+    const tops = bars.flatMap((bar) => [bar.value, bar.high]).filter((v) => v !== null && v !== undefined);
+    const maxValue = niceMax(Math.max(0, ...tops));
+    const slot = innerWidth / bars.length;
+    const barWidth = slot * 0.5;
+    const xOf = (i) => slot * i + slot / 2;
+    const yOf = (v) => innerHeight - (innerHeight * v) / maxValue;
+    const svg = frame(container, width, height);
+    yAxis(svg, maxValue, innerWidth, innerHeight, format);
+    xAxis(svg, bars.map((bar) => bar.series), xOf, innerHeight, (label) => label);
+    const plot = el("g", { transform: `translate(${MARGIN.left},${MARGIN.top})` }, svg);
+    bars.forEach((bar, k) => {
+      const centre = xOf(k);
+      if (bar.value === null || bar.value === undefined) {
+        el("text", { x: centre, y: innerHeight - 6, "text-anchor": "middle", class: "label" }, plot).textContent = "n/a";
+        return;
+      }
+      const colour = colourOf(k, 0);
+      const rect = el("rect", {
+        x: (centre - barWidth / 2).toFixed(1), y: yOf(bar.value).toFixed(1), width: barWidth.toFixed(1),
+        height: (innerHeight - yOf(bar.value)).toFixed(1), fill: colour, "fill-opacity": 0.8, class: "mark",
+        "data-series": bar.series, "data-x": x, "data-value": bar.value, "data-low": bar.low, "data-high": bar.high,
+      }, plot);
+      title(rect, `${bar.series}: ${format(bar.value)} (95% interval ${format(bar.low)} to ${format(bar.high)})`);
+      const whisker = el("g", {
+        class: "whisker", "data-series": bar.series, "data-x": x, "data-low": bar.low, "data-high": bar.high,
+      }, plot);
+      const cap = barWidth / 4;
+      el("line", { x1: centre, x2: centre, y1: yOf(bar.high).toFixed(1), y2: yOf(bar.low).toFixed(1), class: "span" },
+        whisker);
+      el("line", { x1: centre - cap, x2: centre + cap, y1: yOf(bar.high).toFixed(1), y2: yOf(bar.high).toFixed(1),
+        class: "end high" }, whisker);
+      el("line", { x1: centre - cap, x2: centre + cap, y1: yOf(bar.low).toFixed(1), y2: yOf(bar.low).toFixed(1),
+        class: "end low" }, whisker);
+      el("text", { x: centre + cap + 4, y: yOf(bar.value) + 4, class: "label" }, plot).textContent = format(bar.value);
+    });
+  }
+
+  global.MlopsCharts = { lineChart, barChart, funnelChart, intervalChart, empty };
 })(window);
