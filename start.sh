@@ -18,8 +18,11 @@ if [ ! -x "$VENV/bin/python" ]; then
     echo "Creating the virtual environment in $VENV"
     "$PYTHON" -m venv "$VENV"
 fi
-echo "Installing requirements"
-"$VENV/bin/pip" install --quiet --disable-pip-version-check -r requirements.txt
+# With MLflow configured, the service's requirements plus the MLflow client (requirements-mlflow.txt).
+requirements=requirements.txt
+[ -n "${MLFLOW_TRACKING_URI:-}" ] && requirements=requirements-mlflow.txt
+echo "Installing $requirements"
+"$VENV/bin/pip" install --quiet --disable-pip-version-check -r "$requirements"
 
 echo "Migrating the database"
 "$VENV/bin/python" manage.py migrate --noinput

@@ -46,7 +46,15 @@ class SearchQuery(ScopeQuery):
 
 
 class KnowledgeBaseSummarySerializer(serializers.Serializer):
-    version = serializers.CharField(help_text="The knowledge-base version; the chat app sends it as `kb_version`.")
+    version = serializers.CharField(
+        help_text="With a business (`business_id`, or a business key): that business's own knowledge-base version, "
+                  "which the chat app sends as `kb_version`; it changes only with the business's own documents, the "
+                  "embedding method or the parameters. Without one: the build's version (as `build_version`)."
+    )
+    build_version = serializers.CharField(
+        help_text="The whole build's version, over every business's documents: it changes when any business's do. "
+                  "A pipeline run records it; do not send it as `kb_version`."
+    )
     built_at = serializers.DateTimeField()
     embedding = serializers.DictField(help_text="The embedding method (and model) the knowledge base was built with.")
     params = serializers.DictField(help_text="The pipeline parameters of the build (params.yaml).")
@@ -54,7 +62,11 @@ class KnowledgeBaseSummarySerializer(serializers.Serializer):
     documents = serializers.ListField(child=serializers.CharField(), required=False)
     chunks = serializers.IntegerField(required=False)
     topics = serializers.DictField(child=serializers.IntegerField(), required=False)
-    businesses = serializers.DictField(required=False, help_text="Per business, for agency keys and staff.")
+    businesses = serializers.DictField(
+        required=False,
+        help_text="Per business, for agency keys and staff: each business's own `version`, documents, chunks and "
+                  "topics.",
+    )
 
 
 class KnowledgeBaseChunkSerializer(serializers.Serializer):
@@ -64,7 +76,7 @@ class KnowledgeBaseChunkSerializer(serializers.Serializer):
                   "ranks), the BM25 score for bm25; higher is better. Hits below the method's min_score are left out."
     )
     kb_version = serializers.CharField(
-        help_text="The knowledge-base version the hit comes from (send it as kb_version)."
+        help_text="The business's knowledge-base version the hit comes from (send it as kb_version)."
     )
     text = serializers.CharField()
     source = serializers.CharField(help_text="The document, as a path inside the business's folder.")  # type: ignore[assignment]  # a declared field: DRF's metaclass takes it off the class
@@ -75,7 +87,8 @@ class KnowledgeBaseChunkSerializer(serializers.Serializer):
 
 
 class KnowledgeBaseSearchSerializer(serializers.Serializer):
-    version = serializers.CharField()
+    version = serializers.CharField(help_text="The business's own knowledge-base version, as each hit's kb_version.")
+    build_version = serializers.CharField(help_text="The whole build's version (every business's documents).")
     business_id = serializers.CharField()
     query = serializers.CharField()
     k = serializers.IntegerField()
@@ -130,7 +143,7 @@ def _knowledge_base() -> KnowledgeBase:
 
 
 class KnowledgeBaseView(APIView):
-    """GET /api/knowledge-base/: the current version (the chat app's `kb_version`) and what it holds."""
+    """GET /api/knowledge-base/: the business's current version (the chat app's `kb_version`) and what it holds."""
 
     permission_classes = [AllowAny]
 
@@ -139,8 +152,8 @@ class KnowledgeBaseView(APIView):
         tags=["knowledge base"],
         parameters=[ScopeQuery],
         responses={200: KnowledgeBaseSummarySerializer, **ERRORS},
-        description="The current knowledge-base version and what it holds for the caller's business "
-        "(every business for agency keys and staff without `business_id`).",
+        description="The caller's business's current knowledge-base version (send it as `kb_version`) and what "
+        "it holds (every business, each with its own version, for agency keys and staff without `business_id`).",
     )
     def get(self, request: Request) -> Response:
         query = ScopeQuery(data=request.query_params)
@@ -175,7 +188,14 @@ class KnowledgeBaseSearchView(APIView):
         except MethodUnavailable:
             raise SearchUnavailable() from None
         return Response(
-            {"version": kb.version, "business_id": business_id, "query": data["q"], "k": data["k"], "results": results}
+            {
+                "version": kb.business_version(business_id),
+                "build_version": kb.version,
+                "business_id": business_id,
+                "query": data["q"],
+                "k": data["k"],
+                "results": results,
+            }
         )
 
 

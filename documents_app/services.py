@@ -23,6 +23,7 @@ from django.db.models import QuerySet
 from django.utils import timezone
 from django.utils.text import get_valid_filename
 
+from documents_app import tracking
 from documents_app.models import Document, DocumentStatus, PipelineRun, PipelineStage, RunStatus
 from documents_app.pipeline import stages as pipeline
 from documents_app.pipeline.readers import READERS, format_of
@@ -291,7 +292,12 @@ def execute_run(run_id: int) -> PipelineRun | None:
         kb_version=results.kb_version if succeeded else "",
         error=outcome.error[:500],
     )
-    return PipelineRun.objects.get(pk=run_id)
+    run = PipelineRun.objects.get(pk=run_id)
+    note = tracking.log_pipeline_run(run, workdir)
+    if note:
+        run.log = f"{run.log.rstrip()}\n{note}\n"
+        run.save(update_fields=["log"])
+    return run
 
 
 class _DvcOutcome(NamedTuple):

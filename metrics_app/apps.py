@@ -1,4 +1,5 @@
 from django.apps import AppConfig
+from django.db.models.signals import post_migrate
 
 
 class MetricsAppConfig(AppConfig):
@@ -13,3 +14,8 @@ class MetricsAppConfig(AppConfig):
         from metrics_app.monitoring import prometheus
 
         prometheus.connect()
+        from metrics_app.tracking import checks as tracking_checks  # noqa: F401  (registers the MLflow check)
+        from metrics_app.tracking import schedule
+
+        # The worker's daily MLflow job, made once MLFLOW_TRACKING_URI is set (start.sh migrates at each start).
+        post_migrate.connect(schedule.on_post_migrate, sender=self)

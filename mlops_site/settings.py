@@ -20,7 +20,7 @@ import dj_database_url
 from django.core.exceptions import ImproperlyConfigured
 from dotenv import load_dotenv
 
-from mlops_site.env import envbool, envchoice, envint, envlist, envorigins, envstr
+from mlops_site.env import envbool, envchoice, envint, envlist, envorigins, envstr, envzone
 
 BASE_DIR = Path(__file__).resolve().parent.parent
 DATA_DIR = BASE_DIR / "data"
@@ -308,3 +308,14 @@ Q_CLUSTER = {
     "poll": envint("DOCUMENTS_WORKER_POLL_SECONDS", 1, minimum=1),
     "label": "Background tasks",
 }
+
+# --- MLflow (optional; README "MLflow" and docs/mlflow.md). Unset: nothing is logged and nothing needs mlflow.
+# The tracking server that pipeline runs and each version's daily figures go to, e.g. http://127.0.0.1:5001.
+# MLflow reads its credentials itself (MLFLOW_TRACKING_USERNAME/PASSWORD or MLFLOW_TRACKING_TOKEN).
+MLFLOW_TRACKING_URI = envstr("MLFLOW_TRACKING_URI")
+# The experiment that holds one MLflow run per pipeline run.
+MLFLOW_PIPELINE_EXPERIMENT = envstr("MLFLOW_PIPELINE_EXPERIMENT") or "knowledge-base pipeline"
+# Where the daily figures' days begin and end (businesses have no time zone of their own).
+MLFLOW_TIME_ZONE = envzone("MLFLOW_TIME_ZONE", "UTC")
+# How many finished days the worker's daily job looks back over; a day already in MLflow is not logged again.
+MLFLOW_DAYS = envint("MLFLOW_DAYS", 7, minimum=1, maximum=90)

@@ -16,7 +16,18 @@ from metrics_app.ingest.validation import check_event
 from metrics_app.keys import services as key_services
 from metrics_app.models import AIMetric, Business, ModelPrice
 from metrics_app.pricing import services as pricing
-from tests.helpers import LiveService, fold_all, staff_user, start_service, stop_service
+from tests.helpers import (
+    LiveService,
+    MlflowServer,
+    fold_all,
+    mlflow_server_binary,
+    require,
+    staff_user,
+    start_mlflow_server,
+    start_service,
+    stop_process_group,
+    stop_service,
+)
 
 
 @pytest.fixture(autouse=True)
@@ -150,3 +161,30 @@ def logged_in(db) -> Callable[[User], Client]:
         return client
 
     return login
+
+
+# --- MLflow: one real tracking server for the run, and the service pointed at it.
+
+
+@pytest.fixture(scope="session")
+def mlflow_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[MlflowServer]:
+    """A real MLflow tracking server on loopback (SQLite store, served artifacts), shared by the run's tests:
+    each test names its own businesses and experiment, so none reads another's runs."""
+    from metrics_app.tracking.client import installed
+
+    require(installed(), "the MLflow client (pip install -r requirements-mlflow.txt)")
+    binary = mlflow_server_binary()
+    require(binary is not None, "an MLflow tracking server (.venv-mlflow: pip install -r requirements-mlflow-server.txt)")
+    assert binary is not None
+    server = start_mlflow_server(binary, tmp_path_factory.mktemp("mlflow"))
+    yield server
+    stop_process_group(server.process, timeout=3)  # uvicorn's graceful stop waits 10 s; nothing is left to save
+
+
+@pytest.fixture
+def mlflow_tracking(mlflow_server: MlflowServer, settings, monkeypatch) -> MlflowServer:
+    """The service's settings pointed at the test server, with MLflow's retries off so a failure shows at once."""
+    settings.MLFLOW_TRACKING_URI = mlflow_server.url
+    settings.MLFLOW_PIPELINE_EXPERIMENT = f"knowledge-base pipeline {uuid.uuid4().hex[:8]}"
+    monkeypatch.setenv("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "0")
+    return mlflow_server

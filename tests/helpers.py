@@ -227,3 +227,56 @@ def stop_service(service: LiveService) -> None:
     stop_process_group(service.process, timeout=15)
 
 
+
+
+# --- A real MLflow tracking server (full mlflow, in its own environment: it pins gunicorn<27, the service 27).
+
+MLFLOW_SERVER_VENV = ROOT / ".venv-mlflow"
+
+
+def mlflow_server_binary() -> Path | None:
+    """MLFLOW_SERVER, else .venv-mlflow/bin/mlflow (test.sh installs requirements-mlflow-server.txt there)."""
+    named = os.environ.get("MLFLOW_SERVER", "").strip()
+    path = Path(named) if named else MLFLOW_SERVER_VENV / "bin" / "mlflow"
+    return path if path.is_file() and os.access(path, os.X_OK) else None
+
+
+@dataclass
+class MlflowServer:
+    url: str
+    process: subprocess.Popen
+    log_path: Path
+
+    def log(self) -> str:
+        return self.log_path.read_text(errors="replace") if self.log_path.exists() else ""
+
+
+def start_mlflow_server(binary: Path, directory: Path, timeout: float = 90.0) -> MlflowServer:
+    """`mlflow server` on loopback with an SQLite store and served artifacts in `directory`; returns once /health
+    answers. One worker: the tests read back what they wrote, from the same process."""
+    from tests.pgserver import free_port
+
+    port = free_port()
+    log_path = directory / "mlflow-server.log"
+    process = subprocess.Popen(
+        [str(binary), "server",
+         "--backend-store-uri", f"sqlite:///{directory / 'mlflow.db'}",
+         "--artifacts-destination", str(directory / "artifacts"), "--serve-artifacts",
+         "--host", "127.0.0.1", "--port", str(port), "--workers", "1"],
+        cwd=directory, stdin=subprocess.DEVNULL, stdout=log_path.open("w"), stderr=subprocess.STDOUT,
+        start_new_session=True,
+    )
+    server = MlflowServer(f"http://127.0.0.1:{port}", process, log_path)
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if process.poll() is not None:
+            raise RuntimeError(f"mlflow server exited with {process.returncode}:\n{server.log()[-3000:]}")
+        try:
+            with urllib.request.urlopen(f"{server.url}/health", timeout=2) as response:  # noqa: S310 (loopback)
+                if response.status == 200:
+                    return server
+        except OSError:
+            pass
+        time.sleep(0.2)
+    stop_process_group(process, timeout=10)
+    raise RuntimeError(f"mlflow server did not answer /health within {timeout} s:\n{server.log()[-3000:]}")

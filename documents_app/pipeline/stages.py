@@ -225,6 +225,17 @@ def _digest(*parts: Any) -> str:
     return hashlib.sha256(json.dumps(parts, sort_keys=True, default=str).encode()).hexdigest()
 
 
+def knowledge_base_version(embedding: dict[str, Any], params: dict[str, Any], chunks: list[dict[str, Any]]) -> str:
+    """`kb-` and 12 hex digits of a hash over the method, the parameters and the chunks: the same inputs, the same
+    version.
+
+    Over one business's chunks it is that business's version, which no other business's documents change; a
+    business with no chunks has the version of none, which still follows the method and the parameters. Over
+    every chunk it is the build's version.
+    """
+    return "kb-" + _digest(embedding, params, chunks)[:12]
+
+
 def iter_documents(raw_dir: Path) -> Iterator[Path]:
     """Every file under the raw folder in a stable order; hidden files and folders are not documents."""
     for root, dirs, files in os.walk(raw_dir):
@@ -524,6 +535,8 @@ def update_knowledge_base(
     except (OSError, ValueError, KeyError, TypeError) as exc:
         raise PipelineError(f"cannot read {embeddings_path} (run process_documents first): {exc}") from None
 
+    embedding = method.describe()
+    all_params = {"process_documents": processed.get("params", {}), "update_knowledge_base": asdict(params)}
     by_business: dict[str, list[dict[str, Any]]] = defaultdict(list)
     for chunk in incoming:
         by_business[chunk["business_id"]].append({**chunk, "topic": topic_of(chunk["section"]), "also_in": []})
@@ -540,18 +553,19 @@ def update_knowledge_base(
         chunks.extend(group)
         topics = Counter(c["topic"] for c in group)
         businesses[business_id] = {
+            "version": knowledge_base_version(embedding, all_params, group),
             "documents": sorted({c["source"] for c in group}),
             "chunks": len(group),
             "topics": dict(sorted(topics.items())),
         }
 
-    all_params = {"process_documents": processed.get("params", {}), "update_knowledge_base": asdict(params)}
-    version = "kb-" + _digest(method.describe(), all_params, chunks)[:12]
+    # The build's version, over every business's chunks: what a run records; each business has its own above.
+    version = knowledge_base_version(embedding, all_params, chunks)
     _write_json(
         output,
         {
             "version": version,
-            "embedding": method.describe(),
+            "embedding": embedding,
             "params": all_params,
             "businesses": businesses,
             "chunks": chunks,
@@ -560,6 +574,8 @@ def update_knowledge_base(
     duration = time.perf_counter() - started
     metrics = {
         "version": version,
+        # `dvc metrics diff` then names the businesses whose knowledge base a change touched.
+        "business_versions": {business: held["version"] for business, held in businesses.items()},
         "chunks_in": len(incoming),
         "chunks": len(chunks),
         "duplicates_merged": merged_total,

@@ -14,6 +14,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
+from documents_app.pipeline.stages import knowledge_base_version
 from documents_app.search.embeddings import EmbeddingMethod, Scorer, get_method
 
 
@@ -33,21 +34,37 @@ class KnowledgeBase:
     _scorers: dict[str, Scorer] = field(default_factory=dict)
     _lock: threading.Lock = field(default_factory=threading.Lock)
 
+    def business_version(self, business_id: str) -> str:
+        """The business's own version: it changes with its documents, the method and the parameters only."""
+        held = self.businesses.get(business_id)
+        if held is None:
+            return knowledge_base_version(self.embedding, self.params, [])
+        # A file built before versions were per business has only the build's.
+        return str(held.get("version") or self.version)
+
     def summary(self, business_id: str | None, visible: set[str] | None = None) -> dict[str, Any]:
-        """Version and what the knowledge base holds, for one business or for all of `visible` (None: every one)."""
+        """Version and what the knowledge base holds, for one business or for all of `visible` (None: every one).
+
+        For one business `version` is that business's own; for several it is the build's, and each business
+        carries its own under `businesses`.
+        """
         body: dict[str, Any] = {
             "version": self.version,
+            "build_version": self.version,
             "built_at": self.built_at.isoformat(),
             "embedding": self.embedding,
             "params": self.params,
         }
         if business_id is None:
             body["businesses"] = {
-                business: held for business, held in self.businesses.items() if visible is None or business in visible
+                business: {**held, "version": self.business_version(business)}
+                for business, held in self.businesses.items()
+                if visible is None or business in visible
             }
         else:
             body["business_id"] = business_id
             body.update(self.businesses.get(business_id, {"documents": [], "chunks": 0, "topics": {}}))
+            body["version"] = self.business_version(business_id)
         return body
 
     def search(self, business_id: str, query: str, k: int) -> list[dict[str, Any]]:
@@ -65,6 +82,7 @@ class KnowledgeBase:
                 scorer = self.method.scorer([c["embedding"] for c in chunks])
                 self._scorers[business_id] = scorer
         ordering, relevance = scorer.ranked(query)
+        version = self.business_version(business_id)
         floor = float(self.embedding.get("min_score", 0))
         ranked = sorted(range(len(chunks)), key=lambda i: (-ordering[i], i))
         order = [i for i in ranked if relevance[i] > 0 and relevance[i] >= floor][:k]
@@ -72,7 +90,7 @@ class KnowledgeBase:
             {
                 "chunk_id": chunks[i]["id"],
                 "score": round(float(relevance[i]), 4),
-                "kb_version": self.version,
+                "kb_version": version,
                 "text": chunks[i]["text"],
                 "source": chunks[i]["source"],
                 "section": chunks[i]["section"],

@@ -226,3 +226,64 @@ def test_the_openapi_schema_documents_both_endpoints_and_their_errors(api: Clien
     assert {"q", "k", "business_id"} <= {p["name"] for p in search["parameters"]}
     assert {"200", "400", "401", "403", "404"} <= set(search["responses"])
     assert "/api/knowledge-base/" in paths
+
+
+def _two_business_root(root: Path, salon_hours: str, threshold: float = 0.85) -> None:
+    from documents_app.pipeline import stages as pipeline
+
+    for relative, text in (
+        ("clinic/prices.md", "# Prices\n\nA check-up costs 60 euros and a cleaning 80 euros, paid at the desk."),
+        ("salon/hours.md", f"# Opening hours\n\n{salon_hours}"),
+    ):
+        (root / "raw" / relative).parent.mkdir(parents=True, exist_ok=True)
+        (root / "raw" / relative).write_text(text)
+    pipeline.process_documents(
+        root / "raw", root / "emb.json", root / "m1.json", pipeline.ProcessParams(embedding_method="bm25"),
+        cache_dir=root / "cache",
+    )
+    pipeline.update_knowledge_base(
+        root / "emb.json", root / pipeline.KB_PATH, root / "m2.json",
+        pipeline.KnowledgeBaseParams(similarity_threshold=threshold),
+    )
+
+
+@pytest.mark.django_db
+def test_each_business_is_answered_its_own_version_which_others_documents_leave_alone(
+    api: Client, settings, tmp_path: Path, make_key
+) -> None:
+    settings.DOCUMENTS_PIPELINE_ROOT = tmp_path
+    settings.MLOPS_ALLOW_ANONYMOUS_CHAT = True
+    _two_business_root(tmp_path, "We cut and colour hair from Monday to Saturday, nine to six.")
+    built = _kb(tmp_path)
+    clinic = api.get("/api/knowledge-base/", {"business_id": "clinic"}).json()
+    salon = api.get("/api/knowledge-base/", {"business_id": "salon"}).json()
+    assert clinic["version"] == built["businesses"]["clinic"]["version"] != salon["version"]
+    assert clinic["build_version"] == salon["build_version"] == built["version"]
+    hit = api.get("/api/knowledge-base/search", {"q": "cleaning price", "business_id": "clinic"}).json()
+    assert hit["version"] == hit["results"][0]["kb_version"] == clinic["version"]
+
+    _, raw = make_key(None, can_ingest=False, can_read=True)
+    overview = api.get("/api/knowledge-base/", headers={"Authorization": f"Bearer {raw}"}).json()
+    assert overview["version"] == built["version"]
+    assert {b: held["version"] for b, held in overview["businesses"].items()} == {
+        "clinic": clinic["version"], "salon": salon["version"]
+    }
+
+    _two_business_root(tmp_path, "We cut and colour hair every day but Sunday, nine to seven.")
+    later = api.get("/api/knowledge-base/", {"business_id": "clinic"}).json()
+    assert later["version"] == clinic["version"] and later["build_version"] != clinic["build_version"]
+    assert api.get("/api/knowledge-base/", {"business_id": "salon"}).json()["version"] != salon["version"]
+
+
+@pytest.mark.django_db
+def test_a_business_without_documents_has_a_version_that_follows_the_parameters(
+    api: Client, settings, tmp_path: Path
+) -> None:
+    settings.DOCUMENTS_PIPELINE_ROOT = tmp_path
+    settings.MLOPS_ALLOW_ANONYMOUS_CHAT = True
+    _two_business_root(tmp_path, "Open every day.")
+    empty = api.get("/api/knowledge-base/", {"business_id": "newcomer"}).json()
+    assert empty["version"].startswith("kb-") and empty["chunks"] == 0
+    assert empty["version"] not in {held["version"] for held in _kb(tmp_path)["businesses"].values()}
+    _two_business_root(tmp_path, "Open every day.", threshold=0.9)
+    assert api.get("/api/knowledge-base/", {"business_id": "newcomer"}).json()["version"] != empty["version"]

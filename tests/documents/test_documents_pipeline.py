@@ -178,6 +178,37 @@ def test_a_rerun_after_one_document_changed_parses_only_that_document(ws: Worksp
     assert any("A changed detail" in c["text"] for c in ws.kb()["chunks"])
 
 
+def test_one_businesss_document_change_leaves_another_businesss_version_as_it_was(ws: Workspace) -> None:
+    ws.add("clinic/prices.md", f"# Prices\n\n{BODY}")
+    ws.add("salon/hours.md", "# Opening hours\n\nWe cut and colour hair from Monday to Saturday, nine to six.")
+    ws.process()
+    ws.build()
+    before = ws.kb()
+    assert before["businesses"]["clinic"]["version"] != before["businesses"]["salon"]["version"]
+
+    ws.add("clinic/prices.md", f"# Prices\n\n{BODY} A whitening costs 120 euros.")
+    ws.process()
+    metrics = ws.build()
+    after = ws.kb()
+    assert after["businesses"]["salon"]["version"] == before["businesses"]["salon"]["version"]
+    assert after["businesses"]["clinic"]["version"] != before["businesses"]["clinic"]["version"]
+    assert after["version"] != before["version"]  # the build's version follows every business
+    assert metrics["business_versions"] == {b: held["version"] for b, held in after["businesses"].items()}
+
+
+def test_a_parameter_change_gives_every_business_a_new_version(ws: Workspace) -> None:
+    ws.add("clinic/prices.md", f"# Prices\n\n{BODY}")
+    ws.add("salon/hours.md", "# Opening hours\n\nWe cut and colour hair from Monday to Saturday, nine to six.")
+    ws.process()
+    ws.build()
+    before = {b: held["version"] for b, held in ws.kb()["businesses"].items()}
+
+    ws.build(similarity_threshold=0.9)  # the same chunks survive; only the parameter differs
+    after = {b: held["version"] for b, held in ws.kb()["businesses"].items()}
+    assert after.keys() == before.keys() == {"clinic", "salon"}
+    assert all(after[b] != before[b] for b in before)
+
+
 def test_bad_parameters_stop_the_stage_with_a_clear_message(tmp_path: Path) -> None:
     params = tmp_path / "params.yaml"
     params.write_text(

@@ -1,7 +1,8 @@
 """The background sender: a bounded queue drained in batches to POST /track/batch.
 
 Contract: `track()` returns at once and never raises; the network is only
-touched by one daemon thread. Every event carries its own `event_id`, made
+touched by one daemon thread. An event without `kb_version` gets its
+business's own knowledge-base version, read from the service now and then. Every event carries its own `event_id`, made
 once and reused on every retry, so the service stores a retried event once.
 """
 
@@ -16,6 +17,7 @@ import random
 import threading
 import time
 import urllib.error
+import urllib.parse
 import urllib.request
 import uuid
 import weakref
@@ -33,6 +35,9 @@ UTC = timezone.utc
 MAX_BODY_BYTES = 1024 * 1024 - 1024
 MAX_BATCH = 500
 MAX_RETRY_AFTER = 300.0
+# Room kept in a batch for a kb_version filled at send time; versions are "kb-" and 12 hex digits.
+KB_FIELD_BYTES = 64
+MAX_KB_VERSION_LENGTH = 40
 WHOLE_NUMBER_FIELDS = (
     "response_time_ms",
     "tokens_used",
@@ -45,7 +50,8 @@ WHOLE_NUMBER_FIELDS = (
     "ai_response_length",
 )
 
-Sender = Callable[[str, bytes, dict[str, str], float], tuple[int, dict[str, str], bytes]]
+# (url, body, headers, timeout) -> (status, headers, body); a body of None is a GET.
+Sender = Callable[[str, "bytes | None", dict[str, str], float], tuple[int, dict[str, str], bytes]]
 
 
 @dataclass
@@ -72,6 +78,13 @@ class _Entry:
     event_id: str
     body: bytes
     queued_at: float
+    kb_for: str | None = None  # the business whose kb_version the event still needs, filled when it is sent
+
+
+@dataclass(frozen=True)
+class _KbVersion:
+    version: str | None  # None: the service gave none (no read scope, no knowledge base yet)
+    read_at: float
 
 
 def parse_retry_after(value: str | None, now: float | None = None) -> float | None:
@@ -102,8 +115,10 @@ def _json_default(value: Any) -> Any:
     raise TypeError(f"{type(value).__name__} is not JSON serializable")
 
 
-def _urllib_send(url: str, body: bytes, headers: dict[str, str], timeout: float) -> tuple[int, dict[str, str], bytes]:
-    request = urllib.request.Request(url, data=body, headers=headers, method="POST")
+def _urllib_send(
+    url: str, body: bytes | None, headers: dict[str, str], timeout: float
+) -> tuple[int, dict[str, str], bytes]:
+    request = urllib.request.Request(url, data=body, headers=headers, method="GET" if body is None else "POST")
     try:
         with urllib.request.urlopen(request, timeout=timeout) as response:  # noqa: S310 (the configured service URL)
             return response.status, dict(response.headers), response.read()
@@ -133,8 +148,13 @@ class MetricsTracker:
         max_backoff: float = 30.0,
         shutdown_timeout: float = 5.0,
         flush_at_exit: bool = True,
+        kb_version: bool = True,
+        kb_version_ttl: float = 60.0,
         sender: Sender | None = None,
     ) -> None:
+        """`kb_version`: fill a missing kb_version with the business's own knowledge-base version, read from
+        GET /api/knowledge-base/ and kept for `kb_version_ttl` seconds. It needs a key with the read scope (or
+        none, against a development service); without one the events go without it."""
         url = service_url or _env("MLOPS_SERVICE_URL") or "http://localhost:5000"
         self.service_url = url.rstrip("/")
         self._api_key = api_key if api_key is not None else _env("MLOPS_API_KEY")
@@ -145,6 +165,8 @@ class MetricsTracker:
         self.initial_backoff = float(initial_backoff)
         self.max_backoff = float(max_backoff)
         self.shutdown_timeout = float(shutdown_timeout)
+        self.kb_version = bool(kb_version)
+        self.kb_version_ttl = max(0.0, float(kb_version_ttl))
         self._send_raw = sender or _urllib_send
         self._flush_at_exit = flush_at_exit
         self._reset_state()
@@ -164,6 +186,8 @@ class MetricsTracker:
         self._thread: threading.Thread | None = None
         self._stats = TrackerStats()
         self._warned_down = False
+        self._warned_kb = False
+        self._kb_versions: dict[str, _KbVersion] = {}
         self._exit_hooked = False
 
     # --- public
@@ -186,14 +210,15 @@ class MetricsTracker:
             event.setdefault("timestamp", datetime.now(UTC))
             if event["timestamp"] is None:
                 event["timestamp"] = datetime.now(UTC)
+            kb_for = self._kb_version_of(event)
             body = json.dumps(event, default=_json_default, separators=(",", ":"), allow_nan=False).encode()
-            if len(body) > MAX_BODY_BYTES - 64:
+            if len(body) + (KB_FIELD_BYTES if kb_for else 0) > MAX_BODY_BYTES - 64:
                 with self._cond:
                     self._stats.rejected += 1
                 log.error("metrics event %s is larger than a request may be; not sent", event_id)
                 return None
             with self._cond:
-                self._queue.append(_Entry(event_id, body, time.monotonic()))
+                self._queue.append(_Entry(event_id, body, time.monotonic(), kb_for))
                 self._enforce_bound()
                 self._ensure_thread()
                 self._cond.notify_all()
@@ -245,6 +270,62 @@ class MetricsTracker:
                 self._queue.clear()
         return result
 
+    # --- the business's knowledge-base version
+
+    def _kb_version_of(self, event: dict[str, Any]) -> str | None:
+        """Fill a missing kb_version from what is known now (the version that answered); else return the business
+        whose version the sender thread must read."""
+        if event.get("kb_version") is not None:
+            return None
+        event.pop("kb_version", None)
+        business_id = event.get("business_id")
+        if not self.kb_version or not isinstance(business_id, str) or not business_id:
+            return None
+        known = self._fresh_kb_version(business_id)
+        if known is None:
+            return business_id
+        if known.version is not None:
+            event["kb_version"] = known.version
+        return None
+
+    def _fresh_kb_version(self, business_id: str) -> _KbVersion | None:
+        known = self._kb_versions.get(business_id)
+        if known is None or time.monotonic() - known.read_at > self.kb_version_ttl:
+            return None
+        return known
+
+    def _read_kb_version(self, business_id: str) -> None:
+        if self._fresh_kb_version(business_id) is not None:
+            return
+        headers = {"User-Agent": "mlops-chat-tracking-python/0.1"}
+        if self._api_key:
+            headers["Authorization"] = f"Bearer {self._api_key}"
+        url = f"{self.service_url}/api/knowledge-base/?{urllib.parse.urlencode({'business_id': business_id})}"
+        try:
+            status, _, raw = self._send_raw(url, None, headers, self.request_timeout)
+        except Exception:  # noqa: BLE001 - the service is away: the batch's own request says so; read again then
+            return
+        if status >= 500:
+            return
+        try:
+            version = json.loads(raw).get("version") if status == 200 else None
+        except (ValueError, AttributeError):
+            version = None
+        if not isinstance(version, str) or not version or len(version) > MAX_KB_VERSION_LENGTH:
+            version = None
+            if not self._warned_kb:
+                # A key without the read scope (403), no knowledge base yet (404): no version for a while.
+                self._warned_kb = True
+                log.warning("metrics: no kb_version for %s (GET /api/knowledge-base/ answered %s); "
+                            "events go without it", business_id, status)
+        self._kb_versions[business_id] = _KbVersion(version, time.monotonic())
+
+    def _event_body(self, entry: _Entry) -> bytes:
+        known = self._fresh_kb_version(entry.kb_for) if entry.kb_for else None
+        if known is None or known.version is None:
+            return entry.body
+        return b'{"kb_version":' + json.dumps(known.version).encode() + b"," + entry.body[1:]
+
     # --- the sender thread
 
     def _ensure_thread(self) -> None:
@@ -279,9 +360,10 @@ class MetricsTracker:
         size = 16
         while self._queue and len(batch) < self.batch_size:
             entry = self._queue[0]
-            if size + len(entry.body) + 1 > MAX_BODY_BYTES:
+            entry_size = len(entry.body) + 1 + (KB_FIELD_BYTES if entry.kb_for else 0)
+            if size + entry_size > MAX_BODY_BYTES:
                 break
-            size += len(entry.body) + 1
+            size += entry_size
             batch.append(self._queue.popleft())
         return batch
 
@@ -343,7 +425,9 @@ class MetricsTracker:
 
     def _send(self, batch: list[_Entry]) -> float | None:
         """POST one batch; None when done with it, else the seconds to wait before retrying it."""
-        body = b'{"events":[' + b",".join(entry.body for entry in batch) + b"]}"
+        for business_id in dict.fromkeys(entry.kb_for for entry in batch if entry.kb_for):
+            self._read_kb_version(business_id)
+        body = b'{"events":[' + b",".join(self._event_body(entry) for entry in batch) + b"]}"
         headers = {"Content-Type": "application/json", "User-Agent": "mlops-chat-tracking-python/0.1"}
         if self._api_key:
             headers["Authorization"] = f"Bearer {self._api_key}"

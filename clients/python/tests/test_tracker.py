@@ -15,6 +15,7 @@ from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any, Callable, Iterator
+from urllib.parse import parse_qs, urlsplit
 
 import pytest
 
@@ -38,6 +39,9 @@ class FakeService:
     responder: Callable[[Received, int], Reply | None]
     requests: list[Received] = field(default_factory=list)
     server: ThreadingHTTPServer | None = None
+    # The knowledge-base version answered per business (GET /api/knowledge-base/); others get 404.
+    kb_versions: dict[str, str] = field(default_factory=dict)
+    kb_lookups: list[str] = field(default_factory=list)
 
     @property
     def url(self) -> str:
@@ -50,6 +54,17 @@ class FakeService:
         service = self
 
         class Handler(BaseHTTPRequestHandler):
+            def do_GET(self) -> None:  # noqa: N802 - http.server's naming
+                business = parse_qs(urlsplit(self.path).query).get("business_id", [""])[0]
+                service.kb_lookups.append(business)
+                version = service.kb_versions.get(business)
+                data = json.dumps({"version": version} if version else {"error": "Not found", "errors": {}}).encode()
+                self.send_response(200 if version else 404)
+                self.send_header("Content-Type", "application/json")
+                self.send_header("Content-Length", str(len(data)))
+                self.end_headers()
+                self.wfile.write(data)
+
             def do_POST(self) -> None:  # noqa: N802 - http.server's naming
                 raw = self.rfile.read(int(self.headers.get("Content-Length", 0)))
                 received = Received(time.monotonic(), dict(self.headers), json.loads(raw).get("events", []))
@@ -333,3 +348,33 @@ def test_token_usage_prefers_the_providers_counts_and_estimates_only_without_the
     assert estimate_api_cost(150) == 0.000028
     assert parse_retry_after("7") == 7.0
     assert parse_retry_after("Wed, 21 Oct 2015 07:28:10 GMT", now=1445412480.0) == 10.0
+
+
+def test_an_event_without_kb_version_gets_its_businesss_own_version_read_once_a_while(fake):
+    service = fake()
+    service.kb_versions.update({"clinic": "kb-aaaaaaaaaaaa", "salon": "kb-bbbbbbbbbbbb"})
+    metrics = tracker(service.url)
+    metrics.track(reply(business_id="clinic"))
+    metrics.track(reply(business_id="salon"))
+    metrics.track(reply(business_id="salon", kb_version="kb-mine"))
+    assert metrics.flush(5).complete
+    metrics.track(reply(business_id="clinic"))
+    assert metrics.flush(5).complete
+    sent = [(e["business_id"], e.get("kb_version")) for r in service.requests for e in r.events]
+    assert sent == [
+        ("clinic", "kb-aaaaaaaaaaaa"), ("salon", "kb-bbbbbbbbbbbb"), ("salon", "kb-mine"), ("clinic", "kb-aaaaaaaaaaaa")
+    ]
+    assert service.kb_lookups == ["clinic", "salon"]
+
+
+def test_a_business_with_no_knowledge_base_version_or_kb_version_off_sends_events_without_one(fake):
+    service = fake()
+    metrics = tracker(service.url)
+    metrics.track(reply(business_id="nobody"))
+    assert metrics.flush(5).complete
+    service.kb_versions["clinic"] = "kb-aaaaaaaaaaaa"
+    off = tracker(service.url, kb_version=False)
+    off.track(reply(business_id="clinic"))
+    assert off.flush(5).complete
+    assert ["kb_version" in e for r in service.requests for e in r.events] == [False, False]
+    assert service.kb_lookups == ["nobody"]

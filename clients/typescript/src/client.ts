@@ -41,7 +41,8 @@ export interface MetricsData {
   ai_response_length?: number | null;
   response_type?: string | null;
 
-  // Which prompt and knowledge-base build produced the reply
+  // Which prompt and knowledge-base version produced the reply. Left out, kb_version is
+  // filled with the business's own version (TrackerOptions.kbVersion).
   prompt_version?: string | null;
   kb_version?: string | null;
 
@@ -76,6 +77,15 @@ export interface TrackerOptions {
   shutdownTimeoutMs?: number;
   /** Console by default; `null` for silence. */
   logger?: Logger | null;
+  /**
+   * Fill a missing `kb_version` with the business's own knowledge-base version,
+   * read from `GET /api/knowledge-base/?business_id=...` and kept for
+   * `kbVersionTtlMs`. Needs a key with the read scope (or none, against a
+   * development service); without one the events go without it. Default true.
+   */
+  kbVersion?: boolean;
+  /** How long a business's knowledge-base version is kept before it is read again. Default 60000 ms. */
+  kbVersionTtlMs?: number;
   /** The fetch to use (tests inject one). */
   fetch?: typeof fetch;
 }
@@ -110,6 +120,13 @@ interface Entry {
   id: string;
   json: string;
   bytes: number;
+  /** The business whose kb_version the event still needs, filled when it is sent. */
+  kbFor?: string;
+}
+
+interface KbVersion {
+  version: string | null;
+  readAt: number;
 }
 
 type Outcome = { kind: "done" } | { kind: "retry"; waitMs: number } | { kind: "drop" };
@@ -118,6 +135,9 @@ type Outcome = { kind: "done" } | { kind: "retry"; waitMs: number } | { kind: "d
 const MAX_BODY_BYTES = 1024 * 1024 - 1024;
 const MAX_BATCH = 500;
 const MAX_RETRY_AFTER_MS = 5 * 60 * 1000;
+// Room kept in a batch for a kb_version filled at send time; versions are "kb-" and 12 hex digits.
+const KB_FIELD_BYTES = 64;
+const MAX_KB_VERSION_LENGTH = 40;
 const WHOLE_NUMBER_FIELDS = [
   "response_time_ms",
   "tokens_used",
@@ -183,6 +203,10 @@ export class MetricsTracker {
   readonly shutdownTimeoutMs: number;
   private readonly logger: Logger | null;
   private readonly fetchImpl: typeof fetch;
+  private readonly kbVersion: boolean;
+  private readonly kbVersionTtlMs: number;
+  private readonly kbVersions = new Map<string, KbVersion>();
+  private warnedKb = false;
 
   private queue: Entry[] = [];
   private inFlight = 0;
@@ -219,6 +243,8 @@ export class MetricsTracker {
     this.shutdownTimeoutMs = positive(options.shutdownTimeoutMs, 5000);
     this.logger = options.logger === undefined ? console : options.logger;
     this.fetchImpl = options.fetch ?? ((input, init) => fetch(input, init));
+    this.kbVersion = options.kbVersion ?? true;
+    this.kbVersionTtlMs = positive(options.kbVersionTtlMs, 60_000);
   }
 
   /**
@@ -239,14 +265,24 @@ export class MetricsTracker {
       const when = data.timestamp;
       // Sent later in a batch, so the reply time is taken now.
       event.timestamp = when instanceof Date ? when.toISOString() : (when ?? new Date().toISOString());
+      let kbFor: string | undefined;
+      if (event.kb_version == null) {
+        delete event.kb_version;
+        if (this.kbVersion && typeof data.business_id === "string" && data.business_id) {
+          // The version known now is the one that answered; else it is read when the batch is sent.
+          const known = this.freshKbVersion(data.business_id);
+          if (known) event.kb_version = known.version;
+          else if (known === undefined) kbFor = data.business_id;
+        }
+      }
       const json = JSON.stringify(event);
-      const bytes = encoder.encode(json).length;
+      const bytes = encoder.encode(json).length + (kbFor ? KB_FIELD_BYTES : 0);
       if (bytes > MAX_BODY_BYTES - 64) {
         this.counts.rejected += 1;
         this.log("error", `metrics event ${id} is larger than a request may be; not sent`);
         return null;
       }
-      this.queue.push({ id, json, bytes });
+      this.queue.push(kbFor ? { id, json, bytes, kbFor } : { id, json, bytes });
       this.enforceBound();
       this.schedule();
       return id;
@@ -433,10 +469,57 @@ export class MetricsTracker {
     return Math.random() * cap;
   }
 
+  /** The business's version while fresh: a version, null (the service gave none), undefined (not read lately). */
+  private freshKbVersion(businessId: string): KbVersion | null | undefined {
+    const known = this.kbVersions.get(businessId);
+    if (!known || Date.now() - known.readAt > this.kbVersionTtlMs) return undefined;
+    return known.version === null ? null : known;
+  }
+
+  private async readKbVersion(businessId: string): Promise<void> {
+    if (this.freshKbVersion(businessId) !== undefined) return;
+    const headers: Record<string, string> = {};
+    if (this.apiKey) headers.Authorization = `Bearer ${this.apiKey}`;
+    let status = 0;
+    try {
+      const response = await this.fetchImpl(
+        `${this.serviceUrl}/api/knowledge-base/?business_id=${encodeURIComponent(businessId)}`,
+        { method: "GET", headers, signal: AbortSignal.timeout(this.requestTimeoutMs) },
+      );
+      status = response.status;
+      const body = (await response.json().catch(() => ({}))) as { version?: unknown };
+      const version = body.version;
+      if (response.ok && typeof version === "string" && version && version.length <= MAX_KB_VERSION_LENGTH) {
+        this.kbVersions.set(businessId, { version, readAt: Date.now() });
+        return;
+      }
+    } catch {
+      // The service is away: the batch's own request will say so; read again on the next try.
+      return;
+    }
+    if (status >= 500) return;
+    // A key without the read scope (403), no knowledge base yet (404): no version for a while.
+    this.kbVersions.set(businessId, { version: null, readAt: Date.now() });
+    if (!this.warnedKb) {
+      this.warnedKb = true;
+      this.log("warn", `metrics: no kb_version for ${businessId} (GET /api/knowledge-base/ answered ${status}); events go without it`);
+    }
+  }
+
+  private async bodyOf(batch: Entry[]): Promise<string> {
+    const businesses = new Set(batch.flatMap((entry) => (entry.kbFor ? [entry.kbFor] : [])));
+    for (const business of businesses) await this.readKbVersion(business);
+    const events = batch.map((entry) => {
+      const known = entry.kbFor ? this.freshKbVersion(entry.kbFor) : undefined;
+      return known ? `{"kb_version":${JSON.stringify(known.version)},${entry.json.slice(1)}` : entry.json;
+    });
+    return `{"events":[${events.join(",")}]}`;
+  }
+
   private async send(batch: Entry[]): Promise<Outcome> {
     const headers: Record<string, string> = { "Content-Type": "application/json" };
     if (this.apiKey) headers.Authorization = `Bearer ${this.apiKey}`;
-    const body = `{"events":[${batch.map((entry) => entry.json).join(",")}]}`;
+    const body = await this.bodyOf(batch);
     let response: Response;
     try {
       response = await this.fetchImpl(`${this.serviceUrl}/track/batch`, {

@@ -23,6 +23,10 @@ export interface FakeService {
   url: string;
   port: number;
   requests: Received[];
+  /** The knowledge-base version the fake answers per business (GET /api/knowledge-base/); others get 404. */
+  kbVersions: Map<string, string>;
+  /** The businesses whose version was asked for, in order. */
+  kbLookups: string[];
   /** Every event_id received, in order, retries included. */
   ids(): string[];
   close(): Promise<void>;
@@ -44,7 +48,17 @@ export function stored(events: Array<Record<string, unknown>>): Reply {
 
 export async function startFake(responder: Responder = () => undefined, port = 0): Promise<FakeService> {
   const requests: Received[] = [];
+  const kbVersions = new Map<string, string>();
+  const kbLookups: string[] = [];
   const server: Server = createServer((req: IncomingMessage, res: ServerResponse) => {
+    if (req.method === "GET") {
+      const business = new URL(req.url ?? "/", "http://fake").searchParams.get("business_id") ?? "";
+      kbLookups.push(business);
+      const version = kbVersions.get(business);
+      res.writeHead(version ? 200 : 404, { "Content-Type": "application/json" });
+      res.end(JSON.stringify(version ? { version, business_id: business } : { error: "Not found", errors: {} }));
+      return;
+    }
     const chunks: Buffer[] = [];
     req.on("data", (chunk: Buffer) => chunks.push(chunk));
     req.on("end", () => {
@@ -75,6 +89,8 @@ export async function startFake(responder: Responder = () => undefined, port = 0
     url: `http://127.0.0.1:${actual}`,
     port: actual,
     requests,
+    kbVersions,
+    kbLookups,
     ids: () => requests.flatMap((received) => received.events.map((event) => String(event.event_id))),
     close: () =>
       new Promise<void>((resolve) => {

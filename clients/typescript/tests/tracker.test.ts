@@ -239,3 +239,37 @@ test("Retry-After is read as seconds or as an HTTP date", () => {
   assert.equal(parseRetryAfter("soon"), null);
   assert.equal(parseRetryAfter(null), null);
 });
+
+test("an event without kb_version gets its business's own knowledge-base version, read once a while", async () => {
+  const service = await fake();
+  service.kbVersions.set("clinic", "kb-aaaaaaaaaaaa");
+  service.kbVersions.set("salon", "kb-bbbbbbbbbbbb");
+  const metrics = tracker(service.url, { kbVersionTtlMs: 60_000 });
+  metrics.track(reply({ business_id: "clinic" }));
+  metrics.track(reply({ business_id: "salon" }));
+  metrics.track(reply({ business_id: "salon", kb_version: "kb-mine" }));
+  await metrics.flush();
+  metrics.track(reply({ business_id: "clinic" }));
+  await metrics.flush();
+  const events = service.requests.flatMap((r) => r.events);
+  assert.deepEqual(
+    events.map((event) => [event.business_id, event.kb_version]),
+    [["clinic", "kb-aaaaaaaaaaaa"], ["salon", "kb-bbbbbbbbbbbb"], ["salon", "kb-mine"], ["clinic", "kb-aaaaaaaaaaaa"]],
+  );
+  assert.deepEqual(service.kbLookups, ["clinic", "salon"]);
+});
+
+test("a business with no knowledge-base version, or kbVersion off, sends its events without one", async () => {
+  const service = await fake();
+  const metrics = tracker(service.url);
+  metrics.track(reply({ business_id: "nobody" }));
+  await metrics.flush();
+  const off = tracker(service.url, { kbVersion: false });
+  service.kbVersions.set("clinic", "kb-aaaaaaaaaaaa");
+  off.track(reply({ business_id: "clinic" }));
+  await off.flush();
+  const events = service.requests.flatMap((r) => r.events);
+  assert.deepEqual(events.map((event) => "kb_version" in event), [false, false]);
+  assert.deepEqual(service.kbLookups, ["nobody"]);
+  assert.equal(metrics.stats().created, 1);
+});
