@@ -7,7 +7,6 @@ with a message the operator can act on.
 from __future__ import annotations
 
 import os
-import zoneinfo
 from urllib.parse import urlparse
 
 from django.core.exceptions import ImproperlyConfigured
@@ -51,16 +50,6 @@ def envchoice(name: str, default: str, choices: tuple[str, ...]) -> str:
     value = envstr(name, default).lower() or default
     if value not in choices:
         raise ImproperlyConfigured(f"{name} must be one of {', '.join(choices)}, got {value!r}")
-    return value
-
-
-def envzone(name: str, default: str) -> str:
-    """An IANA time zone name (Europe/Berlin), checked against the zone database."""
-    value = envstr(name, default) or default
-    try:
-        zoneinfo.ZoneInfo(value)
-    except (zoneinfo.ZoneInfoNotFoundError, ValueError):
-        raise ImproperlyConfigured(f"{name} must be an IANA time zone such as Europe/Berlin, got {value!r}") from None
     return value
 
 

@@ -20,7 +20,7 @@ import dj_database_url
 from django.core.exceptions import ImproperlyConfigured
 from dotenv import load_dotenv
 
-from mlops_site.env import envbool, envchoice, envint, envlist, envorigins, envstr, envzone
+from mlops_site.env import envbool, envchoice, envint, envlist, envorigins, envstr
 
 BASE_DIR = Path(__file__).resolve().parent.parent
 DATA_DIR = BASE_DIR / "data"
@@ -315,7 +315,6 @@ Q_CLUSTER = {
 MLFLOW_TRACKING_URI = envstr("MLFLOW_TRACKING_URI")
 # The experiment that holds one MLflow run per pipeline run.
 MLFLOW_PIPELINE_EXPERIMENT = envstr("MLFLOW_PIPELINE_EXPERIMENT") or "knowledge-base pipeline"
-# Where the daily figures' days begin and end (businesses have no time zone of their own).
-MLFLOW_TIME_ZONE = envzone("MLFLOW_TIME_ZONE", "UTC")
-# How many finished days the worker's daily job looks back over; a day already in MLflow is not logged again.
+# How many finished days (in each business's time zone) the worker's job looks back over; a day already in
+# MLflow is not logged again.
 MLFLOW_DAYS = envint("MLFLOW_DAYS", 7, minimum=1, maximum=90)

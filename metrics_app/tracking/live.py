@@ -3,7 +3,7 @@
 One MLflow experiment per business (`business/<id>`), one run per version of
 each dimension (`prompt_version v7`, `kb_version kb-3f2a...`), and each of its
 figures a metric whose step is the day (days since 1970-01-01) and whose
-timestamp is the day's start: the MLflow UI then draws a version's figures over
+timestamp is the day's start, in the business's time zone: the MLflow UI then draws a version's figures over
 days and sets versions side by side. The figures are the analytics API's own
 (`analytics.selectors.summary` for the business, the day and the version), so
 MLflow shows what the dashboard shows.
@@ -145,27 +145,30 @@ class _BusinessRuns:
 
 
 def log_live_figures(
-    days: Iterable[date],
+    days: Iterable[date] | None = None,
     business_ids: list[str] | None = None,
     tz: zoneinfo.ZoneInfo | None = None,
     progress: Callable[[Iterable[str]], Iterable[str]] = lambda items: items,
+    count: int | None = None,
 ) -> LogResult:
     """Log each version's figures of each day for the businesses (None: every business); days already logged are
-    skipped. Raises MlflowUnavailable when MLflow is not configured or not installed, MlflowException when the
-    server refuses."""
+    skipped. Days are each business's own (its time zone) unless `tz` is given; without `days`, the `count`
+    (default MLFLOW_DAYS) days before today there. Raises MlflowUnavailable when MLflow is not configured or not
+    installed, MlflowException when the server refuses."""
     from mlflow.entities import Metric
 
     client = tracking_client()
-    tz = tz or zoneinfo.ZoneInfo(settings.MLFLOW_TIME_ZONE)
-    days = sorted(set(days))
+    chosen = sorted(set(days)) if days is not None else None
+    zones = dict(Business.objects.values_list("id", "time_zone"))
     if business_ids is None:
-        business_ids = list(Business.objects.order_by("id").values_list("id", flat=True))
+        business_ids = sorted(zones)
     result = LogResult()
     for business_id in progress(business_ids):
         runs: _BusinessRuns | None = None  # the experiment is made only for a business with something to log
         written: set[str] = set()
-        for day in days:
-            filters = day_filters(business_id, day, tz)
+        zone = tz or zoneinfo.ZoneInfo(zones.get(business_id) or "UTC")
+        for day in chosen if chosen is not None else finished_days(count or settings.MLFLOW_DAYS, zone):
+            filters = day_filters(business_id, day, zone)
             for dimension in DIMENSIONS:
                 for version in versions_of_day(filters, dimension):
                     runs = runs or _BusinessRuns(client, business_id)
@@ -174,7 +177,7 @@ def log_live_figures(
                     if step in runs.logged_days(run_id):
                         result.days_already_there += 1
                         continue
-                    stamp = int(day_start(day, tz).timestamp() * 1000)
+                    stamp = int(day_start(day, zone).timestamp() * 1000)
                     metrics = [Metric(name, value, stamp, step) for name, value in figures_of(
                         filters, dimension, version).items()]
                     client.log_batch(run_id, metrics=metrics)
@@ -191,9 +194,7 @@ def log_live_figures(
 
 
 def log_finished_days() -> str:
-    """The worker's daily job: the last MLFLOW_DAYS finished days of every business, those not logged yet."""
+    """The worker's job: the last MLFLOW_DAYS finished days of every business in its time zone, those not logged."""
     if not configured():
         return "MLflow is not configured (MLFLOW_TRACKING_URI); nothing logged"
-    tz = zoneinfo.ZoneInfo(settings.MLFLOW_TIME_ZONE)
-    return log_live_figures(finished_days(settings.MLFLOW_DAYS, tz), tz=tz).line()
-
+    return log_live_figures().line()

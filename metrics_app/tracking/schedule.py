@@ -1,4 +1,8 @@
-"""The worker's daily MLflow job: a django-q2 schedule, made once when MLflow is configured.
+"""The worker's MLflow job: an hourly django-q2 schedule, made once when MLflow is configured.
+
+Hourly, because each business's day ends at its own midnight: a day is
+logged within the hour after it ends there, and a day already logged is
+skipped, so the hours in between cost a lookup per version and nothing more.
 
 `migrate` makes it (a post_migrate handler; start.sh migrates at every start),
 so the schedule exists once MLFLOW_TRACKING_URI is set and the service has
@@ -9,11 +13,9 @@ not configured.
 
 from __future__ import annotations
 
-import zoneinfo
-from datetime import datetime, time, timedelta
+from datetime import datetime, timedelta
 from typing import Any
 
-from django.conf import settings
 from django.db import DEFAULT_DB_ALIAS
 from django.utils import timezone
 
@@ -21,27 +23,26 @@ from metrics_app.tracking.client import configured
 
 SCHEDULE_NAME = "MLflow: each version's daily figures"
 TASK = "metrics_app.tracking.live.log_finished_days"
-# Half an hour into the day, so the folder has folded the last replies of the day before.
-RUN_AT = time(0, 30)
+# Half past the hour: every zone's midnight is on a quarter hour, and the folder has folded the day's last replies.
+RUN_AT_MINUTE = 30
 
 
 def next_run(now: datetime | None = None) -> datetime:
-    """The next RUN_AT in MLFLOW_TIME_ZONE."""
-    tz = zoneinfo.ZoneInfo(settings.MLFLOW_TIME_ZONE)
-    local = (now or timezone.now()).astimezone(tz)
-    at = datetime.combine(local.date(), RUN_AT, tzinfo=tz)
-    return at if at > local else datetime.combine(local.date() + timedelta(days=1), RUN_AT, tzinfo=tz)
+    """The next half past an hour."""
+    now = now or timezone.now()
+    at = now.replace(minute=RUN_AT_MINUTE, second=0, microsecond=0)
+    return at if at > now else at + timedelta(hours=1)
 
 
 def ensure_schedule(using: str = DEFAULT_DB_ALIAS) -> bool:
-    """Make the daily schedule when MLflow is configured and it does not exist yet; True when it was made."""
+    """Make the hourly schedule when MLflow is configured and it does not exist yet; True when it was made."""
     if not configured():
         return False
     from django_q.models import Schedule
 
     _, made = Schedule.objects.using(using).get_or_create(
         name=SCHEDULE_NAME,
-        defaults={"func": TASK, "schedule_type": Schedule.DAILY, "repeats": -1, "next_run": next_run()},
+        defaults={"func": TASK, "schedule_type": Schedule.HOURLY, "repeats": -1, "next_run": next_run()},
     )
     return made
 

@@ -16,7 +16,7 @@ import pytest
 from django.core.management import call_command
 from django.core.management.base import CommandError
 
-from metrics_app.models import AIMetric
+from metrics_app.models import AIMetric, Business
 from metrics_app.tracking import live
 from tests.analytics.helpers import failed, quantile, store
 from tests.helpers import fold_all
@@ -35,6 +35,7 @@ def seed(businesses: list[str], rng: random.Random) -> None:
     tz = ZoneInfo(TZ)
     payloads = []
     for business in businesses:
+        Business.objects.create(id=business, time_zone=TZ)  # the days MLflow gets are the business's own
         for n in range(70):
             day = rng.choice([DAYS[0] - timedelta(days=1), *DAYS, DAYS[-1] + timedelta(days=1)])
             start = datetime.combine(day, time(), tzinfo=tz) + timedelta(minutes=rng.randrange(24 * 60))
@@ -119,7 +120,6 @@ def logged(client, business: str) -> dict[tuple[str, str], dict[str, dict[int, f
 def client(mlflow_tracking, settings):
     from mlflow.tracking import MlflowClient
 
-    settings.MLFLOW_TIME_ZONE = TZ
     return MlflowClient(mlflow_tracking.url)
 
 
@@ -196,3 +196,23 @@ def test_the_command_refuses_an_unknown_business_and_a_bad_time_zone(client) -> 
         run_command("--business", "nobody-here")
     with pytest.raises(CommandError, match="--tz must be an IANA time zone"):
         run_command("--tz", "Mars/Olympus")
+
+
+def test_the_workers_job_logs_each_business_the_days_finished_in_its_own_time_zone(client) -> None:
+    """At 03:30 UTC on 5 March it is already 5 March's evening on Kiritimati (UTC+14) but still 4 March in New
+    York: the job logs 4 March for the first and only up to 3 March for the second."""
+    import time_machine
+
+    islands, city = f"atoll-{uuid.uuid4().hex[:6]}", f"dental-{uuid.uuid4().hex[:6]}"
+    seed([city], random.Random(9))
+    Business.objects.create(id=islands, time_zone="Pacific/Kiritimati")
+    moment = datetime.combine(DAYS[-1], time(12), tzinfo=ZoneInfo("Pacific/Kiritimati"))
+    store([{"event_id": str(uuid.uuid4()), "business_id": islands, "conversation_id": "c-1",
+            "timestamp": moment.isoformat(), "response_time_ms": 800, "tokens_used": 100, "prompt_version": "v1"}])
+    fold_all()
+    with time_machine.travel(datetime(2026, 3, 5, 3, 30, tzinfo=ZoneInfo("UTC")), tick=False):
+        live.log_finished_days()
+    island_steps = set(logged(client, islands)[("prompt_version", "v1")]["events"])
+    city_steps = {step for points in logged(client, city).values() for step in points["events"]}
+    assert island_steps == {live.step_of(DAYS[-1])}
+    assert live.step_of(DAYS[-1]) not in city_steps and live.step_of(DAYS[1]) in city_steps

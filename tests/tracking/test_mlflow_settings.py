@@ -40,7 +40,7 @@ def test_the_check_is_silent_when_mlflow_is_not_configured(settings) -> None:
 
 
 @pytest.mark.django_db
-def test_the_daily_schedule_is_made_once_and_only_when_mlflow_is_configured(settings) -> None:
+def test_the_hourly_schedule_is_made_once_and_only_when_mlflow_is_configured(settings) -> None:
     settings.MLFLOW_TRACKING_URI = ""
     assert schedule.ensure_schedule() is False
     assert not Schedule.objects.filter(name=schedule.SCHEDULE_NAME).exists()
@@ -49,7 +49,7 @@ def test_the_daily_schedule_is_made_once_and_only_when_mlflow_is_configured(sett
     assert schedule.ensure_schedule() is True
     assert schedule.ensure_schedule() is False
     (made,) = Schedule.objects.filter(name=schedule.SCHEDULE_NAME)
-    assert (made.func, made.schedule_type, made.repeats) == (schedule.TASK, Schedule.DAILY, -1)
+    assert (made.func, made.schedule_type, made.repeats) == (schedule.TASK, Schedule.HOURLY, -1)
     assert made.next_run > made.next_run.now(made.next_run.tzinfo)
 
 

@@ -13,7 +13,7 @@ from tqdm import tqdm
 
 from metrics_app.models import Business
 from metrics_app.tracking.client import MlflowUnavailable, configured, describe_failure
-from metrics_app.tracking.live import finished_days, log_live_figures
+from metrics_app.tracking.live import log_live_figures
 
 
 class Command(BaseCommand):
@@ -21,7 +21,7 @@ class Command(BaseCommand):
         "Log each prompt_version's and kb_version's daily figures (booking, handoff and error rates, latency p50 and "
         "p95, cost per booking, conversations, replies) to MLflow at MLFLOW_TRACKING_URI: one experiment per "
         "business (business/<id>), one run per version, one point per day. By default the last MLFLOW_DAYS finished "
-        "days; a day already in MLflow is not logged again. Days begin at midnight in MLFLOW_TIME_ZONE. "
+        "days; a day already in MLflow is not logged again. Days begin at midnight in each business's time zone. "
         "Example: manage.py log_mlflow_metrics --business acme-dental --days 30"
     )
 
@@ -32,20 +32,23 @@ class Command(BaseCommand):
                             help="how many finished days before today (default MLFLOW_DAYS, 7)")
         parser.add_argument("--date", type=date.fromisoformat, default=None, metavar="YYYY-MM-DD",
                             help="the last day to log (default yesterday); with --days, the days up to it")
-        parser.add_argument("--tz", default=None, help="time zone of the days (default MLFLOW_TIME_ZONE)")
+        parser.add_argument("--tz", default=None,
+                            help="time zone of the days for every business (default each business's own)")
 
     def handle(self, *args: Any, **options: Any) -> None:
         if not configured():
             # Nothing to do is no failure: a schedule or a script may run this before MLflow is set up.
             self.stdout.write("MLflow is not configured (set MLFLOW_TRACKING_URI); nothing logged")
             return
-        tz = self._zone(options["tz"])
-        days = self._days(options["days"], options["date"], tz)
+        tz = self._zone(options["tz"]) if options["tz"] else None
+        count = self._count(options["days"])
+        days = self._days(count, options["date"])
         businesses = self._businesses(options["businesses"])
         try:
             result = log_live_figures(
                 days, businesses, tz,
                 progress=lambda ids: tqdm(ids, desc="businesses", unit="business", disable=None, file=self.stderr),
+                count=count,
             )
         except MlflowUnavailable as exc:
             raise CommandError(str(exc)) from None
@@ -55,22 +58,29 @@ class Command(BaseCommand):
             raise CommandError(
                 f"MLflow at {settings.MLFLOW_TRACKING_URI} failed: {describe_failure(exc)}"
             ) from None
-        self.stdout.write(f"{days[0]} to {days[-1]} ({tz.key}): {result.line()}")
+        which = f"{days[0]} to {days[-1]}" if days else f"the {count} finished days before today"
+        zone = tz.key if tz else "each business's time zone"
+        self.stdout.write(f"{which} ({zone}): {result.line()}")
 
     @staticmethod
-    def _zone(name: str | None) -> zoneinfo.ZoneInfo:
+    def _zone(name: str) -> zoneinfo.ZoneInfo:
         try:
-            return zoneinfo.ZoneInfo(name or settings.MLFLOW_TIME_ZONE)
+            return zoneinfo.ZoneInfo(name)
         except (zoneinfo.ZoneInfoNotFoundError, ValueError):
             raise CommandError(f"--tz must be an IANA time zone such as Europe/Berlin, got {name!r}") from None
 
     @staticmethod
-    def _days(count: int | None, last: date | None, tz: zoneinfo.ZoneInfo) -> list[date]:
+    def _count(count: int | None) -> int:
         count = settings.MLFLOW_DAYS if count is None else count
         if not 1 <= count <= 366:
             raise CommandError(f"--days must be between 1 and 366, got {count}")
+        return count
+
+    @staticmethod
+    def _days(count: int, last: date | None) -> list[date] | None:
+        """The days up to --date; None: each business's finished days."""
         if last is None:
-            return finished_days(count, tz)
+            return None
         return [last - timedelta(days=back) for back in range(count - 1, -1, -1)]
 
     @staticmethod
