@@ -14,6 +14,14 @@ loaded for one business, with the rollups rebuilt so the conversations a
 compare leaves out (begun before its start) are looked up as in production.
 Each request goes through gunicorn with a read key of the business; median
 and worst of --runs after one untimed.
+
+Measured on a 2-core machine: 126 ms at 100,000 events (met), 1,005 ms at
+1,000,000 (missed by a hair). Where the time goes at a million, from EXPLAIN
+ANALYZE: the scan of the business's events, 220 ms; grouping them into
+150,000 conversations with their counts and sums, 600 ms; summing those per
+arm and day, 150 ms; the rest (latency from the sketches, the statistics),
+40 ms. JIT compiling (300 ms) and a sort spilled to disk (100 ms) are off by
+the compare's own settings; a parallel scan measured no faster.
 """
 
 from __future__ import annotations

@@ -3,8 +3,6 @@ verdict it draws is the compare API's answer to the same question."""
 
 from __future__ import annotations
 
-import random
-import uuid
 import zoneinfo
 from datetime import timedelta
 from typing import Any
@@ -15,10 +13,10 @@ from django.contrib.auth.models import User
 from django.utils import timezone
 
 from metrics_app.experiments import services
-from metrics_app.experiments.assignment import assign_variant
 from metrics_app.models import Business
 from tests.analytics.helpers import store
 from tests.console.browser import PASSWORD, api, log_in
+from tests.experiments.helpers import experiment_conversations
 from tests.helpers import fold_all
 
 pytestmark = [pytest.mark.slow]
@@ -32,34 +30,8 @@ DAYS = 9
 
 
 def conversations(count: int, seed: int, *, start: Any, split: float = 0.5) -> list[dict[str, Any]]:
-    """Events of `count` conversations over DAYS days from `start`, each in the arm the clients' hash gives it."""
-    rng = random.Random(seed)
-    events = []
-    for n in range(count):
-        conversation = f"chat-{seed}-{n}"
-        version = assign_variant(NAME, conversation, ("v6", "v7"), split)
-        first = start + timedelta(minutes=rng.randrange(DAYS * 24 * 60))
-        turns = rng.randint(1, 3)
-        booked_at = rng.randrange(turns) if rng.random() < BOOKING[version] else None
-        for turn in range(turns):
-            failed = rng.random() < 0.05
-            events.append({
-                "event_id": str(uuid.UUID(int=rng.getrandbits(128))),
-                "business_id": BUSINESS,
-                "conversation_id": conversation,
-                "timestamp": (first + timedelta(minutes=2 * turn)).isoformat(),
-                "response_time_ms": rng.randint(300, 4000),
-                "tokens_used": 300,
-                "model_name": "in-house-llm",
-                "api_cost_usd": round(rng.uniform(0.0005, 0.004), 6),
-                "prompt_version": version,
-                "appointment_requested": booked_at == turn or rng.random() < 0.1,
-                "appointment_booked": booked_at == turn,
-                "human_handoff_requested": rng.random() < 0.05,
-                "success_rate": 0 if failed else 1,
-                "response_type": "error" if failed else "text",
-            })
-    return events
+    return experiment_conversations(BUSINESS, count, seed, start=start, days=DAYS, name=NAME, booking=BOOKING,
+                                    split=split)
 
 
 @pytest.fixture

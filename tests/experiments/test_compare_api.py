@@ -7,7 +7,6 @@ agree with them by sharing code.
 
 from __future__ import annotations
 
-import random
 import uuid
 from collections import defaultdict
 from datetime import UTC, datetime, timedelta
@@ -19,10 +18,10 @@ import time_machine
 from scipy import stats
 from statsmodels.stats.proportion import confint_proportions_2indep, proportion_confint, proportions_ztest
 
-from metrics_app.experiments.assignment import assign_variant
 from metrics_app.folding.services import fold_pending
 from metrics_app.models import AIMetric, Business, Experiment
 from tests.analytics.helpers import store
+from tests.experiments.helpers import experiment_conversations
 
 pytestmark = pytest.mark.django_db
 
@@ -33,35 +32,9 @@ RATES = {"v6": 0.2, "v7": 0.4}
 
 
 def conversations(business_id: str, count: int, seed: int, split: float = 0.5, start: datetime = START,
-                  days: int = 10, name: str = NAME) -> list[dict[str, Any]]:
-    """Events of `count` conversations assigned to v6 or v7 by the clients' hash, over `days` days from `start`."""
-    rng = random.Random(seed)
-    events = []
-    for n in range(count):
-        conversation = f"{business_id}-chat-{seed}-{n}"
-        version = assign_variant(name, conversation, ("v6", "v7"), split)
-        first = start + timedelta(minutes=rng.randrange(days * 24 * 60))
-        turns = rng.randint(1, 4)
-        booked_at = rng.randrange(turns) if rng.random() < RATES[version] else None
-        for turn in range(turns):
-            failed = rng.random() < 0.05
-            events.append({
-                "event_id": str(uuid.UUID(int=rng.getrandbits(128))),
-                "business_id": business_id,
-                "conversation_id": conversation,
-                "timestamp": (first + timedelta(minutes=2 * turn)).isoformat(),
-                "response_time_ms": rng.randint(300, 4000) + (400 if version == "v7" else 0),
-                "tokens_used": 300,
-                "model_name": "in-house-llm",  # unpriced: the client's cost is the analytics cost
-                "api_cost_usd": round(rng.uniform(0.0005, 0.004), 6),
-                "prompt_version": version if turn or rng.random() > 0.1 else None,  # a first turn may lack it
-                "appointment_requested": booked_at == turn or rng.random() < 0.1,
-                "appointment_booked": booked_at == turn,
-                "human_handoff_requested": rng.random() < 0.03,
-                "success_rate": 0 if failed else 1,
-                "response_type": "error" if failed else "text",
-            })
-    return events
+                  days: int = 10) -> list[dict[str, Any]]:
+    return experiment_conversations(business_id, count, seed, start=start, days=days, split=split, name=NAME,
+                                    booking=RATES)
 
 
 @pytest.fixture

@@ -12,6 +12,7 @@
   const config = JSON.parse(document.getElementById("compare-config").textContent);
   const status = document.getElementById("compare-status");
   const charts = window.MlopsCharts;
+  const getJSON = charts.getJSON;
 
   const integer = new Intl.NumberFormat("en-US", { maximumFractionDigits: 0 });
   const fmt = {
@@ -33,28 +34,6 @@
     ["conversation_latency_mean_ms", "Conversation mean latency (ms)", fmt.ms, fmt.ms],
   ];
   const STATUS = { winner: "a winner", no_difference_yet: "no difference yet", not_enough_data: "not enough data" };
-
-  async function getJSON(url, params) {
-    const query = new URLSearchParams(params).toString();
-    const response = await fetch(query ? `${url}?${query}` : url, {
-      credentials: "same-origin",
-      headers: { Accept: "application/json" },
-    });
-    let body = null;
-    try {
-      body = await response.json();
-    } catch (err) {
-      body = null;
-    }
-    if (!response.ok) {
-      let reason = body && body.error ? body.error : `HTTP ${response.status}`;
-      if (body && body.errors) {
-        reason += `: ${Object.entries(body.errors).map(([name, why]) => `${name} ${[].concat(why).join(", ")}`).join("; ")}`;
-      }
-      throw new Error(reason);
-    }
-    return body;
-  }
 
   function node(tag, { className, text, data } = {}, parent) {
     const made = document.createElement(tag);

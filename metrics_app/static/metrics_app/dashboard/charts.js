@@ -1,6 +1,6 @@
 /*
- * Small SVG charts for the staff dashboard and the compare page: lines, bars, stacked bars, a funnel,
- * and bars with interval whiskers.
+ * Small SVG charts for the staff dashboard and the compare page (lines, bars, stacked bars, a funnel,
+ * and bars with interval whiskers), and the API fetch both pages draw from.
  *
  * Every mark a chart draws carries the figure it stands for in data attributes
  * (data-series, data-x, data-value; data-low and data-high for an interval), so what a person sees can be read back
@@ -247,5 +247,29 @@
     });
   }
 
-  global.MlopsCharts = { lineChart, barChart, funnelChart, intervalChart, empty };
+  // The API's answer as JSON, with the staff member's session; an error answer becomes an Error naming the
+  // service's summary and each field's reason (the service's one error shape).
+  async function getJSON(url, params) {
+    const query = new URLSearchParams(params).toString();
+    const response = await fetch(query ? `${url}?${query}` : url, {
+      credentials: "same-origin",
+      headers: { Accept: "application/json" },
+    });
+    let body = null;
+    try {
+      body = await response.json();
+    } catch (err) {
+      body = null;
+    }
+    if (!response.ok) {
+      let reason = body && body.error ? body.error : `HTTP ${response.status}`;
+      if (body && body.errors) {
+        reason += `: ${Object.entries(body.errors).map(([name, why]) => `${name} ${[].concat(why).join(", ")}`).join("; ")}`;
+      }
+      throw new Error(reason);
+    }
+    return body;
+  }
+
+  global.MlopsCharts = { lineChart, barChart, funnelChart, intervalChart, empty, getJSON };
 })(window);

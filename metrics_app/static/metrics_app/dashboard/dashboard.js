@@ -12,6 +12,7 @@
   const config = JSON.parse(document.getElementById("dashboard-config").textContent);
   const status = document.getElementById("dashboard-status");
   const charts = window.MlopsCharts;
+  const getJSON = charts.getJSON;
 
   const integer = new Intl.NumberFormat("en-US", { maximumFractionDigits: 0 });
   const fmt = {
@@ -26,25 +27,6 @@
     // Buckets start at local midnight or on the hour in the chosen time zone: show that wall time.
     const local = iso.slice(0, 16).replace("T", " ");
     return config.filters.bucket === "day" ? local.slice(5, 10) : local.slice(5, 16);
-  }
-
-  async function getJSON(url, params) {
-    const query = new URLSearchParams(params).toString();
-    const response = await fetch(`${url}?${query}`, {
-      credentials: "same-origin",
-      headers: { Accept: "application/json" },
-    });
-    let body = null;
-    try {
-      body = await response.json();
-    } catch (err) {
-      body = null;
-    }
-    if (!response.ok) {
-      const reason = body && body.error ? body.error : `HTTP ${response.status}`;
-      throw new Error(`${url}: ${reason}`);
-    }
-    return body;
   }
 
   // --- The API's answers, picked apart (the API docs at /api/docs/ define each figure).
