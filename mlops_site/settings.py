@@ -271,6 +271,11 @@ SPECTACULAR_SETTINGS = {
     "SWAGGER_UI_FAVICON_HREF": "SIDECAR",
     "REDOC_DIST": "SIDECAR",
     "COMPONENT_SPLIT_REQUEST": True,
+    # The experiments' choice sets, named once for every field that uses them.
+    "ENUM_NAME_OVERRIDES": {
+        "ExperimentDimensionEnum": "metrics_app.models.ExperimentDimension",
+        "ExperimentMetricEnum": "metrics_app.models.ExperimentMetric",
+    },
     # /health, /track and /track/batch are plain Django views: described by hand.
     "POSTPROCESSING_HOOKS": [
         "drf_spectacular.hooks.postprocess_schema_enums",
