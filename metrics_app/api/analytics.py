@@ -22,6 +22,7 @@ from metrics_app.api.permissions import CanRead
 from metrics_app.api.queries import (
     AnalyticsQuerySerializer,
     BreakdownQuerySerializer,
+    CostOptionsQuerySerializer,
     TimeseriesQuerySerializer,
     _period,
     _query,
@@ -29,12 +30,14 @@ from metrics_app.api.queries import (
 from metrics_app.api.serializers import (
     READ_ERRORS,
     BreakdownSerializer,
+    CostOptionsSerializer,
     FunnelSerializer,
     PeakHoursSerializer,
     SummarySerializer,
     TimeseriesSerializer,
     _errors,
 )
+from metrics_app.pricing import selectors as cost_selectors
 
 
 class FastJSONRenderer(JSONRenderer):
@@ -111,3 +114,17 @@ class PeakHoursView(AnalyticsView):
     def get(self, request: Request) -> Response:
         filters, _ = _query(request, AnalyticsQuerySerializer)
         return Response({"period": _period(filters), "cells": selectors.peak_hours(filters)})
+
+
+class CostOptionsView(AnalyticsView):
+    @extend_schema(
+        operation_id="analytics_costs", tags=["analytics"], parameters=[CostOptionsQuerySerializer],
+        responses={200: CostOptionsSerializer, **READ_ERRORS},
+        description="The period's priced tokens and cost; the same tokens at every price row in force at its end, "
+        "cheapest first; the cached share of the input and what larger shares would save; per intent the replies "
+        "with the most tokens. Prices of the same tokens, not predictions: see each section's basis.",
+    )
+    def get(self, request: Request) -> Response:
+        filters, data = _query(request, CostOptionsQuerySerializer)
+        options = cost_selectors.cost_options(filters, data["replies_per_intent"], data["intents"])
+        return Response({"period": _period(filters), **options})

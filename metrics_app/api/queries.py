@@ -129,3 +129,13 @@ class ConversationQuerySerializer(AnalyticsQuerySerializer):
     handed_off = serializers.BooleanField(required=False, allow_null=True, default=None)
     limit = serializers.IntegerField(required=False, default=50, min_value=1, max_value=200)
     offset = serializers.IntegerField(required=False, default=0, min_value=0, max_value=100_000)
+
+
+class CostOptionsQuerySerializer(AnalyticsQuerySerializer):
+    replies_per_intent = serializers.IntegerField(
+        required=False, default=5, min_value=1, max_value=20, help_text="The largest replies listed per intent."
+    )
+    intents = serializers.IntegerField(
+        required=False, default=10, min_value=1, max_value=50,
+        help_text="The intents whose largest replies are listed: the ones with the most events.",
+    )

@@ -214,3 +214,96 @@ class OutcomeSerializer(serializers.Serializer):
 class OutcomeResultSerializer(serializers.Serializer):
     changed = serializers.ListField(child=serializers.CharField(), help_text="Flags this request turned on.")
     conversation = ConversationSerializer()
+
+
+# --- Cost options (docs/analytics.md, "Cost options").
+
+
+class CostOptionsCurrentSerializer(serializers.Serializer):
+    events = serializers.IntegerField()
+    priced_events = serializers.IntegerField(help_text="events whose model had a price in force")
+    unpriced_events = serializers.IntegerField(help_text="left out of every what-if")
+    estimated_cost_events = serializers.IntegerField(help_text="priced events sent with tokens_used alone")
+    fresh_input_tokens = serializers.IntegerField(help_text="priced input neither read from nor written to the cache")
+    cache_read_input_tokens = serializers.IntegerField()
+    cache_write_input_tokens = serializers.IntegerField()
+    output_tokens = serializers.IntegerField(help_text="reasoning included")
+    reasoning_output_tokens = serializers.IntegerField()
+    estimated_tokens = serializers.IntegerField(help_text="tokens_used of the estimated events, at the input price")
+    cost_usd = _float("analytics cost of every event (the client's figure for unpriced ones)", null=False)
+    priced_cost_usd = _float("analytics cost of the priced events: what the what-ifs compare with", null=False)
+    unpriced_note = serializers.CharField(allow_null=True)
+
+
+class CostOptionsRatesSerializer(serializers.Serializer):
+    price_id = serializers.IntegerField()
+    model_pattern = serializers.CharField(help_text="the price row's model name or glob")
+    valid_from = serializers.DateTimeField()
+    input_usd_per_mtok = serializers.FloatField()
+    output_usd_per_mtok = serializers.FloatField()
+    cache_read_usd_per_mtok = serializers.FloatField(help_text="the cached-input price, else the input price")
+    cache_write_usd_per_mtok = serializers.FloatField(help_text="the cache-write price, else the input price")
+    cache_read_priced_as_input = serializers.BooleanField()
+    cache_write_priced_as_input = serializers.BooleanField()
+
+
+class CostOptionsModelSerializer(CostOptionsRatesSerializer):
+    in_use = serializers.BooleanField(help_text="the row prices a model of the period's traffic at its end")
+    cost_usd = serializers.FloatField(help_text="the priced events' same tokens at this row's rates")
+    difference_usd = serializers.FloatField(help_text="cost_usd minus current.priced_cost_usd")
+
+
+class CostOptionsScenarioSerializer(serializers.Serializer):
+    target = serializers.CharField(help_text='"25%", "50%", "75%" or "best day"')
+    cached_share = serializers.FloatField()
+    extra_cached_tokens = serializers.FloatField(help_text="input tokens moved from fresh to cached", required=False)
+    savings_usd = serializers.FloatField()
+
+
+class CostOptionsCacheModelSerializer(CostOptionsRatesSerializer):
+    model_name = serializers.CharField()
+    input_tokens = serializers.IntegerField()
+    cache_read_input_tokens = serializers.IntegerField()
+    cached_input_share = _float()
+    best_day_cached_input_share = _float("the highest share of one local day of the period")
+    cache_savings_usd = serializers.FloatField()
+    scenarios = CostOptionsScenarioSerializer(many=True)
+
+
+class CostOptionsCacheSerializer(serializers.Serializer):
+    input_tokens = serializers.IntegerField(help_text="input of the priced events sent with the split")
+    cache_read_input_tokens = serializers.IntegerField()
+    cached_input_share = _float()
+    cache_savings_usd = serializers.FloatField()
+    scenarios = CostOptionsScenarioSerializer(many=True, help_text="the fixed steps, summed over the models")
+    models = CostOptionsCacheModelSerializer(many=True)
+    basis = serializers.CharField()
+
+
+class CostOptionsReplySerializer(serializers.Serializer):
+    event_id = serializers.UUIDField()
+    business_id = serializers.CharField()
+    conversation_id = serializers.CharField(allow_null=True)
+    timestamp = serializers.DateTimeField()
+    tokens = serializers.IntegerField(help_text="tokens_used")
+    input_tokens = serializers.IntegerField(allow_null=True)
+    output_tokens = serializers.IntegerField(allow_null=True)
+    cache_read_input_tokens = serializers.IntegerField(allow_null=True)
+    model_name = serializers.CharField(allow_null=True)
+    cost_usd = _float("the event's analytics cost")
+
+
+class CostOptionsIntentSerializer(serializers.Serializer):
+    intent = serializers.CharField(allow_null=True)
+    events = serializers.IntegerField()
+    replies = CostOptionsReplySerializer(many=True)
+
+
+class CostOptionsSerializer(serializers.Serializer):
+    period = PeriodSerializer()
+    current = CostOptionsCurrentSerializer()
+    models = CostOptionsModelSerializer(many=True, help_text="cheapest first")
+    models_basis = serializers.CharField()
+    cache = CostOptionsCacheSerializer()
+    top_replies = CostOptionsIntentSerializer(many=True)
+    top_replies_basis = serializers.CharField()

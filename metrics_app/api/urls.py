@@ -10,6 +10,7 @@ urlpatterns = [
     path("analytics/timeseries", analytics.TimeseriesView.as_view(), name="analytics-timeseries"),
     path("analytics/breakdown/<str:dimension>", analytics.BreakdownView.as_view(), name="analytics-breakdown"),
     path("analytics/peak-hours", analytics.PeakHoursView.as_view(), name="analytics-peak-hours"),
+    path("analytics/costs", analytics.CostOptionsView.as_view(), name="analytics-costs"),
     path("analytics/compare", experiments.CompareView.as_view(), name="analytics-compare"),
     path("experiments/", experiments.ExperimentListView.as_view(), name="experiments"),
     path("experiments/<int:pk>", experiments.ExperimentDetailView.as_view(), name="experiment-detail"),

@@ -64,6 +64,16 @@ class Price:
     cache_write_per_mtok: Decimal | None = None
 
     @property
+    def cache_read_per_mtok(self) -> Decimal:
+        """The price of an input token read from the cache: the cached-input price, else the input price."""
+        return self.input_per_mtok if self.cached_input_per_mtok is None else self.cached_input_per_mtok
+
+    @property
+    def cache_write_rate_per_mtok(self) -> Decimal:
+        """The price of an input token written to the cache: the cache-write price, else the input price."""
+        return self.input_per_mtok if self.cache_write_per_mtok is None else self.cache_write_per_mtok
+
+    @property
     def specificity(self) -> tuple[int, int]:
         exact = not any(ch in self.pattern for ch in "*?[")
         return (1 if exact else 0, len(self.pattern))
@@ -103,13 +113,51 @@ def cost_of(event: dict[str, Any], price: Price | None) -> tuple[Decimal | None,
     return cost, basis
 
 
-def priced(event: dict[str, Any], price: Price | None) -> tuple[Decimal | None, str, Decimal | None]:
-    """(analytics cost, cost basis, cache savings) of one event under `price` (None: the model is unpriced)."""
-    if price is None:
-        client = event.get("api_cost_usd")
-        if client is None:
-            return None, CostBasis.UNPRICED_NONE, None
-        return Decimal(client), CostBasis.UNPRICED_CLIENT, None
+@dataclass(frozen=True, slots=True)
+class TokenParts:
+    """A priced event's tokens (or the sum over events) by the rate each is charged at.
+
+    Pricing is linear in each part, so the cost of many events at one price is
+    the cost of their summed parts.
+    """
+
+    fresh_input: int = 0  # input neither read from nor written to the cache: the input price
+    cache_read: int = 0  # the cached-input price
+    cache_write: int = 0  # the cache-write price
+    output: int = 0  # reasoning included: the output price
+    estimated: int = 0  # tokens_used of events sent without the split: the input price
+    estimated_events: int = 0
+
+    def __add__(self, other: TokenParts) -> TokenParts:
+        return TokenParts(
+            self.fresh_input + other.fresh_input, self.cache_read + other.cache_read,
+            self.cache_write + other.cache_write, self.output + other.output, self.estimated + other.estimated,
+            self.estimated_events + other.estimated_events,
+        )
+
+    @property
+    def split_input(self) -> int:
+        """The input tokens of the events sent with the split (fresh, read and written)."""
+        return self.fresh_input + self.cache_read + self.cache_write
+
+    def cost(self, price: Price) -> Decimal:
+        return (
+            (self.fresh_input + self.estimated) * price.input_per_mtok
+            + self.cache_read * price.cache_read_per_mtok
+            + self.cache_write * price.cache_write_rate_per_mtok
+            + self.output * price.output_per_mtok
+        ) / MILLION
+
+    def cache_savings(self, price: Price) -> Decimal | None:
+        """The cached tokens at the input price minus at their own prices; None when nothing was cached."""
+        if not self.cache_read and not self.cache_write:
+            return None
+        cached = self.cache_read * price.cache_read_per_mtok + self.cache_write * price.cache_write_rate_per_mtok
+        return ((self.cache_read + self.cache_write) * price.input_per_mtok - cached) / MILLION
+
+
+def token_parts(event: dict[str, Any]) -> TokenParts:
+    """The event's tokens by rate, as any price row charges them."""
     total = event.get("tokens_used")
     tokens_in = event.get("input_tokens")
     tokens_out = event.get("output_tokens")
@@ -117,18 +165,25 @@ def priced(event: dict[str, Any], price: Price | None) -> tuple[Decimal | None, 
         tokens_out = total - tokens_in
     elif tokens_out is not None and tokens_in is None and total is not None and total >= tokens_out:
         tokens_in = total - tokens_out
+    if tokens_in is None or tokens_out is None:
+        # Without the split there are no cached parts (they are only taken with input_tokens).
+        return TokenParts(estimated=total or 0, estimated_events=1)
     read = event.get("cache_read_input_tokens") or 0
     write = event.get("cache_write_input_tokens") or 0
-    read_price = price.input_per_mtok if price.cached_input_per_mtok is None else price.cached_input_per_mtok
-    write_price = price.input_per_mtok if price.cache_write_per_mtok is None else price.cache_write_per_mtok
-    cached = read * read_price + write * write_price
-    savings = ((read + write) * price.input_per_mtok - cached) / MILLION if read or write else None
-    if tokens_in is not None and tokens_out is not None:
-        fresh = max(tokens_in - read - write, 0)
-        cost = (fresh * price.input_per_mtok + cached + tokens_out * price.output_per_mtok) / MILLION
-        return cost, CostBasis.TOKENS, savings
-    # Without the split there are no cached parts (they are only taken with input_tokens).
-    return Decimal(total or 0) * price.input_per_mtok / MILLION, CostBasis.ESTIMATED, None
+    return TokenParts(fresh_input=max(tokens_in - read - write, 0), cache_read=read, cache_write=write,
+                      output=tokens_out)
+
+
+def priced(event: dict[str, Any], price: Price | None) -> tuple[Decimal | None, str, Decimal | None]:
+    """(analytics cost, cost basis, cache savings) of one event under `price` (None: the model is unpriced)."""
+    if price is None:
+        client = event.get("api_cost_usd")
+        if client is None:
+            return None, CostBasis.UNPRICED_NONE, None
+        return Decimal(client), CostBasis.UNPRICED_CLIENT, None
+    parts = token_parts(event)
+    basis = CostBasis.ESTIMATED if parts.estimated_events else CostBasis.TOKENS
+    return parts.cost(price), basis, parts.cache_savings(price)
 
 
 _cache: tuple[tuple[int, Any], PriceTable] | None = None

@@ -24,7 +24,12 @@ from hypothesis import strategies as st
 
 from documents_app.search.embeddings import get_method
 from metrics_app.api.experiments import CompareQuerySerializer
-from metrics_app.api.queries import BreakdownQuerySerializer, ConversationQuerySerializer, TimeseriesQuerySerializer
+from metrics_app.api.queries import (
+    BreakdownQuerySerializer,
+    ConversationQuerySerializer,
+    CostOptionsQuerySerializer,
+    TimeseriesQuerySerializer,
+)
 from metrics_app.http.bodies import MAX_JSON_DEPTH
 from metrics_app.models import Business
 from tests.helpers import json_values
@@ -118,11 +123,11 @@ def test_raw_bytes_to_the_outcome_api_never_answer_500(api, make_key, business, 
 ANALYTICS_PATHS = [
     "/api/analytics/summary", "/api/analytics/funnel", "/api/analytics/timeseries", "/api/analytics/peak-hours",
     "/api/analytics/breakdown/intent", "/api/analytics/breakdown/model", "/api/conversations/",
-    "/api/analytics/compare",
+    "/api/analytics/compare", "/api/analytics/costs",
 ]
 ANALYTICS_PARAMS = sorted(
     {*TimeseriesQuerySerializer().fields, *BreakdownQuerySerializer().fields, *ConversationQuerySerializer().fields,
-     *CompareQuerySerializer().fields}
+     *CompareQuerySerializer().fields, *CostOptionsQuerySerializer().fields}
 )
 
 
