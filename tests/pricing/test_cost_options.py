@@ -45,6 +45,8 @@ def traffic(db, published_prices) -> None:
     price_row("claude-3-5-haiku*", at(4), "1.00", "5.00", cached="0.10", write="1.25")
     price_row("claude-3-5-haiku*", END + timedelta(days=1), "9.00", "9.00")  # not in force at the period's end
     price_row("in-house-llm", at(4), "0.50", "1.50")  # unpriced before the 4th, priced from it
+    # Added later than the published row but older: the published one is the pattern's latest.
+    price_row("gemini-2.5-flash*", datetime(2025, 1, 1, tzinfo=UTC), "7.00", "7.00")
     events: list[dict[str, Any]] = []
     for day in range(2, 7):
         for i in range(3):
@@ -204,12 +206,16 @@ def test_every_price_row_in_force_at_the_end_prices_the_same_tokens_cheapest_fir
     assert haiku[0]["in_use"] and haiku[0]["cache_write_usd_per_mtok"] == 1.25
     mini = next(o for o in options if o["model_pattern"] == "gpt-4o-mini*")
     assert mini["cache_write_priced_as_input"] and mini["cache_write_usd_per_mtok"] == mini["input_usd_per_mtok"]
-    assert not next(o for o in options if o["model_pattern"] == "gemini-2.5-flash*")["in_use"]
+    newest_flash = next(o for o in options if o["model_pattern"] == "gemini-2.5-flash*")
+    assert newest_flash["valid_from"].startswith("2025-06-17") and not newest_flash["in_use"]
     assert "not a prediction" in body["models_basis"]
 
 
-def test_the_cached_share_and_what_larger_shares_would_save(api, agency, traffic):
-    cache = get(api, agency, business_id="acme-dental").json()["cache"]
+@pytest.mark.parametrize("tz", [None, "Pacific/Kiritimati"])  # the business's zone (UTC+0 in March), and UTC+14
+def test_the_cached_share_and_what_larger_shares_would_save(api, agency, traffic, tz):
+    params = {"tz": tz} if tz else {}
+    cache = get(api, agency, business_id="acme-dental", **params).json()["cache"]
+    zone = ZoneInfo(tz) if tz else LONDON
     prices = list(ModelPrice.objects.all())
     priced = [(row, split(row)) for row, _ in priced_rows(raw_rows({"acme-dental"}), prices)]
     with_split = [(row, parts) for row, parts in priced if parts is not None]
@@ -234,7 +240,7 @@ def test_the_cached_share_and_what_larger_shares_would_save(api, agency, traffic
         assert model["input_tokens"] == model_input and model["cache_read_input_tokens"] == model_read
         days: dict[Any, list[int]] = defaultdict(lambda: [0, 0])
         for row, parts in events:
-            day = days[row.timestamp.astimezone(LONDON).date()]
+            day = days[row.timestamp.astimezone(zone).date()]
             day[0] += row.cache_read_input_tokens or 0
             day[1] += parts[0]
         best = max(Decimal(r) / i for r, i in days.values())
