@@ -58,7 +58,7 @@ class Schedule:
     def open_quarters(self, start: datetime, end: datetime) -> set[datetime]:
         """The UTC starts of the 15-minute buckets meeting [start, end) in which the business is open.
 
-        A 400-day period is 38,400 buckets: about 60 ms.
+        About 8 µs a bucket: 5 ms for 7 days, 0.3 s for the longest period (400 days, 38,400 buckets).
         """
         found: set[datetime] = set()
         bucket = quarter_of(start)
