@@ -259,3 +259,18 @@ def test_staff_limited_to_another_business_are_refused(api, logged_in, hours_dat
     client = logged_in(staff_user("limited", businesses=["london-dental"]))
     assert client.get("/api/analytics/opening-hours", {"business_id": "kathmandu-salon", **PERIOD}).status_code == 403
     assert client.get("/api/analytics/opening-hours", {"business_id": "london-dental", **PERIOD}).status_code == 200
+
+
+def test_an_interval_across_a_dst_change_is_shorter_in_spring_and_longer_in_autumn(db):
+    from metrics_app.analytics import hours
+
+    _save_hours()
+    london = hours.schedule_of("london-dental")  # Sundays 00:30-02:30 local
+
+    def open_quarters_that_night(day: date) -> int:
+        evening = datetime.combine(day, time(20), tzinfo=UTC) - timedelta(days=1)
+        return len(london.open_quarters(evening, evening + timedelta(hours=8)))
+
+    assert open_quarters_that_night(date(2026, 3, 22)) == 8  # no change: two hours
+    assert open_quarters_that_night(date(2026, 3, 29)) == 4  # 01:00-02:00 skipped: one hour
+    assert open_quarters_that_night(date(2026, 10, 25)) == 12  # 01:00-02:00 twice: three hours
