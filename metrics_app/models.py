@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import datetime
 import hashlib
 import hmac
 import secrets
@@ -65,6 +66,131 @@ class Business(models.Model):
 
     def __str__(self) -> str:
         return self.name or self.id
+
+
+
+def validate_quarter_hour(value: datetime.time) -> None:
+    if value.minute % 15 or value.second or value.microsecond:
+        raise ValidationError(f"{value:%H:%M} is not on a quarter hour: use minutes 00, 15, 30 or 45")
+
+
+_QUARTER_HOUR_HELP = (
+    "Local time of the business, on a quarter hour (minutes 00, 15, 30, 45): UTC offsets are multiples of 15 "
+    "minutes, so every 15-minute analytics bucket is then wholly open or wholly closed."
+)
+_CLOSES_HELP = _QUARTER_HOUR_HELP + " 00:00 closes at midnight, at the end of the day."
+
+
+def _quarter_hour(field: str) -> Q:
+    return Q(**{f"{field}__minute__in": [0, 15, 30, 45], f"{field}__second": 0})
+
+
+MIDNIGHT = datetime.time(0, 0)
+
+
+def closes_after(opens: datetime.time, closes: datetime.time) -> bool:
+    """Whether [opens, closes) is an interval of one day: 00:00 as a closing time is the midnight ending it."""
+    return closes > opens or closes == MIDNIGHT
+
+
+def _closes_after_opens() -> Q:
+    # closes_after in SQL, for the database to refuse what the admin refuses.
+    return Q(closes__gt=models.F("opens")) | Q(closes=MIDNIGHT)
+
+
+class OpeningHours(models.Model):
+    """One interval of a business's week in its own time zone, [opens, closes) on an ISO weekday.
+
+    A day may have several (a lunch break is two); a weekday without one is
+    closed. An OpeningException for a local date replaces the week's
+    intervals of that date. metrics_app/analytics/hours.py reads them.
+    """
+
+    class Weekday(models.IntegerChoices):
+        MONDAY = 1
+        TUESDAY = 2
+        WEDNESDAY = 3
+        THURSDAY = 4
+        FRIDAY = 5
+        SATURDAY = 6
+        SUNDAY = 7
+
+    business = models.ForeignKey(Business, on_delete=models.CASCADE, related_name="opening_hours")
+    weekday = models.PositiveSmallIntegerField(choices=Weekday.choices)
+    opens = models.TimeField(validators=[validate_quarter_hour], help_text=_QUARTER_HOUR_HELP)
+    closes = models.TimeField(validators=[validate_quarter_hour], help_text=_CLOSES_HELP)
+
+    class Meta:
+        db_table = "mlops_opening_hours"
+        verbose_name = "opening hours"
+        verbose_name_plural = "opening hours"
+        constraints = [
+            models.CheckConstraint(condition=Q(weekday__gte=1, weekday__lte=7), name="opening_hours_weekday_range"),
+            models.CheckConstraint(condition=_closes_after_opens(), name="opening_hours_closes_after_opens"),
+            models.CheckConstraint(condition=_quarter_hour("opens") & _quarter_hour("closes"),
+                                   name="opening_hours_on_quarter_hours"),
+        ]
+        indexes = [
+            # The analytics read a business's whole week at once.
+            models.Index(fields=["business", "weekday"], name="opening_hours_business_idx"),
+        ]
+
+    def __str__(self) -> str:
+        return f"{self.get_weekday_display()} {self.opens:%H:%M}-{self.closes:%H:%M}"
+
+    def clean(self) -> None:
+        super().clean()
+        if self.opens is not None and self.closes is not None and not closes_after(self.opens, self.closes):
+            raise ValidationError({"closes": "Closes must be after opens (00:00 for midnight)."})
+
+
+class OpeningException(models.Model):
+    """A local date whose hours differ from the week's: closed all day, or its own intervals.
+
+    Rows without times close the date; rows with times are that date's
+    intervals instead of the week's. A date with both is closed.
+    """
+
+    business = models.ForeignKey(Business, on_delete=models.CASCADE, related_name="opening_exceptions")
+    date = models.DateField(help_text="Local date of the business.")
+    opens = models.TimeField(null=True, blank=True, validators=[validate_quarter_hour],
+                             help_text="Empty (with closes) for closed all day. " + _QUARTER_HOUR_HELP)
+    closes = models.TimeField(null=True, blank=True, validators=[validate_quarter_hour], help_text=_CLOSES_HELP)
+    note = models.CharField(max_length=200, blank=True, help_text='Why, e.g. "Christmas".')
+
+    class Meta:
+        db_table = "mlops_opening_exception"
+        constraints = [
+            models.CheckConstraint(
+                condition=Q(opens__isnull=True, closes__isnull=True)
+                | (Q(opens__isnull=False, closes__isnull=False) & _closes_after_opens()),
+                name="opening_exception_closed_or_interval",
+            ),
+            models.CheckConstraint(
+                condition=(Q(opens__isnull=True) | _quarter_hour("opens"))
+                & (Q(closes__isnull=True) | _quarter_hour("closes")),
+                name="opening_exception_on_quarter_hours",
+            ),
+        ]
+        indexes = [
+            # The analytics read a business's exceptions within a period's dates.
+            models.Index(fields=["business", "date"], name="opening_exception_date_idx"),
+        ]
+
+    def __str__(self) -> str:
+        hours = "closed" if self.opens is None else f"{self.opens:%H:%M}-{self.closes:%H:%M}"
+        return f"{self.date:%Y-%m-%d} {hours}" + (f" ({self.note})" if self.note else "")
+
+    @property
+    def closed_all_day(self) -> bool:
+        return self.opens is None
+
+    def clean(self) -> None:
+        super().clean()
+        if (self.opens is None) != (self.closes is None):
+            raise ValidationError("Give both opens and closes, or neither for closed all day.")
+        if self.opens is not None and self.closes is not None and not closes_after(self.opens, self.closes):
+            raise ValidationError({"closes": "Closes must be after opens (00:00 for midnight)."})
 
 
 class AIMetric(models.Model):

@@ -2,7 +2,7 @@
 
 from django.urls import path
 
-from metrics_app.api import analytics, conversations, experiments
+from metrics_app.api import analytics, conversations, experiments, opening_hours
 
 urlpatterns = [
     path("analytics/summary", analytics.SummaryView.as_view(), name="analytics-summary"),
@@ -11,6 +11,7 @@ urlpatterns = [
     path("analytics/breakdown/<str:dimension>", analytics.BreakdownView.as_view(), name="analytics-breakdown"),
     path("analytics/peak-hours", analytics.PeakHoursView.as_view(), name="analytics-peak-hours"),
     path("analytics/costs", analytics.CostOptionsView.as_view(), name="analytics-costs"),
+    path("analytics/opening-hours", opening_hours.OpeningHoursView.as_view(), name="analytics-opening-hours"),
     path("analytics/compare", experiments.CompareView.as_view(), name="analytics-compare"),
     path("experiments/", experiments.ExperimentListView.as_view(), name="experiments"),
     path("experiments/<int:pk>", experiments.ExperimentDetailView.as_view(), name="experiment-detail"),

@@ -1,4 +1,7 @@
-"""Admin for businesses and their API keys. A new key is shown once, on the page after it is made."""
+"""Admin for businesses (with their opening hours) and their API keys.
+
+A new key is shown once, on the page after it is made.
+"""
 
 from __future__ import annotations
 
@@ -14,6 +17,7 @@ from django.utils import timezone
 from metrics_app import access
 from metrics_app.access import visible_business_ids, visible_rows
 from metrics_app.console.actions import CheckedSelectionAdmin
+from metrics_app.console.hours import OpeningExceptionInline, OpeningHoursInline
 from metrics_app.keys import services as key_services
 from metrics_app.models import ApiKey, Business
 from metrics_app.rules import business_id_problem
@@ -37,7 +41,7 @@ class BusinessAdmin(CheckedSelectionAdmin):
     list_display = ("id", "name", "time_zone", "active_keys", "created_at")
     search_fields = ("id", "name")
     readonly_fields = ("created_at",)
-    inlines = [ApiKeyInline]
+    inlines = [OpeningHoursInline, OpeningExceptionInline, ApiKeyInline]
 
     def get_queryset(self, request: HttpRequest) -> QuerySet[Business]:
         now = timezone.now()

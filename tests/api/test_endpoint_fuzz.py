@@ -123,7 +123,7 @@ def test_raw_bytes_to_the_outcome_api_never_answer_500(api, make_key, business, 
 ANALYTICS_PATHS = [
     "/api/analytics/summary", "/api/analytics/funnel", "/api/analytics/timeseries", "/api/analytics/peak-hours",
     "/api/analytics/breakdown/intent", "/api/analytics/breakdown/model", "/api/conversations/",
-    "/api/analytics/compare", "/api/analytics/costs",
+    "/api/analytics/compare", "/api/analytics/costs", "/api/analytics/opening-hours",
 ]
 ANALYTICS_PARAMS = sorted(
     {*TimeseriesQuerySerializer().fields, *BreakdownQuerySerializer().fields, *ConversationQuerySerializer().fields,
