@@ -8,6 +8,7 @@ request.
 
 from __future__ import annotations
 
+import math
 import re
 import uuid
 from collections.abc import Callable
@@ -92,7 +93,7 @@ def _text(max_length: int) -> Callable[[Any], str | None]:
 
 def _sentiment(value: Any) -> Decimal:
     number = _number(value)
-    if number != number or number in (float("inf"), float("-inf")):  # orjson refuses them; OTLP's doubles do not
+    if not math.isfinite(number):  # orjson refuses NaN and infinities; OTLP's doubles carry them
         raise FieldError("is not a finite number")
     if number < -1 or number > 1:
         raise FieldError("must be between -1 and 1")
