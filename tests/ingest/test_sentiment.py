@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import socket
 from decimal import Decimal
 
 import pytest
@@ -118,3 +119,13 @@ def test_the_message_is_stored_logged_answered_and_shown_nowhere(api, seed_event
     assert b"user_sentiment" in response.content or b"User sentiment" in response.content
     assert CANARY not in caplog.text
     assert_stored_nowhere(CANARY)
+
+
+def test_scoring_needs_no_network(monkeypatch):
+    def refuse(*args, **kwargs):
+        raise AssertionError("the sentiment scorer opened a connection")
+
+    monkeypatch.setattr(socket.socket, "connect", refuse)
+    monkeypatch.setattr(socket, "create_connection", refuse)
+    sentiment._analyzer.cache_clear()  # read the lexicons again, with the network refused
+    assert sentiment.score(MESSAGES[0]) == reference(MESSAGES[0]) > 0
