@@ -13,8 +13,8 @@ from decimal import Decimal
 
 from vaderSentiment.vaderSentiment import SentimentIntensityAnalyzer
 
-# VADER's cost grows faster than the text: measured 10-90 us for a 40-100 character message,
-# 0.4-0.8 ms at 500 characters, 1.1-2.3 ms at 1,000 and 3.4-7.3 ms at 2,000. A chat message is
+# VADER's cost grows faster than the text: measured 10-70 us for a 40-120 character message,
+# 0.2-0.8 ms at 500 characters, 0.6-2.3 ms at 1,000 and 3.4-7.3 ms at 2,000. A chat message is
 # mostly far shorter; its first 1,000 characters carry its tone and keep a batch's scoring bounded.
 SCORED_CHARACTERS = 1_000
 
