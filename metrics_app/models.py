@@ -235,6 +235,12 @@ class AIMetric(models.Model):
     human_handoff_requested = models.BooleanField(default=False)
 
     user_message_length = models.IntegerField(null=True, blank=True)
+    # The customer's message itself is never stored: only its score (the client's own, or VADER's
+    # compound score of the text the client sent for scoring and the ingest dropped).
+    user_sentiment = models.DecimalField(
+        max_digits=5, decimal_places=4, null=True, blank=True,
+        help_text="Sentiment of the customer's message, -1 (very negative) to +1 (very positive).",
+    )
     ai_response_length = models.IntegerField(null=True, blank=True)
     response_type = models.CharField(max_length=MAX_RESPONSE_TYPE_LENGTH, null=True, blank=True)
     prompt_version = models.CharField(max_length=MAX_LABEL_LENGTH, null=True, blank=True)
@@ -298,6 +304,10 @@ class AIMetric(models.Model):
                 condition=Q(ai_response_length__gte=0, ai_response_length__lte=MAX_MESSAGE_LENGTH)
                 | Q(ai_response_length__isnull=True),
                 name="ai_metrics_ai_length_range",
+            ),
+            models.CheckConstraint(
+                condition=Q(user_sentiment__gte=-1, user_sentiment__lte=1) | Q(user_sentiment__isnull=True),
+                name="ai_metrics_user_sentiment_range",
             ),
         ]
         indexes = [
@@ -581,6 +591,9 @@ class EventRollup(models.Model):
     requested = models.BigIntegerField(default=0)
     booked = models.BigIntegerField(default=0)
     handoffs = models.BigIntegerField(default=0)
+    # Sum and count of the events' user_sentiment (decimals of four places: sums are exact in any order).
+    sentiment_sum = models.DecimalField(max_digits=20, decimal_places=4, default=0)
+    sentiment_n = models.BigIntegerField(default=0)
 
     class Meta:
         db_table = "mlops_event_rollup"

@@ -45,6 +45,8 @@ MAX_RESPONSE_TIME_MS = 3_600_000  # one hour: anything longer is a broken clock
 MAX_TOKENS = 10_000_000  # well above the largest context windows
 MAX_COST_USD = 1000  # per reply
 MAX_MESSAGE_LENGTH = 1_000_000  # characters
+# A customer's message sent only to be scored (never stored): ten thousand characters fit /track's 64 KiB body.
+MAX_USER_MESSAGE_LENGTH = 10_000
 MAX_ID_LENGTH = 255  # conversation and session ids
 MAX_LABEL_LENGTH = 100  # model name, intent, prompt and knowledge-base versions
 MAX_RESPONSE_TYPE_LENGTH = 50

@@ -280,3 +280,13 @@ def start_mlflow_server(binary: Path, directory: Path, timeout: float = 90.0) ->
         time.sleep(0.2)
     stop_process_group(process, timeout=10)
     raise RuntimeError(f"mlflow server did not answer /health within {timeout} s:\n{server.log()[-3000:]}")
+
+
+def assert_stored_nowhere(text: str) -> None:
+    """`text` is in no row of any table of the project's apps."""
+    from django.apps import apps
+
+    for label in ("metrics_app", "documents_app"):
+        for model in apps.get_app_config(label).get_models():
+            for row in model.objects.values_list():
+                assert text not in repr(row), model.__name__

@@ -97,12 +97,15 @@ class EventSums:
     requested: int = 0
     booked: int = 0
     handoffs: int = 0
+    sentiment_sum: Decimal = Decimal(0)
+    sentiment_n: int = 0
 
     @classmethod
     def of_event(cls, event: dict[str, Any]) -> EventSums:
         latency = event.get("response_time_ms")
         basis = event.get("cost_basis")
         rate = event.get("success_rate")
+        score = event.get("user_sentiment")
         return cls(
             events=1,
             errors=1 if is_failed_reply(rate, event.get("response_type")) else 0,
@@ -123,6 +126,8 @@ class EventSums:
             requested=1 if event.get("appointment_requested") else 0,
             booked=1 if event.get("appointment_booked") else 0,
             handoffs=1 if event.get("human_handoff_requested") else 0,
+            sentiment_sum=Decimal(score if score is not None else 0),
+            sentiment_n=0 if score is None else 1,
         )
 
     def add(self, other: EventSums) -> None:
@@ -146,6 +151,8 @@ class EventSums:
         self.requested += other.requested
         self.booked += other.booked
         self.handoffs += other.handoffs
+        self.sentiment_sum += other.sentiment_sum
+        self.sentiment_n += other.sentiment_n
 
     def row(self) -> tuple[Any, ...]:
         """The values in EVENT_SUMS order."""
@@ -408,7 +415,7 @@ def rebuild(progress: Any = None, chunk: int = 20_000, through: int | None = Non
 _EVENT_COLUMNS = (
     "business_id", "timestamp", "response_time_ms", "success_rate", "response_type", "tokens_used",
     "input_tokens", "output_tokens", *CACHE_COLUMNS, "cost_usd", "cache_savings_usd", "api_cost_usd", "cost_basis",
-    "appointment_requested", "appointment_booked", "human_handoff_requested", *DIMENSION_COLUMNS,
+    "appointment_requested", "appointment_booked", "human_handoff_requested", "user_sentiment", *DIMENSION_COLUMNS,
 )
 
 
@@ -505,6 +512,8 @@ def _rebuild_in_sql(events_table: str, conversations_table: str, through: int | 
         "requested": "COUNT(*) FILTER (WHERE appointment_requested)",
         "booked": "COUNT(*) FILTER (WHERE appointment_booked)",
         "handoffs": "COUNT(*) FILTER (WHERE human_handoff_requested)",
+        "sentiment_sum": "COALESCE(SUM(user_sentiment), 0)",
+        "sentiment_n": "COUNT(user_sentiment)",
     }
     sums = ", ".join(sql_of[column] for column in EVENT_SUMS)
     owner = f"COALESCE(business_id, '{ALL_BUSINESSES}')"

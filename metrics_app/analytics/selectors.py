@@ -150,6 +150,8 @@ def _event_aggregates() -> dict[str, Any]:
         "requested": Count("id", filter=Q(appointment_requested=True)),
         "booked": Count("id", filter=Q(appointment_booked=True)),
         "handoffs": Count("id", filter=Q(human_handoff_requested=True)),
+        "sentiment_sum": Sum("user_sentiment"),
+        "sentiment_n": Count("user_sentiment"),
     }
 
 
@@ -199,6 +201,8 @@ def _event_figures(row: dict[str, Any]) -> dict[str, Any]:
         "appointments_requested": _count(row["requested"]),
         "appointments_booked": _count(row["booked"]),
         "human_handoffs": _count(row["handoffs"]),
+        "sentiment_mean": _ratio(row["sentiment_sum"], row["sentiment_n"]),
+        "sentiment_scored_events": _count(row["sentiment_n"]),
     }
 
 

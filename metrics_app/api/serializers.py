@@ -61,6 +61,8 @@ class EventFiguresSerializer(serializers.Serializer):
     appointments_requested = serializers.IntegerField(help_text="events")
     appointments_booked = serializers.IntegerField(help_text="events")
     human_handoffs = serializers.IntegerField(help_text="events")
+    sentiment_mean = _float("mean user_sentiment of the events that have one: -1 (very negative) to +1")
+    sentiment_scored_events = serializers.IntegerField(help_text="events with a user_sentiment")
 
 
 class ConversationFiguresSerializer(serializers.Serializer):

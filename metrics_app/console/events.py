@@ -65,7 +65,7 @@ class AIMetricAdmin(CheckedSelectionAdmin):
         (None, {"fields": ("event_id", "business", "conversation_id", "session_id", "timestamp", "created_at")}),
         ("Reply", {"fields": (
             "model_name", "response_time_ms", "success_rate", "response_type", "intent_detected",
-            "user_message_length", "ai_response_length",
+            "user_message_length", "user_sentiment", "ai_response_length",
         )}),
         ("Tokens and cost", {"fields": (
             "tokens_used", "input_tokens", "output_tokens", "cache_read_input_tokens", "cache_write_input_tokens",

@@ -56,7 +56,7 @@ FOLDED_COLUMNS = (
     "response_type", "tokens_used", "input_tokens", "output_tokens", *rollups.CACHE_COLUMNS, "cost_usd",
     "cache_savings_usd", "api_cost_usd", "cost_basis",
     "model_name", "intent_detected", "prompt_version", "kb_version",
-    "appointment_requested", "appointment_booked", "human_handoff_requested",
+    "appointment_requested", "appointment_booked", "human_handoff_requested", "user_sentiment",
 )
 # How long the horizon's lock may wait for inserts in flight (they take milliseconds).
 HORIZON_LOCK_TIMEOUT_MS = 2000

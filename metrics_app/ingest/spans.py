@@ -68,6 +68,8 @@ ATTRIBUTES = {
     "mlops.user_message_length": "user_message_length",
     "mlops.ai_response_length": "ai_response_length",
     "mlops.api_cost_usd": "api_cost_usd",
+    # A score the app computed; message content attributes are never read, so never scored here.
+    "mlops.user_sentiment": "user_sentiment",
 }
 # Token counts: the event field, then the attribute names that carry it, the conventions' first.
 TOKEN_ATTRIBUTES = {

@@ -8,6 +8,7 @@ request.
 
 from __future__ import annotations
 
+import math
 import re
 import uuid
 from collections.abc import Callable
@@ -16,6 +17,7 @@ from datetime import UTC, datetime, timedelta
 from decimal import ROUND_HALF_EVEN, Decimal, InvalidOperation
 from typing import Any
 
+from metrics_app.ingest import sentiment
 from metrics_app.rules import (
     BUSINESS_ID_MAX_LENGTH,
     MAX_COST_USD,
@@ -25,6 +27,7 @@ from metrics_app.rules import (
     MAX_RESPONSE_TIME_MS,
     MAX_RESPONSE_TYPE_LENGTH,
     MAX_TOKENS,
+    MAX_USER_MESSAGE_LENGTH,
     business_id_problem,
 )
 
@@ -33,6 +36,7 @@ _EARLIEST = datetime(2000, 1, 1, tzinfo=UTC)
 _FUTURE_SLACK = timedelta(days=1)
 _COST_STEP = Decimal("0.000001")
 _RATE_STEP = Decimal("0.0001")
+_SENTIMENT_STEP = Decimal("0.0001")  # VADER's own rounding of its compound score
 
 
 class FieldError(ValueError):
@@ -87,6 +91,24 @@ def _text(max_length: int) -> Callable[[Any], str | None]:
     return check
 
 
+def _sentiment(value: Any) -> Decimal:
+    number = _number(value)
+    if not math.isfinite(number):  # orjson refuses NaN and infinities; OTLP's doubles carry them
+        raise FieldError("is not a finite number")
+    if number < -1 or number > 1:
+        raise FieldError("must be between -1 and 1")
+    return Decimal(repr(number)).quantize(_SENTIMENT_STEP, rounding=ROUND_HALF_EVEN)
+
+
+def _message(value: Any) -> str:
+    # The reason never quotes the text: it is the customer's own words.
+    if not isinstance(value, str):
+        raise FieldError("must be a string")
+    if len(value) > MAX_USER_MESSAGE_LENGTH:
+        raise FieldError(f"must be at most {MAX_USER_MESSAGE_LENGTH} characters")
+    return value
+
+
 def check_business_id(value: Any) -> str:
     """The one business-id rule (metrics_app.rules), raising FieldError like the other field rules."""
     problem = business_id_problem(value)
@@ -139,6 +161,7 @@ class Rule:
     schema: dict[str, Any]
     required: bool = False
     default: Any = None
+    stored: bool = True  # False: read by check_event and dropped there, never a column
 
 
 def _integer_rule(maximum: int, **options: Any) -> Rule:
@@ -180,8 +203,19 @@ RULES: dict[str, Rule] = {
     "prompt_version": _text_rule(MAX_LABEL_LENGTH),
     "kb_version": _text_rule(MAX_LABEL_LENGTH),
     "timestamp": Rule(_timestamp, {"type": "string", "format": "date-time"}),
+    "user_sentiment": Rule(_sentiment, {
+        "type": "number", "minimum": -1, "maximum": 1,
+        "description": "The client's own score of the customer's message, -1 to +1 (kept to 4 decimals); "
+                       "it wins over user_message's score.",
+    }),
+    "user_message": Rule(_message, {
+        "type": "string", "maxLength": MAX_USER_MESSAGE_LENGTH, "writeOnly": True,
+        "description": "The customer's message, scored for user_sentiment (VADER's compound score of its first "
+                       f"{sentiment.SCORED_CHARACTERS} characters) and dropped: never stored or logged.",
+    }, stored=False),
 }
-FIELD_NAMES = tuple(RULES)
+# The columns the ingest writes: every field but the ones dropped once read.
+FIELD_NAMES = tuple(name for name, rule in RULES.items() if rule.stored)
 # Unknown field names are listed back, but only this many, each cut short.
 _MAX_IGNORED_LISTED = 20
 
@@ -208,6 +242,16 @@ def _check_token_subsets(values: dict[str, Any], errors: dict[str, list[str]]) -
         errors["reasoning_output_tokens"] = [
             f"must not exceed output_tokens ({tokens_out}): output_tokens counts reasoning tokens too"
         ]
+
+
+def _score(values: dict[str, Any], errors: dict[str, list[str]]) -> None:
+    """Score user_message into user_sentiment, unless the client sent a score of its own (that one wins); drop it.
+
+    The text goes no further: it is taken out of the values before they reach any other code.
+    """
+    message = values.pop("user_message", None)
+    if message and not errors and values["user_sentiment"] is None:
+        values["user_sentiment"] = sentiment.score(message)
 
 
 @dataclass
@@ -253,6 +297,7 @@ def check_event(payload: Any, *, default_business_id: str | None = None) -> Chec
             errors[name] = [str(exc)]
     if not errors:
         _check_token_subsets(values, errors)
+    _score(values, errors)
     unknown = [key for key in payload if key not in RULES]
     if unknown:
         result.ignored_fields = [str(key)[:100] for key in unknown[:_MAX_IGNORED_LISTED]]

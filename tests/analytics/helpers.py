@@ -31,12 +31,20 @@ BUSINESSES = {
 }
 MODELS = ["gemini-1.5-flash", "gemini-1.5-flash-002", "gpt-4o-mini", "in-house-llm", None]
 INTENTS = ["booking", "pricing", "hours", "general", None]
+# Customers' messages sent for scoring; the service stores VADER's score of each, never the text.
+MESSAGES = [
+    "Thanks so much, that is perfect!",
+    "This is the third time I ask and nobody answers. Terrible.",
+    "Can I book a cleaning on Tuesday?",
+    "I'm not happy with the price, but the staff were lovely :)",
+]
 
 
 def make_events(seed: int = 7, conversations: int = 60) -> list[dict[str, Any]]:
     """Raw payloads, as a chat app would send them, in a shuffled (late, out-of-order) order."""
     rng = random.Random(seed)
     cache_rng = random.Random(seed + 1)  # its own stream: the cached tokens leave the other figures as they were
+    mood_rng = random.Random(seed + 2)  # and the sentiment its own
     payloads = []
     for n in range(conversations):
         business = rng.choice(list(BUSINESSES))
@@ -77,6 +85,7 @@ def make_events(seed: int = 7, conversations: int = 60) -> list[dict[str, Any]]:
                 event["input_tokens"] = tokens_in
             if rng.random() < 0.7:
                 event["api_cost_usd"] = round(rng.uniform(0, 0.01), 6)
+            event.update(_mood(mood_rng))
             payloads.append(event)
     # A few events outside any conversation, with only tokens_used (an estimated cost).
     for _ in range(8):
@@ -90,6 +99,16 @@ def make_events(seed: int = 7, conversations: int = 60) -> list[dict[str, Any]]:
         })
     rng.shuffle(payloads)
     return payloads
+
+
+def _mood(rng: random.Random) -> dict[str, Any]:
+    """A message for the service to score, a score of the client's own, or neither."""
+    mood = rng.random()
+    if mood < 0.3:
+        return {"user_message": rng.choice(MESSAGES)}
+    if mood < 0.5:
+        return {"user_sentiment": round(rng.uniform(-1, 1), 4)}
+    return {}
 
 
 def store(payloads: Iterable[dict[str, Any]], chunk: int = 37) -> None:
@@ -139,6 +158,7 @@ def expected_event_figures(chosen: list[dict[str, Any]]) -> dict[str, Any]:
     cost = sum((r["cost_usd"] or Decimal(0) for r in chosen), Decimal(0))
     cache_read = sum(r["cache_read_input_tokens"] or 0 for r in chosen)
     input_tokens = sum(r["input_tokens"] or 0 for r in chosen)
+    scores = [float(r["user_sentiment"]) for r in chosen if r["user_sentiment"] is not None]
     return {
         "events": n,
         "errors": sum(failed(r) for r in chosen),
@@ -160,6 +180,8 @@ def expected_event_figures(chosen: list[dict[str, Any]]) -> dict[str, Any]:
         "estimated_cost_events": sum(r["cost_basis"] == "estimated" for r in chosen),
         "appointments_booked": sum(r["appointment_booked"] for r in chosen),
         "human_handoffs": sum(r["human_handoff_requested"] for r in chosen),
+        "sentiment_mean": sum(scores) / len(scores) if scores else None,
+        "sentiment_scored_events": len(scores),
     }
 
 

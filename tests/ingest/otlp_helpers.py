@@ -41,6 +41,7 @@ class Call:
     booked: bool = False
     operation: str = "chat"
     old_names: bool = False
+    sentiment: float | None = None
 
 
 def genai_spans(calls: list[Call], resource: dict[str, Any] | None = None, extra_spans: int = 0,
@@ -91,6 +92,8 @@ def _attributes(call: Call) -> dict[str, Any]:
         attributes["gen_ai.provider.name"] = call.provider
     if call.intent:
         attributes["mlops.intent"] = call.intent
+    if call.sentiment is not None:
+        attributes["mlops.user_sentiment"] = call.sentiment
     for name, value in ((usage, call.input_tokens), (completion, call.output_tokens),
                         ("gen_ai.usage.cache_read.input_tokens", call.cache_read),
                         ("gen_ai.usage.cache_creation.input_tokens", call.cache_write),

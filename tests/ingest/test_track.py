@@ -116,10 +116,10 @@ def test_null_is_the_same_as_leaving_a_field_out(api, seed_event):
 
 
 def test_unknown_fields_are_ignored_and_listed_back(api, seed_event):
-    seed_event.update(mlflow_run_id="x", user_message="text that must not be stored")
+    seed_event.update(mlflow_run_id="x", ai_message="text that must not be stored")
     response = post_json(api, "/track", seed_event)
     assert response.status_code == 201
-    assert response.json()["ignored_fields"] == ["mlflow_run_id", "user_message"]
+    assert response.json()["ignored_fields"] == ["mlflow_run_id", "ai_message"]
 
 
 def test_a_repeated_event_id_is_stored_once_and_the_first_write_stands(api, seed_event):

@@ -49,6 +49,9 @@ WHOLE_NUMBER_FIELDS = (
     "user_message_length",
     "ai_response_length",
 )
+# The service scores a customer's `user_message` for `user_sentiment` and drops the text; it takes at most
+# this many characters (and scores the opening), so a longer one is cut rather than the event refused.
+MAX_USER_MESSAGE_LENGTH = 10_000
 
 # (url, body, headers, timeout) -> (status, headers, body); a body of None is a GET.
 Sender = Callable[[str, "bytes | None", dict[str, str], float], tuple[int, dict[str, str], bytes]]
@@ -204,6 +207,9 @@ class MetricsTracker:
                     event[name] = max(0, round(value))
                 elif isinstance(value, int) and not isinstance(value, bool) and value < 0:
                     event[name] = 0
+            message = event.get("user_message")
+            if isinstance(message, str) and len(message) > MAX_USER_MESSAGE_LENGTH:
+                event["user_message"] = message[:MAX_USER_MESSAGE_LENGTH]
             event_id = str(event.get("event_id") or uuid.uuid4())
             event["event_id"] = event_id
             # Sent later in a batch, so the reply time is taken now.

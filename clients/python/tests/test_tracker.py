@@ -198,6 +198,19 @@ def test_it_sends_the_cache_and_reasoning_counts_of_the_providers_usage_as_whole
     assert (rounded["cache_read_input_tokens"], rounded["reasoning_output_tokens"]) == (40, 0)
 
 
+def test_it_sends_a_score_or_a_message_to_score_cutting_a_message_longer_than_the_service_takes(fake):
+    service = fake()
+    metrics = tracker(service.url)
+    metrics.track(reply(user_sentiment=-0.4))
+    metrics.track(reply(user_message="Thanks, that was quick!"))
+    metrics.track(reply(user_message="a" * 12_000))
+    assert metrics.flush(5).complete
+    scored, short, long = service.requests[0].events
+    assert scored["user_sentiment"] == -0.4
+    assert short["user_message"] == "Thanks, that was quick!"
+    assert long["user_message"] == "a" * 10_000
+
+
 def test_a_503_with_retry_after_is_retried_after_that_wait_with_the_same_event_ids(fake):
     service = fake(lambda r, i: (503, {"Retry-After": "1"}, {"error": "down"}, 0.0) if i == 0 else None)
     metrics = tracker(service.url)

@@ -36,10 +36,16 @@ export interface MetricsData {
   appointment_booked?: boolean | null;
   human_handoff_requested?: boolean | null;
 
-  // Message sizes (the text itself is never sent)
+  // Message sizes
   user_message_length?: number | null;
   ai_response_length?: number | null;
   response_type?: string | null;
+
+  // The customer's mood: a score of the caller's own (-1 very negative .. +1 very positive), or the
+  // customer's message for the service to score. The service keeps only the score and drops the text;
+  // with both, the caller's score wins. The AI's reply is never sent.
+  user_sentiment?: number | null;
+  user_message?: string | null;
 
   // Which prompt and knowledge-base version produced the reply. Left out, kb_version is
   // filled with the business's own version (TrackerOptions.kbVersion).
@@ -149,6 +155,9 @@ const WHOLE_NUMBER_FIELDS = [
   "user_message_length",
   "ai_response_length",
 ] as const;
+// The service takes a user_message of at most this many characters (it scores the opening): a longer one
+// is cut rather than the event refused.
+const MAX_USER_MESSAGE_LENGTH = 10_000;
 const encoder = new TextEncoder();
 
 function env(name: string): string | undefined {
@@ -259,6 +268,9 @@ export class MetricsTracker {
         // The service wants whole non-negative numbers; Date.now() maths and
         // token estimates sometimes are not.
         if (typeof value === "number" && Number.isFinite(value)) event[name] = Math.max(0, Math.round(value));
+      }
+      if (typeof data.user_message === "string" && data.user_message.length > MAX_USER_MESSAGE_LENGTH) {
+        event.user_message = data.user_message.slice(0, MAX_USER_MESSAGE_LENGTH);
       }
       const id = typeof data.event_id === "string" && data.event_id ? data.event_id : newEventId();
       event.event_id = id;

@@ -82,6 +82,19 @@ test("it sends the cache and reasoning counts of the provider's usage as whole n
   assert.deepEqual([rounded!.cache_read_input_tokens, rounded!.reasoning_output_tokens], [40, 0]);
 });
 
+test("it sends a score or a message to score, cutting a message longer than the service takes", async () => {
+  const service = await fake();
+  const metrics = tracker(service.url);
+  metrics.track(reply({ user_sentiment: -0.4 }));
+  metrics.track(reply({ user_message: "Thanks, that was quick!" }));
+  metrics.track(reply({ user_message: "a".repeat(12_000) }));
+  await metrics.flush();
+  const [scored, short, long] = service.requests[0]!.events;
+  assert.equal(scored!.user_sentiment, -0.4);
+  assert.equal(short!.user_message, "Thanks, that was quick!");
+  assert.equal(long!.user_message, "a".repeat(10_000));
+});
+
 test("it sends the API key as a bearer token", async () => {
   const service = await fake();
   const metrics = tracker(service.url, { apiKey: "mlk_abc_secret" });
