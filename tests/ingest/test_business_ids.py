@@ -32,10 +32,14 @@ def admin_client(db) -> Client:
     return client
 
 
+# The business page's inline tables (API keys, opening hours, exceptions), sent empty.
+NO_INLINE_ROWS = {f"{prefix}-{count}": 0 for prefix in ("api_keys", "opening_hours", "opening_exceptions")
+                  for count in ("TOTAL_FORMS", "INITIAL_FORMS")}
+
+
 def test_the_business_admin_refuses_an_id_that_breaks_the_rule(admin_client: Client) -> None:
     response = admin_client.post(
-        "/admin/metrics_app/business/add/", {"id": ODD, "name": "Odd", "time_zone": "UTC", "api_keys-TOTAL_FORMS": 0,
-                                             "api_keys-INITIAL_FORMS": 0}
+        "/admin/metrics_app/business/add/", {"id": ODD, "name": "Odd", "time_zone": "UTC", **NO_INLINE_ROWS}
     )
     assert response.status_code == 200
     assert "A business id may hold only letters, digits and . _ : @ -" in response.content.decode()
@@ -45,7 +49,7 @@ def test_the_business_admin_refuses_an_id_that_breaks_the_rule(admin_client: Cli
 def test_the_business_admin_takes_an_id_that_track_takes(admin_client: Client, api: Client) -> None:
     response = admin_client.post(
         "/admin/metrics_app/business/add/",
-        {"id": COLON, "name": "Acme EU", "time_zone": "UTC", "api_keys-TOTAL_FORMS": 0, "api_keys-INITIAL_FORMS": 0},
+        {"id": COLON, "name": "Acme EU", "time_zone": "UTC", **NO_INLINE_ROWS},
     )
     assert response.status_code == 302
     assert post_json(api, "/track", {"business_id": COLON, **EVENT}).status_code == 201
