@@ -11,7 +11,7 @@ import zoneinfo
 
 from django.conf import settings
 from django.core.exceptions import ValidationError
-from django.core.validators import MinValueValidator
+from django.core.validators import MaxValueValidator, MinValueValidator
 from django.db import models
 from django.db.models import Q
 from django.utils import timezone
@@ -32,6 +32,15 @@ from metrics_app.rules import (
 )
 
 __all__ = ["CostBasis"]  # defined in rules, where the unpriced bases are; models is its usual address
+
+# A conversation has ended once this long passes without an event (each business sets its own).
+DEFAULT_CONVERSATION_IDLE_MINUTES = 30
+MAX_CONVERSATION_IDLE_MINUTES = 1440
+
+
+class SentimentSource(models.TextChoices):
+    CLIENT = "client", "the client's own score"
+    VADER = "vader", "VADER, from the message the service scored and dropped"
 
 
 def validate_time_zone(value: str) -> None:
@@ -58,14 +67,31 @@ class Business(models.Model):
         validators=[validate_time_zone],
         help_text="Default time zone of this business's analytics (IANA name).",
     )
+    conversation_idle_minutes = models.PositiveSmallIntegerField(
+        default=DEFAULT_CONVERSATION_IDLE_MINUTES,
+        validators=[MinValueValidator(1), MaxValueValidator(MAX_CONVERSATION_IDLE_MINUTES)],
+        verbose_name="conversation ends after (minutes idle)",
+        help_text="A conversation has ended once this many minutes pass without an event (1 to 1440).",
+    )
     created_at = models.DateTimeField(default=timezone.now)
 
     class Meta:
         db_table = "mlops_business"
         verbose_name_plural = "businesses"
+        constraints = [
+            models.CheckConstraint(
+                condition=Q(conversation_idle_minutes__gte=1,
+                            conversation_idle_minutes__lte=MAX_CONVERSATION_IDLE_MINUTES),
+                name="business_conversation_idle_range",
+            ),
+        ]
 
     def __str__(self) -> str:
         return self.name or self.id
+
+    @property
+    def conversation_idle(self) -> datetime.timedelta:
+        return datetime.timedelta(minutes=self.conversation_idle_minutes)
 
 
 
@@ -240,6 +266,10 @@ class AIMetric(models.Model):
     user_sentiment = models.DecimalField(
         max_digits=5, decimal_places=4, null=True, blank=True,
         help_text="Sentiment of the customer's message, -1 (very negative) to +1 (very positive).",
+    )
+    sentiment_source = models.CharField(
+        max_length=8, choices=SentimentSource.choices, null=True, blank=True,
+        help_text="Who scored user_sentiment: the client, or the service (VADER) from the message it dropped.",
     )
     ai_response_length = models.IntegerField(null=True, blank=True)
     response_type = models.CharField(max_length=MAX_RESPONSE_TYPE_LENGTH, null=True, blank=True)
@@ -492,6 +522,10 @@ class Conversation(models.Model):
     human_handoff_requested = models.BooleanField(default=False)
     outcome_recorded_at = models.DateTimeField(null=True, blank=True, help_text="When an outcome was last recorded.")
     outcome_note = models.CharField(max_length=300, blank=True)
+    # The sentiment of its latest scored event (by time, then id), and that event's time: a conversation
+    # "ended negative" when this is negative once it has ended (Business.conversation_idle_minutes).
+    last_sentiment = models.DecimalField(max_digits=5, decimal_places=4, null=True, blank=True, editable=False)
+    last_sentiment_at = models.DateTimeField(null=True, blank=True, editable=False)
     # The values its events carry, per dimension ({"intent": ["booking", ""], ...}; "" for a missing one): the
     # folder counts the conversation once under each of them in the per-value conversation rollups.
     dimension_values = models.JSONField(default=dict, blank=True, editable=False)
@@ -507,6 +541,8 @@ class Conversation(models.Model):
             models.Index(fields=["business", "first_at"], name="conversation_biz_first_idx"),
             # The same over all businesses.
             models.Index(fields=["first_at"], name="conversation_first_idx"),
+            # Conversations that went quiet or ended in a period (follow-ups, ended negative).
+            models.Index(fields=["business", "last_at"], name="conversation_biz_last_idx"),
         ]
 
     def __str__(self) -> str:

@@ -6,6 +6,7 @@ import json
 from collections import defaultdict
 from dataclasses import dataclass
 from datetime import UTC, datetime
+from decimal import Decimal
 from typing import Any, NamedTuple
 
 from django.db import connection, transaction
@@ -55,13 +56,26 @@ class _State:
     turns: int
     flags: Flags
     values: dict[str, set[str]]
+    # The latest scored event's sentiment and time. Events fold in id order, so on a tie in time the later
+    # fold (the higher id) wins, as the rebuild's "latest by time, then id" does.
+    sentiment: Decimal | None = None
+    sentiment_at: datetime | None = None
 
     def merged(self, other: _State) -> _State:
+        later = other if other.sentiment_at is not None and (
+            self.sentiment_at is None or other.sentiment_at >= self.sentiment_at
+        ) else self
         return _State(
             min(self.first_at, other.first_at), max(self.last_at, other.last_at), self.turns + other.turns,
             self.flags.merged(other.flags),
             {d: self.values.get(d, set()) | other.values.get(d, set()) for d in rollups.DIMENSIONS},
+            later.sentiment, later.sentiment_at,
         )
+
+    def scored(self, score: Any, moment: datetime) -> None:
+        """Take an event's score when it is at least as late as the one held."""
+        if score is not None and (self.sentiment_at is None or moment >= self.sentiment_at):
+            self.sentiment, self.sentiment_at = Decimal(score), moment
 
     def contributions(self, business_id: str, sign: int = 1) -> rollups.ConversationDeltas:
         listed = {d: sorted(v) for d, v in self.values.items()}
@@ -72,8 +86,9 @@ class _State:
 
 
 _COLUMNS = ("business_id", "conversation_id", "first_at", "last_at", "turns", *_FLAGS, "outcome_note",
-            "dimension_values")
-_SET_BY_FOLDER = ("first_at", "last_at", "turns", *_FLAGS, "dimension_values")
+            "dimension_values", "last_sentiment", "last_sentiment_at")
+_SET_BY_FOLDER = ("first_at", "last_at", "turns", *_FLAGS, "dimension_values", "last_sentiment",
+                  "last_sentiment_at")
 
 
 def _upsert_sql(count: int) -> str:
@@ -95,19 +110,22 @@ def _locked_states(keys: list[tuple[str, str]]) -> dict[tuple[str, str], _State]
         part = keys[start:start + 500]
         pairs = ", ".join(["(%s, %s)"] * len(part))
         sql = (
-            f"SELECT business_id, conversation_id, first_at, last_at, turns, {', '.join(_FLAGS)}, dimension_values "
+            f"SELECT business_id, conversation_id, first_at, last_at, turns, {', '.join(_FLAGS)}, dimension_values, "
+            f"last_sentiment, last_sentiment_at "
             f"FROM {table} WHERE (business_id, conversation_id) IN (VALUES {pairs}) "
             f"ORDER BY business_id, conversation_id{lock}"
         )
         with connection.cursor() as cursor:
             cursor.execute(sql, [value for key in part for value in key])
             rows = cursor.fetchall()
-        for b, c, first, last, turns, *flags, values in rows:
+        for b, c, first, last, turns, *flags, values, score, scored_at in rows:
             if isinstance(values, str):
                 values = json.loads(values)
             found[(b, c)] = _State(_as_datetime(first), _as_datetime(last), int(turns),
                                    Flags(*(bool(v) for v in flags)),
-                                   {d: set(v) for d, v in (values or {}).items()})
+                                   {d: set(v) for d, v in (values or {}).items()},
+                                   None if score is None else Decimal(str(score)),
+                                   None if scored_at is None else _as_datetime(scored_at))
     return found
 
 
@@ -147,7 +165,7 @@ def apply_events(events: list[dict[str, Any]]) -> None:
             deltas[slice_key].add(sums)
         params.extend([*key, field.get_db_prep_save(new.first_at, connection),
                        field.get_db_prep_save(new.last_at, connection), new.turns, *new.flags, "",
-                       new.values_json()])
+                       new.values_json(), new.sentiment, field.get_db_prep_save(new.sentiment_at, connection)])
     for start in range(0, len(keys), 500):
         width = len(_COLUMNS)
         part = params[start * width:(start + 500) * width]
@@ -168,14 +186,16 @@ def _fold(events: list[dict[str, Any]]) -> dict[tuple[str, str], _State]:
         values = rollups.dimension_values(event)
         state = folded.get(key)
         if state is None:
-            folded[key] = _State(moment, moment, 1, Flags.of_event(event),
-                                 {d: {v} for d, v in zip(rollups.DIMENSIONS, values, strict=True)})
+            state = folded[key] = _State(moment, moment, 1, Flags.of_event(event),
+                                         {d: {v} for d, v in zip(rollups.DIMENSIONS, values, strict=True)})
+            state.scored(event.get("user_sentiment"), moment)
             continue
         if moment < state.first_at:
             state.first_at = moment
         elif moment > state.last_at:
             state.last_at = moment
         state.turns += 1
+        state.scored(event.get("user_sentiment"), moment)
         for dimension, value in zip(rollups.DIMENSIONS, values, strict=True):
             state.values[dimension].add(value)
         # Most replies raise no flag: build and merge flags only for those that do.
@@ -265,6 +285,20 @@ def _flag_deltas(conversation: Conversation, turned_on: list[str]) -> rollups.Co
     return deltas
 
 
+def _latest_sentiment_sql(table: str, events: str, upto: str) -> str:
+    """Each conversation's latest scored event (by time, then id): its score and time."""
+    upto = upto.replace(" id ", " e.id ")
+    latest = (
+        f"SELECT {{}} FROM {events} e WHERE e.business_id = {table}.business_id "
+        f"AND e.conversation_id = {table}.conversation_id AND e.user_sentiment IS NOT NULL{upto} "
+        f"ORDER BY e.timestamp DESC, e.id DESC LIMIT 1"
+    )
+    return (
+        f"UPDATE {table} SET last_sentiment = ({latest.format('e.user_sentiment')}), "
+        f"last_sentiment_at = ({latest.format('e.timestamp')})"
+    )
+
+
 def rebuild_conversations(through: int | None = None) -> int:
     """Recompute every conversation from the events (with id <= `through`); returns how many.
 
@@ -290,11 +324,12 @@ def rebuild_conversations(through: int | None = None) -> int:
         upto = "" if through is None else f" AND id <= {int(through)}"
         with connection.cursor() as cursor:
             cursor.execute(
-                f"INSERT INTO {table} ({', '.join(_COLUMNS)}) "
+                f"INSERT INTO {table} ({', '.join(_COLUMNS[:-2])}) "
                 f"SELECT business_id, conversation_id, MIN(timestamp), MAX(timestamp), COUNT(*), {flags}, '', {values} "
                 f"FROM {events} WHERE conversation_id IS NOT NULL AND conversation_id <> ''{upto} "
                 f"GROUP BY business_id, conversation_id"
             )
+            cursor.execute(_latest_sentiment_sql(table, events, upto))
         for business_id, conversation_id, at, note in kept:
             Conversation.objects.filter(business_id=business_id, conversation_id=conversation_id).update(
                 outcome_recorded_at=at, outcome_note=note

@@ -18,6 +18,7 @@ from decimal import ROUND_HALF_EVEN, Decimal, InvalidOperation
 from typing import Any
 
 from metrics_app.ingest import sentiment
+from metrics_app.models import SentimentSource
 from metrics_app.rules import (
     BUSINESS_ID_MAX_LENGTH,
     MAX_COST_USD,
@@ -215,7 +216,8 @@ RULES: dict[str, Rule] = {
     }, stored=False),
 }
 # The columns the ingest writes: every field but the ones dropped once read.
-FIELD_NAMES = tuple(name for name, rule in RULES.items() if rule.stored)
+# The stored columns that validation fills: the stored fields, then who scored user_sentiment.
+FIELD_NAMES = (*(name for name, rule in RULES.items() if rule.stored), "sentiment_source")
 # Unknown field names are listed back, but only this many, each cut short.
 _MAX_IGNORED_LISTED = 20
 
@@ -250,8 +252,12 @@ def _score(values: dict[str, Any], errors: dict[str, list[str]]) -> None:
     The text goes no further: it is taken out of the values before they reach any other code.
     """
     message = values.pop("user_message", None)
-    if message and not errors and values["user_sentiment"] is None:
+    values["sentiment_source"] = None
+    if values.get("user_sentiment") is not None:
+        values["sentiment_source"] = SentimentSource.CLIENT.value
+    elif message and not errors:
         values["user_sentiment"] = sentiment.score(message)
+        values["sentiment_source"] = SentimentSource.VADER.value
 
 
 @dataclass

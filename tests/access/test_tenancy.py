@@ -263,7 +263,7 @@ def test_limited_staff_cannot_start_or_cancel_a_run_that_covers_every_business(l
 
 def test_limited_staff_cannot_add_businesses_or_learn_which_ids_exist(limited: User, two_businesses) -> None:
     client = _client(limited, "add_business", "view_business")
-    form = {"name": "probe", "time_zone": "UTC", "api_keys-TOTAL_FORMS": 0, "api_keys-INITIAL_FORMS": 0}
+    form = {"name": "probe", "time_zone": "UTC", "conversation_idle_minutes": 30, "api_keys-TOTAL_FORMS": 0, "api_keys-INITIAL_FORMS": 0}
     taken = client.post("/admin/metrics_app/business/add/", {"id": "biz-b", **form})
     free = client.post("/admin/metrics_app/business/add/", {"id": "biz-zz", **form})
     assert taken.status_code == free.status_code == 403

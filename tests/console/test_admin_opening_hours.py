@@ -28,7 +28,8 @@ def businesses() -> dict[str, Business]:
 
 
 def _form(business: Business, hours: list[dict[str, str]], exceptions: list[dict[str, str]]) -> dict[str, Any]:
-    data: dict[str, Any] = {"name": business.name, "time_zone": business.time_zone}
+    data: dict[str, Any] = {"name": business.name, "time_zone": business.time_zone,
+                            "conversation_idle_minutes": business.conversation_idle_minutes}
     for prefix, rows in (("opening_hours", hours), ("opening_exceptions", exceptions), ("api_keys", [])):
         data.update({f"{prefix}-TOTAL_FORMS": str(len(rows)), f"{prefix}-INITIAL_FORMS": "0",
                      f"{prefix}-MIN_NUM_FORMS": "0", f"{prefix}-MAX_NUM_FORMS": "1000"})

@@ -32,9 +32,10 @@ def admin_client(db) -> Client:
     return client
 
 
-# The business page's inline tables (API keys, opening hours, exceptions), sent empty.
-NO_INLINE_ROWS = {f"{prefix}-{count}": 0 for prefix in ("api_keys", "opening_hours", "opening_exceptions")
-                  for count in ("TOTAL_FORMS", "INITIAL_FORMS")}
+# The business page's inline tables (API keys, opening hours, exceptions), sent empty, and the idle time
+# field as the page fills it in.
+NO_INLINE_ROWS = {**{f"{prefix}-{count}": 0 for prefix in ("api_keys", "opening_hours", "opening_exceptions")
+                     for count in ("TOTAL_FORMS", "INITIAL_FORMS")}, "conversation_idle_minutes": 30}
 
 
 def test_the_business_admin_refuses_an_id_that_breaks_the_rule(admin_client: Client) -> None:
