@@ -43,7 +43,8 @@ class ConversationListView(AnalyticsView):
         limit, offset = data["limit"], data["offset"]
         page, more = reading.conversation_page(
             filters, limit=limit, offset=offset, conversation_id=data.get("conversation_id"),
-            booked=data.get("booked"), handed_off=data.get("handed_off"),
+            booked=data.get("booked"), handed_off=data.get("handed_off"), state=data.get("state"),
+            negative_end=data.get("ended_negative"),
         )
         items = ConversationSerializer(reading.with_figures(page), many=True).data
         return Response({

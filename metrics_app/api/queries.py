@@ -127,6 +127,15 @@ class ConversationQuerySerializer(AnalyticsQuerySerializer):
     conversation_id = serializers.CharField(required=False, max_length=MAX_ID_LENGTH)
     booked = serializers.BooleanField(required=False, allow_null=True, default=None)
     handed_off = serializers.BooleanField(required=False, allow_null=True, default=None)
+    state = serializers.ChoiceField(
+        choices=["open", "ended"], required=False, allow_null=True, default=None,
+        help_text="ended: the business's idle time (conversation_idle_minutes) has passed since the last event",
+    )
+    ended_negative = serializers.BooleanField(
+        required=False, allow_null=True, default=None,
+        help_text="true: only those that ended with a negative latest sentiment (at most -0.05), neither booked "
+        "nor handed off; false: all but those",
+    )
     limit = serializers.IntegerField(required=False, default=50, min_value=1, max_value=200)
     offset = serializers.IntegerField(required=False, default=0, min_value=0, max_value=100_000)
 

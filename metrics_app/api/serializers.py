@@ -12,6 +12,7 @@ from rest_framework import serializers
 
 from metrics_app.analytics import selectors
 from metrics_app.errors import documented_errors
+from metrics_app.models import SentimentSource
 from metrics_app.rules import BUSINESS_ID_MAX_LENGTH, MAX_ID_LENGTH
 
 
@@ -157,6 +158,13 @@ class ConversationSerializer(serializers.Serializer):
     human_handoff_requested = serializers.BooleanField()
     outcome_recorded_at = serializers.DateTimeField(allow_null=True)
     outcome_note = serializers.CharField(allow_blank=True)
+    state = serializers.ChoiceField(
+        choices=["open", "ended"], help_text="ended once the business's idle time passed after the last event"
+    )
+    ends_at = serializers.DateTimeField(help_text="when it ends (or ended) unless another event comes")
+    last_sentiment = serializers.FloatField(
+        allow_null=True, help_text="user_sentiment of its latest scored event; at most -0.05 is negative"
+    )
 
 
 class ConversationListSerializer(serializers.Serializer):
@@ -189,6 +197,11 @@ class EventSerializer(serializers.Serializer):
     human_handoff_requested = serializers.BooleanField()
     prompt_version = serializers.CharField(allow_null=True)
     kb_version = serializers.CharField(allow_null=True)
+    user_sentiment = serializers.FloatField(allow_null=True, help_text="-1 (very negative) to +1")
+    sentiment_source = serializers.ChoiceField(
+        choices=SentimentSource.choices, allow_null=True,
+        help_text="client: the client's own score; vader: the service's score of the message it dropped",
+    )
 
 
 class ConversationDetailSerializer(ConversationSerializer):

@@ -15,7 +15,7 @@ from metrics_app.access import visible_rows
 from metrics_app.console.actions import CheckedSelectionAdmin
 from metrics_app.console.lists import BusinessFilter, EstimatedCountPaginator, by_business_and
 from metrics_app.conversations import services as conversations
-from metrics_app.conversations.selectors import events_of
+from metrics_app.conversations.selectors import ended, ended_negative, events_of
 from metrics_app.models import AIMetric, Conversation
 
 
@@ -28,17 +28,32 @@ def _conversation_events(business_field: str = "business_id") -> QuerySet[AIMetr
     )
 
 
+class StateFilter(admin.SimpleListFilter):
+    """Open or ended (the business's idle time passed since the last event), and the ones that ended badly."""
+
+    title = "state"
+    parameter_name = "state"
+
+    def lookups(self, request: HttpRequest, model_admin: admin.ModelAdmin) -> list[tuple[str, str]]:
+        return [("open", "open"), ("ended", "ended"),
+                ("ended_negative", "ended negative, not booked or handed off")]
+
+    def queryset(self, request: HttpRequest, queryset: QuerySet) -> QuerySet:
+        chosen = {"open": ~ended(), "ended": ended(), "ended_negative": ended_negative()}.get(self.value() or "")
+        return queryset if chosen is None else queryset.filter(chosen)
+
+
 @admin.register(Conversation)
 class ConversationAdmin(CheckedSelectionAdmin):
     """Conversations with their figures; the change page lists the conversation's events in order."""
 
     list_display = (
         "conversation_id", "business", "first_at", "last_at", "turns", "tokens", "cost", "mean_latency_ms",
-        "appointment_requested", "appointment_booked", "human_handoff_requested",
+        "appointment_requested", "appointment_booked", "human_handoff_requested", "last_sentiment",
     )
     list_filter = (
-        BusinessFilter, ("first_at", admin.DateFieldListFilter), "appointment_requested", "appointment_booked",
-        "human_handoff_requested",
+        BusinessFilter, StateFilter, ("first_at", admin.DateFieldListFilter), "appointment_requested",
+        "appointment_booked", "human_handoff_requested",
     )
     list_select_related = ("business",)
     list_per_page = 50
@@ -50,7 +65,8 @@ class ConversationAdmin(CheckedSelectionAdmin):
     actions = ["mark_booked"]
     fields = (
         "business", "conversation_id", "first_at", "last_at", "turns", "appointment_requested",
-        "appointment_booked", "human_handoff_requested", "outcome_recorded_at", "outcome_note", "events_table",
+        "appointment_booked", "human_handoff_requested", "last_sentiment", "last_sentiment_at",
+        "outcome_recorded_at", "outcome_note", "events_table",
     )
     readonly_fields = fields
     MAX_EVENTS_SHOWN = 500

@@ -19,6 +19,7 @@ from django.urls import path
 from django.utils import timezone
 
 from metrics_app.access import visible_events
+from metrics_app.console import costs as admin_costs
 from metrics_app.console import dashboard as admin_dashboard
 from metrics_app.console.actions import CheckedSelectionAdmin
 from metrics_app.console.export import EXPORT_FIELDS, MAX_EXPORT_ROWS, stream_csv
@@ -65,7 +66,7 @@ class AIMetricAdmin(CheckedSelectionAdmin):
         (None, {"fields": ("event_id", "business", "conversation_id", "session_id", "timestamp", "created_at")}),
         ("Reply", {"fields": (
             "model_name", "response_time_ms", "success_rate", "response_type", "intent_detected",
-            "user_message_length", "user_sentiment", "ai_response_length",
+            "user_message_length", "user_sentiment", "sentiment_source", "ai_response_length",
         )}),
         ("Tokens and cost", {"fields": (
             "tokens_used", "input_tokens", "output_tokens", "cache_read_input_tokens", "cache_write_input_tokens",
@@ -108,6 +109,11 @@ class AIMetricAdmin(CheckedSelectionAdmin):
                 "dashboard/",
                 self.admin_site.admin_view(admin_dashboard.DashboardView.as_view(model_admin=self)),
                 name=f"{prefix}_dashboard",
+            ),
+            path(
+                "costs/",
+                self.admin_site.admin_view(admin_costs.CostsView.as_view(model_admin=self)),
+                name=f"{prefix}_costs",
             ),
             *super().get_urls(),
         ]

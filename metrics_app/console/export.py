@@ -16,8 +16,8 @@ EXPORT_FIELDS = (
     "response_time_ms", "success_rate", "tokens_used", "input_tokens", "output_tokens",
     "cache_read_input_tokens", "cache_write_input_tokens", "reasoning_output_tokens", "api_cost_usd",
     "model_name", "intent_detected", "response_type", "appointment_requested", "appointment_booked",
-    "human_handoff_requested", "user_message_length", "user_sentiment", "ai_response_length", "prompt_version",
-    "kb_version",
+    "human_handoff_requested", "user_message_length", "user_sentiment", "sentiment_source", "ai_response_length",
+    "prompt_version", "kb_version",
     "cost_usd", "cost_basis", "cache_savings_usd",
 )
 
