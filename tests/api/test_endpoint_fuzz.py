@@ -207,8 +207,10 @@ CONSOLE_PAGES = {
     ],
     reverse("admin:metrics_app_aimetric_export"): ["business", "model", "intent", "failed", "q", "timestamp__gte"],
     reverse("admin:metrics_app_aimetric_dashboard"): ["business", "period", "start", "end", "tz"],
+    reverse("admin:metrics_app_aimetric_costs"): ["business", "period", "start", "end"],
     reverse("admin:metrics_app_conversation_changelist"): [
-        "business", "business__id__exact", "first_at__gte", "first_at__lt", "appointment_booked__exact", "q", "o", "p",
+        "business", "business__id__exact", "first_at__gte", "first_at__lt", "appointment_booked__exact", "state", "q",
+        "o", "p",
     ],
     reverse("admin:metrics_app_business_changelist"): ["q", "o", "p"],
     reverse("admin:metrics_app_apikey_changelist"): [
