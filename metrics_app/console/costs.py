@@ -11,16 +11,8 @@ from __future__ import annotations
 import zoneinfo
 from typing import Any
 
-from django.contrib import admin
-from django.core.exceptions import PermissionDenied
-from django.http import HttpRequest
-from django.template.response import TemplateResponse
-from django.utils import timezone
-from django.views import View
-
-from metrics_app.access import visible_business_ids, visible_businesses
 from metrics_app.analytics.selectors import Filters
-from metrics_app.console.dashboard import PERIODS, DashboardFilters, parse_filters
+from metrics_app.console.dashboard import DashboardFilters, PeriodPage
 from metrics_app.pricing import selectors as cost_selectors
 
 
@@ -47,32 +39,13 @@ def cost_filters(filters: DashboardFilters, visible: set[str] | None) -> Filters
     return Filters(businesses=businesses, start=filters.start, end=filters.end, tz=zoneinfo.ZoneInfo(filters.tz))
 
 
-class CostsView(View):
-    """GET /admin/metrics_app/aimetric/costs/ (wrapped in admin_site.admin_view)."""
+class CostsView(PeriodPage):
+    """GET /admin/metrics_app/aimetric/costs/."""
 
-    model_admin: admin.ModelAdmin | None = None
+    title = "Cost options"
+    template = "admin/metrics_app/aimetric/costs.html"
 
-    def get(self, request: HttpRequest) -> TemplateResponse:
-        model_admin = self.model_admin
-        assert model_admin is not None
-        if not model_admin.has_view_permission(request):
-            raise PermissionDenied
-        businesses = list(visible_businesses(request.user).order_by("id"))
-        visible = visible_business_ids(request.user)
-        filters, problems = parse_filters(request.GET, zones={b.id: b.time_zone for b in businesses},
-                                          now=timezone.now())
-        options: dict[str, Any] | None = None
-        if visible is None or visible:
-            options = with_percents(cost_selectors.cost_options(cost_filters(filters, visible)))
-        context = {
-            **model_admin.admin_site.each_context(request),
-            "title": "Cost options",
-            "opts": model_admin.opts,
-            "businesses": businesses,
-            "can_see_all": visible is None,
-            "periods": PERIODS,
-            "filters": filters,
-            "problems": problems,
-            "options": options,
-        }
-        return TemplateResponse(request, "admin/metrics_app/aimetric/costs.html", context)
+    def figures(self, filters: DashboardFilters, allowed: set[str] | None) -> dict[str, Any]:
+        if allowed is not None and not allowed:
+            return {"options": None}
+        return {"options": with_percents(cost_selectors.cost_options(cost_filters(filters, allowed)))}

@@ -14,6 +14,7 @@ from datetime import date, datetime, time, timedelta
 from typing import Any
 
 from django.contrib import admin
+from django.core.exceptions import PermissionDenied
 from django.http import HttpRequest
 from django.template.response import TemplateResponse
 from django.urls import reverse
@@ -160,41 +161,58 @@ def _chosen_bucket(query: Any, days_long: float, problems: list[str]) -> str:
     return bucket
 
 
-class DashboardView(View):
-    """GET /admin/metrics_app/aimetric/dashboard/: the charts page (wrapped in admin_site.admin_view)."""
+class PeriodPage(View):
+    """An admin page of figures for one business or all the user's, over a period (wrapped in admin_view).
+
+    It checks the model admin's view permission, reads the page's filters
+    for the businesses the user may see, and hands them to `figures`, which
+    adds what the page shows to the context.
+    """
 
     model_admin: admin.ModelAdmin | None = None
+    title = ""
+    template = ""
 
     def get(self, request: HttpRequest) -> TemplateResponse:
         model_admin = self.model_admin
         assert model_admin is not None
         if not model_admin.has_view_permission(request):
-            from django.core.exceptions import PermissionDenied
-
             raise PermissionDenied
         businesses = list(visible_businesses(request.user).order_by("id"))
         allowed = visible_business_ids(request.user)
-        zones = {b.id: b.time_zone for b in businesses}
-        filters, problems = parse_filters(request.GET, zones=zones, now=timezone.now())
-        previous_start, previous_end = filters.previous()
-        config = {
-            "api": api_urls(),
-            "params": filters.api_params(),
-            "previous": {**filters.api_params(), "start": previous_start.isoformat(), "end": previous_end.isoformat()},
-            "filters": {**asdict(filters), "start": filters.start.isoformat(), "end": filters.end.isoformat()},
-        }
+        filters, problems = parse_filters(request.GET, zones={b.id: b.time_zone for b in businesses},
+                                          now=timezone.now())
         context = {
             **model_admin.admin_site.each_context(request),
-            "title": "Analytics dashboard",
+            "title": self.title,
             "opts": model_admin.opts,
             "businesses": businesses,
             "can_see_all": allowed is None,
             "periods": PERIODS,
             "filters": filters,
             "problems": problems,
-            "dashboard_config": config,
+            **self.figures(filters, allowed),
         }
-        return TemplateResponse(request, "admin/metrics_app/aimetric/dashboard.html", context)
+        return TemplateResponse(request, self.template, context)
+
+    def figures(self, filters: DashboardFilters, allowed: set[str] | None) -> dict[str, Any]:
+        raise NotImplementedError
+
+
+class DashboardView(PeriodPage):
+    """GET /admin/metrics_app/aimetric/dashboard/: the charts page."""
+
+    title = "Analytics dashboard"
+    template = "admin/metrics_app/aimetric/dashboard.html"
+
+    def figures(self, filters: DashboardFilters, allowed: set[str] | None) -> dict[str, Any]:
+        previous_start, previous_end = filters.previous()
+        return {"dashboard_config": {
+            "api": api_urls(),
+            "params": filters.api_params(),
+            "previous": {**filters.api_params(), "start": previous_start.isoformat(), "end": previous_end.isoformat()},
+            "filters": {**asdict(filters), "start": filters.start.isoformat(), "end": filters.end.isoformat()},
+        }}
 
 
 def api_urls() -> dict[str, str]:
