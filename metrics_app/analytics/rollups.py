@@ -412,7 +412,9 @@ def rebuild(progress: Any = None, chunk: int = 20_000, through: int | None = Non
     return _counts()
 
 
-_EVENT_COLUMNS = (
+# What the rollups, the Prometheus totals and the conversations read of an event (the folder reads these and
+# the ids and times it needs itself).
+EVENT_COLUMNS = (
     "business_id", "timestamp", "response_time_ms", "success_rate", "response_type", "tokens_used",
     "input_tokens", "output_tokens", *CACHE_COLUMNS, "cost_usd", "cache_savings_usd", "api_cost_usd", "cost_basis",
     "appointment_requested", "appointment_booked", "human_handoff_requested", "user_sentiment", *DIMENSION_COLUMNS,
@@ -425,7 +427,7 @@ def _rebuild_events(progress: Any, chunk: int, through: int | None) -> None:
     events = AIMetric.objects.order_by()
     if through is not None:
         events = events.filter(id__lte=through)
-    columns = tuple(dict.fromkeys(_EVENT_COLUMNS))
+    columns = tuple(dict.fromkeys(EVENT_COLUMNS))
     rows = events.values_list(*columns).iterator(chunk_size=chunk)
     for n, values in enumerate(rows, 1):
         accumulator.add(dict(zip(columns, values, strict=True)))

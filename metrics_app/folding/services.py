@@ -50,14 +50,8 @@ from metrics_app.models import FOLDER_NAME, AIMetric, FolderState
 
 logger = logging.getLogger(__name__)
 
-# What a fold reads of each event: what conversations and rollups are made of.
-FOLDED_COLUMNS = (
-    "id", "business_id", "conversation_id", "timestamp", "created_at", "response_time_ms", "success_rate",
-    "response_type", "tokens_used", "input_tokens", "output_tokens", *rollups.CACHE_COLUMNS, "cost_usd",
-    "cache_savings_usd", "api_cost_usd", "cost_basis",
-    "model_name", "intent_detected", "prompt_version", "kb_version",
-    "appointment_requested", "appointment_booked", "human_handoff_requested", "user_sentiment",
-)
+# What a fold reads of each event: its id, conversation and store time, and what rollups are made of.
+FOLDED_COLUMNS = tuple(dict.fromkeys(("id", "conversation_id", "created_at", *rollups.EVENT_COLUMNS)))
 # How long the horizon's lock may wait for inserts in flight (they take milliseconds).
 HORIZON_LOCK_TIMEOUT_MS = 2000
 
