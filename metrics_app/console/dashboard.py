@@ -222,4 +222,5 @@ def api_urls() -> dict[str, str]:
         "timeseries": reverse("analytics-timeseries"),
         "funnel": reverse("analytics-funnel"),
         "intents": reverse("analytics-breakdown", args=["intent"]),
+        "opening_hours": reverse("analytics-opening-hours"),
     }

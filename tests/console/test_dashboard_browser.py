@@ -57,7 +57,13 @@ def open_dashboard(driver: Any, service: Any, query: dict[str, str]) -> dict[str
         }
         const volumeLines = [...document.querySelectorAll("#chart-volume path.line")].map(
             (line) => getComputedStyle(line).stroke);
-        return {charts, kpis, options, legends, volumeLines,
+        const tables = {};
+        for (const id of ["table-after-hours", "table-sentiment"]) {
+            tables[id] = [...document.querySelectorAll(`#${id} tbody tr`)].map((row) => ({
+                key: row.dataset.key, values: [...row.cells].map((c) => c.dataset.value), texts: [...row.cells].map(
+                    (c) => c.textContent)}));
+        }
+        return {charts, kpis, options, legends, volumeLines, tables,
                 config: JSON.parse(document.getElementById("dashboard-config").textContent)};
     """)
 
@@ -117,11 +123,25 @@ def test_every_figure_the_dashboard_draws_equals_the_api_answer_for_the_same_fil
         "cost_per_conversation": summary["cost_per_conversation_usd"], "bookings": summary["conversations_booked"],
         "cost_per_booking": summary["cost_per_booked_appointment_usd"], "handoff_rate": summary["handoff_rate"],
         "cached_share": summary["cached_input_share"], "cache_savings": summary["cache_savings_usd"],
+        "sentiment": summary["sentiment_mean"],
     }
     assert 0 < kpis["cached_share"] < 1 and kpis["cache_savings"] > 0  # the demo's prompts are cached
+    assert -1 < kpis["sentiment"] < 1 and summary["sentiment_scored_events"] > 0  # the demo's clients score messages
+
+    # Open and after hours: the business's own split, as the opening-hours API answers it.
+    split = api(demo, browser, "/api/analytics/opening-hours", params)
+    assert split["opening_hours_set"]
+    after_hours = {row["key"]: [float(v) for v in row["values"][1:]] for row in page["tables"]["table-after-hours"]}
+    assert after_hours == {key: [split["open"][key], split["after_hours"][key]] for key in (
+        "conversations", "conversations_with_request", "conversations_booked", "events", "cost_usd")}
+    assert after_hours["conversations"][1] > 0  # the demo's customers write in the evening too
 
     # Intents over time: the busiest intents, each from the time series filtered to it.
     rows = api(demo, browser, "/api/analytics/breakdown/intent", {**params, "limit": 6})["rows"]
+    sentiment = {row["key"]: [float(v) for v in row["values"][1:]] for row in page["tables"]["table-sentiment"]}
+    assert sentiment == {row["key"] or "": [row["sentiment_mean"], row["sentiment_scored_events"]]
+                         for row in rows if row["sentiment_scored_events"]}
+    assert sentiment
     top = [r["key"] for r in rows if r["key"] is not None][:5]
     assert sorted({m["series"] for m in charts["chart-intents"]}) == sorted(top)
     for intent in top:

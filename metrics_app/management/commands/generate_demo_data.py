@@ -16,6 +16,7 @@ import zoneinfo
 from collections.abc import Iterator
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
+from datetime import time as dt_time
 from typing import Any
 
 from django.core.management.base import BaseCommand, CommandError, CommandParser
@@ -24,7 +25,7 @@ from tqdm import tqdm
 
 from metrics_app.ingest import services
 from metrics_app.ingest.validation import check_event
-from metrics_app.models import Business
+from metrics_app.models import Business, OpeningHours
 
 CHUNK_SIZE = 500  # the batch endpoint's own limit: one INSERT per chunk
 MAX_EVENTS = 50_000_000
@@ -186,6 +187,9 @@ class DemoTraffic:
                     "appointment_requested": requested, "appointment_booked": booked,
                     "human_handoff_requested": handoff, "ai_response_length": ai_length,
                 }
+            score = _demo_sentiment(conversation_id, turn, opening, booked=books, handed_off=handoff_turn is not None)
+            if score is not None and not failed:
+                event["user_sentiment"] = score
             event.update(
                 event_id=str(uuid.UUID(int=rng.getrandbits(128), version=4)),
                 business_id=business.id, conversation_id=conversation_id, session_id=session_id,
@@ -196,6 +200,19 @@ class DemoTraffic:
             if failed or handoff:
                 break
         return events
+
+
+def _demo_sentiment(conversation_id: str, turn: int, opening: str, *, booked: bool, handed_off: bool) -> float | None:
+    """A client's score of the customer's message, from its own random stream (the traffic stays as it was).
+
+    Four messages in five are scored; complaints and conversations handed to a human lean negative, bookings
+    positive, the rest sit around neutral.
+    """
+    mood = random.Random(f"{conversation_id}:{turn}")
+    if mood.random() < 0.2:
+        return None
+    lean = -0.45 if opening == "complaint" or handed_off else 0.35 if booked else 0.05
+    return round(max(-1.0, min(1.0, mood.gauss(lean, 0.35))), 4)
 
 
 def demo_events(
@@ -212,6 +229,20 @@ def demo_events(
                 return
             produced += 1
             yield event
+
+
+def _demo_businesses(chosen: tuple[DemoBusiness, ...]) -> None:
+    """The demo businesses; one made now opens weekdays 09:00-17:30 and Saturday mornings, in its own zone."""
+    days = [(weekday, dt_time(9), dt_time(17, 30)) for weekday in range(1, 6)] + [(6, dt_time(9), dt_time(12))]
+    for demo in chosen:
+        business, made = Business.objects.get_or_create(
+            id=demo.id, defaults={"name": demo.name, "time_zone": demo.time_zone}
+        )
+        if made:
+            OpeningHours.objects.bulk_create(
+                OpeningHours(business=business, weekday=weekday, opens=opens, closes=closes)
+                for weekday, opens, closes in days
+            )
 
 
 class Command(BaseCommand):
@@ -247,10 +278,7 @@ class Command(BaseCommand):
         created = duplicates = 0
         conversations: set[tuple[str, str]] = set()
         try:
-            for demo in chosen:
-                Business.objects.get_or_create(
-                    id=demo.id, defaults={"name": demo.name, "time_zone": demo.time_zone}
-                )
+            _demo_businesses(chosen)
             progress = tqdm(
                 total=events, unit="event", unit_scale=True, desc="Demo events",
                 file=sys.stderr, disable=True if no_progress else None,

@@ -21,6 +21,7 @@
     axisMs: (v) => integer.format(v),
     usd: (v) => (v >= 100 ? `$${integer.format(v)}` : `$${Number(v).toFixed(v >= 1 ? 2 : 4)}`),
     percent: (v) => `${(100 * v).toFixed(1)}%`,
+    score: (v) => `${v >= 0 ? "+" : ""}${Number(v).toFixed(2)}`,
   };
 
   function bucketLabel(iso) {
@@ -47,6 +48,7 @@
       handoff_rate: s.handoff_rate,
       cached_share: s.cached_input_share,
       cache_savings: s.cache_savings_usd,
+      sentiment: s.sentiment_mean,
     };
   }
 
@@ -70,6 +72,7 @@
     ["handoff_rate", "Handoff rate", fmt.percent, -1],
     ["cached_share", "Input from cache", fmt.percent, 1],
     ["cache_savings", "Saved by caching", fmt.usd, 1],
+    ["sentiment", "Customer sentiment (-1..+1)", fmt.score, 1],
   ];
 
   function drawKpis(current, previous) {
@@ -141,9 +144,66 @@
     });
   }
 
+  function table(container, headings, rows) {
+    // A plain table: one row per entry, each cell a figure already formatted, its raw value in data-value.
+    container.textContent = "";
+    const grid = document.createElement("table");
+    const head = grid.createTHead().insertRow();
+    for (const heading of headings) {
+      const th = document.createElement("th");
+      th.textContent = heading;
+      head.appendChild(th);
+    }
+    const body = grid.createTBody();
+    for (const { key, cells } of rows) {
+      const row = body.insertRow();
+      row.dataset.key = key;
+      for (const [value, text] of cells) {
+        const cell = row.insertCell();
+        cell.dataset.value = value === null ? "" : value;
+        cell.textContent = text;
+      }
+    }
+    container.appendChild(grid);
+  }
+
+  function drawSentiment(breakdown) {
+    // Sentiment per intent, from the same breakdown the intents chart starts from.
+    const container = document.getElementById("table-sentiment");
+    const rows = breakdown.rows.filter((row) => row.sentiment_scored_events > 0);
+    if (!rows.length) return charts.empty(container, "No scored messages in this period.");
+    table(container, ["intent", "mean sentiment", "scored replies"], rows.map((row) => ({
+      key: row.key === null ? "" : row.key,
+      cells: [[row.key, row.key === null ? "(none)" : row.key],
+        [row.sentiment_mean, fmt.score(row.sentiment_mean)],
+        [row.sentiment_scored_events, fmt.count(row.sentiment_scored_events)]],
+    })));
+  }
+
+  async function drawAfterHours(params) {
+    // Open against after hours, for one business: its hours are its own.
+    const container = document.getElementById("table-after-hours");
+    if (!params.business_id) return charts.empty(container, "Pick a business to split its figures by its opening hours.");
+    const answer = await getJSON(config.api.opening_hours, params);
+    if (!answer.opening_hours_set) return charts.empty(container, answer.note);
+    const figures = [
+      ["conversations", "conversations"],
+      ["conversations_with_request", "appointment requested"],
+      ["conversations_booked", "booked"],
+      ["events", "replies"],
+      ["cost_usd", "cost"],
+    ];
+    table(container, ["", "open", "after hours"], figures.map(([key, name]) => ({
+      key,
+      cells: [[null, name], ...[answer.open[key], answer.after_hours[key]].map((v) => [
+        v, key === "cost_usd" ? fmt.usd(v) : fmt.count(v)])],
+    })));
+  }
+
   async function drawIntents(params) {
     // The busiest intents of the period, each charted from the time series filtered to it.
     const breakdown = await getJSON(config.api.intents, { ...params, limit: TOP_INTENTS + 1 });
+    drawSentiment(breakdown);
     const top = breakdown.rows.map((row) => row.key).filter((key) => key !== null).slice(0, TOP_INTENTS);
     const container = document.getElementById("chart-intents");
     if (!top.length) return charts.empty(container);
@@ -166,6 +226,7 @@
       drawKpis(summaryFigures(summary), summaryFigures(previous));
       drawSeries(series);
       drawFunnel(funnel);
+      await drawAfterHours(params);
       status.textContent = `Figures for ${config.filters.label}, ${config.filters.business_id || "all businesses"}, `
         + `from ${config.params.start} to ${config.params.end} (${config.filters.tz}).`;
       root.dataset.state = "ready";
