@@ -872,7 +872,7 @@ class BookingModel(models.Model):
     trained_at = models.DateTimeField(default=timezone.now)
     status = models.CharField(max_length=16, choices=BookingModelStatus.choices)
     reason = models.CharField(max_length=500, help_text="Why it is usable or not, in a sentence.")
-    spec = models.JSONField(default=dict, blank=True, help_text="Features, vocabularies, standardisation, coefficients.")
+    spec = models.JSONField(default=dict, blank=True, help_text="Features, vocabularies, scaling, coefficients.")
     metrics = models.JSONField(default=dict, blank=True, help_text="Held-out Brier scores, base rate, counts.")
     reliability = models.JSONField(default=list, blank=True, help_text="Ten equal-width bins of held-out prefixes.")
 

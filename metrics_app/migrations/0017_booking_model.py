@@ -19,7 +19,7 @@ class Migration(migrations.Migration):
                 ('trained_at', models.DateTimeField(default=django.utils.timezone.now)),
                 ('status', models.CharField(choices=[('usable', 'usable: beats the base rate on held-out conversations'), ('not_enough_data', 'no predictions: too few ended or booked conversations'), ('no_better', 'no predictions: no better than the base rate on held-out conversations')], max_length=16)),
                 ('reason', models.CharField(help_text='Why it is usable or not, in a sentence.', max_length=500)),
-                ('spec', models.JSONField(blank=True, default=dict, help_text='Features, vocabularies, standardisation, coefficients.')),
+                ('spec', models.JSONField(blank=True, default=dict, help_text='Features, vocabularies, scaling, coefficients.')),
                 ('metrics', models.JSONField(blank=True, default=dict, help_text='Held-out Brier scores, base rate, counts.')),
                 ('reliability', models.JSONField(blank=True, default=list, help_text='Ten equal-width bins of held-out prefixes.')),
                 ('business', models.ForeignKey(on_delete=django.db.models.deletion.CASCADE, related_name='booking_models', to='metrics_app.business')),

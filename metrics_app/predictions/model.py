@@ -127,7 +127,9 @@ class ReliabilityBin:
                 "mean_predicted": self.mean_predicted, "observed_rate": self.observed_rate}
 
 
-def reliability(p: FloatArray, y: FloatArray, weights: FloatArray, bins: int = RELIABILITY_BINS) -> list[ReliabilityBin]:
+def reliability(
+    p: FloatArray, y: FloatArray, weights: FloatArray, bins: int = RELIABILITY_BINS
+) -> list[ReliabilityBin]:
     """Equal-width bins of p over [0, 1] (the last one closed at 1), each with its weighted mean p and rate of y."""
     p = np.asarray(p, dtype=np.float64)
     index = np.minimum((p * bins).astype(int), bins - 1)

@@ -32,7 +32,6 @@ from __future__ import annotations
 
 import math
 import zoneinfo
-from collections import defaultdict
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
@@ -240,8 +239,9 @@ def _keep(business: Business, now: datetime, status: str, reason: str, spec: dic
     with transaction.atomic():
         stored = BookingModel.objects.create(business=business, trained_at=now, status=status, reason=reason,
                                              spec=spec, metrics=metrics, reliability=table)
-        keep = BookingModel.objects.filter(business=business).order_by("-trained_at", "-id").values_list("id", flat=True)
-        BookingModel.objects.filter(business=business).exclude(id__in=list(keep[:KEEP_MODELS])).delete()
+        trainings = BookingModel.objects.filter(business=business)
+        keep = list(trainings.order_by("-trained_at", "-id").values_list("id", flat=True)[:KEEP_MODELS])
+        trainings.exclude(id__in=keep).delete()
     return stored
 
 
