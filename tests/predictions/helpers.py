@@ -19,9 +19,10 @@ def chat_events(business_id: str, count: int, seed: int, *, end: datetime, days:
                 signal: bool = True, prefix: str = "chat") -> list[dict[str, Any]]:
     """Events of `count` conversations that all started within `days` days before `end` (and ended by then).
 
-    With `signal`, a conversation whose customer asks about booking or pricing, requests an appointment and is
-    in a good mood books far more often (and books on its last turn); without it, every conversation books with
-    the same 30% chance, whatever its events say.
+    With `signal`, a conversation whose customer asks about booking or pricing, requests an appointment on the
+    first reply and is in a good mood books far more often; without it, every conversation books with the same
+    30% chance, whatever its events say. A booking is the conversation's last reply, a confirmation after the
+    talk: every reply before it is a prefix, booked or not.
     """
     rng = random.Random(seed)
     events = []
@@ -34,7 +35,7 @@ def chat_events(business_id: str, count: int, seed: int, *, end: datetime, days:
         requested = keen and rng.random() < 0.7
         chance = (1 / (1 + math.exp(-(2.5 * keen + 1.5 * requested + 1.0 * mood - 2.5)))) if signal else 0.3
         booked = rng.random() < chance
-        for turn in range(turns):
+        for turn in range(turns + booked):
             events.append({
                 "event_id": str(uuid.UUID(int=rng.getrandbits(128))),
                 "business_id": business_id,
@@ -42,9 +43,9 @@ def chat_events(business_id: str, count: int, seed: int, *, end: datetime, days:
                 "timestamp": (first + timedelta(minutes=2 * turn, seconds=rng.randrange(60))).isoformat(),
                 "response_time_ms": rng.randint(300, 4000),
                 "tokens_used": 200,
-                "intent_detected": intent if turn or rng.random() < 0.8 else "general",
-                "appointment_requested": requested and turn == max(0, turns - 2),
-                "appointment_booked": booked and turn == turns - 1,
+                "intent_detected": intent,
+                "appointment_requested": requested and turn == 0,
+                "appointment_booked": turn == turns,
                 "user_sentiment": round(max(-1.0, min(1.0, mood + rng.uniform(-0.2, 0.2))), 4),
                 "prompt_version": rng.choice(("v1", "v2")),
                 "kb_version": "kb-3",
