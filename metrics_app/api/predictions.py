@@ -17,11 +17,12 @@ from metrics_app.api.analytics import AnalyticsView
 from metrics_app.errors import documented_errors
 from metrics_app.models import Business
 from metrics_app.predictions import selectors
-from metrics_app.rules import BUSINESS_ID_MAX_LENGTH
+from metrics_app.rules import BUSINESS_ID_MAX_LENGTH, validate_business_id
 
 
 class LikelyBookingsQuerySerializer(serializers.Serializer):
-    business_id = serializers.CharField(max_length=BUSINESS_ID_MAX_LENGTH, help_text="The business (required).")
+    business_id = serializers.CharField(max_length=BUSINESS_ID_MAX_LENGTH, validators=[validate_business_id],
+                                        help_text="The business (required).")
     quiet_minutes = serializers.IntegerField(
         required=False, default=selectors.DEFAULT_QUIET_MINUTES, min_value=1, max_value=selectors.MAX_QUIET_MINUTES,
         help_text="A conversation went quiet when its last event is at least this old (default 10).",
