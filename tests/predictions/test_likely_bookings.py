@@ -253,3 +253,9 @@ def test_the_trainings_list_shows_only_visible_businesses(trained, logged_in, st
     assert response.status_code == 200
     assert [row.business_id for row in response.context["cl"].result_list] == ["other-clinic"]
     assert "Likely bookings to follow up" in response.content.decode()
+
+
+def test_the_conversations_list_links_to_the_follow_up_page(business, logged_in, superuser):
+    response = logged_in(superuser).get("/admin/metrics_app/conversation/")
+    assert response.status_code == 200
+    assert f'href="{PAGE}"' in response.content.decode()
