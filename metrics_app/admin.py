@@ -7,5 +7,6 @@ from metrics_app.console import (  # noqa: F401  (each module registers its page
     folder,
     grants,
     keys,
+    predictions,
     prices,
 )

@@ -19,3 +19,7 @@ class MetricsAppConfig(AppConfig):
 
         # The worker's daily MLflow job, made once MLFLOW_TRACKING_URI is set (start.sh migrates at each start).
         post_migrate.connect(schedule.on_post_migrate, sender=self)
+        from metrics_app.predictions import schedule as predictions_schedule
+
+        # The worker's daily retraining of the likely-bookings models.
+        post_migrate.connect(predictions_schedule.on_post_migrate, sender=self)

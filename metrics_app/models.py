@@ -848,3 +848,45 @@ class Experiment(models.Model):
     @property
     def is_running(self) -> bool:
         return self.ended_at is None
+
+
+class BookingModelStatus(models.TextChoices):
+    """What a training of the likely-bookings model concluded (metrics_app/predictions)."""
+
+    USABLE = "usable", "usable: beats the base rate on held-out conversations"
+    NOT_ENOUGH_DATA = "not_enough_data", "no predictions: too few ended or booked conversations"
+    NO_BETTER = "no_better", "no predictions: no better than the base rate on held-out conversations"
+
+
+class BookingModel(models.Model):
+    """One training of a business's likely-bookings model: its coefficients, its held-out evaluation, its verdict.
+
+    Only a `usable` model gives predictions; any other status keeps the reason
+    shown instead. `spec` holds what predicting needs (feature names and
+    vocabularies, standardisation, coefficients), `metrics` the held-out
+    figures, `reliability` the calibration table. The last few per business
+    are kept (metrics_app/predictions/services.py).
+    """
+
+    business = models.ForeignKey(Business, on_delete=models.CASCADE, related_name="booking_models")
+    trained_at = models.DateTimeField(default=timezone.now)
+    status = models.CharField(max_length=16, choices=BookingModelStatus.choices)
+    reason = models.CharField(max_length=500, help_text="Why it is usable or not, in a sentence.")
+    spec = models.JSONField(default=dict, blank=True, help_text="Features, vocabularies, scaling, coefficients.")
+    metrics = models.JSONField(default=dict, blank=True, help_text="Held-out Brier scores, base rate, counts.")
+    reliability = models.JSONField(default=list, blank=True, help_text="Ten equal-width bins of held-out prefixes.")
+
+    class Meta:
+        db_table = "mlops_booking_model"
+        verbose_name = "booking model"
+        indexes = [
+            # The latest training of a business (predictions, the follow-up page) and the pruning of old ones.
+            models.Index(fields=["business", "-trained_at"], name="booking_model_biz_trained_idx"),
+        ]
+
+    def __str__(self) -> str:
+        return f"{self.business_id} at {self.trained_at:%Y-%m-%d %H:%M}: {self.status}"
+
+    @property
+    def usable(self) -> bool:
+        return self.status == BookingModelStatus.USABLE

@@ -2,7 +2,7 @@
 
 from django.urls import path
 
-from metrics_app.api import analytics, conversations, experiments, opening_hours
+from metrics_app.api import analytics, conversations, experiments, opening_hours, predictions
 
 urlpatterns = [
     path("analytics/summary", analytics.SummaryView.as_view(), name="analytics-summary"),
@@ -12,6 +12,7 @@ urlpatterns = [
     path("analytics/peak-hours", analytics.PeakHoursView.as_view(), name="analytics-peak-hours"),
     path("analytics/costs", analytics.CostOptionsView.as_view(), name="analytics-costs"),
     path("analytics/opening-hours", opening_hours.OpeningHoursView.as_view(), name="analytics-opening-hours"),
+    path("analytics/likely-bookings", predictions.LikelyBookingsView.as_view(), name="analytics-likely-bookings"),
     path("analytics/compare", experiments.CompareView.as_view(), name="analytics-compare"),
     path("experiments/", experiments.ExperimentListView.as_view(), name="experiments"),
     path("experiments/<int:pk>", experiments.ExperimentDetailView.as_view(), name="experiment-detail"),
