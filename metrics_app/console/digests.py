@@ -27,7 +27,7 @@ from metrics_app.analytics.rollups import RebuildPending
 from metrics_app.console.lists import BusinessFilter
 from metrics_app.digests import render
 from metrics_app.digests.selectors import BadWeek, check_week, due_week, week_of, weekly_digest
-from metrics_app.models import Business, DigestDelivery
+from metrics_app.models import Business, DigestDelivery, DigestStatus
 
 FORMATS = ("pdf", "csv", "html")
 # The businesses the page's list offers; a longer list is typed as an id.
@@ -59,6 +59,17 @@ class DigestDeliveryAdmin(admin.ModelAdmin):
 
     def has_change_permission(self, request: HttpRequest, obj: Any = None) -> bool:
         return False
+
+    def has_delete_permission(self, request: HttpRequest, obj: Any = None) -> bool:
+        # Deleting a failed delivery lets the next run send that week again; a sent one stays, or it would go twice.
+        allowed = super().has_delete_permission(request, obj)
+        return allowed and (obj is None or obj.status == DigestStatus.FAILED)
+
+    def get_actions(self, request: HttpRequest) -> dict[str, Any]:
+        # The bulk delete would not ask each row: deleting goes one failed row at a time.
+        actions = super().get_actions(request)
+        actions.pop("delete_selected", None)
+        return actions
 
     def get_urls(self) -> list:
         prefix = f"{self.opts.app_label}_{self.opts.model_name}"

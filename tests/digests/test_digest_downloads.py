@@ -147,3 +147,33 @@ def test_the_deliveries_list_shows_only_the_user_s_businesses(staff_client):
     page = staff_client.get("/admin/metrics_app/digestdelivery/").content.decode()
 
     assert BUSINESS in page and "other-clinic" not in page and "Download a digest" in page
+
+
+@pytest.mark.parametrize("params", [
+    {"business": "harbor-dental\x00", "format": "pdf"},
+    {"business": BUSINESS, "week": "2026-03-02\x00", "format": "csv"},
+    {"business": BUSINESS, "week": "٢٠٢٦-٠٣-٠٢", "format": "pdf"},
+    {"business": BUSINESS, "week": "2026-03-02T25:00", "format": "pdf"},
+    {"business": BUSINESS, "week": "9" * 5000, "format": "csv"},
+    {"business": "ü" * 300, "format": "html"},
+    {"business": BUSINESS, "format": "pdf" * 1000},
+    {"business": ["harbor-dental", "other-clinic"], "format": "csv"},
+])
+def test_odd_input_never_answers_500(staff_client, params):
+    response = staff_client.get(URL, params)
+
+    assert response.status_code in (200, 400, 404), response.status_code
+
+
+def test_only_a_failed_delivery_can_be_deleted_so_that_a_sent_week_never_goes_twice(folded_business, superuser,
+                                                                                      logged_in):
+    from metrics_app.models import DigestDelivery, DigestStatus
+
+    sent = DigestDelivery.objects.create(business_id=BUSINESS, week_start=WEEK, status=DigestStatus.SENT)
+    failed = DigestDelivery.objects.create(business_id=BUSINESS, week_start=WEEK.replace(day=9),
+                                           status=DigestStatus.FAILED)
+    client = logged_in(superuser)
+
+    assert client.post(f"/admin/metrics_app/digestdelivery/{sent.pk}/delete/", {"post": "yes"}).status_code == 403
+    assert client.post(f"/admin/metrics_app/digestdelivery/{failed.pk}/delete/", {"post": "yes"}).status_code == 302
+    assert list(DigestDelivery.objects.values_list("pk", flat=True)) == [sent.pk]
