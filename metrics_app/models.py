@@ -566,6 +566,11 @@ class StaffBusinessAccess(models.Model):
         related_name="+",
         help_text="Leave empty to grant every business.",
     )
+    weekly_digest = models.BooleanField(
+        default=True,
+        verbose_name="mail the weekly digest",
+        help_text="Mail this user the business's weekly digest (a grant naming one business; docs/digest.md).",
+    )
 
     class Meta:
         db_table = "mlops_staff_business_access"

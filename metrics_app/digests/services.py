@@ -2,8 +2,9 @@
 
 Recipients of a business's digest are the active staff users with an e-mail
 address who hold a grant naming that business (a StaffBusinessAccess row for
-it). A grant of every business, or being a superuser, does not subscribe
-anyone: an agency that sees a hundred businesses would get a hundred mails.
+it) with its weekly_digest box ticked, as it is by default. A grant of every
+business, or being a superuser, does not subscribe anyone: an agency that
+sees a hundred businesses would get a hundred mails.
 Each recipient is checked again with `access.can_see` just before their mail
 is sent, and gets a message of their own, holding that one business.
 
@@ -58,8 +59,9 @@ def _sender() -> str:
 
 
 def _subscribed(business_id: str | None = None) -> Q:
-    """The grants that subscribe: naming one business, held by an active staff user with an e-mail address."""
-    grants = Q(business__isnull=False, user__is_active=True, user__is_staff=True) & ~Q(user__email="")
+    """The grants that subscribe: naming one business, ticked, held by an active staff user with an address."""
+    grants = Q(business__isnull=False, weekly_digest=True, user__is_active=True, user__is_staff=True) & ~Q(
+        user__email="")
     return grants & Q(business_id=business_id) if business_id is not None else grants
 
 

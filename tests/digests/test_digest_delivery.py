@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import email
 import io
+import re
 import threading
 from datetime import timedelta
 from email.message import Message
@@ -85,6 +86,15 @@ def test_a_revoked_grant_stops_the_mail_even_after_the_recipients_were_listed(pe
 
     assert sent == 2 and sorted(m.to[0] for m in mailoutbox) == ["bob@example.com", "owner@example.com"]
     assert services.recipients(BUSINESS) == [people["bob"], people["owner"]]
+
+
+def test_a_grant_with_the_digest_unticked_keeps_access_and_stops_the_mail(people, mailoutbox):
+    StaffBusinessAccess.objects.filter(user=people["bob"], business_id=OTHER).update(weekly_digest=False)
+
+    result = services.send_digests(now=NOW)
+
+    assert result.digests == 1 and all(OTHER not in m.subject for m in mailoutbox)
+    assert len(mailoutbox) == 3 and services.recipients(OTHER) == []
 
 
 def _parts(message) -> tuple[Message, Message, Message]:
@@ -233,3 +243,17 @@ def test_the_hourly_schedule_is_made_only_when_the_digest_is_on(db, settings):
     made = Schedule.objects.get(name=schedule.SCHEDULE_NAME)
     assert made.func == schedule.TASK and made.schedule_type == Schedule.HOURLY and made.next_run.minute == 15
     assert services.send_scheduled().startswith("0 digests sent")
+
+
+def test_a_superuser_ticks_or_unticks_the_digest_on_a_grant_in_the_admin(people, client):
+    client.force_login(people["boss"])
+    grant = StaffBusinessAccess.objects.get(user=people["alice"])
+
+    form = client.get(f"/admin/metrics_app/staffbusinessaccess/{grant.pk}/change/").content.decode()
+    response = client.post(f"/admin/metrics_app/staffbusinessaccess/{grant.pk}/change/",
+                           {"user": people["alice"].pk, "business": BUSINESS})
+
+    assert re.search(r'<input type="checkbox" name="weekly_digest"[^>]* checked>', form)
+    assert response.status_code == 302
+    assert not StaffBusinessAccess.objects.get(pk=grant.pk).weekly_digest
+    assert [u.username for u in services.recipients(BUSINESS)] == ["bob", "owner"]
