@@ -19,6 +19,7 @@ class MetricsAppConfig(AppConfig):
 
         # The worker's daily MLflow job, made once MLFLOW_TRACKING_URI is set (start.sh migrates at each start).
         post_migrate.connect(schedule.on_post_migrate, sender=self)
+        from metrics_app.digests import checks as digest_checks  # noqa: F401  (registers the mail check)
         from metrics_app.digests import schedule as digest_schedule
 
         # The worker's hourly weekly-digest job, made once MLOPS_WEEKLY_DIGEST is on.

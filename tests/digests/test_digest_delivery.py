@@ -257,3 +257,17 @@ def test_a_superuser_ticks_or_unticks_the_digest_on_a_grant_in_the_admin(people,
     assert response.status_code == 302
     assert not StaffBusinessAccess.objects.get(pk=grant.pk).weekly_digest
     assert [u.username for u in services.recipients(BUSINESS)] == ["bob", "owner"]
+
+
+def test_start_up_warns_when_the_digest_is_on_with_nowhere_to_send(settings):
+    from metrics_app.digests.checks import SMTP_BACKEND, check_digest_mail
+
+    settings.MLOPS_WEEKLY_DIGEST, settings.EMAIL_BACKEND = True, SMTP_BACKEND
+    settings.EMAIL_HOST, settings.DEFAULT_FROM_EMAIL = "localhost", "mlops@localhost"
+    (warning,) = check_digest_mail(None)
+    assert warning.id == "metrics_app.W030" and "EMAIL_HOST and DEFAULT_FROM_EMAIL are left" in warning.msg
+
+    settings.EMAIL_HOST, settings.DEFAULT_FROM_EMAIL = "smtp.example.com", "digest@example.com"
+    assert check_digest_mail(None) == []
+    settings.MLOPS_WEEKLY_DIGEST, settings.EMAIL_HOST = False, "localhost"
+    assert check_digest_mail(None) == []
