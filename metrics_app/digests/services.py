@@ -80,6 +80,9 @@ def subscribed_businesses() -> list[Business]:
 
 # --- The message.
 
+# Where the HTML's chart goes; each message puts its own Content-ID there.
+CHART_PLACEHOLDER = "cid:replies-per-day"
+
 
 def message(digest: Digest, to: str, *, html: str, text: str, chart: bytes) -> EmailMultiAlternatives:
     """One recipient's mail: a plain-text part, and an HTML part showing the chart attached inline (by CID)."""
@@ -94,9 +97,6 @@ def message(digest: Digest, to: str, *, html: str, text: str, chart: bytes) -> E
     # The image belongs to the HTML, not beside it as a download (an attribute the stubs do not declare).
     mail.mixed_subtype = "related"  # type: ignore[attr-defined]
     return mail
-
-
-CHART_PLACEHOLDER = "cid:replies-per-day"
 
 
 # --- The claim.

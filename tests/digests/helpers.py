@@ -158,8 +158,17 @@ def expected(business_id: str = BUSINESS, monday: date = WEEK) -> dict[str, Any]
 
 
 def shown(figures: dict[str, Any]) -> dict[str, str]:
-    """The figures as every format writes them: counts with thousands separators, dollars to 4 decimals."""
+    """The figures as every format writes them: counts with thousands separators, dollars to 4 decimals, and
+    each compared figure's change ("+3 (+12.5%)", "none last week" when there was none, "no change")."""
     out = {key: f"{value:,}" for key, value in figures.items() if isinstance(value, int)}
+    for key in ("replies", "conversations", "bookings"):
+        now, before = figures[key], figures[f"{key}_previous"]
+        if now == before:
+            out[f"{key}_change"] = "no change"
+        elif before == 0:
+            out[f"{key}_change"] = f"{now - before:+,} (none last week)"
+        else:
+            out[f"{key}_change"] = f"{now - before:+,} ({round(100 * (now - before) / before, 1):+.1f}%)"
     out["cost_usd"] = f"${figures['cost_usd']:,.4f}"
     per_booking = figures["cost_per_booking_usd"]
     out["cost_per_booking_usd"] = "no bookings" if per_booking is None else f"${per_booking:,.4f}"

@@ -36,7 +36,8 @@ def _read(driver: Any) -> dict[str, Any]:
         for (const row of document.querySelectorAll("#digest-figures tr.figure")) {
             figures[row.dataset.figure] = {value: row.dataset.value, previous: row.dataset.previous,
                 shown: row.querySelector(".shown").textContent.trim(),
-                previousShown: row.querySelector(".previous").textContent.trim()};
+                previousShown: row.querySelector(".previous").textContent.trim(),
+                change: row.querySelector(".change").textContent.trim()};
         }
         const chart = document.getElementById("digest-chart");
         return {figures, title: document.querySelector("h1").textContent,
@@ -58,6 +59,7 @@ def test_the_rendered_digest_shows_the_raw_rows_figures_and_draws_its_chart(serv
     for key in ("replies", "conversations", "bookings"):
         assert int(figures[key]["value"]) == want[key] and int(figures[key]["previous"]) == want[f"{key}_previous"]
         assert figures[key]["shown"] == text[key] and figures[key]["previousShown"] == text[f"{key}_previous"]
+        assert figures[key]["change"] == text[f"{key}_change"]
     for key in ("after_hours_conversations", "after_hours_requests", "after_hours_bookings", "handoffs",
                 "unpriced_replies"):
         assert int(figures[key]["value"]) == want[key] and figures[key]["shown"] == text[key], key

@@ -118,7 +118,9 @@ def test_the_mail_has_a_text_part_and_an_html_part_showing_the_chart_inline_as_a
     assert Image.open(io.BytesIO(png)).size == (640, 280)
     want = shown(expected())
     body = text.get_payload(decode=True).decode()
-    assert f"Replies: {want['replies']} (last week {want['replies_previous']}," in body
+    for key, label in (("replies", "Replies"), ("conversations", "Conversations"),
+                       ("bookings", "Bookings (booked conversations)")):
+        assert f"{label}: {want[key]} (last week {want[key + '_previous']}, {want[key + '_change']})" in body
     assert f"Cost (USD): {want['cost_usd']}" in body
     assert f"Cost per booking (USD): {want['cost_per_booking_usd']}" in body
     assert f"After hours: conversations: {want['after_hours_conversations']}" in body

@@ -45,8 +45,9 @@ def test_the_pdf_holds_every_figure_of_the_raw_rows(staff_client):
     for key, label in FIGURE_LINES.items():
         row = next(line for line in lines if line.startswith(label + " ") or line == label)
         assert row.split(label, 1)[1].split()[0] == want[key].split()[0], (key, row)
-    replies = next(line for line in lines if line.startswith("Replies ") and "price" not in line)
-    assert replies.split()[1:3] == [want["replies"], want["replies_previous"]]
+    for key in ("replies", "conversations", "bookings"):
+        expected_row = f"{FIGURE_LINES[key]} {want[key]} {want[key + '_previous']} {want[key + '_change']}"
+        assert expected_row in lines, (expected_row, lines)
     assert len(reader.pages[0].images) == 1  # the chart
 
 
