@@ -82,3 +82,28 @@ def test_a_business_without_opening_hours_says_so_rather_than_counting_nothing(d
 
     assert not digest.after_hours.hours_set
     assert digest.replies.current == 0 and digest.cost_per_booking_usd is None
+
+
+def test_the_autumn_week_holds_the_repeated_hour_twice_and_its_169_hours(db, published_prices):
+    from metrics_app.digests.selectors import week_filters as filters_of
+    from tests.digests.helpers import load, make_business
+
+    autumn = date(2026, 10, 26)  # clocks go back from 02:00 to 01:00 on Sunday 1 November
+    business = make_business()
+    first, second = local(date(2026, 11, 1), 1, 30), local(date(2026, 11, 1), 1, 30).replace(fold=1)
+    moments = [local(autumn, 0), first, second, local(autumn + timedelta(days=7), 0) - timedelta(seconds=1),
+               local(autumn + timedelta(days=7), 0), local(autumn, 0) - timedelta(seconds=1)]
+    load([{"business_id": business.pk, "conversation_id": f"c{n}", "response_time_ms": 300, "tokens_used": 10,
+           "event_id": f"00000000-0000-4000-8000-{n:012d}", "timestamp": moment.isoformat()}
+          for n, moment in enumerate(moments)])
+
+    digest = weekly_digest(business, autumn)
+
+    window = filters_of(business.pk, autumn, TZ)
+    assert window.end.astimezone(UTC) - window.start.astimezone(UTC) == timedelta(hours=169)
+    assert second.astimezone(UTC) - first.astimezone(UTC) == timedelta(hours=1)
+    want = expected(monday=autumn)
+    assert want["replies"] == 4 and want["replies_by_day"] == [1, 0, 0, 0, 0, 0, 3]
+    assert digest.replies.current == 4 and list(digest.replies_by_day) == want["replies_by_day"]
+    assert digest.conversations.current == want["conversations"] == 4
+    assert digest.replies.previous == 1
