@@ -324,8 +324,12 @@ _MAIL_BACKENDS = {
 }
 # Development prints mail on the worker's output (DEBUG is off there by default, so it cannot decide);
 # production sends through the SMTP server below.
-_mail_backend = envstr("EMAIL_BACKEND", "smtp" if IS_PRODUCTION else "console")
+_mail_backend = envstr("EMAIL_BACKEND") or ("smtp" if IS_PRODUCTION else "console")
 EMAIL_BACKEND = _MAIL_BACKENDS.get(_mail_backend.lower(), _mail_backend)
+if "." not in EMAIL_BACKEND:
+    raise ImproperlyConfigured(
+        f"EMAIL_BACKEND must be one of {', '.join(_MAIL_BACKENDS)} or a backend's dotted path, got {_mail_backend!r}"
+    )
 EMAIL_HOST = envstr("EMAIL_HOST", "localhost")
 EMAIL_PORT = envint("EMAIL_PORT", 587, minimum=1, maximum=65535)
 EMAIL_HOST_USER = envstr("EMAIL_HOST_USER")
