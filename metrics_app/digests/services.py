@@ -16,7 +16,9 @@ progress and a later run takes it over, mailing only the recipients not
 recorded yet; the one message that can go twice is the one handed to the mail
 server in the moment before its recipient was recorded. A send that fails
 (the mail server refuses or is down) marks the row failed, and a later run
-tries again, MAX_ATTEMPTS times in all.
+tries again, MAX_ATTEMPTS times in all. The figures are read before the
+claim, so a read that cannot be made (the analytics being rebuilt) claims
+nothing and the next run simply tries again.
 """
 
 from __future__ import annotations
@@ -40,6 +42,7 @@ from django.db.models import F, Q
 from django.utils import timezone
 
 from metrics_app import access
+from metrics_app.analytics.rollups import RebuildPending
 from metrics_app.digests import render
 from metrics_app.digests.selectors import Digest, check_week, due_week, week_of, weekly_digest
 from metrics_app.models import Business, DigestDelivery, DigestStatus, StaffBusinessAccess
@@ -222,13 +225,16 @@ def send_digests(businesses: list[Business] | None = None, week: date | None = N
 
 
 def _send_one(business: Business, monday: date, users: list[Any], now: datetime, result: RunResult) -> None:
+    # Read before claiming: a read that cannot be made now (the analytics being rebuilt) leaves no claim behind,
+    # and RebuildPending ends the run, since every business would wait alike.
+    digest = weekly_digest(business, monday)
     delivery = claim(business, monday, now)
     if delivery is None:
         result.already_done += 1
         return
     try:
-        result.messages += deliver(delivery, weekly_digest(business, monday), users)
-    except Exception as exc:  # the mail server, or the analytics read: recorded on the row, tried again later
+        result.messages += deliver(delivery, digest, users)
+    except Exception as exc:  # the mail server refused or is unreachable: recorded on the row, tried again later
         DigestDelivery.objects.filter(pk=delivery.pk).update(status=DigestStatus.FAILED,
                                                              error=f"{type(exc).__name__}: {exc}"[:500])
         log.exception("the weekly digest of %s for the week of %s failed", business.pk, monday)
@@ -241,4 +247,7 @@ def send_scheduled() -> str:
     """The worker's hourly job: every subscribed business's last week, when MLOPS_WEEKLY_DIGEST is on."""
     if not settings.MLOPS_WEEKLY_DIGEST:
         return "the weekly digest is off (MLOPS_WEEKLY_DIGEST); nothing sent"
-    return send_digests().line()
+    try:
+        return send_digests().line()
+    except RebuildPending:
+        return "the analytics are being rebuilt: no digest sent this hour; the next run sends them"

@@ -273,3 +273,16 @@ def test_start_up_warns_when_the_digest_is_on_with_nowhere_to_send(settings):
     assert check_digest_mail(None) == []
     settings.MLOPS_WEEKLY_DIGEST, settings.EMAIL_HOST = False, "localhost"
     assert check_digest_mail(None) == []
+
+
+def test_while_the_analytics_are_rebuilt_a_run_claims_nothing_and_the_next_one_sends(people, mailoutbox, settings):
+    from metrics_app.models import FolderState
+
+    settings.MLOPS_WEEKLY_DIGEST = True
+    FolderState.objects.update_or_create(name="events", defaults={"rebuild_needed": True})
+
+    assert "being rebuilt" in services.send_scheduled()
+    assert mailoutbox == [] and not DigestDelivery.objects.exists()
+
+    FolderState.objects.filter(name="events").update(rebuild_needed=False)
+    assert services.send_scheduled().startswith("2 digests sent (4 messages)")
