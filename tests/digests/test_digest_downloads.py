@@ -6,6 +6,9 @@ import csv
 import io
 
 import pytest
+from hypothesis import HealthCheck, given
+from hypothesis import settings as fuzzing
+from hypothesis import strategies as st
 from pypdf import PdfReader
 
 from metrics_app.models import Business
@@ -178,3 +181,20 @@ def test_only_a_failed_delivery_can_be_deleted_so_that_a_sent_week_never_goes_tw
     assert client.post(f"/admin/metrics_app/digestdelivery/{sent.pk}/delete/", {"post": "yes"}).status_code == 403
     assert client.post(f"/admin/metrics_app/digestdelivery/{failed.pk}/delete/", {"post": "yes"}).status_code == 302
     assert list(DigestDelivery.objects.values_list("pk", flat=True)) == [sent.pk]
+
+
+@fuzzing(max_examples=60, deadline=None,
+          suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow])
+@given(query=st.dictionaries(
+    st.sampled_from(["business", "week", "format", "status", "week_start__year", "week_start__month", "q", "o", "p"]),
+    st.one_of(st.sampled_from(["", "\x00", BUSINESS, "other-clinic", "2026-03-02", "2026-03-09", "9999-12-31",
+                               "0001-01-01", "pdf", "csv", "html", "sent", "failed", "-1", "1e309"]),
+              st.text(max_size=30)),
+    max_size=4,
+))
+def test_fuzzed_queries_to_the_digest_pages_never_answer_500(staff_client, query):
+    for page in (URL, "/admin/metrics_app/digestdelivery/"):
+        response = staff_client.get(page, query)
+        assert response.status_code < 500, (page, query, response.status_code)
+        if response.status_code == 200 and response["Content-Type"] != "text/html; charset=utf-8":
+            assert query.get("business") == BUSINESS  # a download is only ever of the user's own business
