@@ -286,3 +286,13 @@ def test_while_the_analytics_are_rebuilt_a_run_claims_nothing_and_the_next_one_s
 
     FolderState.objects.filter(name="events").update(rebuild_needed=False)
     assert services.send_scheduled().startswith("2 digests sent (4 messages)")
+
+
+def test_a_business_name_with_markup_is_shown_as_text_in_the_html_part(people, mailoutbox):
+    Business.objects.filter(pk=BUSINESS).update(name='<img src=x onerror="alert(1)">Harbor')
+
+    services.send_digests([Business.objects.get(pk=BUSINESS)], now=NOW)
+
+    _, html, _ = _parts(mailoutbox[0])
+    page = html.get_payload(decode=True).decode()
+    assert "<img src=x" not in page and "&lt;img src=x" in page
