@@ -2,6 +2,7 @@
 
 from metrics_app.console import (  # noqa: F401  (each module registers its pages)
     conversations,
+    digests,
     events,
     experiments,
     folder,

@@ -23,3 +23,9 @@ class MetricsAppConfig(AppConfig):
 
         # The worker's daily retraining of the likely-bookings models.
         post_migrate.connect(predictions_schedule.on_post_migrate, sender=self)
+
+        from metrics_app.digests import checks as digest_checks  # noqa: F401  (registers the mail check)
+        from metrics_app.digests import schedule as digest_schedule
+
+        # The worker's hourly weekly-digest job, made once MLOPS_WEEKLY_DIGEST is on.
+        post_migrate.connect(digest_schedule.on_post_migrate, sender=self, dispatch_uid="weekly-digest-schedule")

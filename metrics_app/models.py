@@ -566,6 +566,11 @@ class StaffBusinessAccess(models.Model):
         related_name="+",
         help_text="Leave empty to grant every business.",
     )
+    weekly_digest = models.BooleanField(
+        default=True,
+        verbose_name="mail the weekly digest",
+        help_text="Mail this user the business's weekly digest (a grant naming one business; docs/digest.md).",
+    )
 
     class Meta:
         db_table = "mlops_staff_business_access"
@@ -585,6 +590,44 @@ class StaffBusinessAccess(models.Model):
     @property
     def grants_every_business(self) -> bool:
         return self.business_id is None
+
+
+class DigestStatus(models.TextChoices):
+    CLAIMED = "claimed", "claimed, being sent"
+    SENT = "sent", "sent"
+    FAILED = "failed", "failed, to be retried"
+
+
+class DigestDelivery(models.Model):
+    """One business's weekly digest for one week: claimed by one sender before any mail leaves, then sent.
+
+    The unique (business, week_start) makes the claim: of two senders, in two
+    processes or on two machines, only the one whose INSERT lands sends.
+    `sent_to` lists the users already mailed, so a sender taking over a stale
+    claim (its process died) mails only the others.
+    """
+
+    business = models.ForeignKey(Business, on_delete=models.CASCADE, related_name="+")
+    week_start = models.DateField(help_text="The Monday the week begins, in the business's time zone.")
+    status = models.CharField(max_length=8, choices=DigestStatus.choices, default=DigestStatus.CLAIMED)
+    claimed_at = models.DateTimeField(default=timezone.now)
+    claimed_by = models.CharField(max_length=200, blank=True, help_text="host and process of the sender")
+    attempts = models.PositiveSmallIntegerField(default=1)
+    sent_to = models.JSONField(default=list, blank=True, help_text="ids of the users mailed so far")
+    sent_at = models.DateTimeField(null=True, blank=True)
+    error = models.CharField(max_length=500, blank=True)
+
+    class Meta:
+        db_table = "mlops_digest_delivery"
+        verbose_name = "weekly digest"
+        verbose_name_plural = "weekly digests"
+        constraints = [
+            # The exactly-once claim; its index also answers "is this week done" for the hourly job.
+            models.UniqueConstraint(fields=["business", "week_start"], name="digest_business_week_uniq"),
+        ]
+
+    def __str__(self) -> str:
+        return f"{self.business_id}, week of {self.week_start}: {self.get_status_display()}"
 
 
 ALL_BUSINESSES = "*"  # the business_id of rollup rows that sum every business

@@ -77,3 +77,12 @@ UNPRICED_BASES: tuple[str, ...] = (CostBasis.UNPRICED_CLIENT.value, CostBasis.UN
 UNPRICED = Q(cost_basis__in=UNPRICED_BASES)
 UNPRICED_SQL = "cost_basis IN ({})".format(", ".join(f"'{basis}'" for basis in UNPRICED_BASES))
 ESTIMATED_SQL = f"cost_basis = '{CostBasis.ESTIMATED.value}'"
+
+
+# A CSV cell that a spreadsheet would run as a formula: text that starts so is written after a quote.
+FORMULA_START = ("=", "+", "-", "@", "\t", "\r")
+
+
+def spreadsheet_text(value: str) -> str:
+    """`value` as a CSV cell that a spreadsheet shows as text, never runs."""
+    return "'" + value if value.startswith(FORMULA_START) else value

@@ -314,6 +314,36 @@ Q_CLUSTER = {
     "label": "Background tasks",
 }
 
+# --- Mail and the weekly digest (README "The weekly digest", docs/digest.md)
+# Short names for Django's mail backends; any other value is taken as a backend's dotted path.
+_MAIL_BACKENDS = {
+    "smtp": "django.core.mail.backends.smtp.EmailBackend",
+    "console": "django.core.mail.backends.console.EmailBackend",
+    "file": "django.core.mail.backends.filebased.EmailBackend",
+    "locmem": "django.core.mail.backends.locmem.EmailBackend",
+}
+# Development prints mail on the worker's output (DEBUG is off there by default, so it cannot decide);
+# production sends through the SMTP server below.
+_mail_backend = envstr("EMAIL_BACKEND") or ("smtp" if IS_PRODUCTION else "console")
+EMAIL_BACKEND = _MAIL_BACKENDS.get(_mail_backend.lower(), _mail_backend)
+if "." not in EMAIL_BACKEND:
+    raise ImproperlyConfigured(
+        f"EMAIL_BACKEND must be one of {', '.join(_MAIL_BACKENDS)} or a backend's dotted path, got {_mail_backend!r}"
+    )
+EMAIL_HOST = envstr("EMAIL_HOST", "localhost")
+EMAIL_PORT = envint("EMAIL_PORT", 587, minimum=1, maximum=65535)
+EMAIL_HOST_USER = envstr("EMAIL_HOST_USER")
+EMAIL_HOST_PASSWORD = envstr("EMAIL_HOST_PASSWORD")
+EMAIL_USE_TLS = envbool("EMAIL_USE_TLS", True)
+# A mail server that stops answering must not hold the worker: seconds before a send gives up.
+EMAIL_TIMEOUT = envint("EMAIL_TIMEOUT", 30, minimum=1, maximum=600)
+DEFAULT_FROM_EMAIL = envstr("DEFAULT_FROM_EMAIL", "mlops@localhost")
+# The folder the file backend writes one file per message into.
+EMAIL_FILE_PATH = Path(envstr("EMAIL_FILE_PATH") or DATA_DIR / "mail").resolve()
+# Off by default: a digest goes to people, so sending is a decision; the command and the admin's downloads
+# work either way.
+MLOPS_WEEKLY_DIGEST = envbool("MLOPS_WEEKLY_DIGEST", False)
+
 # --- MLflow (optional; README "MLflow" and docs/mlflow.md). Unset: nothing is logged and nothing needs mlflow.
 # The tracking server that pipeline runs and each version's daily figures go to, e.g. http://127.0.0.1:5001.
 # MLflow reads its credentials itself (MLFLOW_TRACKING_USERNAME/PASSWORD or MLFLOW_TRACKING_TOKEN).

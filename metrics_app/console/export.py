@@ -7,6 +7,8 @@ import csv
 from collections.abc import Iterable, Iterator
 from typing import Any
 
+from metrics_app.rules import spreadsheet_text
+
 # A CSV export streams at most this many rows; narrow the filters for more.
 MAX_EXPORT_ROWS = 1_000_000
 
@@ -21,15 +23,12 @@ EXPORT_FIELDS = (
     "cost_usd", "cost_basis", "cache_savings_usd",
 )
 
-# A cell a spreadsheet would run as a formula; client-sent text is prefixed with a quote.
-_FORMULA_START = ("=", "+", "-", "@", "\t", "\r")
-
 
 def _csv_cell(value: Any) -> Any:
     if value is None:
         return ""
-    if isinstance(value, str) and value.startswith(_FORMULA_START):
-        return "'" + value
+    if isinstance(value, str):
+        return spreadsheet_text(value)
     if hasattr(value, "isoformat"):
         return value.isoformat()
     return value

@@ -23,7 +23,7 @@ class StaffBusinessAccessForm(forms.ModelForm):
 
     class Meta:
         model = StaffBusinessAccess
-        fields = ("user", "business", "every_business")
+        fields = ("user", "business", "every_business", "weekly_digest")
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
@@ -48,7 +48,7 @@ class StaffBusinessAccessAdmin(CheckedSelectionAdmin):
     Only superusers grant: nobody widens their own."""
 
     form = StaffBusinessAccessForm
-    list_display = ("user", "grant")
+    list_display = ("user", "grant", "weekly_digest")
     list_filter = (BusinessFilter,)
     list_select_related = ("user", "business")
     search_fields = ("user__username", "business__id", "business__name")
