@@ -326,6 +326,9 @@ DOCUMENTS_READ_MAX_XML_MB = envint("DOCUMENTS_READ_MAX_XML_MB", 50, minimum=1, m
 DOCUMENTS_READ_MAX_SECONDS = envint("DOCUMENTS_READ_MAX_SECONDS", 60, minimum=1)
 # A pipeline run still going after this long is stopped and marked failed.
 DOCUMENTS_RUN_TIMEOUT_SECONDS = envint("DOCUMENTS_RUN_TIMEOUT_SECONDS", 3600, minimum=10)
+# The django-q2 cluster that runs the scheduled jobs, and how long one job may take.
+SCHEDULED_CLUSTER = "scheduled"
+SCHEDULED_JOB_TIMEOUT_SECONDS = envint("MLOPS_SCHEDULED_JOB_TIMEOUT_SECONDS", 1800, minimum=60)
 # django-q2 with the database as its queue, so no broker server is needed. One worker: runs go one at a time.
 Q_CLUSTER = {
     "name": "documents",
@@ -340,6 +343,15 @@ Q_CLUSTER = {
     "save_limit": 200,
     "poll": envint("DOCUMENTS_WORKER_POLL_SECONDS", 1, minimum=1),
     "label": "Background tasks",
+    # The scheduled jobs (MLflow's daily figures, and the others that make a schedule) run in a cluster of their
+    # own, `Q_CLUSTER_NAME=scheduled manage.py qcluster` (start.sh starts it), so they never wait behind a
+    # pipeline run. Across instances each due job runs once: a scheduler pass locks the schedule's row.
+    "ALT_CLUSTERS": {
+        SCHEDULED_CLUSTER: {
+            "workers": 2, "timeout": SCHEDULED_JOB_TIMEOUT_SECONDS, "retry": SCHEDULED_JOB_TIMEOUT_SECONDS + 60,
+            "label": "Scheduled jobs",
+        },
+    },
 }
 
 # --- MLflow (optional; README "MLflow" and docs/mlflow.md). Unset: nothing is logged and nothing needs mlflow.
