@@ -60,6 +60,12 @@ echo "Starting the pipeline worker"
 "$VENV/bin/python" manage.py qcluster &
 children+=($!)
 
+# The scheduled jobs (MLflow's daily figures and the other schedules) in a worker cluster of their own, so a
+# long pipeline run never holds them up; across instances each due job runs once.
+echo "Starting the scheduled jobs' worker"
+Q_CLUSTER_NAME=scheduled "$VENV/bin/python" manage.py qcluster &
+children+=($!)
+
 # The folder: folds stored events into conversations, rollups and the Prometheus totals (ingest only
 # inserts). Its own process, so it never waits behind a pipeline run; one folds per database at a time.
 echo "Starting the folder"

@@ -89,6 +89,33 @@ DATABASES = {
         "CONN_HEALTH_CHECKS": True,
     }
 }
+# A streaming replica of the primary (README "PostgreSQL": instances, replica, pooling). With it, the reads of
+# analytics, conversations and the console come from the replica while it replays within the lag bound; writes,
+# ingest, sessions and the folder stay on the primary. Without it, everything reads the primary.
+_replica_url = envstr("DATABASE_REPLICA_URL")
+if _replica_url:
+    try:
+        _replica = dj_database_url.parse(_replica_url, conn_max_age=envint("DB_CONN_MAX_AGE", 60, minimum=0))
+    except Exception as exc:
+        raise ImproperlyConfigured(f"DATABASE_REPLICA_URL is not a valid database URL: {exc}") from None
+    if _replica["ENGINE"] != "django.db.backends.postgresql" or _db["ENGINE"] != _replica["ENGINE"]:
+        raise ImproperlyConfigured("DATABASE_REPLICA_URL needs a postgresql:// replica of a postgresql:// DATABASE_URL")
+    DATABASES["replica"] = {
+        **_replica,
+        "ENGINE": _PROMETHEUS_ENGINES[_replica["ENGINE"]],
+        # A replica that does not answer soon is taken as down: reads go to the primary meanwhile.
+        "OPTIONS": {**_replica.get("OPTIONS", {}),
+                    "connect_timeout": envint("DB_REPLICA_CONNECT_TIMEOUT", 1, minimum=1)},
+        "CONN_HEALTH_CHECKS": True,
+        "TEST": {"MIRROR": "default"},
+    }
+DATABASE_ROUTERS = ["metrics_app.replica.Router"]
+# Reads leave the replica once its replay is this many seconds behind the primary, and come back once it catches up.
+DATABASE_REPLICA_MAX_LAG_SECONDS = envint("DATABASE_REPLICA_MAX_LAG_SECONDS", 10, minimum=0)
+# How often each process measures the replica's lag (one query on each server).
+DATABASE_REPLICA_CHECK_SECONDS = envint("DATABASE_REPLICA_CHECK_SECONDS", 2, minimum=1)
+# A staff session that wrote reads from the primary for this long, so it sees its own write.
+DATABASE_REPLICA_PIN_SECONDS = envint("DATABASE_REPLICA_PIN_SECONDS", 30, minimum=1)
 DEFAULT_AUTO_FIELD = "django.db.models.BigAutoField"
 
 INSTALLED_APPS = [
@@ -120,6 +147,7 @@ MIDDLEWARE = [
     "django.middleware.common.CommonMiddleware",
     "django.middleware.csrf.CsrfViewMiddleware",
     "django.contrib.auth.middleware.AuthenticationMiddleware",
+    "metrics_app.http.middleware.ReplicaReadsMiddleware",
     "django.contrib.messages.middleware.MessageMiddleware",
     "django.middleware.clickjacking.XFrameOptionsMiddleware",
     "metrics_app.monitoring.prometheus.MetricsAfterMiddleware",
@@ -298,6 +326,9 @@ DOCUMENTS_READ_MAX_XML_MB = envint("DOCUMENTS_READ_MAX_XML_MB", 50, minimum=1, m
 DOCUMENTS_READ_MAX_SECONDS = envint("DOCUMENTS_READ_MAX_SECONDS", 60, minimum=1)
 # A pipeline run still going after this long is stopped and marked failed.
 DOCUMENTS_RUN_TIMEOUT_SECONDS = envint("DOCUMENTS_RUN_TIMEOUT_SECONDS", 3600, minimum=10)
+# The django-q2 cluster that runs the scheduled jobs, and how long one job may take.
+SCHEDULED_CLUSTER = "scheduled"
+SCHEDULED_JOB_TIMEOUT_SECONDS = envint("MLOPS_SCHEDULED_JOB_TIMEOUT_SECONDS", 1800, minimum=60)
 # django-q2 with the database as its queue, so no broker server is needed. One worker: runs go one at a time.
 Q_CLUSTER = {
     "name": "documents",
@@ -312,6 +343,15 @@ Q_CLUSTER = {
     "save_limit": 200,
     "poll": envint("DOCUMENTS_WORKER_POLL_SECONDS", 1, minimum=1),
     "label": "Background tasks",
+    # The scheduled jobs (MLflow's daily figures, and the others that make a schedule) run in a cluster of their
+    # own, `Q_CLUSTER_NAME=scheduled manage.py qcluster` (start.sh starts it), so they never wait behind a
+    # pipeline run. Across instances each due job runs once: a scheduler pass locks the schedule's row.
+    "ALT_CLUSTERS": {
+        SCHEDULED_CLUSTER: {
+            "workers": 2, "timeout": SCHEDULED_JOB_TIMEOUT_SECONDS, "retry": SCHEDULED_JOB_TIMEOUT_SECONDS + 60,
+            "label": "Scheduled jobs",
+        },
+    },
 }
 
 # --- Mail and the weekly digest (README "The weekly digest", docs/digest.md)

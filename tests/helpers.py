@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import signal
@@ -190,6 +191,29 @@ def start_folder(tmp_path: Path, env: dict[str, str]) -> subprocess.Popen:
         [sys.executable, "manage.py", "fold_events", "--idle", "0.05"],
         cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
     )
+
+
+def start_worker(tmp_path: Path, env: dict[str, str], cluster: str | None = None) -> subprocess.Popen:
+    """`manage.py qcluster` (the pipeline worker, or the cluster named `cluster`) in a process group of its own."""
+    log = (tmp_path / f"worker-{time.monotonic_ns()}.log").open("w")
+    return subprocess.Popen(
+        [sys.executable, "manage.py", "qcluster"], cwd=ROOT,
+        env={**env, **({"Q_CLUSTER_NAME": cluster} if cluster else {})},
+        stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
+    )
+
+
+def stop_worker(process: subprocess.Popen, timeout: float = 20.0) -> None:
+    """SIGTERM to the worker's main process only, as start.sh stops it: it stops its own children in order."""
+    if process.poll() is None:
+        process.send_signal(signal.SIGTERM)
+        try:
+            process.wait(timeout=timeout)
+        except subprocess.TimeoutExpired:
+            pass
+    with contextlib.suppress(ProcessLookupError):
+        os.killpg(process.pid, signal.SIGKILL)  # whatever of its group is left
+    process.wait()
 
 
 def stop_folder(process: subprocess.Popen) -> None:

@@ -27,7 +27,6 @@ from decimal import Decimal
 from typing import Any, ParamSpec, TypeVar
 
 import numpy as np
-from django.db import connection
 from django.db.models import Aggregate, Count, Exists, F, FloatField, Model, OuterRef, Q, QuerySet, Sum
 from django.db.models.functions import ExtractHour, ExtractIsoWeekDay, Trunc
 
@@ -44,6 +43,7 @@ from metrics_app.models import (
     EventRollup,
     LatencySketch,
 )
+from metrics_app.replica import reading
 from metrics_app.rules import FAILED_REPLY
 
 P = ParamSpec("P")
@@ -237,7 +237,7 @@ def _with_none_default(sums: dict[Any, dict[str, Any]]) -> dict[Any, defaultdict
 def grouped_percentiles(events: QuerySet[AIMetric], group: Any = None) -> dict[Any, dict[str, float | None]]:
     """p50/p95/p99 of response_time_ms, per value of `group` (an expression), or overall under key None."""
     with_latency = events.exclude(response_time_ms__isnull=True)
-    if connection.vendor == "postgresql":
+    if reading().vendor == "postgresql":
         aggregates = {name: PercentileCont("response_time_ms", fraction) for name, fraction in PERCENTILES}
         if group is None:
             return {None: with_latency.aggregate(**aggregates)}
@@ -425,7 +425,7 @@ def _in_snapshot(read: Callable[P, R]) -> Callable[P, R]:
     def in_snapshot(*args: P.args, **kwargs: P.kwargs) -> R:
         if _state.depth:
             return read(*args, **kwargs)
-        with database.snapshot(connection):
+        with database.snapshot(reading()):
             _state.depth += 1
             try:
                 if rollups.rebuild_pending():
@@ -611,7 +611,7 @@ def _add_edge_conversations(edge: Filters, kind: str, conversations: dict[dateti
 def _rollup_buckets(filters: Filters, kind: str, middle: tuple[datetime, datetime], edges: list[Filters],
                     percentiles: bool = True) -> Buckets:
     """Local hour or day buckets summed from quarter-hour rollups, plus the raw edges and tail of the period."""
-    if connection.vendor == "postgresql":
+    if reading().vendor == "postgresql":
         event_sums, conversations = _local_sums_in_sql(filters, kind, middle)
     else:
         event_sums, conversations = _local_sums_in_python(filters, kind, middle)
@@ -658,7 +658,7 @@ def _local_sums_in_sql(filters: Filters, kind: str, middle: tuple[datetime, date
     args: list[Any] = [filters.tz.key, _owners(filters), dimension, value, middle[0], middle[1]]
     event_sums: dict[datetime, dict[str, Any]] = {}
     conversations: dict[datetime, dict[str, Any]] = {}
-    with connection.cursor() as cursor:
+    with reading().cursor() as cursor:
         cursor.execute(
             f"SELECT {local} AS local, {', '.join(f'SUM({n})' for n in rollups.EVENT_SUMS)} "
             f"FROM {EventRollup._meta.db_table} WHERE {where} GROUP BY 1", args,
@@ -828,7 +828,7 @@ def _rollup_peak_cells(filters: Filters, middle: tuple[datetime, datetime],
     """Hour-of-week sums from quarter-hour rollups (every local hour is whole quarter hours), plus the raw parts."""
     cells: dict[tuple[int, int], dict[str, Any]] = defaultdict(dict)
     rollup = _rollup(EventRollup, filters, *middle)
-    if connection.vendor == "postgresql":
+    if reading().vendor == "postgresql":
         rows = rollup.annotate(
             weekday=ExtractIsoWeekDay("bucket", tzinfo=filters.tz), hour=ExtractHour("bucket", tzinfo=filters.tz)
         ).values("weekday", "hour").annotate(**{n: Sum(n) for n in rollups.EVENT_SUMS}).order_by()

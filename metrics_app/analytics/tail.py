@@ -27,10 +27,9 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
 
-from django.db import connection
-
 from metrics_app.analytics.rollups import DIMENSIONS, Slice
 from metrics_app.models import AIMetric, Conversation
+from metrics_app.replica import reading
 
 _FLAGS = ("appointment_requested", "appointment_booked", "human_handoff_requested")
 _LABELS = tuple(DIMENSIONS.values())  # the filterable event columns
@@ -95,7 +94,7 @@ def touched(folded_through: int, businesses: frozenset[str] | None) -> list[Touc
     found from the ids above folded_through, to the events and to the stored
     conversations.
     """
-    q = connection.ops.quote_name
+    q = reading().ops.quote_name
     events, conversations = q(AIMetric._meta.db_table), q(Conversation._meta.db_table)
     scope = ""
     args: list[Any] = [folded_through]
@@ -108,7 +107,7 @@ def touched(folded_through: int, businesses: frozenset[str] | None) -> list[Touc
     )
     columns = ("timestamp", *_FLAGS, *_LABELS)
     found: dict[tuple[str, str], list[dict[str, Any]]] = {}
-    with connection.cursor() as cursor:
+    with reading().cursor() as cursor:
         cursor.execute(
             f"SELECT e.business_id, e.conversation_id, {', '.join('e.' + c for c in columns)} FROM {events} e "
             f"JOIN {pairs} ON e.business_id = t.business_id AND e.conversation_id = t.conversation_id", args,

@@ -20,7 +20,6 @@ from typing import Any
 
 import numpy as np
 import numpy.typing as npt
-from django.db import connection
 from django.db.models import Count, Min, Q, QuerySet, Sum
 from django.db.models.functions import TruncDate
 
@@ -28,6 +27,7 @@ from metrics_app import database
 from metrics_app.analytics import selectors as analytics
 from metrics_app.experiments import assignment, statistics
 from metrics_app.models import Conversation, Experiment, ExperimentMetric
+from metrics_app.replica import reading
 from metrics_app.rules import FAILED_REPLY
 
 # What each conversation rate counts, and whether less of it is better.
@@ -152,7 +152,7 @@ def _arm_sums_sql(question: Question) -> tuple[str, list[Any]]:
     """
     inner, params = _per_conversation(question).query.sql_with_params()
     filters = question.filters
-    earlier = (f"SELECT business_id, conversation_id FROM {connection.ops.quote_name(Conversation._meta.db_table)} "
+    earlier = (f"SELECT business_id, conversation_id FROM {reading().ops.quote_name(Conversation._meta.db_table)} "
                "WHERE first_at < %s AND last_at >= %s")
     earlier_params: list[Any] = [filters.start, filters.start]
     if filters.businesses is not None:
@@ -179,8 +179,8 @@ def _conversations(question: Question, days: list[date]) -> tuple[dict[str, _Arm
     arms = {name: _Arm.empty(len(days)) for name in ARMS}
     both = before = 0
     sql, params = _arm_sums_sql(question)
-    with connection.cursor() as cursor:
-        if connection.vendor == "postgresql":
+    with reading().cursor() as cursor:
+        if reading().vendor == "postgresql":
             # For this transaction only (so also behind a transaction pooler). JIT compiling the grouped query
             # took 0.3 s of a compare of a million events; its per-conversation hash table (130 MB for 150,000
             # conversations) spilled to disk at the default work_mem (hash tables get twice work_mem).
@@ -218,7 +218,7 @@ def _check_hash(question: Question, arms: dict[str, _Arm]) -> None:
     """Count, in up to HASH_CHECK_LIMIT conversations of one arm, those the assignment hash puts in the other."""
     rows = _per_conversation(question).exclude(on_a__gt=0, on_b__gt=0).values_list("conversation_id", "on_a")
     sql, params = rows[:HASH_CHECK_LIMIT].query.sql_with_params()
-    with connection.cursor() as cursor:
+    with reading().cursor() as cursor:
         cursor.execute(sql, params)
         sampled = cursor.fetchall()
     assert question.experiment is not None and question.split_a is not None
@@ -412,7 +412,7 @@ def _sample_ratio(question: Question, arms: dict[str, _Arm]) -> dict[str, Any] |
 def compare(question: Question) -> dict[str, Any]:
     """Per-arm figures, the differences with their tests, the sequential verdict and the daily cumulative rates."""
     days = _days(question.filters)
-    with database.snapshot(connection):
+    with database.snapshot(reading()):
         arms, both, before = _conversations(question, days)
         latency = _latency_percentiles(question)
     verdict, series = _verdict(question, arms, days)

@@ -10,6 +10,7 @@ from typing import Any
 from django.db import InterfaceError, OperationalError, connections
 from django.http import HttpRequest, HttpResponse, QueryDict
 
+from metrics_app import replica
 from metrics_app.analytics.rollups import RebuildPending
 from metrics_app.database import is_busy
 from metrics_app.errors import analytics_rebuilding, database_unavailable, error_response, rate_limiter_unavailable
@@ -87,3 +88,50 @@ class RefuseNulCharactersMiddleware:
 
 def _nul_refused(name: str) -> HttpResponse:
     return error_response(400, "Invalid input", {name: [NUL_REFUSED]})
+
+
+# The reads a replica may answer: analytics, conversations, experiment results, and the console's pages.
+REPLICA_READ_PATHS = ("/api/analytics/", "/api/conversations/", "/api/experiments/", "/admin/metrics_app/")
+READS_FROM_HEADER = "X-MLOps-Reads-From"
+
+
+class ReplicaReadsMiddleware:
+    """With DATABASE_REPLICA_URL, a read of analytics, conversations or the console comes from the replica.
+
+    Only while the replica is healthy (metrics_app.replica), and not for a
+    staff session that wrote within DATABASE_REPLICA_PIN_SECONDS: that one reads
+    its own writes from the primary. A read the replica fails (it went down
+    mid-request) is answered again from the primary. The answer says which
+    database it read in the X-MLOps-Reads-From header.
+    """
+
+    def __init__(self, get_response: Callable[[HttpRequest], HttpResponse]) -> None:
+        self.get_response = get_response
+
+    def __call__(self, request: HttpRequest) -> HttpResponse:
+        if not replica.configured():
+            return self.get_response(request)
+        safe = request.method in ("GET", "HEAD")
+        if not safe:
+            response = self.get_response(request)
+            if response.status_code < 400 and _session_user(request):
+                replica.pin_to_primary(request.session)
+            return response
+        if not request.path.startswith(REPLICA_READ_PATHS):
+            return self.get_response(request)
+        if not (_session_user(request) and replica.pinned(request.session)) and replica.state().usable:
+            with replica.reads_from(replica.REPLICA):
+                response = self.get_response(request)
+            if response.status_code != 503:
+                response[READS_FROM_HEADER] = "replica"
+                return response
+            replica.forget_state()  # measured again by the next read; this one is answered by the primary
+        response = self.get_response(request)
+        response[READS_FROM_HEADER] = "primary"
+        return response
+
+
+def _session_user(request: HttpRequest) -> bool:
+    """A signed-in staff session (API keys carry no session, and read what the replica has)."""
+    user = getattr(request, "user", None)
+    return bool(user is not None and user.is_authenticated and hasattr(request, "session"))

@@ -11,7 +11,7 @@ from django.db import DatabaseError, connection
 from django.http import HttpRequest, HttpResponse, JsonResponse
 from django.views.decorators.csrf import csrf_exempt
 
-from metrics_app import database
+from metrics_app import database, replica
 from metrics_app.errors import method_not_allowed
 from metrics_app.folding import services as folding
 
@@ -26,7 +26,8 @@ def _now_iso() -> str:
 def health(request: HttpRequest) -> HttpResponse:
     """Liveness with a real database round trip; 503 when the database is away or busy.
 
-    "degraded" (200) when the folder is behind by more than MLOPS_FOLDER_MAX_BACKLOG
+    "degraded" (200) when a configured replica lags past its bound or is down (reads then come from the
+    primary), or when the folder is behind by more than MLOPS_FOLDER_MAX_BACKLOG
     events, or events wait with no folder running: ingest and reads still work
     (reads add the unfolded events themselves), but they slow as the backlog grows.
 
@@ -50,6 +51,7 @@ def health(request: HttpRequest) -> HttpResponse:
     checked = database.probe(connection)
     if checked.state == database.OK:
         _add_folder(body, details)
+        _add_replica(body, details)
     if checked.state != database.OK:
         body["status"] = "unhealthy"
         body["database"]["status"] = checked.state
@@ -59,6 +61,16 @@ def health(request: HttpRequest) -> HttpResponse:
         response["Retry-After"] = str(settings.MLOPS_RETRY_AFTER_SECONDS)
         return response
     return JsonResponse(body)
+
+
+def _add_replica(body: dict[str, Any], details: bool) -> None:
+    """With a replica configured: its state and lag; "degraded" while reads fall back to the primary."""
+    if not replica.configured():
+        return
+    state = replica.state()
+    body["replica"] = state.as_dict(details)
+    if not state.usable:
+        body["status"] = "degraded"
 
 
 def _add_folder(body: dict[str, Any], details: bool) -> None:

@@ -27,7 +27,6 @@ from datetime import date, datetime, timedelta
 from decimal import Decimal
 from typing import Any
 
-from django.db import connection
 from django.db.models import BooleanField, Count, ExpressionWrapper, F, Q, Sum, Window
 from django.db.models.functions import RowNumber, TruncDate
 
@@ -35,6 +34,7 @@ from metrics_app import database
 from metrics_app.analytics.selectors import Filters, events_in
 from metrics_app.models import ModelPrice
 from metrics_app.pricing.services import MILLION, Price, PriceTable, TokenParts, table_from, token_parts
+from metrics_app.replica import reading
 from metrics_app.rules import UNPRICED_BASES, CostBasis
 
 # The cached shares the what-ifs try, besides the business's own best day.
@@ -318,7 +318,7 @@ def top_replies(filters: Filters, per_intent: int = TOP_REPLIES_PER_INTENT,
 def cost_options(filters: Filters, per_intent: int = TOP_REPLIES_PER_INTENT,
                  intents: int = TOP_INTENTS) -> dict[str, Any]:
     """The period's costs, their what-ifs at the other prices and with more caching, and the largest replies."""
-    with database.snapshot(connection):
+    with database.snapshot(reading()):
         sums = _period_sums(filters)
         # The last moment of the period: its end is exclusive.
         at = filters.end - timedelta(microseconds=1)

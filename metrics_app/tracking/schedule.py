@@ -19,6 +19,7 @@ from typing import Any
 from django.db import DEFAULT_DB_ALIAS
 from django.utils import timezone
 
+from metrics_app import scheduling
 from metrics_app.tracking.client import configured
 
 SCHEDULE_NAME = "MLflow: each version's daily figures"
@@ -40,11 +41,7 @@ def ensure_schedule(using: str = DEFAULT_DB_ALIAS) -> bool:
         return False
     from django_q.models import Schedule
 
-    _, made = Schedule.objects.using(using).get_or_create(
-        name=SCHEDULE_NAME,
-        defaults={"func": TASK, "schedule_type": Schedule.HOURLY, "repeats": -1, "next_run": next_run()},
-    )
-    return made
+    return scheduling.ensure(SCHEDULE_NAME, TASK, Schedule.HOURLY, next_run(), using=using)
 
 
 def on_post_migrate(sender: Any, using: str = DEFAULT_DB_ALIAS, **kwargs: Any) -> None:

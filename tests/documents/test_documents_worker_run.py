@@ -2,9 +2,7 @@
 
 from __future__ import annotations
 
-import os
 import shutil
-import signal
 import subprocess
 import sys
 import time
@@ -18,7 +16,7 @@ from django.test import Client
 from documents_app.models import Document, DocumentStatus, PipelineRun, RunStatus
 from metrics_app.models import Business
 from tests.documents.helpers import make_pdf, tool_env
-from tests.helpers import ROOT, database_url_for_subprocess, staff_user
+from tests.helpers import ROOT, database_url_for_subprocess, staff_user, stop_worker
 
 SAMPLE = "techconsult-pro"
 
@@ -40,16 +38,6 @@ def _start_worker(pipeline_root: Path, log: Path) -> subprocess.Popen:
         stderr=subprocess.STDOUT,
         start_new_session=True,
     )
-
-
-def _stop(process: subprocess.Popen) -> None:
-    if process.poll() is None:
-        os.killpg(process.pid, signal.SIGTERM)
-        try:
-            process.wait(timeout=20)
-        except subprocess.TimeoutExpired:
-            os.killpg(process.pid, signal.SIGKILL)
-            process.wait()
 
 
 def _wait_until_finished(run: PipelineRun, worker: subprocess.Popen, log: Path, timeout: float = 180) -> PipelineRun:
@@ -103,7 +91,7 @@ def test_an_uploaded_document_reaches_the_knowledge_base_through_the_worker(
     try:
         run = _wait_until_finished(run, worker, log)
     finally:
-        _stop(worker)
+        stop_worker(worker)
 
     assert run.status == RunStatus.SUCCEEDED, f"{run.error}\n{run.log}"
     assert not run.active and run.started_at and run.finished_at and run.duration_seconds > 0

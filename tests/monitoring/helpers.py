@@ -140,8 +140,9 @@ class PrometheusServer:
         stop_service(self)
 
 
-def start_prometheus(tmp_path: Path, target: str, *, token: str | None = None) -> PrometheusServer:
-    """Prometheus on a loopback port scraping `target` (host:port) every second, with the shipped rules."""
+def start_prometheus(tmp_path: Path, target: str | list[str], *, token: str | None = None) -> PrometheusServer:
+    """Prometheus on a loopback port scraping `target` (host:port, or several) every second, with the shipped
+    rules."""
     from tests.pgserver import free_port
 
     port = free_port()
@@ -151,7 +152,7 @@ def start_prometheus(tmp_path: Path, target: str, *, token: str | None = None) -
     config["rule_files"] = [str(DEPLOY / "prometheus" / name) for name in config["rule_files"]]
     (job,) = config["scrape_configs"]
     job.update(scrape_interval="1s", scrape_timeout="1s")
-    job["static_configs"] = [{"targets": [target]}]
+    job["static_configs"] = [{"targets": [target] if isinstance(target, str) else target}]
     if token:
         job["authorization"] = {"type": "Bearer", "credentials": token}
     config_path = tmp_path / "prometheus.yml"

@@ -60,6 +60,9 @@ def run_command(env: dict[str, str], tmp_path, *command: str):
         ({"DATABASE_URL": "not a url"}, "DATABASE_URL"),
         ({"CORS_ALLOWED_ORIGINS": "chat.example.com"}, "CORS_ALLOWED_ORIGINS"),
         ({"MLOPS_KEY_RATE_LIMIT_PER_MINUTE": "0"}, "MLOPS_KEY_RATE_LIMIT_PER_MINUTE"),
+        ({"DATABASE_REPLICA_URL": "postgresql://app@replica.internal/mlops"}, "DATABASE_REPLICA_URL"),  # SQLite
+        ({"DATABASE_URL": "postgresql://app@db/mlops", "DATABASE_REPLICA_URL": "not a url"}, "DATABASE_REPLICA_URL"),
+        ({"DATABASE_REPLICA_MAX_LAG_SECONDS": "-1"}, "DATABASE_REPLICA_MAX_LAG_SECONDS"),
     ],
 )
 def test_a_bad_value_stops_start_up_with_a_message_naming_the_variable(tmp_path, env, variable):
@@ -191,6 +194,16 @@ def test_a_postgresql_url_selects_postgresql(tmp_path):
     )
     assert code == 0, output
     assert output.strip().endswith("postgresql', 'db.internal', 6543, 'mlops', 'app']")
+
+
+def test_a_replica_url_adds_a_replica_database_that_reads_are_routed_to(tmp_path):
+    code, output = load_settings(
+        {"DATABASE_URL": "postgresql://app:pw@db.internal:6543/mlops",
+         "DATABASE_REPLICA_URL": "postgresql://app:pw@replica.internal:6543/mlops"}, tmp_path,
+        "[settings.DATABASES['replica'][k] for k in ('HOST', 'NAME')], settings.DATABASE_ROUTERS",
+    )
+    assert code == 0, output
+    assert output.strip().endswith("(['replica.internal', 'mlops'], ['metrics_app.replica.Router'])")
 
 
 def test_a_dotenv_file_is_read_and_the_environment_wins_over_it(tmp_path):

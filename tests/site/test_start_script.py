@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import signal
@@ -54,8 +55,17 @@ def test_start_sh_serves_a_fresh_clone_on_sqlite(tmp_path: Path):
         )
         assert status == 201 and body["status"] == "success"
         # The pipeline's worker runs beside the web server, so a click in the admin gets done.
-        processes = subprocess.run(["ps", "-s", str(process.pid), "-o", "args="], capture_output=True, text=True)
-        assert "manage.py qcluster" in processes.stdout, processes.stdout
+        processes = subprocess.run(["ps", "-s", str(process.pid), "-o", "pid=,args="], capture_output=True,
+                                   text=True)
+        workers = [int(line.split()[0]) for line in processes.stdout.splitlines() if "manage.py qcluster" in line]
+        assert workers, processes.stdout
+        # And the scheduled jobs' worker, a cluster of its own, so a long pipeline run holds up no periodic job.
+        clusters = set()
+        for pid in workers:
+            with contextlib.suppress(OSError):
+                environ = Path(f"/proc/{pid}/environ").read_bytes().split(b"\0")
+                clusters.add(next((v for v in environ if v.startswith(b"Q_CLUSTER_NAME=")), b""))
+        assert clusters == {b"", b"Q_CLUSTER_NAME=scheduled"}, clusters
         # The embedded default: an SQLite file inside the clone that git ignores.
         assert (clone / "data" / "mlops.sqlite3").exists()
         ignored = subprocess.run(["git", "check-ignore", "data/mlops.sqlite3"], cwd=clone, capture_output=True)
