@@ -17,6 +17,8 @@ from django.conf import settings
 from django.db import DEFAULT_DB_ALIAS
 from django.utils import timezone
 
+from metrics_app import scheduling
+
 SCHEDULE_NAME = "Weekly digest per business"
 TASK = "metrics_app.digests.services.send_scheduled"
 # A quarter past: every zone's midnight is on a quarter hour, so Monday 00:00 anywhere has passed by then.
@@ -36,11 +38,7 @@ def ensure_schedule(using: str = DEFAULT_DB_ALIAS) -> bool:
         return False
     from django_q.models import Schedule
 
-    _, made = Schedule.objects.using(using).get_or_create(
-        name=SCHEDULE_NAME,
-        defaults={"func": TASK, "schedule_type": Schedule.HOURLY, "repeats": -1, "next_run": next_run()},
-    )
-    return made
+    return scheduling.ensure(SCHEDULE_NAME, TASK, Schedule.HOURLY, next_run(), using=using)
 
 
 def on_post_migrate(sender: Any, using: str = DEFAULT_DB_ALIAS, **kwargs: Any) -> None:

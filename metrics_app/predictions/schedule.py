@@ -14,6 +14,8 @@ from typing import Any
 from django.db import DEFAULT_DB_ALIAS
 from django.utils import timezone
 
+from metrics_app import scheduling
+
 SCHEDULE_NAME = "Likely bookings: retrain each business's model"
 TASK = "metrics_app.predictions.services.scheduled_training"
 RUN_AT_HOUR, RUN_AT_MINUTE = 3, 15
@@ -30,11 +32,7 @@ def ensure_schedule(using: str = DEFAULT_DB_ALIAS) -> bool:
     """Make the daily schedule when it does not exist yet; True when it was made."""
     from django_q.models import Schedule
 
-    _, made = Schedule.objects.using(using).get_or_create(
-        name=SCHEDULE_NAME,
-        defaults={"func": TASK, "schedule_type": Schedule.DAILY, "repeats": -1, "next_run": next_run()},
-    )
-    return made
+    return scheduling.ensure(SCHEDULE_NAME, TASK, Schedule.DAILY, next_run(), using=using)
 
 
 def on_post_migrate(sender: Any, using: str = DEFAULT_DB_ALIAS, **kwargs: Any) -> None:
