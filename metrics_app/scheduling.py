@@ -7,10 +7,25 @@ before it queues the job and moves its next run.
 
 from __future__ import annotations
 
-from datetime import datetime
+from datetime import UTC, datetime, timedelta
 
 from django.conf import settings
 from django.db import DEFAULT_DB_ALIAS
+from django.utils import timezone
+
+
+def next_hourly(minute: int, now: datetime | None = None) -> datetime:
+    """The next time past an hour at `minute` minutes."""
+    now = now or timezone.now()
+    at = now.replace(minute=minute, second=0, microsecond=0)
+    return at if at > now else at + timedelta(hours=1)
+
+
+def next_daily(hour: int, minute: int, now: datetime | None = None) -> datetime:
+    """The next `hour`:`minute` UTC."""
+    now = (now or timezone.now()).astimezone(UTC)
+    at = now.replace(hour=hour, minute=minute, second=0, microsecond=0)
+    return at if at > now else at + timedelta(days=1)
 
 
 def ensure(name: str, func: str, schedule_type: str, next_run: datetime, *, using: str = DEFAULT_DB_ALIAS,

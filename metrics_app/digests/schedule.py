@@ -10,12 +10,11 @@ configuration only answers that the digest is off.
 
 from __future__ import annotations
 
-from datetime import datetime, timedelta
+from datetime import datetime
 from typing import Any
 
 from django.conf import settings
 from django.db import DEFAULT_DB_ALIAS
-from django.utils import timezone
 
 from metrics_app import scheduling
 
@@ -27,9 +26,7 @@ RUN_AT_MINUTE = 15
 
 def next_run(now: datetime | None = None) -> datetime:
     """The next quarter past an hour."""
-    now = now or timezone.now()
-    at = now.replace(minute=RUN_AT_MINUTE, second=0, microsecond=0)
-    return at if at > now else at + timedelta(hours=1)
+    return scheduling.next_hourly(RUN_AT_MINUTE, now)
 
 
 def ensure_schedule(using: str = DEFAULT_DB_ALIAS) -> bool:

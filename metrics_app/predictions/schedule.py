@@ -8,11 +8,10 @@ remember; `manage.py train_booking_models` trains at once.
 
 from __future__ import annotations
 
-from datetime import UTC, datetime, timedelta
+from datetime import datetime
 from typing import Any
 
 from django.db import DEFAULT_DB_ALIAS
-from django.utils import timezone
 
 from metrics_app import scheduling
 
@@ -23,9 +22,7 @@ RUN_AT_HOUR, RUN_AT_MINUTE = 3, 15
 
 def next_run(now: datetime | None = None) -> datetime:
     """The next 03:15 UTC."""
-    now = (now or timezone.now()).astimezone(UTC)
-    at = now.replace(hour=RUN_AT_HOUR, minute=RUN_AT_MINUTE, second=0, microsecond=0)
-    return at if at > now else at + timedelta(days=1)
+    return scheduling.next_daily(RUN_AT_HOUR, RUN_AT_MINUTE, now)
 
 
 def ensure_schedule(using: str = DEFAULT_DB_ALIAS) -> bool:

@@ -13,11 +13,10 @@ not configured.
 
 from __future__ import annotations
 
-from datetime import datetime, timedelta
+from datetime import datetime
 from typing import Any
 
 from django.db import DEFAULT_DB_ALIAS
-from django.utils import timezone
 
 from metrics_app import scheduling
 from metrics_app.tracking.client import configured
@@ -30,9 +29,7 @@ RUN_AT_MINUTE = 30
 
 def next_run(now: datetime | None = None) -> datetime:
     """The next half past an hour."""
-    now = now or timezone.now()
-    at = now.replace(minute=RUN_AT_MINUTE, second=0, microsecond=0)
-    return at if at > now else at + timedelta(hours=1)
+    return scheduling.next_hourly(RUN_AT_MINUTE, now)
 
 
 def ensure_schedule(using: str = DEFAULT_DB_ALIAS) -> bool:
