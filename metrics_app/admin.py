@@ -3,6 +3,7 @@
 from metrics_app.console import (  # noqa: F401  (each module registers its pages)
     conversations,
     digests,
+    erasures,
     events,
     experiments,
     folder,

@@ -933,3 +933,44 @@ class BookingModel(models.Model):
     @property
     def usable(self) -> bool:
         return self.status == BookingModelStatus.USABLE
+
+
+class ErasureKind(models.TextChoices):
+    CONVERSATION = "conversation", "a conversation"
+    BUSINESS = "business", "a whole business"
+
+
+class ErasureRecord(models.Model):
+    """Who erased what and when (metrics_app/erasure). It keeps no erased data.
+
+    A conversation is named by a SHA-256 digest of its business and id, not the
+    id itself (a chat app may use a phone number as one): whoever knows the id
+    can check the record, and the record tells no one else what it was.
+    """
+
+    kind = models.CharField(max_length=16, choices=ErasureKind.choices)
+    business_id = models.CharField(max_length=BUSINESS_ID_MAX_LENGTH, help_text="The business, which may be gone.")
+    conversation_digest = models.CharField(
+        max_length=64, blank=True, help_text="SHA-256 of business id, 0x1f and conversation id (hex)."
+    )
+    erased_by = models.ForeignKey(settings.AUTH_USER_MODEL, null=True, blank=True, on_delete=models.SET_NULL,
+                                  related_name="+")
+    erased_by_name = models.CharField(max_length=150, help_text="The user's name when they erased it.")
+    erased_at = models.DateTimeField(default=timezone.now)
+    events = models.BigIntegerField(default=0, help_text="Events erased.")
+    conversations = models.BigIntegerField(default=0, help_text="Conversations erased.")
+    reason = models.CharField(max_length=300, blank=True, help_text='Why, e.g. "the customer asked".')
+
+    class Meta:
+        db_table = "mlops_erasure_record"
+        indexes = [
+            # The erasures of a business, newest first (the admin's list filtered by business).
+            models.Index(fields=["business_id", "-erased_at"], name="erasure_business_idx"),
+        ]
+
+    def __str__(self) -> str:
+        return f"{self.get_kind_display()} of {self.business_id} by {self.erased_by_name} at {self.erased_at:%Y-%m-%d}"
+
+
+def conversation_digest(business_id: str, conversation_id: str) -> str:
+    return hashlib.sha256(f"{business_id}\x1f{conversation_id}".encode()).hexdigest()

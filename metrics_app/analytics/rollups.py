@@ -100,6 +100,9 @@ class EventSums:
     sentiment_sum: Decimal = Decimal(0)
     sentiment_n: int = 0
 
+    def negated(self) -> EventSums:
+        return EventSums(**{f.name: -getattr(self, f.name) for f in fields(self)})
+
     @classmethod
     def of_event(cls, event: dict[str, Any]) -> EventSums:
         latency = event.get("response_time_ms")
@@ -226,6 +229,11 @@ class Accumulator:
     def __len__(self) -> int:
         return len(self.events)
 
+    def negate(self) -> None:
+        """Turn the sums into their opposites: writing them then takes these events out of the rollups."""
+        self.events = {key: sums.negated() for key, sums in self.events.items()}
+        self.latency = {key: {index: -count for index, count in bins.items()} for key, bins in self.latency.items()}
+
     def write(self) -> None:
         if self.events:
             rows: dict[tuple[str, str, str, datetime], EventSums] = defaultdict(EventSums)
@@ -295,6 +303,26 @@ def _as_datetime(value: Any) -> datetime:
         parsed = datetime.fromisoformat(value)
         return parsed if parsed.tzinfo else parsed.replace(tzinfo=UTC)
     return value if value.tzinfo else value.replace(tzinfo=UTC)
+
+
+def subtract_events(events: list[dict[str, Any]]) -> None:
+    """Take folded events out of the event rollups and sketches, for their business and "*" (an erasure).
+
+    The rows left holding no event are deleted, so nothing says an erased event was ever there.
+    """
+    accumulator = Accumulator()
+    for event in events:
+        accumulator.add(event)
+    if not len(accumulator):
+        return
+    accumulator.negate()
+    accumulator.write()
+    touched = {(business_id, bucket) for business_id, _, bucket in accumulator.events}
+    for business_id, bucket in touched:
+        owners = [business_id, ALL_BUSINESSES]
+        EventRollup.objects.filter(business_id__in=owners, bucket=bucket, events=0).delete()
+        LatencySketch.objects.filter(business_id__in=owners, bucket__in=[bucket, day_of(bucket)],
+                                     bins=b"").delete()
 
 
 def add_events(events: list[dict[str, Any]]) -> None:

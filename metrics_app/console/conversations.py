@@ -6,8 +6,10 @@ from __future__ import annotations
 from typing import Any
 
 from django.contrib import admin, messages
+from django.contrib.admin import helpers
 from django.db.models import Avg, OuterRef, QuerySet, Subquery, Sum
 from django.http import HttpRequest
+from django.template.response import TemplateResponse
 from django.urls import reverse
 from django.utils.html import format_html, format_html_join
 
@@ -16,6 +18,7 @@ from metrics_app.console.actions import CheckedSelectionAdmin
 from metrics_app.console.lists import BusinessFilter, EstimatedCountPaginator, by_business_and
 from metrics_app.conversations import services as conversations
 from metrics_app.conversations.selectors import ended, ended_negative, events_of
+from metrics_app.erasure import services as erasure
 from metrics_app.models import AIMetric, Conversation
 
 
@@ -43,6 +46,10 @@ class StateFilter(admin.SimpleListFilter):
         return queryset if chosen is None else queryset.filter(chosen)
 
 
+# Conversations one action erases at most; select fewer for more.
+MAX_ERASED_AT_ONCE = 100
+
+
 @admin.register(Conversation)
 class ConversationAdmin(CheckedSelectionAdmin):
     """Conversations with their figures; the change page lists the conversation's events in order."""
@@ -62,7 +69,7 @@ class ConversationAdmin(CheckedSelectionAdmin):
     paginator = EstimatedCountPaginator
     search_fields = ("conversation_id",)
     search_help_text = "A conversation id (exact)."
-    actions = ["mark_booked"]
+    actions = ["mark_booked", "erase_selected"]
     fields = (
         "business", "conversation_id", "first_at", "last_at", "turns", "appointment_requested",
         "appointment_booked", "human_handoff_requested", "last_sentiment", "last_sentiment_at",
@@ -143,6 +150,33 @@ class ConversationAdmin(CheckedSelectionAdmin):
 
     def has_delete_permission(self, request: HttpRequest, obj: Conversation | None = None) -> bool:
         return False
+
+    @admin.action(description="Erase the selected conversations everywhere", permissions=["erase"])
+    def erase_selected(self, request: HttpRequest, queryset: QuerySet[Conversation]) -> TemplateResponse | None:
+        """After a confirmation page: each conversation's events, row and sums, with an audit record of each."""
+        chosen = list(queryset[:MAX_ERASED_AT_ONCE])
+        if request.POST.get("confirmed") != "yes":
+            context = {**self.admin_site.each_context(request), "title": "Erase conversations everywhere?",
+                       "opts": self.opts, "conversations": chosen,
+                       "selected": request.POST.getlist(helpers.ACTION_CHECKBOX_NAME),
+                       "action": "erase_selected"}
+            return TemplateResponse(request, "admin/metrics_app/conversation/erase_confirmation.html", context)
+        reason = request.POST.get("reason", "")[:300]
+        erased = 0
+        for conversation in chosen:
+            try:
+                done = erasure.erase_conversation(request.user, conversation.business_id,
+                                                  conversation.conversation_id, reason=reason)
+            except erasure.ErasureRefused as refused:
+                self.message_user(request, f"{conversation}: {refused}", messages.ERROR)
+                continue
+            erased += done.events
+        self.message_user(request, f"Erased {len(chosen)} conversation(s) and {erased} event(s) everywhere.",
+                          messages.SUCCESS)
+        return None
+
+    def has_erase_permission(self, request: HttpRequest) -> bool:
+        return request.user.has_perm("metrics_app.add_erasurerecord")
 
     @admin.action(description="Record a booked appointment for the selected conversations", permissions=["change"])
     def mark_booked(self, request: HttpRequest, queryset: QuerySet[Conversation]) -> None:

@@ -1,0 +1,1 @@
+"""Erasure: a conversation taken out of everything that holds it, with a record of who did it and when."""
