@@ -213,6 +213,7 @@ CONSOLE_PAGES = {
         "o", "p",
     ],
     reverse("admin:metrics_app_business_changelist"): ["q", "o", "p"],
+    reverse("admin:metrics_app_erasurerecord_changelist"): ["kind__exact", "q", "o", "p"],
     reverse("admin:metrics_app_apikey_changelist"): [
         "can_ingest__exact", "can_read__exact", "revoked_at__isnull", "q", "business__id__exact",
     ],
