@@ -25,7 +25,7 @@ PRODUCTION = {
 
 
 def environment(env: dict[str, str], tmp_path) -> dict[str, str]:
-    clean = {k: v for k, v in os.environ.items() if not k.startswith(("MLOPS_", "DATABASE_URL", "DEBUG", "PORT"))}
+    clean = {k: v for k, v in os.environ.items() if not k.startswith(("MLOPS_", "DATABASE_", "DEBUG", "PORT"))}
     clean.update({"MLOPS_ENV_FILE": str(tmp_path / "absent.env"), "DJANGO_SETTINGS_MODULE": "mlops_site.settings"})
     clean.update(env)
     return clean
@@ -154,7 +154,7 @@ def test_production_sends_hsts_for_a_year_unless_turned_off_and_redirects_only_w
 
 
 def test_check_deploy_in_production_warns_only_of_what_the_readme_explains(tmp_path):
-    env = {k: v for k, v in os.environ.items() if not k.startswith(("MLOPS_", "DATABASE_URL", "DEBUG", "SECURE_"))}
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("MLOPS_", "DATABASE_", "DEBUG", "SECURE_"))}
     env.update(PRODUCTION, SECRET_KEY=secrets.token_urlsafe(50), MLOPS_ENV_FILE=str(tmp_path / "absent.env"),
                DATABASE_URL=f"sqlite:///{tmp_path / 'check.sqlite3'}")
     result = subprocess.run(
