@@ -179,6 +179,9 @@ class TempPgBouncer:
     # Server connections per database and user: enough that no live-service test waits for one; the
     # server takes 200 (TempPostgres).
     POOL_SIZE = 40
+    # Seconds a query waits for a server connection before PgBouncer closes its client: while the server is
+    # down, a request then fails (503) instead of waiting out the HTTP client (the README's setting is 10).
+    QUERY_WAIT_TIMEOUT = 5
 
     @property
     def url(self) -> str:
@@ -207,6 +210,7 @@ class TempPgBouncer:
             "pool_mode = transaction\n"
             f"max_client_conn = {cls.MAX_CLIENT_CONN}\n"
             f"default_pool_size = {cls.POOL_SIZE}\n"
+            f"query_wait_timeout = {cls.QUERY_WAIT_TIMEOUT}\n"
             f"logfile = {bouncer.directory / 'pgbouncer.log'}\n"
         )
         owner: dict[str, object] = {}

@@ -2,13 +2,15 @@
 
 The service talks to the server directly here, not through the PgBouncer of the PostgreSQL pass: these
 tests are about what the service does when PostgreSQL goes away, and behind a pooler that first depends
-on the pooler (PgBouncer holds a query for a server connection up to its query_wait_timeout).
+on the pooler. One test shows what it depends on: PgBouncer holds a query for a server connection up to
+its query_wait_timeout, then closes the client, and the request gets its 503.
 """
 
 from __future__ import annotations
 
 import os
 import threading
+import time
 import uuid
 from collections import Counter
 from collections.abc import Iterator
@@ -139,14 +141,22 @@ def test_a_stopped_database_gets_503_and_no_batch_is_half_written(live_service, 
     assert service.request("GET", "/health")[0] == 200
 
 
+@pytest.mark.parametrize("through", ["the server itself", "pgbouncer"])
 def test_a_single_event_sent_while_the_database_is_down_gets_503_and_is_stored_once_on_retry(
-    live_service, pg_server
+    live_service, pg_server, through
 ):
-    service = direct_service(live_service, workers=1)
+    if through == "pgbouncer":
+        require(bool(os.environ.get("MLOPS_TEST_PGBOUNCER_ADMIN_URL")), "PgBouncer in front of the test server")
+        service = live_service(workers=1)
+    else:
+        service = direct_service(live_service, workers=1)
     event = {"business_id": "acme", "event_id": str(uuid.uuid4()), "response_time_ms": 1200, "tokens_used": 90}
     pg_server.stop("fast")
 
+    started = time.monotonic()
     status, headers, body = service.request("POST", "/track", event)
+    # Behind PgBouncer, after its query_wait_timeout (TempPgBouncer): well before gunicorn's own timeout.
+    assert time.monotonic() - started < 20
     assert status == 503, body
     assert int(headers["Retry-After"]) >= 1
     assert set(body) == {"error", "errors"}

@@ -58,6 +58,8 @@ def run_command(env: dict[str, str], tmp_path, *command: str):
         ({"PORT": "70000"}, "PORT"),
         ({"DATABASE_URL": "mysql://u@h/db"}, "DATABASE_URL"),
         ({"DATABASE_URL": "not a url"}, "DATABASE_URL"),
+        ({"DATABASE_URL": "postgresql://u@h/db", "DATABASE_POOLING": "statement"}, "DATABASE_POOLING"),
+        ({"DATABASE_POOLING": "transaction"}, "DATABASE_POOLING"),  # the default SQLite file has no pooler
         ({"CORS_ALLOWED_ORIGINS": "chat.example.com"}, "CORS_ALLOWED_ORIGINS"),
         ({"MLOPS_KEY_RATE_LIMIT_PER_MINUTE": "0"}, "MLOPS_KEY_RATE_LIMIT_PER_MINUTE"),
     ],
@@ -191,6 +193,13 @@ def test_a_postgresql_url_selects_postgresql(tmp_path):
     )
     assert code == 0, output
     assert output.strip().endswith("postgresql', 'db.internal', 6543, 'mlops', 'app']")
+
+
+def test_a_database_behind_a_transaction_pooler_reads_without_server_side_cursors(tmp_path):
+    expr = "settings.DATABASES['default']['DISABLE_SERVER_SIDE_CURSORS']"
+    url = "postgresql://app@pgbouncer.internal:6432/mlops"
+    assert load_settings({"DATABASE_URL": url}, tmp_path, expr) == (0, "False\n")
+    assert load_settings({"DATABASE_URL": url, "DATABASE_POOLING": "transaction"}, tmp_path, expr) == (0, "True\n")
 
 
 def test_a_dotenv_file_is_read_and_the_environment_wins_over_it(tmp_path):
