@@ -182,6 +182,9 @@ class TempPgBouncer:
     # Seconds a query waits for a server connection before PgBouncer closes its client: while the server is
     # down, a request then fails (503) instead of waiting out the HTTP client (the README's setting is 10).
     QUERY_WAIT_TIMEOUT = 5
+    # Seconds between PgBouncer's attempts to log in to a server that refused the last one; until the next
+    # attempt, clients wait. Tests restart the server and go on at once (PgBouncer's default is 15).
+    SERVER_LOGIN_RETRY = 1
 
     @property
     def url(self) -> str:
@@ -211,6 +214,7 @@ class TempPgBouncer:
             f"max_client_conn = {cls.MAX_CLIENT_CONN}\n"
             f"default_pool_size = {cls.POOL_SIZE}\n"
             f"query_wait_timeout = {cls.QUERY_WAIT_TIMEOUT}\n"
+            f"server_login_retry = {cls.SERVER_LOGIN_RETRY}\n"
             f"logfile = {bouncer.directory / 'pgbouncer.log'}\n"
         )
         owner: dict[str, object] = {}
