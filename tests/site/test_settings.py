@@ -202,6 +202,16 @@ def test_a_database_behind_a_transaction_pooler_reads_without_server_side_cursor
     assert load_settings({"DATABASE_URL": url, "DATABASE_POOLING": "transaction"}, tmp_path, expr) == (0, "True\n")
 
 
+@pytest.mark.parametrize("query", ["options=-c%20statement_timeout%3D5000", "assume_role=reporting"])
+def test_connection_options_that_set_session_state_are_refused_behind_a_transaction_pooler(tmp_path, query):
+    url = f"postgresql://app@pgbouncer.internal:6432/mlops?{query}"
+    code, output = run_command({"DATABASE_URL": url, "DATABASE_POOLING": "transaction"}, tmp_path, "check")
+    assert code == 1 and "metrics_app.E008" in output, output
+    name = query.split("=", 1)[0]
+    assert f"DATABASE_URL sets {name}" in output
+    assert run_command({"DATABASE_URL": url}, tmp_path, "check")[0] == 0
+
+
 def test_a_dotenv_file_is_read_and_the_environment_wins_over_it(tmp_path):
     env_file = tmp_path / "service.env"
     env_file.write_text("PORT=5123\nLOG_LEVEL=DEBUG\nCORS_ALLOWED_ORIGINS=https://from-file.example\n")
