@@ -107,7 +107,9 @@ SESSION_STATE_OPTIONS = ("options", "assume_role")
 def check_options_under_transaction_pooling(app_configs: Any, **kwargs: Any) -> list[checks.CheckMessage]:
     if settings.DATABASE_POOLING != "transaction":
         return []
-    options = settings.DATABASES["default"].get("OPTIONS", {})
+    options = settings.DATABASES["default"].get("OPTIONS")
+    if not isinstance(options, dict):
+        return []
     return [
         checks.Error(
             f"DATABASE_POOLING=transaction: DATABASE_URL sets {name}, session state that a transaction pooler "
