@@ -7,8 +7,10 @@ mode on another, runs the command with DATABASE_URL pointing at PgBouncer
 directory. MLOPS_TEST_PG_* variables let tests stop and restart the server,
 and MLOPS_TEST_PG_DIRECT_URL reaches it without PgBouncer.
 
-Without PgBouncer installed, the command talks to the server directly and
-says so; with CI=true that is an error instead (exit code 3).
+`python -m tests.pgserver --direct -- <command>` leaves PgBouncer out: the
+benchmarks' figures are the server's own. Without PgBouncer installed, the
+command talks to the server directly and says so; with CI=true that is an
+error instead (exit code 3).
 
 PostgreSQL and PgBouncer refuse to run as root; as root both run as the
 `postgres` user (made by Debian's postgresql packages).
@@ -268,13 +270,14 @@ def in_ci() -> bool:
 
 
 def main(argv: list[str]) -> int:
+    options: list[str] = []
     if "--" in argv:
-        argv = argv[argv.index("--") + 1 :]
-    if not argv:
-        print("usage: python -m tests.pgserver -- <command> [args...]", file=sys.stderr)
+        options, argv = argv[: argv.index("--")], argv[argv.index("--") + 1 :]
+    if not argv or set(options) - {"--direct"}:
+        print("usage: python -m tests.pgserver [--direct] -- <command> [args...]", file=sys.stderr)
         return 2
-    binary = find_pgbouncer()
-    if binary is None:
+    binary = None if "--direct" in options else find_pgbouncer()
+    if binary is None and "--direct" not in options:
         if in_ci():
             print("pgbouncer not found (install the pgbouncer package), and CI=true does not allow running "
                   "without it", file=sys.stderr)
