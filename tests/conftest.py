@@ -33,7 +33,7 @@ from tests.helpers import (
 
 
 @pytest.fixture(scope="session")
-def django_db_setup(django_db_setup, django_db_blocker) -> Iterator[None]:
+def django_db_setup(django_db_setup) -> Iterator[None]:
     """pytest-django's test database; behind PgBouncer, its pooled server connections are closed before it is
     dropped: PostgreSQL refuses DROP DATABASE while any session is connected to it."""
     from django.db import connection
