@@ -2,7 +2,8 @@
 # Runs the linters (ruff, mypy) and the import contracts (import-linter),
 # then the whole test suite twice: on SQLite,
 # then on a temporary PostgreSQL server that it starts itself (initdb in a
-# temporary directory, loopback only). Any failing step fails the run; the
+# temporary directory, loopback only), reached through PgBouncer in
+# transaction pooling mode (tests/pgserver.py). Any failing step fails the run; the
 # last line names the failed steps.
 # Arguments go to pytest, e.g. ./test.sh -k track -x
 # With CI=true a component the tests need (PostgreSQL among them) must be
@@ -46,12 +47,18 @@ echo "=== Import contracts (import-linter, pyproject.toml)"
 echo "=== Test suite on SQLite"
 .venv/bin/python -m pytest "$@" || { status=1; failed+=("tests on SQLite"); }
 
-echo "=== Test suite on PostgreSQL"
-if .venv/bin/python -c "import sys; from tests.pgserver import find_bindir; sys.exit(0 if find_bindir() else 1)"; then
-    .venv/bin/python -m tests.pgserver -- .venv/bin/python -m pytest "$@" || { status=1; failed+=("tests on PostgreSQL"); }
-else
+echo "=== Test suite on PostgreSQL (through PgBouncer)"
+in_ci=false
+case "${CI:-}" in true|1|yes) in_ci=true ;; esac
+if ! .venv/bin/python -c "import sys; from tests.pgserver import find_bindir; sys.exit(0 if find_bindir() else 1)"; then
     echo "PostgreSQL server binaries not found (install the postgresql package): the PostgreSQL run did NOT happen."
-    case "${CI:-}" in true|1|yes) status=1; failed+=("PostgreSQL run (server binaries missing)") ;; esac
+    if $in_ci; then status=1; failed+=("PostgreSQL run (server binaries missing)"); fi
+elif $in_ci && ! .venv/bin/python -c "import sys; from tests.pgserver import find_pgbouncer; sys.exit(0 if find_pgbouncer() else 1)"; then
+    echo "pgbouncer not found (install the pgbouncer package): the PostgreSQL run did NOT happen (CI=true runs it only through PgBouncer)."
+    status=1; failed+=("PostgreSQL run (pgbouncer missing)")
+else
+    # Without pgbouncer, tests.pgserver says so and the run talks to the server directly.
+    .venv/bin/python -m tests.pgserver -- .venv/bin/python -m pytest "$@" || { status=1; failed+=("tests on PostgreSQL"); }
 fi
 
 if [ "$status" -ne 0 ]; then

@@ -2,7 +2,7 @@
 
 Run against a temporary server:
 
-    .venv/bin/python -m tests.pgserver -- .venv/bin/python bench/bench_admin.py --events 5000000
+    .venv/bin/python -m tests.pgserver --direct -- .venv/bin/python bench/bench_admin.py --events 5000000
 
 It loads events with bench_analytics' COPY loader and rebuilds the derived
 tables, then times through the full Django stack (median and worst of --runs):
@@ -59,7 +59,7 @@ def main() -> None:
     parser.add_argument("--runs", type=int, default=5)
     args = parser.parse_args()
     if connection.vendor != "postgresql":
-        sys.exit("bench_admin needs PostgreSQL: run it under python -m tests.pgserver -- ...")
+        sys.exit("bench_admin needs PostgreSQL: run it under python -m tests.pgserver --direct -- ...")
 
     now = datetime.now(UTC)
     prepare(args.events, args.businesses, args.days, now)

@@ -2,7 +2,7 @@
 
 Run against a temporary server:
 
-    .venv/bin/python -m tests.pgserver -- .venv/bin/python bench/bench_analytics.py --events 10000000
+    .venv/bin/python -m tests.pgserver --direct -- .venv/bin/python bench/bench_analytics.py --events 10000000
 
 The issue's targets, at 10 million events over 30 days: each analytics read
 of a 30-day period (summary, funnel, hourly and daily series with
@@ -677,7 +677,7 @@ def main() -> int:
     parser.add_argument("--threads", type=int, help="threads per gunicorn worker (default: gunicorn.conf.py's)")
     args = parser.parse_args()
     if connection.vendor != "postgresql":
-        sys.exit("bench_analytics needs PostgreSQL: run it under python -m tests.pgserver -- ...")
+        sys.exit("bench_analytics needs PostgreSQL: run it under python -m tests.pgserver --direct -- ...")
     signal.signal(signal.SIGTERM, _stop_on_sigterm)
 
     now = datetime.now(UTC)

@@ -2,7 +2,7 @@
 
 Run against a temporary server:
 
-    .venv/bin/python -m tests.pgserver -- .venv/bin/python bench/bench_experiments.py --events 1000000
+    .venv/bin/python -m tests.pgserver --direct -- .venv/bin/python bench/bench_experiments.py --events 1000000
 
 A compare reads the experiment's events once, grouped by conversation in the
 database, so its cost grows with the events in its period. The target set
@@ -78,7 +78,7 @@ def main() -> int:
     parser.add_argument("--threads", type=int)
     args = parser.parse_args()
     if connection.vendor != "postgresql":
-        sys.exit("bench_experiments needs PostgreSQL: run it under python -m tests.pgserver -- ...")
+        sys.exit("bench_experiments needs PostgreSQL: run it under python -m tests.pgserver --direct -- ...")
     signal.signal(signal.SIGTERM, _stop_on_sigterm)
     now = datetime.now(UTC)
     loaded = prepare(args.events, 1, args.days, now)

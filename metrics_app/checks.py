@@ -96,6 +96,32 @@ def check_prometheus_label_lists(app_configs: Any, **kwargs: Any) -> list[checks
     ]
 
 
+# Connection options that set session state when a connection opens: behind a transaction pooler the
+# session that took them serves other clients' transactions, and this connection's next ones run elsewhere.
+# `options` (settings sent at start-up) PgBouncer refuses or, told to ignore it, drops; `assume_role` is
+# Django's SET ROLE on each new connection.
+SESSION_STATE_OPTIONS = ("options", "assume_role")
+
+
+@checks.register()
+def check_options_under_transaction_pooling(app_configs: Any, **kwargs: Any) -> list[checks.CheckMessage]:
+    if settings.DATABASE_POOLING != "transaction":
+        return []
+    options = settings.DATABASES["default"].get("OPTIONS")
+    if not isinstance(options, dict):
+        return []
+    return [
+        checks.Error(
+            f"DATABASE_POOLING=transaction: DATABASE_URL sets {name}, session state that a transaction pooler "
+            "does not keep",
+            hint="Set it on the role instead (ALTER ROLE ... SET), which every server session applies.",
+            id="metrics_app.E008",
+        )
+        for name in SESSION_STATE_OPTIONS
+        if name in options
+    ]
+
+
 # --- Stored data
 
 

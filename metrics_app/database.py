@@ -13,9 +13,11 @@ import sqlite3
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
+from typing import Any
 
 from django.db import DatabaseError, transaction
 from django.db.backends.base.base import BaseDatabaseWrapper
+from django.db.models import QuerySet
 
 OK = "ok"
 BUSY = "busy"
@@ -124,3 +126,20 @@ def snapshot(connection: BaseDatabaseWrapper) -> Iterator[None]:
         raise
     with connection.cursor() as cursor:
         cursor.execute("COMMIT")
+
+
+def in_id_pages(rows: QuerySet, fields: tuple[str, ...], chunk: int) -> Iterator[dict[str, Any]]:
+    """`rows` as `values(*fields)` dicts (with "id") in id order, `chunk` rows a query, each after the last id.
+
+    Memory holds one chunk whatever the cursor: behind a transaction pooler (DATABASE_POOLING) Django reads
+    .iterator() through ordinary cursors, which fetch every row at once. Unlike one cursor, a later page
+    sees rows committed meanwhile: bound `rows` by a settled id where that matters.
+    """
+    ordered = rows.order_by("id").values("id", *fields)
+    last: int | None = None
+    while True:
+        page = list((ordered if last is None else ordered.filter(id__gt=last))[:chunk])
+        yield from page
+        if len(page) < chunk:
+            return
+        last = page[-1]["id"]

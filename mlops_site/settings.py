@@ -80,6 +80,13 @@ if _db["ENGINE"] == "django.db.backends.sqlite3":
 else:
     # Fail fast when the server is away, so /track answers 503 instead of hanging.
     _options = {**_db.get("OPTIONS", {}), "connect_timeout": envint("DB_CONNECT_TIMEOUT", 3, minimum=1)}
+# "transaction": DATABASE_URL reaches PostgreSQL through a pooler in transaction mode (PgBouncer's
+# pool_mode = transaction), so consecutive transactions of one connection may run on different server
+# sessions. Server-side cursors outside a transaction are declared WITH HOLD and read in later
+# transactions, which land elsewhere: Django then reads .iterator() results with ordinary cursors.
+DATABASE_POOLING = envchoice("DATABASE_POOLING", "none", ("none", "transaction"))
+if DATABASE_POOLING == "transaction" and _db["ENGINE"] != "django.db.backends.postgresql":
+    raise ImproperlyConfigured("DATABASE_POOLING=transaction needs a postgresql:// DATABASE_URL (a pooler's address)")
 DATABASES = {
     "default": {
         **_db,
@@ -87,6 +94,7 @@ DATABASES = {
         "OPTIONS": _options,
         **({"TEST": _test} if _test else {}),
         "CONN_HEALTH_CHECKS": True,
+        "DISABLE_SERVER_SIDE_CURSORS": DATABASE_POOLING == "transaction",
     }
 }
 # A streaming replica of the primary (README "PostgreSQL": instances, replica, pooling). With it, the reads of
@@ -107,6 +115,8 @@ if _replica_url:
         "OPTIONS": {**_replica.get("OPTIONS", {}),
                     "connect_timeout": envint("DB_REPLICA_CONNECT_TIMEOUT", 1, minimum=1)},
         "CONN_HEALTH_CHECKS": True,
+        # A replica reached through a pooler too (its own PgBouncer): the same setting applies to both.
+        "DISABLE_SERVER_SIDE_CURSORS": DATABASE_POOLING == "transaction",
         "TEST": {"MIRROR": "default"},
     }
 DATABASE_ROUTERS = ["metrics_app.replica.Router"]

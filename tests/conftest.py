@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import uuid
 from collections.abc import Callable, Iterator
 from datetime import datetime
@@ -21,6 +22,7 @@ from tests.helpers import (
     MlflowServer,
     fold_all,
     mlflow_server_binary,
+    pgbouncer_admin,
     require,
     staff_user,
     start_mlflow_server,
@@ -28,6 +30,20 @@ from tests.helpers import (
     stop_process_group,
     stop_service,
 )
+
+
+@pytest.fixture(scope="session")
+def django_db_setup(django_db_setup) -> Iterator[None]:
+    """pytest-django's test database; behind PgBouncer, its pooled server connections are closed before it is
+    dropped: PostgreSQL refuses DROP DATABASE while any session is connected to it."""
+    from django.db import connection
+
+    name = connection.settings_dict["NAME"]
+    yield
+    if os.environ.get("MLOPS_TEST_PGBOUNCER_ADMIN_URL") and connection.vendor == "postgresql":
+        connection.close()
+        pgbouncer_admin(f"KILL {name}")  # KILL also holds new clients back until RESUME
+        pgbouncer_admin(f"RESUME {name}")
 
 
 @pytest.fixture(autouse=True)

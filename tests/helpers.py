@@ -10,6 +10,7 @@ import subprocess
 import sys
 import time
 import urllib.error
+import urllib.parse
 import urllib.request
 from dataclasses import dataclass, field
 from datetime import datetime
@@ -90,6 +91,38 @@ def database_url_for_subprocess() -> str:
         return f"sqlite:///{s['NAME']}"
     auth = s["USER"] + (f":{s['PASSWORD']}" if s.get("PASSWORD") else "")
     return f"postgresql://{auth}@{s['HOST']}:{s['PORT']}/{s['NAME']}"
+
+
+def direct_database_url_for_subprocess() -> str:
+    """database_url_for_subprocess() on the PostgreSQL pass, but to the server itself rather than its PgBouncer.
+
+    For the few tests that stop the server under a running service: they are about what the service does
+    when PostgreSQL goes away, not about what PgBouncer does meanwhile.
+    """
+    direct = os.environ.get("MLOPS_TEST_PG_DIRECT_URL")
+    if connection.vendor != "postgresql" or not direct:
+        return database_url_for_subprocess()
+    s = connection.settings_dict
+    server = urllib.parse.urlsplit(direct)
+    return urllib.parse.urlunsplit(server._replace(path=f"/{s['NAME']}"))
+
+
+def pgbouncer_admin(command: str) -> list[tuple]:
+    """The rows of one command on the admin console of the PgBouncer that tests.pgserver started."""
+    import psycopg2
+
+    url = os.environ.get("MLOPS_TEST_PGBOUNCER_ADMIN_URL")
+    if not url:
+        raise LookupError("no PgBouncer: this run was not started by tests.pgserver with pgbouncer installed")
+    # The console speaks only the simple protocol and knows no transactions: autocommit, no BEGIN.
+    admin = psycopg2.connect(url)
+    try:
+        admin.autocommit = True
+        with admin.cursor() as cursor:
+            cursor.execute(command)
+            return cursor.fetchall() if cursor.description else []
+    finally:
+        admin.close()
 
 
 @dataclass

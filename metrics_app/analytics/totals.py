@@ -43,6 +43,7 @@ from django.db import connection, transaction
 from django.db.models import Q, TextField
 from django.db.models.functions import Cast
 
+from metrics_app import database
 from metrics_app.models import AIMetric, MetricTotals
 from metrics_app.rules import is_failed_reply
 
@@ -369,10 +370,11 @@ def rebuild(
     how the folder's own rebuild keeps the totals equal to what it folded
     (called with its state row locked and through=folded_through, so the
     events after it are added once, when folded). Without it, every stored
-    event counts. Memory stays bounded: the events are read `chunk` at a time
-    and the sums are written whenever they hold _REBUILD_MAX_KEYS label sets.
+    event counts. Memory stays bounded: the events are read `chunk` a query
+    (database.in_id_pages, also behind a transaction pooler) and the sums are
+    written whenever they hold _REBUILD_MAX_KEYS label sets.
     """
-    rows = AIMetric.objects.order_by().values(*EVENT_FIELDS)
+    rows = AIMetric.objects.all()
     if through is not None:
         rows = rows.filter(id__lte=through)
     with transaction.atomic():
@@ -381,7 +383,7 @@ def rebuild(
             cursor.execute(f"DELETE FROM {connection.ops.quote_name(MetricTotals._meta.db_table)}")
         accumulator = TotalsAccumulator()
         unreported = 0
-        for event in rows.iterator(chunk_size=chunk):
+        for event in database.in_id_pages(rows, EVENT_FIELDS, chunk):
             accumulator.add(event)
             if len(accumulator) >= _REBUILD_MAX_KEYS:
                 accumulator.write()

@@ -22,7 +22,7 @@ from metrics_app.access import visible_events
 from metrics_app.console import costs as admin_costs
 from metrics_app.console import dashboard as admin_dashboard
 from metrics_app.console.actions import CheckedSelectionAdmin
-from metrics_app.console.export import EXPORT_FIELDS, MAX_EXPORT_ROWS, stream_csv
+from metrics_app.console.export import export_rows, stream_csv
 from metrics_app.console.lists import (
     BusinessFilter,
     EstimatedCountPaginator,
@@ -119,8 +119,7 @@ class AIMetricAdmin(CheckedSelectionAdmin):
         ]
 
     def _csv_response(self, queryset: QuerySet, filename: str) -> StreamingHttpResponse:
-        rows = queryset.order_by("timestamp", "id").values_list(*EXPORT_FIELDS)[:MAX_EXPORT_ROWS]
-        response = StreamingHttpResponse(stream_csv(rows.iterator(chunk_size=2000)), content_type="text/csv")
+        response = StreamingHttpResponse(stream_csv(export_rows(queryset)), content_type="text/csv")
         response["Content-Disposition"] = f'attachment; filename="{filename}"'
         return response
 

@@ -7,10 +7,14 @@ import csv
 from collections.abc import Iterable, Iterator
 from typing import Any
 
+from django.db.models import QuerySet
+
 from metrics_app.rules import spreadsheet_text
 
 # A CSV export streams at most this many rows; narrow the filters for more.
 MAX_EXPORT_ROWS = 1_000_000
+# Rows read by one query of an export.
+EXPORT_PAGE = 2_000
 
 # Columns of the CSV export, in order: every stored field but the internal row id.
 EXPORT_FIELDS = (
@@ -39,6 +43,36 @@ class _Echo:
 
     def write(self, value: str) -> str:
         return value
+
+
+def export_rows(events: QuerySet, *, page: int = EXPORT_PAGE) -> Iterator[tuple[Any, ...]]:
+    """The events as EXPORT_FIELDS rows in (timestamp, id) order, at most MAX_EXPORT_ROWS of them.
+
+    Each page is read by queries for the rows after the last one sent, not by one cursor for the whole
+    export: behind a transaction pooler there are no server-side cursors (DATABASE_POOLING), and an
+    ordinary cursor holds every row in the worker. 300,000 events through PgBouncer: one cursor 5.0 s and
+    573 MB at its peak, pages 4.2 s and 84 MB; straight to PostgreSQL a server-side cursor took 4.0 s.
+    A page first takes the rest of the last row's timestamp, then the timestamps after it: each is a
+    range of the (timestamp) or (business, timestamp) index, however many events share a timestamp.
+    """
+    ordered = events.order_by("timestamp", "id").values_list("id", *EXPORT_FIELDS)
+    stamp = EXPORT_FIELDS.index("timestamp") + 1
+    sent = 0
+    last: tuple[Any, int] | None = None
+    while sent < MAX_EXPORT_ROWS:
+        wanted = min(page, MAX_EXPORT_ROWS - sent)
+        if last is None:
+            found = list(ordered[:wanted])
+        else:
+            found = list(ordered.filter(timestamp=last[0], id__gt=last[1])[:wanted])
+            if len(found) < wanted:
+                found += ordered.filter(timestamp__gt=last[0])[: wanted - len(found)]
+        for row in found:
+            yield row[1:]
+        sent += len(found)
+        if len(found) < wanted:
+            return
+        last = (found[-1][stamp], found[-1][0])
 
 
 def stream_csv(rows: Iterable[tuple[Any, ...]]) -> Iterator[str]:

@@ -16,7 +16,7 @@ from django.urls import reverse
 from django.utils import timezone
 
 from metrics_app.console import events as console
-from metrics_app.console import lists
+from metrics_app.console import export, lists
 from metrics_app.models import AIMetric
 
 pytestmark = pytest.mark.django_db
@@ -184,6 +184,27 @@ def test_the_csv_export_holds_exactly_the_filtered_events(superuser, traffic, lo
     assert first["appointment_booked"] == "True"
     assert int(first["response_time_ms"]) == booked.response_time_ms
     assert first["timestamp"] == booked.timestamp.isoformat()
+
+
+def test_the_csv_export_reads_page_after_page_without_losing_or_repeating_a_row(store_event, monkeypatch):
+    moment = timezone.now() - timedelta(hours=1)
+    # Seven events share one timestamp, so pages end in the middle of a tie; two come before and after.
+    for offset in (-2, -1, *[0] * 7, 1, 2):
+        store_event(timestamp=moment + timedelta(seconds=offset))
+    expected = list(AIMetric.objects.order_by("timestamp", "id").values_list("event_id", flat=True))
+    at = export.EXPORT_FIELDS.index("event_id")
+
+    with CaptureQueriesContext(connection) as queries:
+        rows = list(export.export_rows(AIMetric.objects.all(), page=3))
+
+    assert [row[at] for row in rows] == expected
+    # Pages of 3, 3 (the tie), 3 (the tie), then 0 left of the tie and 2 after it: one query a page but two
+    # for the last, none of them unbounded.
+    assert len(queries.captured_queries) == 5
+    assert all("LIMIT 3" in query["sql"] for query in queries.captured_queries)
+
+    monkeypatch.setattr(export, "MAX_EXPORT_ROWS", 5)
+    assert [row[at] for row in export.export_rows(AIMetric.objects.all(), page=3)] == expected[:5]
 
 
 def test_the_csv_export_of_selected_events_is_an_action(superuser, traffic, logged_in):

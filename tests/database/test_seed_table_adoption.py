@@ -98,6 +98,8 @@ def postgres_database() -> tuple[str, callable]:
 
 def manage(url: str, *args: str) -> subprocess.CompletedProcess:
     env = {**os.environ, "DATABASE_URL": url, "MLOPS_ENV": "development"}
+    if url.startswith("sqlite:"):
+        env["DATABASE_POOLING"] = "none"  # the PostgreSQL pass sets "transaction" for its PgBouncer
     return subprocess.run([sys.executable, "manage.py", *args], cwd=ROOT, env=env, capture_output=True, text=True)
 
 

@@ -122,6 +122,15 @@ def test_adding_in_several_folds_equals_one_fold_and_later_flags_count_once(busi
         appointment_booked=True).count()
 
 
+def test_a_rebuild_read_a_few_events_a_query_equals_one_read_of_all(businesses, store_event):
+    store_varied(store_event, range(40))
+    folded = stored_snapshot()
+
+    rebuild(chunk=7)  # 40 events: five full pages and a short one
+
+    assert stored_snapshot() == folded
+
+
 def test_a_rebuild_through_an_id_counts_only_the_events_up_to_it(businesses, store_event):
     store_varied(store_event, range(30))
     through = AIMetric.objects.order_by("-id").values_list("id", flat=True).first()

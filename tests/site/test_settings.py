@@ -25,7 +25,7 @@ PRODUCTION = {
 
 
 def environment(env: dict[str, str], tmp_path) -> dict[str, str]:
-    clean = {k: v for k, v in os.environ.items() if not k.startswith(("MLOPS_", "DATABASE_URL", "DEBUG", "PORT"))}
+    clean = {k: v for k, v in os.environ.items() if not k.startswith(("MLOPS_", "DATABASE_", "DEBUG", "PORT"))}
     clean.update({"MLOPS_ENV_FILE": str(tmp_path / "absent.env"), "DJANGO_SETTINGS_MODULE": "mlops_site.settings"})
     clean.update(env)
     return clean
@@ -58,6 +58,8 @@ def run_command(env: dict[str, str], tmp_path, *command: str):
         ({"PORT": "70000"}, "PORT"),
         ({"DATABASE_URL": "mysql://u@h/db"}, "DATABASE_URL"),
         ({"DATABASE_URL": "not a url"}, "DATABASE_URL"),
+        ({"DATABASE_URL": "postgresql://u@h/db", "DATABASE_POOLING": "statement"}, "DATABASE_POOLING"),
+        ({"DATABASE_POOLING": "transaction"}, "DATABASE_POOLING"),  # the default SQLite file has no pooler
         ({"CORS_ALLOWED_ORIGINS": "chat.example.com"}, "CORS_ALLOWED_ORIGINS"),
         ({"MLOPS_KEY_RATE_LIMIT_PER_MINUTE": "0"}, "MLOPS_KEY_RATE_LIMIT_PER_MINUTE"),
         ({"DATABASE_REPLICA_URL": "postgresql://app@replica.internal/mlops"}, "DATABASE_REPLICA_URL"),  # SQLite
@@ -157,7 +159,7 @@ def test_production_sends_hsts_for_a_year_unless_turned_off_and_redirects_only_w
 
 
 def test_check_deploy_in_production_warns_only_of_what_the_readme_explains(tmp_path):
-    env = {k: v for k, v in os.environ.items() if not k.startswith(("MLOPS_", "DATABASE_URL", "DEBUG", "SECURE_"))}
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("MLOPS_", "DATABASE_", "DEBUG", "SECURE_"))}
     env.update(PRODUCTION, SECRET_KEY=secrets.token_urlsafe(50), MLOPS_ENV_FILE=str(tmp_path / "absent.env"),
                DATABASE_URL=f"sqlite:///{tmp_path / 'check.sqlite3'}")
     result = subprocess.run(
@@ -204,6 +206,22 @@ def test_a_replica_url_adds_a_replica_database_that_reads_are_routed_to(tmp_path
     )
     assert code == 0, output
     assert output.strip().endswith("(['replica.internal', 'mlops'], ['metrics_app.replica.Router'])")
+
+def test_a_database_behind_a_transaction_pooler_reads_without_server_side_cursors(tmp_path):
+    expr = "settings.DATABASES['default']['DISABLE_SERVER_SIDE_CURSORS']"
+    url = "postgresql://app@pgbouncer.internal:6432/mlops"
+    assert load_settings({"DATABASE_URL": url}, tmp_path, expr) == (0, "False\n")
+    assert load_settings({"DATABASE_URL": url, "DATABASE_POOLING": "transaction"}, tmp_path, expr) == (0, "True\n")
+
+
+@pytest.mark.parametrize("query", ["options=-c%20statement_timeout%3D5000", "assume_role=reporting"])
+def test_connection_options_that_set_session_state_are_refused_behind_a_transaction_pooler(tmp_path, query):
+    url = f"postgresql://app@pgbouncer.internal:6432/mlops?{query}"
+    code, output = run_command({"DATABASE_URL": url, "DATABASE_POOLING": "transaction"}, tmp_path, "check")
+    assert code == 1 and "metrics_app.E008" in output, output
+    name = query.split("=", 1)[0]
+    assert f"DATABASE_URL sets {name}" in output
+    assert run_command({"DATABASE_URL": url}, tmp_path, "check")[0] == 0
 
 
 def test_a_dotenv_file_is_read_and_the_environment_wins_over_it(tmp_path):

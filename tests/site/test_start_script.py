@@ -30,7 +30,7 @@ def test_start_sh_serves_a_fresh_clone_on_sqlite(tmp_path: Path):
     clone = tmp_path / "clone"
     subprocess.run(["git", "clone", "-q", str(ROOT), str(clone)], check=True)
     port = free_port()
-    env = {k: v for k, v in os.environ.items() if not k.startswith(("DATABASE_URL", "MLOPS_", "DJANGO_"))}
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("DATABASE_", "MLOPS_", "DJANGO_"))}
     # The clone reuses this checkout's virtual environment: installing is then a quick no-op.
     env.update({"PORT": str(port), "MLOPS_VENV": str(ROOT / ".venv"), "WEB_CONCURRENCY": "2"})
     log = (tmp_path / "start.log").open("w")
