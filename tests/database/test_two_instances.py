@@ -152,7 +152,7 @@ def check_tasks_and_scheduled_jobs(monkeypatch: pytest.MonkeyPatch) -> None:
     wait_for(lambda: Task.objects.filter(func="math.ceil").exists(), 30, "the scheduled job to run")
     assert not Task.objects.filter(id__in=busy).exists()  # it ran while the pipeline workers were still busy
     assert list(Task.objects.filter(func="math.ceil").values_list("result", flat=True)) == [8]
-    assert Schedule.objects.get().next_run > timezone.now() + timedelta(minutes=50)
+    assert Schedule.objects.get(func="math.ceil").next_run > timezone.now() + timedelta(minutes=50)
     wait_for(lambda: Task.objects.filter(id__in=queued).count() == 6, 60, "the queued tasks to run")
     assert sorted(Task.objects.filter(id__in=queued).values_list("result", flat=True)) == [2, 3, 4, 5, 6, 7]
     assert Task.objects.filter(func="math.ceil").count() == 1
