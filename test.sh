@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Runs the linters (ruff, mypy) and the import contracts (import-linter),
-# then the whole test suite twice: on SQLite,
-# then on a temporary PostgreSQL server that it starts itself (initdb in a
+# then the whole test suite twice, side by side: on SQLite, and on a
+# temporary PostgreSQL server that it starts itself (initdb in a
 # temporary directory, loopback only), reached through PgBouncer in
 # transaction pooling mode (tests/pgserver.py). Any failing step fails the run; the
 # last line names the failed steps.
@@ -44,22 +44,52 @@ echo "=== Types: mypy"
 echo "=== Import contracts (import-linter, pyproject.toml)"
 .venv/bin/lint-imports --no-cache --no-logo || { status=1; failed+=("import contracts"); }
 
-echo "=== Test suite on SQLite"
-.venv/bin/python -m pytest "$@" || { status=1; failed+=("tests on SQLite"); }
+# The two passes run at the same time, each into a log of its own that is shown once it ends: much of a pass
+# waits on the servers its tests start (gunicorn, PostgreSQL, Prometheus, Chromium, MLflow), so on two cores
+# both together take little more than the longer one. Ctrl-C stops both (the PostgreSQL pass removes its server).
+logs="$(mktemp -d)"
+pids=()
+stop_passes() { kill -INT "${pids[@]}" 2>/dev/null; wait; exit 130; }
+trap stop_passes INT TERM
+echo "=== Test suites on SQLite and on PostgreSQL (through PgBouncer), side by side; each one's output follows when it ends"
+( exec .venv/bin/python -m pytest "$@" >"$logs/sqlite.log" 2>&1 ) &
+sqlite_pid=$!
+pids+=("$sqlite_pid")
 
-echo "=== Test suite on PostgreSQL (through PgBouncer)"
 in_ci=false
 case "${CI:-}" in true|1|yes) in_ci=true ;; esac
+pg_pid=""
+pg_note=""
 if ! .venv/bin/python -c "import sys; from tests.pgserver import find_bindir; sys.exit(0 if find_bindir() else 1)"; then
-    echo "PostgreSQL server binaries not found (install the postgresql package): the PostgreSQL run did NOT happen."
+    pg_note="PostgreSQL server binaries not found (install the postgresql package): the PostgreSQL run did NOT happen."
     if $in_ci; then status=1; failed+=("PostgreSQL run (server binaries missing)"); fi
 elif $in_ci && ! .venv/bin/python -c "import sys; from tests.pgserver import find_pgbouncer; sys.exit(0 if find_pgbouncer() else 1)"; then
-    echo "pgbouncer not found (install the pgbouncer package): the PostgreSQL run did NOT happen (CI=true runs it only through PgBouncer)."
+    pg_note="pgbouncer not found (install the pgbouncer package): the PostgreSQL run did NOT happen (CI=true runs it only through PgBouncer)."
     status=1; failed+=("PostgreSQL run (pgbouncer missing)")
 else
     # Without pgbouncer, tests.pgserver says so and the run talks to the server directly.
-    .venv/bin/python -m tests.pgserver -- .venv/bin/python -m pytest "$@" || { status=1; failed+=("tests on PostgreSQL"); }
+    ( exec .venv/bin/python -m tests.pgserver -- .venv/bin/python -m pytest "$@" >"$logs/postgresql.log" 2>&1 ) &
+    pg_pid=$!
+    pids+=("$pg_pid")
 fi
+
+wait "$sqlite_pid"
+sqlite_status=$?
+echo "=== Test suite on SQLite"
+cat "$logs/sqlite.log"
+[ "$sqlite_status" -eq 0 ] || { status=1; failed+=("tests on SQLite"); }
+
+echo "=== Test suite on PostgreSQL (through PgBouncer)"
+if [ -n "$pg_pid" ]; then
+    wait "$pg_pid"
+    pg_status=$?
+    cat "$logs/postgresql.log"
+    [ "$pg_status" -eq 0 ] || { status=1; failed+=("tests on PostgreSQL"); }
+else
+    echo "$pg_note"
+fi
+trap - INT TERM
+rm -rf "$logs"
 
 if [ "$status" -ne 0 ]; then
     echo "=== FAILED:"
