@@ -8,8 +8,7 @@ import uuid
 from datetime import datetime, timedelta
 from typing import Any
 
-from metrics_app.ingest import services
-from metrics_app.ingest.validation import check_event
+from tests.analytics.helpers import store as store_unfolded
 from tests.helpers import fold_all
 
 INTENTS = ("booking", "pricing", "hours", "complaint", "general")
@@ -55,11 +54,5 @@ def chat_events(business_id: str, count: int, seed: int, *, end: datetime, days:
 
 def store(payloads: list[dict[str, Any]], chunk: int = 250) -> None:
     """Ingest through the service, in batches as /track/batch would, then fold."""
-    values = []
-    for payload in payloads:
-        checked = check_event(payload)
-        assert checked.ok, checked.errors
-        values.append(checked.values)
-    for i in range(0, len(values), chunk):
-        services.record_events(values[i:i + chunk])
+    store_unfolded(payloads, chunk)
     fold_all()
