@@ -29,3 +29,8 @@ class MetricsAppConfig(AppConfig):
 
         # The worker's hourly weekly-digest job, made once MLOPS_WEEKLY_DIGEST is on.
         post_migrate.connect(digest_schedule.on_post_migrate, sender=self, dispatch_uid="weekly-digest-schedule")
+
+        from metrics_app.retention import schedule as retention_schedule
+
+        # The worker's daily retention job, and the events table's partitions ahead (PostgreSQL).
+        post_migrate.connect(retention_schedule.on_post_migrate, sender=self, dispatch_uid="retention-schedule")

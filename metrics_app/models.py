@@ -232,8 +232,11 @@ class AIMetric(models.Model):
     # inserted row, which measured at nearly half of a 500-event batch insert.
     # Ingest creates the Business row before it stores its events
     # (services.ensure_businesses), and PROTECT still guards deletes in Django.
+    # No index of its own either: every read by business also filters or orders by time, and
+    # ai_metrics_business_ts_idx starts with business_id.
     business = models.ForeignKey(
-        Business, on_delete=models.PROTECT, db_column="business_id", related_name="events", db_constraint=False
+        Business, on_delete=models.PROTECT, db_column="business_id", related_name="events", db_constraint=False,
+        db_index=False,
     )
     conversation_id = models.CharField(max_length=MAX_ID_LENGTH, null=True, blank=True)
     session_id = models.CharField(max_length=MAX_ID_LENGTH, null=True, blank=True)
@@ -292,8 +295,6 @@ class AIMetric(models.Model):
         db_table = "ai_metrics"
         verbose_name = "AI event"
         constraints = [
-            # Retries are safe: one row per (business, event_id), whatever the payload.
-            models.UniqueConstraint(fields=["business", "event_id"], name="ai_metrics_business_event_uniq"),
             models.CheckConstraint(
                 condition=Q(response_time_ms__gte=0, response_time_ms__lte=MAX_RESPONSE_TIME_MS)
                 | Q(response_time_ms__isnull=True),
@@ -782,14 +783,12 @@ class FolderState(models.Model):
         return f"{self.name}: folded through event {self.folded_through}"
 
 
-class MetricTotals(models.Model):
-    """Running totals of the folded events per (business, model, intent, response type): what /metrics reports.
+class TotalsColumns(models.Model):
+    """The columns of a /metrics totals row: the sums of the events of one (business, model, intent, response type).
 
-    The folder adds each event once, in the transaction that folds it, so the
-    Prometheus counters read from here equal the stored events whatever
-    happens to a server process. Empty strings stand for a missing value.
-    `histograms` holds the bucket counts and sums of the latency and token
-    histograms, in the layout metrics_app/analytics/totals.py writes.
+    Empty strings stand for a missing value. `histograms` holds the bucket
+    counts and sums of the latency and token histograms, in the layout
+    metrics_app/analytics/totals.py writes.
     """
 
     business_id = models.CharField(max_length=BUSINESS_ID_MAX_LENGTH)
@@ -806,6 +805,21 @@ class MetricTotals(models.Model):
     histograms = models.JSONField(default=dict)
 
     class Meta:
+        abstract = True
+
+    def __str__(self) -> str:
+        return f"{self.business_id}/{self.model_name}/{self.intent}/{self.response_type}: {self.events} events"
+
+
+class MetricTotals(TotalsColumns):
+    """Running totals of the folded events per (business, model, intent, response type): what /metrics reports.
+
+    The folder adds each event once, in the transaction that folds it, so the
+    Prometheus counters read from here equal the stored events whatever
+    happens to a server process.
+    """
+
+    class Meta:
         db_table = "mlops_metric_totals"
         verbose_name_plural = "metric totals"
         constraints = [
@@ -814,8 +828,70 @@ class MetricTotals(models.Model):
             ),
         ]
 
+
+class PrunedTotals(TotalsColumns):
+    """The /metrics totals of the raw events that retention removed, added as they went.
+
+    A rebuild of MetricTotals starts from these and adds the events still
+    stored, so the Prometheus counters never fall when raw events are pruned.
+    """
+
+    class Meta:
+        db_table = "mlops_pruned_totals"
+        verbose_name_plural = "pruned totals"
+        constraints = [
+            models.UniqueConstraint(
+                fields=["business_id", "model_name", "intent", "response_type"], name="pruned_totals_labels_uniq"
+            ),
+        ]
+
+
+class EventKey(models.Model):
+    """The dedupe key of every stored event: (business, event id), once.
+
+    It lives apart from ai_metrics because a unique index on a partitioned
+    table must hold the partition key (the event's time), and a retry that
+    carries no time of its own gets a new one. Ingest claims the key and
+    stores the event in one transaction; retention and erasure delete the
+    key with its event.
+    """
+
+    pk = models.CompositePrimaryKey("business_id", "event_id")
+    business_id = models.CharField(max_length=BUSINESS_ID_MAX_LENGTH)
+    event_id = models.UUIDField()
+
+    class Meta:
+        db_table = "mlops_event_key"
+
     def __str__(self) -> str:
-        return f"{self.business_id}/{self.model_name}/{self.intent}/{self.response_type}: {self.events} events"
+        return f"{self.business_id} {self.event_id}"
+
+
+RETENTION_NAME = "events"  # the one row of RetentionState
+
+
+class RetentionState(models.Model):
+    """What retention has removed of the raw events: every event before `pruned_before` is gone.
+
+    The rollups, conversations and /metrics totals of the pruned periods stay;
+    rebuilds recompute only from `pruned_before` on.
+    """
+
+    name = models.CharField(primary_key=True, max_length=32)
+    pruned_before = models.DateTimeField(
+        null=True, blank=True, help_text="No raw event before this time is stored; None when nothing was pruned."
+    )
+    events_pruned = models.BigIntegerField(default=0, help_text="Raw events removed by retention in all.")
+    last_run_at = models.DateTimeField(null=True, blank=True)
+    last_run_events = models.BigIntegerField(default=0, help_text="Raw events removed by the last run.")
+    last_run_summary = models.TextField(blank=True)
+
+    class Meta:
+        db_table = "mlops_retention_state"
+        verbose_name = "retention state"
+
+    def __str__(self) -> str:
+        return f"{self.name}: pruned before {self.pruned_before or 'nothing'}"
 
 
 class ExperimentDimension(models.TextChoices):

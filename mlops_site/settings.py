@@ -394,6 +394,10 @@ EMAIL_FILE_PATH = Path(envstr("EMAIL_FILE_PATH") or DATA_DIR / "mail").resolve()
 # work either way.
 MLOPS_WEEKLY_DIGEST = envbool("MLOPS_WEEKLY_DIGEST", False)
 
+# --- Retention (README "Retention"). Raw events older than this many days (whole UTC days) are removed daily;
+# the rollups, conversations and /metrics totals keep their figures. 0 keeps raw events for ever.
+MLOPS_RAW_RETENTION_DAYS = envint("MLOPS_RAW_RETENTION_DAYS", 0, minimum=0, maximum=36500)
+
 # --- MLflow (optional; README "MLflow" and docs/mlflow.md). Unset: nothing is logged and nothing needs mlflow.
 # The tracking server that pipeline runs and each version's daily figures go to, e.g. http://127.0.0.1:5001.
 # MLflow reads its credentials itself (MLFLOW_TRACKING_USERNAME/PASSWORD or MLFLOW_TRACKING_TOKEN).

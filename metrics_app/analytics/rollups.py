@@ -419,24 +419,30 @@ def _adapter() -> Any:
 
 
 def rebuild(progress: Any = None, chunk: int = 20_000, through: int | None = None,
-            took: dict[str, float] | None = None) -> dict[str, int]:
+            took: dict[str, float] | None = None, since: datetime | None = None) -> dict[str, int]:
     """Recompute every rollup from the raw events (those with id <= `through`) and conversations; returns row counts.
 
     metrics_app.folding.rebuild calls it with the folder's row held, so the
-    rollups and folded_through change together.
+    rollups and folded_through change together. With `since` (the retention
+    horizon, a UTC midnight: no raw event before it is left), the rows of the
+    buckets before it are kept and only the later ones are recomputed, from
+    the events and conversations from `since` on.
     """
     with transaction.atomic():
         for model in (EventRollup, LatencySketch, ConversationRollup):
             table = connection.ops.quote_name(model._meta.db_table)
             with connection.cursor() as cursor:
-                cursor.execute(f"DELETE FROM {table}")
+                if since is None:
+                    cursor.execute(f"DELETE FROM {table}")
+                else:
+                    cursor.execute(f"DELETE FROM {table} WHERE bucket >= %s", [since])
         if connection.vendor == "postgresql":
             # The same sums and bins in SQL: several times faster on millions of rows. PostgreSQL's ln()
             # and Python's math.log are the same C function, so each latency lands in the same bin.
-            _rebuild_in_sql(AIMetric._meta.db_table, Conversation._meta.db_table, through, took)
+            _rebuild_in_sql(AIMetric._meta.db_table, Conversation._meta.db_table, through, took, since)
             return _counts()
-        _rebuild_events(progress, chunk, through)
-        _rebuild_conversations(chunk)
+        _rebuild_events(progress, chunk, through, since)
+        _rebuild_conversations(chunk, since)
     return _counts()
 
 
@@ -449,12 +455,14 @@ EVENT_COLUMNS = (
 )
 
 
-def _rebuild_events(progress: Any, chunk: int, through: int | None) -> None:
+def _rebuild_events(progress: Any, chunk: int, through: int | None, since: datetime | None) -> None:
     """Event rollups and sketches through the accumulator that the folder uses, written every 50,000 combinations."""
     accumulator = Accumulator()
     events = AIMetric.objects.order_by()
     if through is not None:
         events = events.filter(id__lte=through)
+    if since is not None:
+        events = events.filter(timestamp__gte=since)
     columns = tuple(dict.fromkeys(EVENT_COLUMNS))
     rows = events.values_list(*columns).iterator(chunk_size=chunk)
     for n, values in enumerate(rows, 1):
@@ -481,9 +489,12 @@ def conversation_contributions(business_id: str, first_at: datetime, flags: tupl
     return found
 
 
-def _rebuild_conversations(chunk: int) -> None:
+def _rebuild_conversations(chunk: int, since: datetime | None) -> None:
     deltas: ConversationDeltas = defaultdict(ConversationSums)
-    for business_id, first, requested, booked, handoff, values in Conversation.objects.order_by().values_list(
+    conversations = Conversation.objects.order_by()
+    if since is not None:
+        conversations = conversations.filter(first_at__gte=since)
+    for business_id, first, requested, booked, handoff, values in conversations.values_list(
         "business_id", "first_at", "appointment_requested", "appointment_booked", "human_handoff_requested",
         "dimension_values",
     ).iterator(chunk_size=chunk):
@@ -514,11 +525,19 @@ def _slices_sql() -> str:
 
 
 def _rebuild_in_sql(events_table: str, conversations_table: str, through: int | None,
-                    took: dict[str, float] | None = None) -> None:
+                    took: dict[str, float] | None = None, since: datetime | None = None) -> None:
     """PostgreSQL: every rollup from the raw tables, with GROUPING SETS for the business and "*"."""
     q = connection.ops.quote_name
     conversations = q(conversations_table)
-    events = q(events_table) if through is None else f"(SELECT * FROM {q(events_table)} WHERE id <= {int(through)})"
+    events = q(events_table)
+    conditions = [] if through is None else [f"id <= {int(through)}"]
+    if since is not None:
+        # A UTC midnight, written as a literal so the statements below keep their own parameters.
+        since_sql = f"TIMESTAMPTZ '{since.astimezone(UTC).isoformat()}'"
+        conditions.append(f"timestamp >= {since_sql}")
+        conversations = f"(SELECT * FROM {conversations} WHERE first_at >= {since_sql})"
+    if conditions:
+        events = f"(SELECT * FROM {events} WHERE {' AND '.join(conditions)})"
     quarter = _QUARTER_SQL.format("timestamp")
     # Each rollup column with the SQL that sums it, by name: the column list and the select list come
     # from this one mapping, so they cannot fall out of order with EventSums.
@@ -575,7 +594,7 @@ def _rebuild_in_sql(events_table: str, conversations_table: str, through: int | 
             f"INSERT INTO {q(ConversationRollup._meta.db_table)} (business_id, {slice_key}, "
             f"{', '.join(CONVERSATION_SUMS)}) "
             f"SELECT {owner}, {slice_key}, {conversation_sums} FROM ("
-            f"SELECT business_id, '' AS dimension, '' AS value, {bucket} AS bucket, {flags} FROM {conversations} "
+            f"SELECT business_id, '' AS dimension, '' AS value, {bucket} AS bucket, {flags} FROM {conversations} c0 "
             f"UNION ALL SELECT c.business_id, d.key, v.value, {bucket}, {flags} FROM {conversations} c "
             f"CROSS JOIN LATERAL jsonb_each(c.dimension_values) d "
             f"CROSS JOIN LATERAL jsonb_array_elements_text(d.value) v (value)) c "

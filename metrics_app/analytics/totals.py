@@ -44,7 +44,7 @@ from django.db.models import Q, TextField
 from django.db.models.functions import Cast
 
 from metrics_app import database
-from metrics_app.models import AIMetric, MetricTotals
+from metrics_app.models import AIMetric, MetricTotals, PrunedTotals, TotalsColumns
 from metrics_app.rules import is_failed_reply
 
 # Reply latency, from a quick canned answer to a model that times out at a minute (seconds, as exposed).
@@ -177,7 +177,7 @@ class Sums:
     histograms: dict[str, Histogram] = field(default_factory=dict)
 
     @classmethod
-    def of_row(cls, row: MetricTotals) -> Sums:
+    def of_row(cls, row: TotalsColumns) -> Sums:
         return cls(
             events=row.events, failed=row.failed, tokens=row.tokens, client_cost=Decimal(row.client_cost),
             requested=row.requested, booked=row.booked, handoffs=row.handoffs,
@@ -216,7 +216,7 @@ class Sums:
         for key, histogram in other.histograms.items():
             self.histogram(key).merge(histogram)
 
-    def store_in(self, row: MetricTotals) -> None:
+    def store_in(self, row: TotalsColumns) -> None:
         for column in _COUNT_COLUMNS:
             setattr(row, column, getattr(self, column))
         row.client_cost = self.client_cost
@@ -247,15 +247,17 @@ class TotalsAccumulator:
 
     `write` runs in the caller's transaction and locks the rows it reads until
     that ends, so two writers (the folder, outcomes recorded at the same
-    moment) never add to the same old value.
+    moment) never add to the same old value. Retention adds the events it
+    removes to PrunedTotals the same way (`model`).
     """
 
     # Keys per SELECT of the stored rows: 4 parameters each, well under SQLite's 999.
     READ_CHUNK = 200
     WRITE_BATCH = 500
 
-    def __init__(self) -> None:
+    def __init__(self, model: type[TotalsColumns] = MetricTotals) -> None:
         self._sums: dict[TotalsKey, Sums] = {}
+        self._model = model
 
     def __len__(self) -> int:
         return len(self._sums)
@@ -284,13 +286,13 @@ class TotalsAccumulator:
     def write(self) -> None:
         """Add what was accumulated to the stored rows (creating missing ones), then start empty."""
         keys = sorted(self._sums)
-        stored = _stored_rows(keys, self.READ_CHUNK)
-        changed: list[MetricTotals] = []
-        new: list[MetricTotals] = []
+        stored = _stored_rows(self._model, keys, self.READ_CHUNK)
+        changed: list[TotalsColumns] = []
+        new: list[TotalsColumns] = []
         for key in keys:
             row = stored.get(key)
             if row is None:
-                row = MetricTotals(**key._asdict())
+                row = self._model(**key._asdict())
                 sums = self._sums[key]
                 new.append(row)
             else:
@@ -299,24 +301,24 @@ class TotalsAccumulator:
                 changed.append(row)
             sums.store_in(row)
         if changed:
-            MetricTotals.objects.bulk_update(changed, _WRITTEN_COLUMNS, batch_size=self.WRITE_BATCH)
+            self._model._default_manager.bulk_update(changed, _WRITTEN_COLUMNS, batch_size=self.WRITE_BATCH)
         if new:
-            MetricTotals.objects.bulk_create(new, batch_size=self.WRITE_BATCH)
+            self._model._default_manager.bulk_create(new, batch_size=self.WRITE_BATCH)
         self._sums.clear()
 
 
-def _stored_rows(keys: list[TotalsKey], chunk: int) -> dict[TotalsKey, MetricTotals]:
+def _stored_rows(model: type[TotalsColumns], keys: list[TotalsKey], chunk: int) -> dict[TotalsKey, TotalsColumns]:
     """The stored rows of `keys`, read by exact key (never a whole business)."""
-    found: dict[TotalsKey, MetricTotals] = {}
+    found: dict[TotalsKey, TotalsColumns] = {}
     for start in range(0, len(keys), chunk):
         wanted = functools.reduce(operator.or_, (Q(**key._asdict()) for key in keys[start:start + chunk]))
         # Locked until the caller's transaction ends (PostgreSQL): outcomes recorded at once add in turn.
-        for row in MetricTotals.objects.select_for_update().filter(wanted).order_by():
+        for row in model._default_manager.select_for_update().filter(wanted).order_by():
             found[_key_of(row)] = row
     return found
 
 
-def _key_of(row: MetricTotals) -> TotalsKey:
+def _key_of(row: TotalsColumns) -> TotalsKey:
     return TotalsKey(row.business_id, row.model_name, row.intent, row.response_type)
 
 
@@ -364,7 +366,7 @@ _REBUILD_MAX_KEYS = 50_000
 def rebuild(
     *, through: int | None = None, chunk: int = 20_000, progress: Callable[[int], None] | None = None
 ) -> int:
-    """Recompute every total from the raw events; returns the number of MetricTotals rows.
+    """Recompute every total from the raw events, on top of what retention removed; returns the number of rows.
 
     With `through`, only events whose id is at most `through` count: that is
     how the folder's own rebuild keeps the totals equal to what it folded
@@ -372,15 +374,23 @@ def rebuild(
     events after it are added once, when folded). Without it, every stored
     event counts. Memory stays bounded: the events are read `chunk` a query
     (database.in_id_pages, also behind a transaction pooler) and the sums are
-    written whenever they hold _REBUILD_MAX_KEYS label sets.
+    written whenever they hold _REBUILD_MAX_KEYS label sets. The totals of
+    the events that retention removed (PrunedTotals) are copied first, so the
+    counters after a rebuild are never below the ones before it.
     """
     rows = AIMetric.objects.all()
     if through is not None:
         rows = rows.filter(id__lte=through)
+    q = connection.ops.quote_name
     with transaction.atomic():
         with connection.cursor() as cursor:
             # One statement; a queryset delete would fetch every row to send post_delete signals.
-            cursor.execute(f"DELETE FROM {connection.ops.quote_name(MetricTotals._meta.db_table)}")
+            cursor.execute(f"DELETE FROM {q(MetricTotals._meta.db_table)}")
+            columns = ", ".join(q(str(f.column)) for f in PrunedTotals._meta.concrete_fields if not f.primary_key)
+            cursor.execute(
+                f"INSERT INTO {q(MetricTotals._meta.db_table)} ({columns}) "
+                f"SELECT {columns} FROM {q(PrunedTotals._meta.db_table)}"
+            )
         accumulator = TotalsAccumulator()
         unreported = 0
         for event in database.in_id_pages(rows, EVENT_FIELDS, chunk):

@@ -299,11 +299,14 @@ def _latest_sentiment_sql(table: str, events: str, upto: str) -> str:
     )
 
 
-def rebuild_conversations(through: int | None = None) -> int:
+def rebuild_conversations(through: int | None = None, since: datetime | None = None) -> int:
     """Recompute every conversation from the events (with id <= `through`); returns how many.
 
     Outcomes recorded after the fact were written to the events too, so the
-    flags survive; the outcome times and notes are carried over.
+    flags survive; the outcome times and notes are carried over. With `since`
+    (the retention horizon: no raw event before it is left), the
+    conversations that started before it are kept as the folder left them,
+    and only the others are recomputed.
     """
     table = connection.ops.quote_name(Conversation._meta.db_table)
     events = connection.ops.quote_name(AIMetric._meta.db_table)
@@ -320,16 +323,25 @@ def rebuild_conversations(through: int | None = None) -> int:
             Conversation.objects.exclude(outcome_recorded_at__isnull=True, outcome_note="")
             .values_list("business_id", "conversation_id", "outcome_recorded_at", "outcome_note")
         )
-        Conversation.objects.all().delete()
+        recomputed = Conversation.objects.all() if since is None else Conversation.objects.filter(first_at__gte=since)
+        recomputed.delete()
         upto = "" if through is None else f" AND id <= {int(through)}"
+        params: list[Any] = []
+        only_new = ""
+        if since is not None:
+            only_new = (f" AND timestamp >= %s AND NOT EXISTS (SELECT 1 FROM {table} c WHERE c.business_id = "
+                    f"{events}.business_id AND c.conversation_id = {events}.conversation_id)")
+            params = [since]
         with connection.cursor() as cursor:
             cursor.execute(
                 f"INSERT INTO {table} ({', '.join(_COLUMNS[:-2])}) "
                 f"SELECT business_id, conversation_id, MIN(timestamp), MAX(timestamp), COUNT(*), {flags}, '', {values} "
-                f"FROM {events} WHERE conversation_id IS NOT NULL AND conversation_id <> ''{upto} "
-                f"GROUP BY business_id, conversation_id"
+                f"FROM {events} WHERE conversation_id IS NOT NULL AND conversation_id <> ''{upto}{only_new} "
+                f"GROUP BY business_id, conversation_id",
+                params,
             )
-            cursor.execute(_latest_sentiment_sql(table, events, upto))
+            recomputed_only = "" if since is None else " WHERE first_at >= %s"
+            cursor.execute(_latest_sentiment_sql(table, events, upto) + recomputed_only, params)
         for business_id, conversation_id, at, note in kept:
             Conversation.objects.filter(business_id=business_id, conversation_id=conversation_id).update(
                 outcome_recorded_at=at, outcome_note=note

@@ -31,11 +31,12 @@ from metrics_app.models import (
     ConversationRollup,
     ErasureKind,
     ErasureRecord,
+    EventKey,
     conversation_digest,
 )
 
 # What the rollups are made of, and what tells folded events from the rest.
-_EVENT_COLUMNS = tuple(dict.fromkeys(("id", "conversation_id", *rollups.EVENT_COLUMNS)))
+_EVENT_COLUMNS = tuple(dict.fromkeys(("id", "event_id", "conversation_id", *rollups.EVENT_COLUMNS)))
 # How long an erasure waits for a fold (or a rebuild) holding the folder's row before it gives up.
 WAIT_SECONDS = 10.0
 
@@ -73,6 +74,8 @@ def erase_conversation(user: Any, business_id: str, conversation_id: str, *, rea
             _subtract_conversation(conversation)
             conversation.delete()
         deleted, _ = events.delete()
+        # Their dedupe keys too: the chat app may send the conversation again, and it is stored again.
+        EventKey.objects.filter(business_id=business_id, event_id__in=[row["event_id"] for row in rows]).delete()
         record = ErasureRecord.objects.create(
             kind=ErasureKind.CONVERSATION, business_id=business_id,
             conversation_digest=conversation_digest(business_id, conversation_id),

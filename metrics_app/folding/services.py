@@ -44,6 +44,7 @@ from django.db import DatabaseError, connection, transaction
 from django.db.models import F, Max, Q
 from django.utils import timezone
 
+from metrics_app import horizon as retention_horizon
 from metrics_app.analytics import rollups, totals
 from metrics_app.conversations import services as conversations
 from metrics_app.models import FOLDER_NAME, AIMetric, FolderState
@@ -329,7 +330,16 @@ def rebuild(progress: Callable[[int], None] | None = None) -> tuple[int, dict[st
     Ingest goes on meanwhile: the rebuild covers the events up to the settled
     horizon it starts from, and holds the folder's row so no fold runs beside
     it; the events stored meanwhile are folded after it, as usual.
+
+    After retention pruned raw events (metrics_app/retention), the rollups
+    and conversations of the pruned period are kept, and only what the raw
+    events still cover is recomputed: from the pruned_before horizon on. The
+    events before it that are still stored are folded first, so the kept
+    rollups hold them. `counts["kept_before"]` says where the rebuild began.
     """
+    since = retention_horizon.pruned_before()
+    if since is not None:
+        fold_pending()
     horizon = _settled_horizon() if connection.vendor == "postgresql" else None
     with transaction.atomic():
         folded_through = _lock_state(None)
@@ -339,13 +349,14 @@ def rebuild(progress: Callable[[int], None] | None = None) -> tuple[int, dict[st
         # them under its own horizon), and the conversations it made must be rebuilt, not dropped.
         horizon = max(horizon, folded_through)
         started = time.perf_counter()
-        made = conversations.rebuild_conversations(through=horizon)
+        made = conversations.rebuild_conversations(through=horizon, since=since)
         took = {"conversations": time.perf_counter() - started}
-        counts = rollups.rebuild(progress=progress, through=horizon, took=took)
+        counts = rollups.rebuild(progress=progress, through=horizon, took=took, since=since)
         started = time.perf_counter()
         counts["totals"] = totals.rebuild(through=horizon)
         took["totals"] = time.perf_counter() - started
         counts["seconds"] = took  # type: ignore[assignment]  # where the time went, for the command to print
+        counts["kept_before"] = since  # type: ignore[assignment]
         FolderState.objects.filter(name=FOLDER_NAME).update(
             folded_through=horizon, folded_at=timezone.now(), rebuild_needed=False
         )

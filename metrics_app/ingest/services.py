@@ -1,10 +1,15 @@
-"""Writes of the ingest: storing events once, with their prices, by one INSERT.
+"""Writes of the ingest: storing events once, with their prices, in one transaction.
 
 Nothing else is written on the request path: conversations, rollups and the
 Prometheus totals are folded from the stored events by the folder
 (metrics_app/folding), so concurrent requests of different businesses never
 wait on a row they share. The business and price look-ups are cached per
 process.
+
+An event is stored once by its key: the transaction first claims each
+(business_id, event_id) in mlops_event_key, then inserts the events whose key
+it claimed. The keys live apart from the events so that ai_metrics can be
+partitioned by time on PostgreSQL (retention drops old partitions whole).
 """
 
 from __future__ import annotations
@@ -25,7 +30,7 @@ from django.utils import timezone
 
 from metrics_app import listeners
 from metrics_app.ingest.validation import FIELD_NAMES
-from metrics_app.models import AIMetric, Business
+from metrics_app.models import AIMetric, Business, EventKey
 from metrics_app.pricing import services as pricing
 
 logger = logging.getLogger(__name__)
@@ -80,32 +85,61 @@ def _row_values() -> Callable[[dict[str, Any]], tuple[Any, ...]]:
     return lambda row: tuple(value if c is None else c(value) for c, value in zip(convert, values(row), strict=True))
 
 
+def _placeholders(width: int, count: int) -> str:
+    return ", ".join(["(" + ", ".join(["%s"] * width) + ")"] * count)
+
+
 @functools.lru_cache(maxsize=64)
-def _insert_sql(vendor: str, count: int) -> str:
-    table = connection.ops.quote_name(AIMetric._meta.db_table)
-    columns = ", ".join(connection.ops.quote_name(c) for c in _COLUMNS)
-    placeholder = "(" + ", ".join(["%s"] * len(_COLUMNS)) + ")"
+def _claim_sql(vendor: str, count: int) -> str:
+    table = connection.ops.quote_name(EventKey._meta.db_table)
     return (
-        f"INSERT INTO {table} ({columns}) VALUES {', '.join([placeholder] * count)} "
+        f"INSERT INTO {table} (business_id, event_id) VALUES {_placeholders(2, count)} "
         f"ON CONFLICT (business_id, event_id) DO NOTHING RETURNING business_id, event_id"
     )
 
 
-def _insert_events(rows: list[dict[str, Any]]) -> set[tuple[str, uuid.UUID]]:
-    """Insert rows with one statement, skipping (business_id, event_id) pairs that exist.
+@functools.lru_cache(maxsize=64)
+def _insert_sql(vendor: str, count: int) -> str:
+    table = connection.ops.quote_name(AIMetric._meta.db_table)
+    columns = ", ".join(connection.ops.quote_name(c) for c in _COLUMNS)
+    return f"INSERT INTO {table} ({columns}) VALUES {_placeholders(len(_COLUMNS), count)}"
 
-    Returns the pairs inserted. One multi-row INSERT ... ON CONFLICT DO NOTHING
-    keeps a batch atomic and makes concurrent retries of the same event store
-    it once: the losers of the race see the conflict and insert nothing.
+
+def _insert_events(rows: list[dict[str, Any]]) -> set[tuple[str, uuid.UUID]]:
+    """Insert the rows whose (business_id, event_id) no stored event has; returns the pairs inserted.
+
+    Both statements run in the caller's transaction. Concurrent retries of
+    one event store it once: the losers of the race wait on the key's unique
+    index until the winner commits, see the conflict and claim nothing.
     """
-    params = list(itertools.chain.from_iterable(map(_row_values(), rows)))
+    to_values = _row_values()
+    key_prep = _key_values()
     with connection.cursor() as cursor:
-        cursor.execute(_insert_sql(connection.vendor, len(rows)), params)
-        returned = cursor.fetchall()
-    return {
-        (business_id, value if isinstance(value, uuid.UUID) else uuid.UUID(str(value)))
-        for business_id, value in returned
-    }
+        cursor.execute(
+            _claim_sql(connection.vendor, len(rows)),
+            list(itertools.chain.from_iterable(key_prep(row) for row in rows)),
+        )
+        claimed = {
+            (business_id, value if isinstance(value, uuid.UUID) else uuid.UUID(str(value)))
+            for business_id, value in cursor.fetchall()
+        }
+        fresh = rows if len(claimed) == len(rows) else [
+            row for row in rows if (row["business_id"], row["event_id"]) in claimed
+        ]
+        if fresh:
+            cursor.execute(
+                _insert_sql(connection.vendor, len(fresh)),
+                list(itertools.chain.from_iterable(map(to_values, fresh))),
+            )
+    return claimed
+
+
+def _key_values() -> Callable[[dict[str, Any]], tuple[Any, Any]]:
+    """A function from an event dict to its key's column values, as the database driver takes them."""
+    if connection.vendor == "postgresql":
+        return operator.itemgetter("business_id", "event_id")
+    prep = functools.partial(EventKey._meta.get_field("event_id").get_db_prep_save, connection=connection)
+    return lambda row: (row["business_id"], prep(row["event_id"]))
 
 
 def record_events(events: list[dict[str, Any]]) -> list[StoredOutcome]:
@@ -113,7 +147,7 @@ def record_events(events: list[dict[str, Any]]) -> list[StoredOutcome]:
 
     An event whose (business_id, event_id) is already stored, or repeated
     earlier in `events`, is a duplicate: the first write stands. All the new
-    rows are written by one statement, so a failure stores none of them.
+    rows are written in one transaction, so a failure stores none of them.
     """
     now = timezone.now()
     seen: set[tuple[str, uuid.UUID]] = set()
@@ -148,7 +182,8 @@ def record_events(events: list[dict[str, Any]]) -> list[StoredOutcome]:
 
 
 def _store(rows: list[dict[str, Any]]) -> set[tuple[str, uuid.UUID]]:
-    """One INSERT, in its own transaction: all of the rows are stored, or none."""
+    """One transaction: all of the new rows are stored, or none."""
     ensure_businesses({row["business_id"] for row in rows})  # usually no statement at all: cached
     pricing.price_events(rows)
-    return _insert_events(rows)
+    with transaction.atomic():
+        return _insert_events(rows)

@@ -17,6 +17,7 @@ from datetime import UTC, datetime, timedelta
 from decimal import ROUND_HALF_EVEN, Decimal, InvalidOperation
 from typing import Any
 
+from metrics_app import horizon
 from metrics_app.ingest import sentiment
 from metrics_app.models import SentimentSource
 from metrics_app.rules import (
@@ -149,7 +150,15 @@ def _timestamp(value: Any) -> datetime:
         moment = moment.replace(tzinfo=UTC)
     if moment < _EARLIEST:
         raise FieldError("must not be before 2000-01-01")
-    if moment > datetime.now(UTC) + _FUTURE_SLACK:
+    now = datetime.now(UTC)
+    kept_from = horizon.earliest_accepted(now)
+    if kept_from is not None and moment < kept_from:
+        # Retention may have removed this event's twin already: storing it could count it twice.
+        raise FieldError(
+            f"must not be before {kept_from:%Y-%m-%d} (UTC): raw events are kept "
+            f"{horizon.retention_days()} days (MLOPS_RAW_RETENTION_DAYS)"
+        )
+    if moment > now + _FUTURE_SLACK:
         raise FieldError("must not be more than a day in the future")
     return moment
 

@@ -1,4 +1,4 @@
-"""The ai_metrics table itself refuses what the API refuses, whoever writes to it."""
+"""The ai_metrics table (and its dedupe keys) refuse what the API refuses, whoever writes to them."""
 
 from __future__ import annotations
 
@@ -9,7 +9,7 @@ import pytest
 from django.db import IntegrityError, transaction
 from django.utils import timezone
 
-from metrics_app.models import AIMetric, Business
+from metrics_app.models import AIMetric, Business, EventKey
 
 pytestmark = pytest.mark.django_db
 
@@ -46,14 +46,13 @@ def test_the_database_refuses_a_value_outside_the_apis_range(fields):
     assert AIMetric.objects.count() == 0
 
 
-def test_the_database_refuses_a_second_row_with_the_same_business_and_event_id():
+def test_the_database_refuses_a_second_dedupe_key_with_the_same_business_and_event_id():
     event_id = uuid.uuid4()
-    row(event_id=event_id).save()
+    EventKey.objects.create(business_id="acme", event_id=event_id)
     with pytest.raises(IntegrityError), transaction.atomic():
-        row(event_id=event_id).save()
-    Business.objects.create(id="other")
-    row(business_id="other", event_id=event_id).save()
-    assert AIMetric.objects.count() == 2
+        EventKey.objects.create(business_id="acme", event_id=event_id)
+    EventKey.objects.create(business_id="other", event_id=event_id)
+    assert EventKey.objects.count() == 2
 
 
 def test_a_business_with_events_cannot_be_deleted(acme):

@@ -7,6 +7,7 @@ from typing import Any
 from django.core.management.base import BaseCommand, CommandParser
 from tqdm import tqdm
 
+from metrics_app import horizon
 from metrics_app.folding import services as folding
 from metrics_app.models import AIMetric
 
@@ -28,7 +29,9 @@ class Command(BaseCommand):
     def handle(self, *args: Any, quiet_progress: bool, if_needed: bool, **options: Any) -> None:
         if if_needed and not folding.rebuild_needed():
             return
-        total = AIMetric.objects.count()
+        since = horizon.pruned_before()
+        events = AIMetric.objects.all() if since is None else AIMetric.objects.filter(timestamp__gte=since)
+        total = events.count()
         with tqdm(total=total, unit="event", disable=quiet_progress or total == 0) as bar:
             made, counts = folding.rebuild(progress=bar.update)
         self.stdout.write(
@@ -36,6 +39,12 @@ class Command(BaseCommand):
             f"conversation rollup rows, {counts['latency_sketches']} latency sketches and {counts['totals']} "
             f"/metrics totals rows from {total} events."
         )
+        if counts.get("kept_before") is not None:
+            self.stdout.write(
+                f"Raw events before {counts['kept_before']:%Y-%m-%d %H:%M} UTC were pruned (retention): the rollups "
+                "and conversations before then were kept as they were, and the /metrics totals start from the "
+                "pruned events' totals."
+            )
         seconds = counts.get("seconds") or {}
         if seconds:
             self.stdout.write("Time: " + ", ".join(f"{name} {value:.1f} s" for name, value in seconds.items()))

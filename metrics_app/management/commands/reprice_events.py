@@ -9,6 +9,7 @@ from django.core.management.base import BaseCommand, CommandError, CommandParser
 from django.utils.dateparse import parse_datetime
 from tqdm import tqdm
 
+from metrics_app import horizon
 from metrics_app.models import AIMetric, Business, ModelPrice
 from metrics_app.pricing import services as pricing
 
@@ -48,6 +49,12 @@ class Command(BaseCommand):
         with tqdm(total=total, unit="event", disable=quiet_progress or total == 0) as bar:
             examined, changed = pricing.reprice(events, table, progress=bar.update)
         self.stdout.write(f"Repriced {changed} of {examined} events with {len(table.prices)} price rows.")
+        pruned_before = horizon.pruned_before()
+        if pruned_before is not None and (not since or _parse_since(since) < pruned_before):
+            self.stdout.write(
+                f"Raw events before {pruned_before:%Y-%m-%d %H:%M} UTC were pruned (retention): their costs in the "
+                "rollups stay as they were priced."
+            )
 
 
 def _parse_since(value: str) -> datetime:
