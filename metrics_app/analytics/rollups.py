@@ -435,7 +435,8 @@ def rebuild(progress: Any = None, chunk: int = 20_000, through: int | None = Non
                 if since is None:
                     cursor.execute(f"DELETE FROM {table}")
                 else:
-                    cursor.execute(f"DELETE FROM {table} WHERE bucket >= %s", [since])
+                    cursor.execute(f"DELETE FROM {table} WHERE bucket >= %s",
+                                   [connection.ops.adapt_datetimefield_value(since)])
         if connection.vendor == "postgresql":
             # The same sums and bins in SQL: several times faster on millions of rows. PostgreSQL's ln()
             # and Python's math.log are the same C function, so each latency lands in the same bin.

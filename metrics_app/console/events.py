@@ -9,6 +9,7 @@ businesses see only those, in every list, filter and export.
 from __future__ import annotations
 
 import uuid
+from typing import Any
 
 from django.contrib import admin
 from django.contrib.admin.options import IncorrectLookupParameters
@@ -18,6 +19,7 @@ from django.http import HttpRequest, HttpResponse, StreamingHttpResponse
 from django.urls import path
 from django.utils import timezone
 
+from metrics_app import horizon
 from metrics_app.access import visible_events
 from metrics_app.console import costs as admin_costs
 from metrics_app.console import dashboard as admin_dashboard
@@ -33,7 +35,7 @@ from metrics_app.console.lists import (
     by_business_and,
 )
 from metrics_app.errors import error_response
-from metrics_app.models import AIMetric
+from metrics_app.models import RETENTION_NAME, AIMetric, RetentionState
 
 
 @admin.register(AIMetric)
@@ -78,6 +80,16 @@ class AIMetricAdmin(CheckedSelectionAdmin):
 
     def get_queryset(self, request: HttpRequest) -> QuerySet[AIMetric]:
         return visible_events(request.user, super().get_queryset(request))
+
+    def changelist_view(self, request: HttpRequest, extra_context: dict[str, Any] | None = None) -> HttpResponse:
+        """The list, saying which raw events retention removed (their figures stay in the rollups)."""
+        state = RetentionState.objects.filter(name=RETENTION_NAME, pruned_before__isnull=False).first()
+        if state is not None:
+            extra_context = {**(extra_context or {}), "retention": {
+                "pruned_before": state.pruned_before, "events_pruned": state.events_pruned,
+                "days": horizon.retention_days(),
+            }}
+        return super().changelist_view(request, extra_context)
 
     def get_search_results(
         self, request: HttpRequest, queryset: QuerySet, search_term: str

@@ -331,7 +331,7 @@ def rebuild_conversations(through: int | None = None, since: datetime | None = N
         if since is not None:
             only_new = (f" AND timestamp >= %s AND NOT EXISTS (SELECT 1 FROM {table} c WHERE c.business_id = "
                     f"{events}.business_id AND c.conversation_id = {events}.conversation_id)")
-            params = [since]
+            params = [connection.ops.adapt_datetimefield_value(since)]
         with connection.cursor() as cursor:
             cursor.execute(
                 f"INSERT INTO {table} ({', '.join(_COLUMNS[:-2])}) "
