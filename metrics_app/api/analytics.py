@@ -100,7 +100,7 @@ class BreakdownView(AnalyticsView):
     def get(self, request: Request, dimension: str) -> Response:
         if dimension not in selectors.DIMENSIONS:
             raise NotFound(f"No dimension {dimension[:50]!r}; use one of {', '.join(sorted(selectors.DIMENSIONS))}")
-        filters, data = _query(request, BreakdownQuerySerializer)
+        filters, data = _query(request, BreakdownQuerySerializer, dimension=dimension)
         rows = selectors.breakdown(filters, dimension, data["limit"])
         return Response({"period": _period(filters), "dimension": dimension, "rows": rows})
 
@@ -125,6 +125,6 @@ class CostOptionsView(AnalyticsView):
         "with the most tokens. Prices of the same tokens, not predictions: see each section's basis.",
     )
     def get(self, request: Request) -> Response:
-        filters, data = _query(request, CostOptionsQuerySerializer)
+        filters, data = _query(request, CostOptionsQuerySerializer, raw_only=True)
         options = cost_selectors.cost_options(filters, data["replies_per_intent"], data["intents"])
         return Response({"period": _period(filters), **options})

@@ -12,7 +12,7 @@ from rest_framework.views import APIView
 from metrics_app import access
 from metrics_app.api.analytics import AnalyticsView
 from metrics_app.api.permissions import CanRecordOutcome
-from metrics_app.api.queries import ConversationQuerySerializer, _period, _query
+from metrics_app.api.queries import ConversationQuerySerializer, _period, _query, refuse_reads_of_pruned_raw_events
 from metrics_app.api.serializers import (
     READ_ERRORS,
     ConversationDetailSerializer,
@@ -40,6 +40,8 @@ class ConversationListView(AnalyticsView):
     )
     def get(self, request: Request) -> Response:
         filters, data = _query(request, ConversationQuerySerializer)
+        if filters.event_filters:  # they pick conversations by their raw events
+            refuse_reads_of_pruned_raw_events(filters, raw_only=True)
         limit, offset = data["limit"], data["offset"]
         page, more = reading.conversation_page(
             filters, limit=limit, offset=offset, conversation_id=data.get("conversation_id"),

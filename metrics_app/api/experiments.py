@@ -237,7 +237,7 @@ class CompareView(AnalyticsView):
         "the conversation. For a verdict that cannot be slid, save an experiment and read its results.",
     )
     def get(self, request: Request) -> Response:
-        filters, data = _query(request, CompareQuerySerializer)
+        filters, data = _query(request, CompareQuerySerializer, raw_only=True)
         question = experiments.Question(
             filters, data["dimension"], data["a"], data["b"], data["primary_metric"], data["minimum_lift"],
             data.get("lift"), data.get("split_a"),

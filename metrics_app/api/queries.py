@@ -12,7 +12,7 @@ from rest_framework import serializers
 from rest_framework.exceptions import PermissionDenied
 from rest_framework.request import Request
 
-from metrics_app import access
+from metrics_app import access, horizon
 from metrics_app.analytics import selectors
 from metrics_app.rules import BUSINESS_ID_MAX_LENGTH, MAX_ID_LENGTH, MAX_LABEL_LENGTH
 
@@ -91,8 +91,43 @@ class BreakdownQuerySerializer(AnalyticsQuerySerializer):
     limit = serializers.IntegerField(required=False, default=20, min_value=1, max_value=100)
 
 
+def _on_quarter_hour(moment: datetime) -> bool:
+    return moment.minute % 15 == 0 and moment.second == 0 and moment.microsecond == 0
+
+
+def refuse_reads_of_pruned_raw_events(filters: selectors.Filters, *, raw_only: bool = False,
+                                      dimension: str | None = None) -> None:
+    """400 for a question about the days retention pruned that only raw events could answer.
+
+    Over those days the answers come from the rollups, which hold whole
+    quarter hours and one filter at a time; a question they cannot answer
+    would count only the raw events left, so it is refused rather than
+    answered short.
+    """
+    pruned_before = horizon.pruned_before()
+    if pruned_before is None or filters.start >= pruned_before:
+        return
+    since = f"raw events before {pruned_before:%Y-%m-%d %H:%M} UTC were removed by retention"
+    if raw_only:
+        raise serializers.ValidationError({"start": [f"{since}, and this figure is made of raw events: start at "
+                                                     f"{pruned_before.isoformat()} or later"]})
+    filtered = len(filters.event_filters) + (1 if dimension not in (None, "business") else 0)
+    if filtered > 1:
+        raise serializers.ValidationError({"start": [
+            f"{since}; before then the figures come from the rollups, which hold one of model, intent, "
+            "prompt_version and kb_version at a time (a breakdown counts as one): ask one at a time, or start at "
+            f"{pruned_before.isoformat()} or later"
+        ]})
+    unaligned = {name: [f"{since}; before then a period must start and end on a quarter hour (:00, :15, :30, :45)"]
+                 for name, moment in (("start", filters.start), ("end", filters.end))
+                 if moment < pruned_before and not _on_quarter_hour(moment)}
+    if unaligned:
+        raise serializers.ValidationError(unaligned)
+
+
 def _query(
-    request: Request, serializer_class: type[serializers.Serializer]
+    request: Request, serializer_class: type[serializers.Serializer], *, raw_only: bool = False,
+    dimension: str | None = None,
 ) -> tuple[selectors.Filters, dict[str, Any]]:
     query = serializer_class(data=request.query_params)
     query.is_valid(raise_exception=True)
@@ -111,6 +146,7 @@ def _query(
         model=data.get("model"), intent=data.get("intent"),
         prompt_version=data.get("prompt_version"), kb_version=data.get("kb_version"),
     )
+    refuse_reads_of_pruned_raw_events(filters, raw_only=raw_only, dimension=dimension)
     return filters, data
 
 

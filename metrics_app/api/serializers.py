@@ -153,6 +153,9 @@ class ConversationSerializer(serializers.Serializer):
     unpriced_events = serializers.IntegerField()
     latency_mean_ms = serializers.FloatField(allow_null=True)
     errors = serializers.IntegerField()  # type: ignore[assignment]  # a declared field: DRF's metaclass takes it off the class
+    raw_events_pruned = serializers.BooleanField(
+        help_text="true when retention removed raw events of it: tokens, cost, latency and errors count those left"
+    )
     appointment_requested = serializers.BooleanField()
     appointment_booked = serializers.BooleanField()
     human_handoff_requested = serializers.BooleanField()

@@ -13,6 +13,7 @@ from typing import Any
 from django.db.models import Count, Max, Min, Q, QuerySet, Sum
 from django.utils import timezone
 
+from metrics_app import horizon
 from metrics_app.analytics.selectors import Filters, conversations_in
 from metrics_app.models import AIMetric, Business, Conversation
 from metrics_app.rules import FAILED_REPLY, UNPRICED
@@ -68,6 +69,7 @@ def with_figures(conversations_qs: Any) -> list[dict[str, Any]]:
     }
     idle = idle_times(row.business_id for row in rows)
     now = timezone.now()
+    pruned_before = horizon.pruned_before()
     result = []
     for row in rows:
         f = figures.get((row.business_id, row.conversation_id), {})
@@ -79,6 +81,7 @@ def with_figures(conversations_qs: Any) -> list[dict[str, Any]]:
             "unpriced_events": f.get("unpriced", 0),
             "latency_mean_ms": (f["latency_sum"] / f["latency_n"]) if f.get("latency_n") else None,
             "errors": f.get("errors", 0),
+            "raw_events_pruned": pruned_before is not None and row.first_at < pruned_before,
             "appointment_requested": row.appointment_requested, "appointment_booked": row.appointment_booked,
             "human_handoff_requested": row.human_handoff_requested,
             "outcome_recorded_at": row.outcome_recorded_at, "outcome_note": row.outcome_note,

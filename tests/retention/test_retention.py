@@ -99,7 +99,8 @@ def answers(api, headers) -> dict[str, Any]:
             scope = {"start": start, "end": end, **({"business_id": business} if business else {})}
             asked = [("summary", {}), ("funnel", {}), ("timeseries", {"interval": "day"}),
                      ("timeseries", {"interval": "hour"}), ("breakdown/intent", {}), ("breakdown/model", {}),
-                     ("breakdown/prompt_version", {})]
+                     ("breakdown/prompt_version", {}), ("summary", {"intent": "booking"}),
+                     ("funnel", {"prompt_version": "v1"}), ("timeseries", {"interval": "day", "model": "gpt-4o-mini"})]
             for path, extra in asked:
                 response = api.get(f"/api/analytics/{path}", {**scope, **extra}, **_headers(headers))
                 assert response.status_code == 200, response.content
@@ -303,3 +304,30 @@ def test_a_day_partition_takes_over_its_rows_from_the_default_partition(stored, 
                        [day, day + timedelta(days=1)])
         assert cursor.fetchone()[0] == 0
     assert AIMetric.objects.count() == len(stored)
+
+
+def test_questions_only_raw_events_could_answer_are_refused_over_pruned_days(api, reader, stored, retention_on):
+    """The rollups hold whole quarter hours and one filter at a time: anything else would count short."""
+    with time_machine.travel(NOW, tick=False):
+        retention.prune()
+    pruned = {"start": "2026-03-11T00:00:00Z", "end": "2026-03-14T00:00:00Z"}
+    asked = [
+        ("/api/analytics/summary", {**pruned, "intent": "booking", "model": "gpt-4o-mini"}, "start"),
+        ("/api/analytics/breakdown/intent", {**pruned, "model": "gpt-4o-mini"}, "start"),
+        ("/api/analytics/summary", {**pruned, "start": "2026-03-11T00:07:00Z"}, "start"),
+        ("/api/analytics/funnel", {**pruned, "end": "2026-03-14T00:10:00Z"}, "end"),
+        ("/api/analytics/costs", pruned, "start"),
+        ("/api/conversations/", {**pruned, "intent": "booking"}, "start"),
+    ]
+    for path, params, field in asked:
+        response = api.get(path, params, **_headers(reader))
+        body = assert_error_shape(response, 400, field)
+        assert "removed by retention" in str(body), (path, body)
+    # The same questions from the horizon on are answered.
+    kept = {"start": "2026-03-15T00:07:00Z", "end": "2026-03-18T00:00:00Z"}
+    for path, params, _ in asked:
+        assert api.get(path, {**params, **kept}, **_headers(reader)).status_code == 200, path
+    listed = api.get("/api/conversations/", {**pruned, "limit": 100}, **_headers(reader)).json()["conversations"]
+    assert listed and all(item["raw_events_pruned"] for item in listed)
+    listed = api.get("/api/conversations/", {**kept, "limit": 100}, **_headers(reader)).json()["conversations"]
+    assert listed and not any(item["raw_events_pruned"] for item in listed)
