@@ -24,7 +24,7 @@ from rest_framework.views import APIView
 from metrics_app import access
 from metrics_app.api.analytics import AnalyticsView, FastJSONRenderer
 from metrics_app.api.permissions import CanRead, CanRecordOutcome
-from metrics_app.api.queries import AnalyticsQuerySerializer, _period, _query
+from metrics_app.api.queries import AnalyticsQuerySerializer, _period, _query, refuse_reads_of_pruned_raw_events
 from metrics_app.api.serializers import PeriodSerializer, _errors
 from metrics_app.experiments import selectors as experiments
 from metrics_app.experiments import services
@@ -342,6 +342,7 @@ class ExperimentResultsView(AnalyticsView):
             experiment, now=timezone.now(), lift=query.validated_data.get("lift"),
             tz=zoneinfo.ZoneInfo(tz) if tz else None,
         )
+        refuse_reads_of_pruned_raw_events(question.filters, raw_only=True)
         body = {"period": _period(question.filters), "experiment": ExperimentSerializer(experiment).data,
                 **experiments.compare(question)}
         return Response(body)

@@ -11,6 +11,7 @@ from __future__ import annotations
 import zoneinfo
 from typing import Any
 
+from metrics_app import horizon
 from metrics_app.analytics.selectors import Filters
 from metrics_app.console.dashboard import DashboardFilters, PeriodPage
 from metrics_app.pricing import selectors as cost_selectors
@@ -48,4 +49,11 @@ class CostsView(PeriodPage):
     def figures(self, filters: DashboardFilters, allowed: set[str] | None) -> dict[str, Any]:
         if allowed is not None and not allowed:
             return {"options": None}
+        pruned_before = horizon.pruned_before()
+        if pruned_before is not None and filters.start < pruned_before:
+            # These figures are made of raw events, and retention removed those before the horizon.
+            return {"options": None, "pruned_note": (
+                f"Raw events before {pruned_before:%Y-%m-%d %H:%M} UTC were removed by retention, and the cost "
+                f"options are made of raw events: choose a period from {pruned_before:%Y-%m-%d} on."
+            )}
         return {"options": with_percents(cost_selectors.cost_options(cost_filters(filters, allowed)))}

@@ -331,3 +331,14 @@ def test_questions_only_raw_events_could_answer_are_refused_over_pruned_days(api
     assert listed and all(item["raw_events_pruned"] for item in listed)
     listed = api.get("/api/conversations/", {**kept, "limit": 100}, **_headers(reader)).json()["conversations"]
     assert listed and not any(item["raw_events_pruned"] for item in listed)
+
+
+def test_the_cost_options_page_says_its_raw_events_were_pruned(stored, retention_on, logged_in, superuser):
+    client = logged_in(superuser)
+    with time_machine.travel(NOW, tick=False):
+        retention.prune()
+        page = client.get("/admin/metrics_app/aimetric/costs/", {"period": "30d"}).content.decode()
+        assert "the cost options are made of raw events: choose a period from 2026-03-15 on" in page
+        page = client.get("/admin/metrics_app/aimetric/costs/",
+                          {"period": "custom", "start": "2026-03-16", "end": "2026-03-19"}).content.decode()
+        assert "removed by retention" not in page and 'id="costs-current"' in page
