@@ -108,8 +108,10 @@ class DocumentsHolding:
         root = services.root()
         folder = root / pipeline.RAW_DIR / business_id
         counts = {"document_files": 0, "dvc_objects_removed_local": 0, "dvc_objects_removed_remote": 0}
-        in_outputs = any(_holds(_read_json(root / path), business_id) for path in _OUTPUTS)
-        if not folder.exists() and not in_outputs:
+        rebuild = folder.exists() or any(_holds(_read_json(root / path), business_id) for path in _OUTPUTS)
+        earlier = _Earlier.read(root) if (root / ".dvc").is_dir() else None
+        # Nothing in the working copy, but an earlier erasure may have stopped before removing the objects.
+        if not rebuild and (earlier is None or not _doomed(_Stores(root), business_id, earlier)):
             return counts
         try:
             with transaction.atomic():
@@ -123,7 +125,11 @@ class DocumentsHolding:
         started = time.perf_counter()
         log: list[str] = []
         try:
-            counts.update(_erase_files(run.pk, root, folder, business_id, log))
+            if rebuild:
+                counts.update(_rebuild_without(run.pk, root, folder, earlier is not None, log))
+            if earlier is not None:
+                counts.update(_remove_objects(root, business_id, earlier))
+                log.append(f"removed DVC objects: {counts}")
         except DocumentsErasureFailed as failed:
             _finish(run, started, log, str(failed))
             raise
@@ -149,26 +155,40 @@ def _dvc(run_id: int, root: Path, log: list[str], *args: str) -> None:
         raise DocumentsErasureFailed(f"dvc {args[0]} failed ({outcome.error or outcome.exit_code}); see the run's log")
 
 
-def _erase_files(run_id: int, root: Path, folder: Path, business_id: str, log: list[str]) -> dict[str, int]:
+def _rebuild_without(run_id: int, root: Path, folder: Path, versioned: bool, log: list[str]) -> dict[str, int]:
+    """Delete the business's folder and the reading cache, then rebuild (and push) the pipeline without them."""
     counts = {"document_files": sum(1 for path in folder.rglob("*") if path.is_file()) if folder.is_dir() else 0}
-    # The outputs the working copy named before: they hold the business and may not be committed anywhere.
-    earlier_locks = [_read_text(root / "dvc.lock"), *_git_versions(root, "dvc.lock")]
-    earlier_manifests = [_read_text(root / DVC_FILE), *_git_versions(root, str(DVC_FILE))]
     if folder.exists():
         shutil.rmtree(folder)
     shutil.rmtree(root / pipeline.CACHE_DIR, ignore_errors=True)
     log.append(f"deleted {counts['document_files']} document file(s) and the reading cache")
-    if not (root / ".dvc").is_dir():
+    if not versioned:
         return counts
     _dvc(run_id, root, log, "add", str(pipeline.RAW_DIR))
     _dvc(run_id, root, log, "repro")
-    has_remote = subprocess.run([sys.executable, "-m", "dvc", "remote", "default"], cwd=root,
-                                capture_output=True, text=True, check=False).stdout.strip()
-    if has_remote:
+    if _has_remote(root):
         _dvc(run_id, root, log, "push")
-    counts.update(_remove_objects(root, business_id, earlier_locks, earlier_manifests, bool(has_remote)))
-    log.append(f"removed DVC objects: {counts}")
     return counts
+
+
+def _has_remote(root: Path) -> bool:
+    found = subprocess.run([sys.executable, "-m", "dvc", "remote", "default"], cwd=root, capture_output=True,
+                           text=True, check=False)
+    return bool(found.stdout.strip())
+
+
+class _Earlier:
+    """The texts of `dvc.lock` and the raw folder's .dvc file in every git commit and in the working copy."""
+
+    def __init__(self, locks: list[str], manifests: list[str]) -> None:
+        self.locks = locks
+        self.manifests = manifests
+
+    @classmethod
+    def read(cls, root: Path) -> _Earlier:
+        # The working copy's too: its outputs hold the business and may be committed nowhere.
+        return cls([_read_text(root / "dvc.lock"), *_git_versions(root, "dvc.lock")],
+                   [_read_text(root / DVC_FILE), *_git_versions(root, str(DVC_FILE))])
 
 
 def _read_text(path: Path) -> str:
@@ -219,12 +239,12 @@ def _dvc_file_outs(text: str) -> set[str]:
 class _Stores:
     """The local cache and (when configured) the default remote, with the object ids each holds."""
 
-    def __init__(self, root: Path, has_remote: bool) -> None:
+    def __init__(self, root: Path) -> None:
         from dvc.repo import Repo
 
         repo = Repo(str(root))
         self.odbs = {"local": repo.cache.local}
-        if has_remote:
+        if _has_remote(root):
             self.odbs["remote"] = repo.cloud.get_remote_odb(None, "erase")
         self.stored = {name: set(odb.all()) for name, odb in self.odbs.items()}
 
@@ -261,23 +281,28 @@ class _Stores:
         return counts
 
 
-def _remove_objects(root: Path, business_id: str, earlier_locks: list[str], earlier_manifests: list[str],
-                    has_remote: bool) -> dict[str, int]:
-    """Remove the objects that hold the business from the local cache and the remote; counts removed."""
-    stores = _Stores(root, has_remote)
-    # What the versions made after the erasure use: never removed, whoever else once used it.
-    used = _outs(_read_text(root / "dvc.lock")) | _dvc_file_outs(_read_text(root / DVC_FILE))
-    for manifest in [oid for oid in used if oid.endswith(".dir")]:
-        used |= {str(entry.get("md5")) for entry in stores.manifest(manifest)}
+def _doomed(stores: _Stores, business_id: str, earlier: _Earlier) -> set[str]:
+    """The objects that hold the business: its files, the manifests listing them, the outputs with its chunks."""
     prefix = f"{business_id}/"
     doomed: set[str] = set()
     manifests = {oid for oids in stores.stored.values() for oid in oids if oid.endswith(".dir")}
-    manifests |= {oid for text in earlier_manifests for oid in _dvc_file_outs(text)}
+    manifests |= {oid for text in earlier.manifests for oid in _dvc_file_outs(text)}
     for oid in manifests:
         own = {str(entry.get("md5")) for entry in stores.manifest(oid)
                if str(entry.get("relpath", "")).startswith(prefix)}
         if own:
             doomed |= own | {oid}
-    outputs = {oid for text in earlier_locks for oid in _outs(text, _OUTPUTS)}
+    outputs = {oid for text in earlier.locks for oid in _outs(text, _OUTPUTS)}
     doomed |= {oid for oid in outputs if stores.output_holds(oid, business_id)}
-    return stores.remove(doomed - used)
+    stored = set().union(*stores.stored.values())
+    return doomed & stored
+
+
+def _remove_objects(root: Path, business_id: str, earlier: _Earlier) -> dict[str, int]:
+    """Remove the objects that hold the business from the local cache and the remote; counts removed."""
+    stores = _Stores(root)
+    # What the versions made after the erasure use: never removed, whoever else once used it.
+    used = _outs(_read_text(root / "dvc.lock")) | _dvc_file_outs(_read_text(root / DVC_FILE))
+    for manifest in [oid for oid in used if oid.endswith(".dir")]:
+        used |= {str(entry.get("md5")) for entry in stores.manifest(manifest)}
+    return stores.remove(_doomed(stores, business_id, earlier) - used)
