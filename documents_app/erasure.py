@@ -84,11 +84,14 @@ class DocumentsHolding:
         folder = root / pipeline.RAW_DIR / business_id
         kb = _read_json(root / pipeline.KB_PATH) or {}
         chunks = kb.get("chunks", []) if isinstance(kb, dict) else []
+        versioned = (root / ".dvc").is_dir()
         return {
             "documents": Document.objects.filter(business_id=business_id).count(),
             "document_files": sum(1 for path in folder.rglob("*") if path.is_file()) if folder.is_dir() else 0,
             "knowledge_base_chunks": sum(isinstance(c, dict) and c.get("business_id") == business_id
                                          for c in chunks),
+            # Objects in the cache or the remote that hold it; those that the rebuilt versions share stay.
+            "dvc_objects": len(_doomed(_Stores(root), business_id, _Earlier.read(root))) if versioned else 0,
         }
 
     def busy(self, business_id: str) -> str | None:
@@ -128,6 +131,8 @@ class DocumentsHolding:
             if rebuild:
                 counts.update(_rebuild_without(run.pk, root, folder, earlier is not None, log))
             if earlier is not None:
+                if _has_remote(root):
+                    _dvc(run.pk, root, log, "push")  # the new versions, before the old ones go
                 counts.update(_remove_objects(root, business_id, earlier))
                 log.append(f"removed DVC objects: {counts}")
         except DocumentsErasureFailed as failed:
@@ -156,7 +161,7 @@ def _dvc(run_id: int, root: Path, log: list[str], *args: str) -> None:
 
 
 def _rebuild_without(run_id: int, root: Path, folder: Path, versioned: bool, log: list[str]) -> dict[str, int]:
-    """Delete the business's folder and the reading cache, then rebuild (and push) the pipeline without them."""
+    """Delete the business's folder and the reading cache, then rebuild the pipeline without them."""
     counts = {"document_files": sum(1 for path in folder.rglob("*") if path.is_file()) if folder.is_dir() else 0}
     if folder.exists():
         shutil.rmtree(folder)
@@ -166,8 +171,6 @@ def _rebuild_without(run_id: int, root: Path, folder: Path, versioned: bool, log
         return counts
     _dvc(run_id, root, log, "add", str(pipeline.RAW_DIR))
     _dvc(run_id, root, log, "repro")
-    if _has_remote(root):
-        _dvc(run_id, root, log, "push")
     return counts
 
 

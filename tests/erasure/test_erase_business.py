@@ -45,6 +45,7 @@ from tests.analytics.helpers import (
 )
 from tests.analytics.test_analytics_api import PERIOD, START, assert_figures
 from tests.helpers import fold_all
+from tests.monitoring.helpers import samples
 
 pytestmark = pytest.mark.django_db
 
@@ -122,6 +123,18 @@ def holds_nothing_of(business_id: str) -> None:
     assert not RateLimitSlot.objects.filter(key__business_id=business_id).exists()
 
 
+def scraped(api: Client) -> dict[str, set[tuple[Any, ...]]]:
+    """The /metrics samples that carry a business label, per business label value."""
+    response = api.get("/metrics")
+    assert response.status_code == 200
+    found: dict[str, set[tuple[Any, ...]]] = {}
+    for name, series in samples(response.content.decode()).items():
+        for labels, value in series:
+            if "business_id" in labels:
+                found.setdefault(labels["business_id"], set()).add((name, tuple(sorted(labels.items())), value))
+    return found
+
+
 @pytest.fixture
 def agency(make_key) -> dict[str, str]:
     _, raw = make_key(None, can_ingest=False, can_read=True)
@@ -133,6 +146,8 @@ def test_a_business_is_gone_from_every_table_and_the_others_answer_as_before(
 ):
     before = {business_id: figures(api, agency, business_id) for business_id in OTHERS}
     totals_before = {business_id: prometheus_totals(business_id) for business_id in OTHERS}
+    scraped_before = scraped(api)
+    assert VICTIM in scraped_before
     kept_rollups = [[row for row in table if row[0] != VICTIM and row[0] != "*"] for table in rollup_tables()]
 
     done = erasure.erase_business(superuser, VICTIM, reason="the business closed")
@@ -143,6 +158,10 @@ def test_a_business_is_gone_from_every_table_and_the_others_answer_as_before(
     # Every other business answers as it did, from its rows and from its unfolded tail alike.
     assert {business_id: figures(api, agency, business_id) for business_id in OTHERS} == before
     assert {business_id: prometheus_totals(business_id) for business_id in OTHERS} == totals_before
+    # /metrics: the business's series are gone, every other business's are as they were.
+    scraped_after = scraped(api)
+    assert VICTIM not in scraped_after
+    assert {b: scraped_after.get(b) for b in OTHERS} == {b: scraped_before.get(b) for b in OTHERS}
     assert [[row for row in table if row[0] != "*"] for table in rollup_tables()] == kept_rollups
     # The "*" figures are those of the events left: the API's answer equals one computed from the raw rows...
     summary = api.get("/api/analytics/summary", PERIOD, headers=agency).json()["summary"]

@@ -62,6 +62,7 @@ def test_erasing_a_business_removes_its_documents_from_the_knowledge_base_the_ca
     sample_faq = subprocess.run(["md5sum", str(root / "data/raw/business_documents" / SAMPLE / "faq.md")],
                                 capture_output=True, text=True, check=True).stdout.split()[0]
 
+    preview = erasure.erase_business(superuser, VICTIM, dry_run=True).counts
     done = erasure.erase_business(superuser, VICTIM, reason="closed")
 
     assert not (root / "data/raw/business_documents" / VICTIM).exists()
@@ -81,6 +82,9 @@ def test_erasing_a_business_removes_its_documents_from_the_knowledge_base_the_ca
     assert record.erased["documents"] == 2 and record.erased["document_files"] == 2
     assert record.erased["dvc_objects_removed_local"] > 0 and record.erased["dvc_objects_removed_remote"] > 0
     assert done.counts == record.erased
+    assert (preview["documents"], preview["document_files"]) == (2, 2) and preview["knowledge_base_chunks"] > 0
+    assert preview["dvc_objects"] >= max(record.erased["dvc_objects_removed_local"],
+                                         record.erased["dvc_objects_removed_remote"])
     assert PipelineRun.objects.get().status == RunStatus.SUCCEEDED
     # The commit made before the erasure names objects that are gone: its documents cannot be fetched again.
     run(["git", "checkout", "-q", "HEAD", "--", "dvc.lock", "data/raw/business_documents.dvc"], root)
@@ -88,3 +92,31 @@ def test_erasing_a_business_removes_its_documents_from_the_knowledge_base_the_ca
     pulled = dvc(root, "pull", check=False)
     assert pulled.returncode != 0
     assert not (root / "data/raw/business_documents" / VICTIM / "policies.md").exists()
+
+
+def test_an_erasure_stopped_by_a_failing_dvc_step_keeps_its_record_and_erasing_again_finishes(
+    clone_with_victim: Path, superuser
+):
+    root = clone_with_victim
+    config = root / ".dvc/config"
+    working = config.read_text()
+    (root / "not-a-folder").write_text("")
+    config.write_text(working.replace("../dvc-remote", "../not-a-folder/remote"))  # the push cannot write
+
+    with pytest.raises(erasure.ErasureIncomplete, match="dvc push failed"):
+        erasure.erase_business(superuser, VICTIM)
+    assert not Business.objects.filter(pk=VICTIM).exists() and not Document.objects.filter(business_id=VICTIM)
+    assert ErasureRecord.objects.get().erased["events"] == 0
+    assert PipelineRun.objects.get().status == RunStatus.FAILED
+    assert any(SECRET.encode() in path.read_bytes() for path in _stored_files(root))
+
+    config.write_text(working)
+    left = erasure.erase_business(superuser, VICTIM, dry_run=True).counts
+    assert left["dvc_objects"] > 0 and left["document_files"] == 0
+    done = erasure.erase_business(superuser, VICTIM)
+    assert done.counts["dvc_objects_removed_local"] > 0 and done.counts["dvc_objects_removed_remote"] > 0
+    assert not any(VICTIM.encode() in path.read_bytes() for path in _stored_files(root))
+    assert "Cache and remote 'repo-remote' are in sync" in dvc(root, "status", "--cloud").stdout
+    assert ErasureRecord.objects.count() == 2
+    with pytest.raises(erasure.ErasureRefused, match="No such business"):
+        erasure.erase_business(superuser, VICTIM)
