@@ -49,6 +49,7 @@ from documents_app import services
 from documents_app.models import Document, PipelineRun, PipelineStage, RunStatus
 from documents_app.pipeline import stages as pipeline
 from metrics_app import holdings
+from metrics_app.rules import business_id_problem
 
 DVC_FILE = Path(f"{pipeline.RAW_DIR}.dvc")
 # The stage outputs that hold chunks or document lists (the metrics are tracked by git, not DVC).
@@ -57,6 +58,15 @@ _OUTPUTS = {str(pipeline.EMBEDDINGS_PATH), str(pipeline.KB_PATH)}
 
 class DocumentsErasureFailed(holdings.HoldingFailed):
     """The files could not all be erased; the message says which step failed. Erasing again finishes."""
+
+
+def _folder(root: Path, business_id: str) -> Path:
+    """The business's documents folder; for an id that cannot hold one (such as "../x"), a path that never exists."""
+    raw = (root / pipeline.RAW_DIR).resolve()
+    folder = (raw / business_id).resolve()
+    if business_id_problem(business_id) is not None or folder.parent != raw:
+        return raw / ".no-such-business-folder"
+    return folder
 
 
 def _holds(data: Any, business_id: str) -> bool:
@@ -81,18 +91,22 @@ class DocumentsHolding:
 
     def count(self, business_id: str) -> dict[str, int]:
         root = services.root()
-        folder = root / pipeline.RAW_DIR / business_id
+        folder = _folder(root, business_id)
         kb = _read_json(root / pipeline.KB_PATH) or {}
         chunks = kb.get("chunks", []) if isinstance(kb, dict) else []
-        versioned = (root / ".dvc").is_dir()
-        return {
+        counted = {
             "documents": Document.objects.filter(business_id=business_id).count(),
             "document_files": sum(1 for path in folder.rglob("*") if path.is_file()) if folder.is_dir() else 0,
             "knowledge_base_chunks": sum(isinstance(c, dict) and c.get("business_id") == business_id
                                          for c in chunks),
-            # Objects in the cache or the remote that hold it; those that the rebuilt versions share stay.
-            "dvc_objects": len(_doomed(_Stores(root), business_id, _Earlier.read(root))) if versioned else 0,
         }
+        if (root / ".dvc").is_dir():
+            try:
+                # Objects in the cache or the remote that hold it; those that the rebuilt versions share stay.
+                counted["dvc_objects"] = len(_doomed(_Stores(root), business_id, _Earlier.read(root)))
+            except Exception:  # an unreachable remote, say: left uncounted; the erasure itself says what failed
+                pass
+        return counted
 
     def busy(self, business_id: str) -> str | None:
         active = PipelineRun.objects.filter(active=True).first()
@@ -109,7 +123,7 @@ class DocumentsHolding:
 
     def erase_files(self, business_id: str) -> dict[str, int]:
         root = services.root()
-        folder = root / pipeline.RAW_DIR / business_id
+        folder = _folder(root, business_id)
         counts = {"document_files": 0, "dvc_objects_removed_local": 0, "dvc_objects_removed_remote": 0}
         rebuild = folder.exists() or any(_holds(_read_json(root / path), business_id) for path in _OUTPUTS)
         earlier = _Earlier.read(root) if (root / ".dvc").is_dir() else None
@@ -138,6 +152,10 @@ class DocumentsHolding:
         except DocumentsErasureFailed as failed:
             _finish(run, started, log, str(failed))
             raise
+        except Exception as exc:  # a file that cannot be deleted, DVC's cache or remote failing: said, not a 500
+            message = f"{type(exc).__name__}: {exc}"[:300]
+            _finish(run, started, log, message)
+            raise DocumentsErasureFailed(message) from exc
         _finish(run, started, log, "")
         return counts
 

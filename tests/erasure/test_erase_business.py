@@ -269,3 +269,13 @@ def test_an_erasure_waits_for_no_pipeline_run_and_refuses_while_one_is_active(wo
         erasure.erase_business(superuser, VICTIM)
     assert Business.objects.filter(pk=VICTIM).exists() and ApiKey.objects.filter(business_id=VICTIM).exists()
     assert StaffBusinessAccess.objects.filter(business_id=VICTIM).exists()
+
+
+@pytest.mark.parametrize("business_id", ["../outside", "..", "", "x" * 500, "kolkata-clinic/../outside"])
+def test_an_id_that_names_a_path_erases_no_folder_outside_the_documents(superuser, documents_root, business_id):
+    outside = documents_root / "data/raw/outside"
+    outside.mkdir(parents=True)
+    (outside / "keep.txt").write_text("not a business's")
+    with pytest.raises(erasure.ErasureRefused, match="No such business"):
+        erasure.erase_business(superuser, business_id)
+    assert (outside / "keep.txt").exists()
