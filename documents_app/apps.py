@@ -13,6 +13,10 @@ class DocumentsAppConfig(AppConfig):
 
     def ready(self) -> None:
         checks.register(check_pipeline_root, checks.Tags.compatibility)
+        from documents_app.erasure import DocumentsHolding
+        from metrics_app import holdings
+
+        holdings.register(DocumentsHolding())
 
 
 def check_pipeline_root(app_configs: Any = None, **kwargs: Any) -> list[checks.CheckMessage]:

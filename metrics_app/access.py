@@ -9,6 +9,7 @@
   With no row they see nothing, so a deleted business or a removed grant
   narrows what they see and never widens it.
 - Anyone else (anonymous, a non-staff or inactive user) sees nothing.
+- A whole business is erased only by a person who may write it, never by a key.
 
 Everything that reads or writes a business's data asks this module; nothing
 else decides it.
@@ -79,6 +80,14 @@ def can_write(user_or_key: Any, business_id: str) -> bool:
     if key is not None:
         return key.can_ingest and key.is_usable and key.business_id == business_id
     return can_see(user_or_key, business_id)
+
+
+def can_erase_business(user_or_key: Any, business_id: str) -> bool:
+    """Erasing a whole business: a person who may write it (a staff user who sees it, a superuser), never a key.
+
+    An ingest key may write its business's events but not make the business disappear.
+    """
+    return _key_of(user_or_key) is None and _is_active(user_or_key) and can_write(user_or_key, business_id)
 
 
 def visible_rows(user_or_key: Any, rows: QuerySet[_Row], field: str = "business_id") -> QuerySet[_Row]:

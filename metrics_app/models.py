@@ -1017,7 +1017,7 @@ class ErasureKind(models.TextChoices):
 
 
 class ErasureRecord(models.Model):
-    """Who erased what and when (metrics_app/erasure). It keeps no erased data.
+    """Who erased what and when (metrics_app/erasure). It keeps no erased data, only counts.
 
     A conversation is named by a SHA-256 digest of its business and id, not the
     id itself (a chat app may use a phone number as one): whoever knows the id
@@ -1035,6 +1035,10 @@ class ErasureRecord(models.Model):
     erased_at = models.DateTimeField(default=timezone.now)
     events = models.BigIntegerField(default=0, help_text="Events erased.")
     conversations = models.BigIntegerField(default=0, help_text="Conversations erased.")
+    erased = models.JSONField(
+        default=dict, blank=True,
+        help_text="A business erasure's counts of what it erased, by kind (rows, documents, DVC objects).",
+    )
     reason = models.CharField(max_length=300, blank=True, help_text='Why, e.g. "the customer asked".')
 
     class Meta:

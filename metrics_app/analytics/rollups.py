@@ -325,6 +325,50 @@ def subtract_events(events: list[dict[str, Any]]) -> None:
                                      bins=b"").delete()
 
 
+def subtract_business(business_id: str, chunk: int = 2000) -> dict[str, int]:
+    """Take a whole business out of the "*" rows and delete its own rows (a business erasure); its rows counted.
+
+    Every "*" row is the sum of the rows of the same slice and bucket of every
+    business: the folder, repricing, outcomes and `rebuild` add to both alike,
+    the sums are integers and four- or ten-place decimals (exact in any order),
+    and a sketch's bins are counts. So subtracting the business's own rows,
+    key by key, leaves exactly what the other businesses' events make, whether
+    or not all of them are folded: rows the folder has not written yet are in
+    neither. The folder's row must be held. "*" rows left holding no event (no
+    conversation, no latency) are deleted, as `rebuild` would not make them.
+    """
+    key = ("dimension", "value", "bucket")
+    removed = {"event_rollups": 0, "conversation_rollups": 0, "latency_sketches": 0}
+    for model, sums, name in ((EventRollup, EVENT_SUMS, "event_rollups"),
+                              (ConversationRollup, CONVERSATION_SUMS, "conversation_rollups")):
+        own = model.objects.filter(business_id=business_id).order_by(*key).values_list(*key, *sums)
+        rows = list(own.iterator(chunk_size=chunk))
+        for start in range(0, len(rows), chunk):
+            part = rows[start:start + chunk]
+            _upsert(model._meta.db_table, ("business_id", *key), sums,
+                    [(ALL_BUSINESSES, *row[:3], *(-value for value in row[3:])) for row in part])
+        buckets = sorted({row[2] for row in rows})
+        empty = {"events": 0} if model is EventRollup else dict.fromkeys(CONVERSATION_SUMS, 0)
+        for start in range(0, len(buckets), chunk):
+            model.objects.filter(business_id=ALL_BUSINESSES, bucket__in=buckets[start:start + chunk],
+                                 **empty).delete()
+        removed[name], _ = model.objects.filter(business_id=business_id).delete()
+    sketch_key = ("dimension", "value", "span_minutes", "bucket")
+    own_sketches = LatencySketch.objects.filter(business_id=business_id).order_by(*sketch_key)
+    additions = {
+        (ALL_BUSINESSES, d, v, int(span), bucket): {index: -count for index, count in sketches.as_dict(bins).items()}
+        for d, v, span, bucket, bins in own_sketches.values_list(*sketch_key, "bins").iterator(chunk_size=chunk)
+    }
+    if additions:
+        add_sketches(additions)
+        buckets = sorted({key[4] for key in additions})
+        for start in range(0, len(buckets), chunk):
+            LatencySketch.objects.filter(business_id=ALL_BUSINESSES, bucket__in=buckets[start:start + chunk],
+                                         bins=b"").delete()
+    removed["latency_sketches"], _ = LatencySketch.objects.filter(business_id=business_id).delete()
+    return removed
+
+
 def add_events(events: list[dict[str, Any]]) -> None:
     """Add events being folded to the rollups (the folder's transaction)."""
     accumulator = Accumulator()

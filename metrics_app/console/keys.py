@@ -9,6 +9,7 @@ from typing import Any
 
 from django import forms
 from django.contrib import admin, messages
+from django.contrib.admin import helpers
 from django.db.models import Count, Q, QuerySet
 from django.http import HttpRequest, HttpResponse
 from django.template.response import TemplateResponse
@@ -18,9 +19,13 @@ from metrics_app import access
 from metrics_app.access import visible_business_ids, visible_rows
 from metrics_app.console.actions import CheckedSelectionAdmin
 from metrics_app.console.hours import OpeningExceptionInline, OpeningHoursInline
+from metrics_app.erasure import services as erasure
 from metrics_app.keys import services as key_services
 from metrics_app.models import ApiKey, Business
 from metrics_app.rules import business_id_problem
+
+# Businesses one action erases at most: each one rebuilds the knowledge base when it has documents.
+MAX_BUSINESSES_ERASED_AT_ONCE = 10
 
 
 class ApiKeyInline(admin.TabularInline):
@@ -42,6 +47,7 @@ class BusinessAdmin(CheckedSelectionAdmin):
     search_fields = ("id", "name")
     readonly_fields = ("created_at",)
     inlines = [OpeningHoursInline, OpeningExceptionInline, ApiKeyInline]
+    actions = ["erase_selected"]
 
     def get_queryset(self, request: HttpRequest) -> QuerySet[Business]:
         now = timezone.now()
@@ -63,6 +69,31 @@ class BusinessAdmin(CheckedSelectionAdmin):
     def get_readonly_fields(self, request: HttpRequest, obj: Business | None = None) -> tuple[str, ...]:
         # The id is what the chat app sends: it cannot change once events refer to it.
         return (*self.readonly_fields, "id") if obj else self.readonly_fields
+
+    @admin.action(description="Erase the selected businesses everywhere", permissions=["erase"])
+    def erase_selected(self, request: HttpRequest, queryset: QuerySet[Business]) -> TemplateResponse | None:
+        """After a confirmation page naming each business and what it holds: each erased, with its audit record."""
+        chosen = list(queryset.order_by("id")[:MAX_BUSINESSES_ERASED_AT_ONCE])
+        if request.POST.get("confirmed") != "yes":
+            listed = [(business, [(kind, n) for kind, n in erasure.business_holdings(business.pk).items() if n])
+                      for business in chosen]
+            context = {**self.admin_site.each_context(request), "title": "Erase businesses everywhere?",
+                       "opts": self.opts, "businesses": listed,
+                       "selected": request.POST.getlist(helpers.ACTION_CHECKBOX_NAME), "action": "erase_selected"}
+            return TemplateResponse(request, "admin/metrics_app/business/erase_confirmation.html", context)
+        reason = request.POST.get("reason", "")[:300]
+        for business in chosen:
+            try:
+                done = erasure.erase_business(request.user, business.pk, reason=reason)
+            except (erasure.ErasureRefused, erasure.ErasureIncomplete) as failed:
+                self.message_user(request, f"{business.pk}: {failed}", messages.ERROR)
+                continue
+            self.message_user(request, f"Erased {business.pk} everywhere: {done.counts['events']} event(s), "
+                              f"{done.counts['conversations']} conversation(s).", messages.SUCCESS)
+        return None
+
+    def has_erase_permission(self, request: HttpRequest) -> bool:
+        return request.user.has_perm("metrics_app.add_erasurerecord")
 
 
 class ApiKeyForm(forms.ModelForm):

@@ -137,3 +137,25 @@ def _count_in_sqlite_file(key: str, minute: int) -> int:
     except sqlite3.Error as exc:
         raise LimiterUnavailable(f"the rate-limit file {counter_file()} did not answer: {exc}") from exc
     return count
+
+
+def forget(keys: list[ApiKey]) -> int:
+    """Drop the counters of these keys (a business erasure); the rows or file entries dropped.
+
+    On PostgreSQL their slots go with the keys' rows too (the foreign key
+    cascades); deleting them here first keeps the count for the record.
+    """
+    if not keys:
+        return 0
+    if connection.vendor == "sqlite":
+        if not counter_file().exists():
+            return 0
+        try:
+            conn = _counter_connection()
+            prefixes = [key.prefix for key in keys]
+            marks = ", ".join("?" * len(prefixes))
+            return conn.execute(f"DELETE FROM request_count WHERE key IN ({marks})", prefixes).rowcount
+        except sqlite3.Error as exc:
+            raise LimiterUnavailable(f"the rate-limit file {counter_file()} did not answer: {exc}") from exc
+    deleted, _ = RateLimitSlot.objects.filter(key__in=keys).delete()
+    return deleted
