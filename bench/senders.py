@@ -5,7 +5,7 @@ from __future__ import annotations
 import http.client
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 
 
@@ -51,13 +51,16 @@ class Sent:
 def send_bodies(
     url: str,
     path: str,
-    bodies: list[bytes],
+    bodies: Iterable[bytes],
     headers: dict[str, str],
     stored: StoredCount,
     duration: float,
     senders: int = 4,
 ) -> Sent:
     """POST each body once to `url` + `path` from `senders` threads until the bodies run out or `duration` passes.
+
+    `bodies` may be a generator: the senders take the next body in turn, so a long run need not hold every
+    body in memory at once (500-event batches are about 300 KiB each).
 
     Each request opens a connection of its own, as bench_ingest's batches always
     have. `seconds` runs from the first request to the end of the last, so it is
