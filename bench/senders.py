@@ -15,6 +15,14 @@ class Answer:
     body: bytes
 
 
+@dataclass(frozen=True)
+class Body:
+    """A body with headers of its own (a key of its business, say), sent on top of the run's headers."""
+
+    data: bytes
+    headers: dict[str, str]
+
+
 # What one answer stored, in events; raises RuntimeError for an answer the bench must not time.
 StoredCount = Callable[[Answer], int]
 
@@ -51,7 +59,7 @@ class Sent:
 def send_bodies(
     url: str,
     path: str,
-    bodies: Iterable[bytes],
+    bodies: Iterable[bytes | Body],
     headers: dict[str, str],
     stored: StoredCount,
     duration: float,
@@ -80,10 +88,11 @@ def send_bodies(
                 body = next(queue, None)
             if body is None or failures:
                 return
+            data, sent_headers = (body.data, {**headers, **body.headers}) if isinstance(body, Body) else (body, headers)
             started = time.monotonic()
             conn = http.client.HTTPConnection(host, int(port), timeout=60)
             try:
-                conn.request("POST", path, body, headers)
+                conn.request("POST", path, data, sent_headers)
                 response = conn.getresponse()
                 answer = Answer(response.status, response.read())
             finally:
