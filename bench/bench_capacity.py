@@ -1,6 +1,6 @@
 """Capacity figures: what one instance ingests, and what PostgreSQL spends per event in CPU, WAL and disk.
 
-    .venv/bin/python bench/bench_capacity.py [--duration 20] [--businesses 10]
+    .venv/bin/python bench/bench_capacity.py [--duration 10] [--businesses 10]
         [--storage-businesses 50 --days 30 --replies-per-day 200]
 
 On a temporary PostgreSQL server this script starts (tests/pgserver.py), it measures:
@@ -31,7 +31,7 @@ On a temporary PostgreSQL server this script starts (tests/pgserver.py), it meas
      (conversations, rollups, latency sketches, the /metrics totals).
 
 The figures are printed in one table with their units and where each comes from.
-Every phase is bounded (ingest by --duration, a drain by max(60, 3 x --duration)
+Every phase is bounded (ingest by --duration, a drain by max(120, 6 x --duration)
 s); every process started here is stopped by its process group at the end, also
 on Ctrl-C or SIGTERM. Needs the PostgreSQL server binaries (Debian: postgresql).
 """
@@ -446,7 +446,7 @@ def run_instance(server: TempPostgres, meter: Meter, args: argparse.Namespace) -
     keys = create_keys(env, business_ids(args.businesses, "live"))
     port = free_port()
     url = f"http://127.0.0.1:{port}"
-    limit = max(60.0, 3.0 * args.duration)
+    limit = max(120.0, 6.0 * args.duration)  # the folder drains a few times slower than ingest fills
     load = Load(url, keys, args.senders)
     with serve(service_command(port), env, url, ROOT) as gunicorn:
         meter.groups["gunicorn"] = gunicorn
@@ -654,7 +654,7 @@ def machine() -> str:
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--duration", type=float, default=20, help="seconds of batches in each ingest phase")
+    parser.add_argument("--duration", type=float, default=10, help="seconds of batches in each ingest phase")
     parser.add_argument("--senders", type=int, default=4, help="concurrent /track/batch senders")
     parser.add_argument("--businesses", type=int, default=10, help="businesses of the live batches, each its key")
     parser.add_argument("--storage-businesses", type=int, default=50)
