@@ -281,13 +281,13 @@ class Meter:
         self.conn = connect(self.server)
         self.conn.autocommit = True
 
-    def _one(self, sql: str, params: tuple = ()) -> Any:
+    def one(self, sql: str, params: tuple = ()) -> Any:
         with self.conn.cursor() as cursor:
             cursor.execute(sql, params)
             return cursor.fetchone()[0]
 
     def checkpoint(self) -> None:
-        self._one("CHECKPOINT; SELECT 1")
+        self.one("CHECKPOINT; SELECT 1")
 
     def read(self) -> Reading:
         postmaster = postmaster_pid(self.server)
@@ -296,10 +296,10 @@ class Meter:
             cpu[name] = cpu_seconds(process.pid, in_group(process.pid))
         times = os.times()
         cpu["bench"] = times.user + times.system
-        return Reading(time.monotonic(), self._one("SELECT pg_current_wal_lsn()::text"), cpu)
+        return Reading(time.monotonic(), self.one("SELECT pg_current_wal_lsn()::text"), cpu)
 
     def usage(self, phase: str, before: Reading, after: Reading, events: int) -> Usage:
-        wal = int(self._one("SELECT pg_wal_lsn_diff(%s::pg_lsn, %s::pg_lsn)", (after.wal_lsn, before.wal_lsn)))
+        wal = int(self.one("SELECT pg_wal_lsn_diff(%s::pg_lsn, %s::pg_lsn)", (after.wal_lsn, before.wal_lsn)))
         cpu = {name: after.cpu[name] - before.cpu[name] for name in after.cpu if name in before.cpu}
         return Usage(phase, events, after.at - before.at, wal, cpu)
 
@@ -324,8 +324,6 @@ def create_keys(env: dict[str, str], businesses: list[str]) -> dict[str, str]:
         "print(json.dumps(keys))\n"
     )
     return json.loads(manage(env, "shell", "-c", code).splitlines()[-1])
-
-
 
 
 def batch_created(answer: Answer) -> int:
@@ -372,12 +370,12 @@ def gunicorn_workers(master: subprocess.Popen) -> int:
 
 def folded_all(meter: Meter) -> bool:
     """Every stored event folded: two index look-ups, cheap enough to ask twice a second while measuring."""
-    return bool(meter._one("SELECT f.folded_through >= (SELECT coalesce(max(id), 0) FROM ai_metrics) "
+    return bool(meter.one("SELECT f.folded_through >= (SELECT coalesce(max(id), 0) FROM ai_metrics) "
                            "FROM mlops_folder_state f WHERE f.name = 'events'"))
 
 
 def unfolded(meter: Meter) -> int:
-    return int(meter._one("SELECT count(*) FROM ai_metrics WHERE id > "
+    return int(meter.one("SELECT count(*) FROM ai_metrics WHERE id > "
                           "(SELECT folded_through FROM mlops_folder_state WHERE name = 'events')"))
 
 
@@ -463,7 +461,7 @@ def run_instance(server: TempPostgres, meter: Meter, args: argparse.Namespace) -
         print(f"  folding alone: {fold.events / fold.seconds:,.0f} events/s", flush=True)
         meter.groups.pop("gunicorn")
     threads = int(env.get("GUNICORN_THREADS") or 4)  # gunicorn.conf.py's default
-    events = int(meter._one("SELECT count(*) FROM ai_metrics"))
+    events = int(meter.one("SELECT count(*) FROM ai_metrics"))
     return InstanceRun(workers, threads, sent, folded, [together, ingest, fold],
                        relation_sizes(meter.conn, ("ai_metrics",))["ai_metrics"].total, events)
 
@@ -670,7 +668,7 @@ def main() -> int:
     server = TempPostgres.create()
     meter = Meter(server)
     try:
-        version = meter._one("SHOW server_version")
+        version = meter.one("SHOW server_version")
         print(f"PostgreSQL {version} on 127.0.0.1:{server.port}; phases 1-3 ({args.duration:.0f} s of batches each)",
               flush=True)
         instance = run_instance(server, meter, args)
