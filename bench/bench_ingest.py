@@ -96,9 +96,17 @@ def psql(server: TempPostgres, sql: str, db: str = TempPostgres.DB) -> str:
 
 
 def connect(server: TempPostgres, db: str = TempPostgres.DB) -> Any:
-    import psycopg2
+    import psycopg2  # type: ignore[import-untyped]  # no stubs installed; the bench only connects
 
     return psycopg2.connect(host="127.0.0.1", port=server.port, user=server.ROLE, dbname=db)
+
+
+def found(pattern: str, output: str) -> re.Match[str]:
+    """The first match of `pattern` in a tool's output; RuntimeError with the output when it is not there."""
+    match = re.search(pattern, output)
+    if match is None:
+        raise RuntimeError(f"no {pattern!r} in the output:\n{output[-2000:]}")
+    return match
 
 
 def check_key(url: str, api_key: str) -> None:
@@ -121,10 +129,10 @@ def wrk(url: str, duration: int, api_key: str | None = None) -> dict[str, float]
         ["wrk", "-t2", "-c16", f"-d{duration}s", "--latency", "-s", str(WRK_SCRIPT), url + "/track"],
         capture_output=True, text=True, check=True, env=env, timeout=duration + 60,
     ).stdout
-    rps = float(re.search(r"Requests/sec:\s+([\d.]+)", out).group(1))
+    rps = float(found(r"Requests/sec:\s+([\d.]+)", out).group(1))
 
     def latency(pct: str) -> float:
-        value, unit = re.search(rf"\s{pct}%\s+([\d.]+)(us|ms|s)", out).groups()
+        value, unit = found(rf"\s{pct}%\s+([\d.]+)(us|ms|s)", out).groups()
         return float(value) * {"us": 0.001, "ms": 1.0, "s": 1000.0}[unit]
 
     non2xx = re.search(r"Non-2xx or 3xx responses:\s+(\d+)", out)
@@ -175,7 +183,7 @@ def pgbench_insert_rate(server: TempPostgres, duration: int) -> float:
         capture_output=True, text=True, check=True, timeout=duration + 60,
     ).stdout
     script.unlink()
-    return float(re.search(r"tps = ([\d.]+)", out).group(1))
+    return float(found(r"tps = ([\d.]+)", out).group(1))
 
 
 def timed_copy(conn: Any, table: str, columns: list[str], data: io.BytesIO, rows: int) -> float:

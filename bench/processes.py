@@ -89,8 +89,10 @@ def wait_http(url: str, timeout: float = 60.0) -> None:
 
 
 @contextmanager
-def serve(command: list[str], env: dict[str, str], url: str, cwd: Path) -> Iterator[None]:
+def serve(command: list[str], env: dict[str, str], url: str, cwd: Path) -> Iterator[subprocess.Popen]:
     """`command` in a process group of its own, once `url` answers /health; the group is stopped on the way out.
+
+    Yields the process that leads the group (for a bench that reads the group's CPU time).
 
     When anything fails inside, the end of the server's log goes to stderr before the error.
     """
@@ -98,7 +100,7 @@ def serve(command: list[str], env: dict[str, str], url: str, cwd: Path) -> Itera
     process = subprocess.Popen(command, cwd=cwd, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
     try:
         wait_http(url)
-        yield
+        yield process
     except Exception:
         print(Path(log.name).read_text()[-3000:], file=sys.stderr)
         raise

@@ -5,7 +5,7 @@ from __future__ import annotations
 import http.client
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 
 
@@ -13,6 +13,14 @@ from dataclasses import dataclass, field
 class Answer:
     status: int
     body: bytes
+
+
+@dataclass(frozen=True)
+class Body:
+    """A body with headers of its own (a key of its business, say), sent on top of the run's headers."""
+
+    data: bytes
+    headers: dict[str, str]
 
 
 # What one answer stored, in events; raises RuntimeError for an answer the bench must not time.
@@ -51,13 +59,16 @@ class Sent:
 def send_bodies(
     url: str,
     path: str,
-    bodies: list[bytes],
+    bodies: Iterable[bytes | Body],
     headers: dict[str, str],
     stored: StoredCount,
     duration: float,
     senders: int = 4,
 ) -> Sent:
     """POST each body once to `url` + `path` from `senders` threads until the bodies run out or `duration` passes.
+
+    `bodies` may be a generator: the senders take the next body in turn, so a long run need not hold every
+    body in memory at once (500-event batches are about 300 KiB each).
 
     Each request opens a connection of its own, as bench_ingest's batches always
     have. `seconds` runs from the first request to the end of the last, so it is
@@ -77,10 +88,11 @@ def send_bodies(
                 body = next(queue, None)
             if body is None or failures:
                 return
+            data, sent_headers = (body.data, {**headers, **body.headers}) if isinstance(body, Body) else (body, headers)
             started = time.monotonic()
             conn = http.client.HTTPConnection(host, int(port), timeout=60)
             try:
-                conn.request("POST", path, body, headers)
+                conn.request("POST", path, data, sent_headers)
                 response = conn.getresponse()
                 answer = Answer(response.status, response.read())
             finally:
