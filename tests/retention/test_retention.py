@@ -271,6 +271,13 @@ def test_the_command_dry_run_changes_nothing_and_says_what_would_go(stored, rete
     assert AIMetric.objects.count() == count - old
 
 
+def test_demo_data_stays_inside_the_retention_window(db, retention_on):
+    with pytest.raises(CommandError, match="--days must be at most 5"):
+        call_command("generate_demo_data", "--days", "30", "--events", "10", "--no-progress")
+    call_command("generate_demo_data", "--days", "5", "--events", "10", "--no-progress", stdout=StringIO())
+    assert AIMetric.objects.count() == 10
+
+
 def test_the_command_refuses_to_prune_while_retention_is_off(stored, settings):
     settings.MLOPS_RAW_RETENTION_DAYS = 0
     with pytest.raises(CommandError, match="MLOPS_RAW_RETENTION_DAYS"):

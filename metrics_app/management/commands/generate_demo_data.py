@@ -23,6 +23,7 @@ from django.core.management.base import BaseCommand, CommandError, CommandParser
 from django.db import DatabaseError
 from tqdm import tqdm
 
+from metrics_app import horizon
 from metrics_app.ingest import services
 from metrics_app.ingest.validation import check_event
 from metrics_app.models import Business, OpeningHours
@@ -270,6 +271,12 @@ class Command(BaseCommand):
             raise CommandError(f"--events must be between 1 and {MAX_EVENTS}")
         if not 1 <= days <= 3650:
             raise CommandError("--days must be between 1 and 3650")
+        kept = horizon.retention_days()
+        if kept is not None and days > kept:
+            raise CommandError(
+                f"--days must be at most {kept}: raw events are kept {kept} days (MLOPS_RAW_RETENTION_DAYS), "
+                "and older ones are refused"
+            )
         if not 1 <= businesses <= len(BUSINESSES):
             raise CommandError(f"--businesses must be between 1 and {len(BUSINESSES)}")
 
