@@ -531,6 +531,12 @@ def run_storage(server: TempPostgres, mix: StorageMix) -> StorageRun:
             with conn, conn.cursor() as cursor:
                 cursor.copy_expert(f"COPY ai_metrics ({', '.join(COPY_COLUMNS)}) FROM STDIN", io.StringIO(chunk))
             copy_seconds += time.perf_counter() - started
+        with conn, conn.cursor() as cursor:
+            # A bulk load's events need their dedupe keys, which the ingest claims for each event it stores.
+            cursor.execute("SELECT to_regclass('mlops_event_key') IS NOT NULL")
+            if cursor.fetchone()[0]:
+                cursor.execute("INSERT INTO mlops_event_key (business_id, event_id) "
+                               "SELECT business_id, event_id FROM ai_metrics")
         raw = relation_sizes(conn, RAW_TABLES)
         started = time.perf_counter()
         manage(env, "rebuild_analytics", "--quiet-progress")
