@@ -105,24 +105,50 @@ def _insert_sql(vendor: str, count: int) -> str:
     return f"INSERT INTO {table} ({columns}) VALUES {_placeholders(len(_COLUMNS), count)}"
 
 
+@functools.lru_cache(maxsize=64)
+def _claim_and_insert_sql(count: int) -> str:
+    """PostgreSQL: claim the keys and insert the events whose key was claimed, in one statement.
+
+    The values carry their column's type (a column that is NULL in every row
+    would otherwise be text), and the events' INSERT reads the claimed keys
+    from the data-modifying CTE, so a key another statement holds stores no event.
+    """
+    q = connection.ops.quote_name
+    columns = ", ".join(q(c) for c in _COLUMNS)
+    types = [AIMetric._meta.get_field("business" if c == "business_id" else c).db_type(connection) for c in _COLUMNS]
+    row = "(" + ", ".join(f"%s::{db_type}" for db_type in types) + ")"
+    return (
+        f"WITH v ({columns}) AS (VALUES {', '.join([row] * count)}), "
+        f"claimed AS (INSERT INTO {q(EventKey._meta.db_table)} (business_id, event_id) "
+        f"SELECT business_id, event_id FROM v ON CONFLICT (business_id, event_id) DO NOTHING "
+        f"RETURNING business_id, event_id) "
+        f"INSERT INTO {q(AIMetric._meta.db_table)} ({columns}) "
+        f"SELECT {', '.join('v.' + q(c) for c in _COLUMNS)} FROM v JOIN claimed USING (business_id, event_id) "
+        f"RETURNING business_id, event_id"
+    )
+
+
 def _insert_events(rows: list[dict[str, Any]]) -> set[tuple[str, uuid.UUID]]:
     """Insert the rows whose (business_id, event_id) no stored event has; returns the pairs inserted.
 
-    Both statements run in the caller's transaction. Concurrent retries of
-    one event store it once: the losers of the race wait on the key's unique
-    index until the winner commits, see the conflict and claim nothing.
+    The key claim and the insert run in the caller's transaction (one
+    statement on PostgreSQL, two on SQLite). Concurrent retries of one event
+    store it once: the losers of the race wait on the key's unique index
+    until the winner commits, see the conflict and claim nothing.
     """
     to_values = _row_values()
-    key_prep = _key_values()
     with connection.cursor() as cursor:
+        if connection.vendor == "postgresql":
+            cursor.execute(
+                _claim_and_insert_sql(len(rows)), list(itertools.chain.from_iterable(map(to_values, rows)))
+            )
+            return {(business_id, value) for business_id, value in cursor.fetchall()}
+        key_prep = _key_values()
         cursor.execute(
             _claim_sql(connection.vendor, len(rows)),
             list(itertools.chain.from_iterable(key_prep(row) for row in rows)),
         )
-        claimed = {
-            (business_id, value if isinstance(value, uuid.UUID) else uuid.UUID(str(value)))
-            for business_id, value in cursor.fetchall()
-        }
+        claimed = {(business_id, uuid.UUID(str(value))) for business_id, value in cursor.fetchall()}
         fresh = rows if len(claimed) == len(rows) else [
             row for row in rows if (row["business_id"], row["event_id"]) in claimed
         ]
@@ -135,9 +161,7 @@ def _insert_events(rows: list[dict[str, Any]]) -> set[tuple[str, uuid.UUID]]:
 
 
 def _key_values() -> Callable[[dict[str, Any]], tuple[Any, Any]]:
-    """A function from an event dict to its key's column values, as the database driver takes them."""
-    if connection.vendor == "postgresql":
-        return operator.itemgetter("business_id", "event_id")
+    """SQLite: a function from an event dict to its key's column values, as the database driver takes them."""
     prep = functools.partial(EventKey._meta.get_field("event_id").get_db_prep_save, connection=connection)
     return lambda row: (row["business_id"], prep(row["event_id"]))
 
@@ -185,5 +209,7 @@ def _store(rows: list[dict[str, Any]]) -> set[tuple[str, uuid.UUID]]:
     """One transaction: all of the new rows are stored, or none."""
     ensure_businesses({row["business_id"] for row in rows})  # usually no statement at all: cached
     pricing.price_events(rows)
+    if connection.vendor == "postgresql":
+        return _insert_events(rows)  # one statement, its own transaction
     with transaction.atomic():
         return _insert_events(rows)
