@@ -105,6 +105,16 @@ def _insert_sql(vendor: str, count: int) -> str:
     return f"INSERT INTO {table} ({columns}) VALUES {_placeholders(len(_COLUMNS), count)}"
 
 
+# Up to this many events, PostgreSQL stores them with one statement: a single /track took 0.90 ms in place of
+# 1.23 ms with two. Above it the typed VALUES list costs more than the second statement saves (500 events:
+# 59.6 ms against 41.7 ms; the two were even at 50).
+ONE_STATEMENT_MAX = 20
+
+
+def _one_statement(rows: list[dict[str, Any]]) -> bool:
+    return connection.vendor == "postgresql" and len(rows) <= ONE_STATEMENT_MAX
+
+
 @functools.lru_cache(maxsize=64)
 def _claim_and_insert_sql(count: int) -> str:
     """PostgreSQL: claim the keys and insert the events whose key was claimed, in one statement.
@@ -131,14 +141,14 @@ def _claim_and_insert_sql(count: int) -> str:
 def _insert_events(rows: list[dict[str, Any]]) -> set[tuple[str, uuid.UUID]]:
     """Insert the rows whose (business_id, event_id) no stored event has; returns the pairs inserted.
 
-    The key claim and the insert run in the caller's transaction (one
-    statement on PostgreSQL, two on SQLite). Concurrent retries of one event
+    The key claim and the insert run in the caller's transaction: one
+    statement for a few events on PostgreSQL, two otherwise. Concurrent retries of one event
     store it once: the losers of the race wait on the key's unique index
     until the winner commits, see the conflict and claim nothing.
     """
     to_values = _row_values()
     with connection.cursor() as cursor:
-        if connection.vendor == "postgresql":
+        if _one_statement(rows):
             cursor.execute(
                 _claim_and_insert_sql(len(rows)), list(itertools.chain.from_iterable(map(to_values, rows)))
             )
@@ -148,7 +158,10 @@ def _insert_events(rows: list[dict[str, Any]]) -> set[tuple[str, uuid.UUID]]:
             _claim_sql(connection.vendor, len(rows)),
             list(itertools.chain.from_iterable(key_prep(row) for row in rows)),
         )
-        claimed = {(business_id, uuid.UUID(str(value))) for business_id, value in cursor.fetchall()}
+        claimed = {
+            (business_id, value if isinstance(value, uuid.UUID) else uuid.UUID(str(value)))
+            for business_id, value in cursor.fetchall()
+        }
         fresh = rows if len(claimed) == len(rows) else [
             row for row in rows if (row["business_id"], row["event_id"]) in claimed
         ]
@@ -161,7 +174,9 @@ def _insert_events(rows: list[dict[str, Any]]) -> set[tuple[str, uuid.UUID]]:
 
 
 def _key_values() -> Callable[[dict[str, Any]], tuple[Any, Any]]:
-    """SQLite: a function from an event dict to its key's column values, as the database driver takes them."""
+    """A function from an event dict to its key's column values, as the database driver takes them."""
+    if connection.vendor == "postgresql":
+        return operator.itemgetter("business_id", "event_id")
     prep = functools.partial(EventKey._meta.get_field("event_id").get_db_prep_save, connection=connection)
     return lambda row: (row["business_id"], prep(row["event_id"]))
 
@@ -209,7 +224,7 @@ def _store(rows: list[dict[str, Any]]) -> set[tuple[str, uuid.UUID]]:
     """One transaction: all of the new rows are stored, or none."""
     ensure_businesses({row["business_id"] for row in rows})  # usually no statement at all: cached
     pricing.price_events(rows)
-    if connection.vendor == "postgresql":
+    if _one_statement(rows):
         return _insert_events(rows)  # one statement, its own transaction
     with transaction.atomic():
         return _insert_events(rows)
