@@ -62,7 +62,7 @@ class Plan:
     partitions: list[str] = field(default_factory=list)  # dropped whole
     partition_events: int = 0
     batched_events: int = 0  # deleted row by row, in batches
-    unfolded: int = 0  # before the cutoff but not folded yet: left for the next run
+    unfolded: int = 0  # before the cutoff and not folded yet: a run folds them first, and leaves any that come after
     seconds: float = 0.0
 
     @property
@@ -78,8 +78,10 @@ class Plan:
             how.append(f"{self.batched_events} in batches")
         text = (f"{verb} {self.events} raw events before {self.cutoff:%Y-%m-%d %H:%M} UTC "
                 f"(kept {self.days} days): {', '.join(how)}.")
-        if self.unfolded:
+        if self.unfolded and done:
             text += f" {self.unfolded} events before then are not folded yet and wait for the next run."
+        elif self.unfolded:
+            text += f" {self.unfolded} of them are not folded yet: the run folds them first."
         if done:
             text += f" Took {self.seconds:.1f} s."
         return text
@@ -115,7 +117,7 @@ def plan(days: int | None = None, now: datetime | None = None) -> Plan:
         found.partitions.append(partition.name)
         found.partition_events += _count(partition.name)
     found.unfolded = old.filter(id__gt=folded_through).count()
-    found.batched_events = old.count() - found.partition_events - found.unfolded
+    found.batched_events = old.count() - found.partition_events
     return found
 
 
