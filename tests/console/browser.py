@@ -48,11 +48,22 @@ def chromium() -> Iterator[Any]:
 
 
 def log_in(driver: Any, service: Any, username: str) -> None:
+    from selenium.common.exceptions import TimeoutException
     from selenium.webdriver.common.by import By
     from selenium.webdriver.support.ui import WebDriverWait
 
     driver.delete_all_cookies()
-    driver.get(f"{service.url}/admin/login/")
+    # A loaded machine (CI runs two suites side by side) can leave the first load without the form: load it
+    # again, and say what came instead if it never shows.
+    for _attempt in range(3):
+        driver.get(f"{service.url}/admin/login/")
+        try:
+            WebDriverWait(driver, 20).until(lambda d: d.find_elements(By.NAME, "username"))
+            break
+        except TimeoutException:
+            continue
+    else:
+        raise AssertionError(f"no login form at {driver.current_url}: {driver.title!r}: {driver.page_source[:500]}")
     driver.find_element(By.NAME, "username").send_keys(username)
     driver.find_element(By.NAME, "password").send_keys(PASSWORD)
     driver.find_element(By.CSS_SELECTOR, "input[type=submit]").click()
