@@ -45,6 +45,13 @@ def _copy_into(cursor, source, target):
     cursor.execute(f"INSERT INTO {target} ({columns}) SELECT {columns} FROM {source}")
 
 
+def _primary_key(cursor, table):
+    """The name of the table's primary-key constraint (a table adopted from the seed's has its own name)."""
+    cursor.execute("SELECT conname FROM pg_constraint WHERE conrelid = %s::regclass AND contype = 'p'", [table])
+    row = cursor.fetchone()
+    return row[0] if row else None
+
+
 def fill_event_keys(apps, schema_editor):
     with schema_editor.connection.cursor() as cursor:
         cursor.execute("INSERT INTO mlops_event_key (business_id, event_id) SELECT business_id, event_id FROM ai_metrics")
@@ -55,10 +62,12 @@ def partition_events(apps, schema_editor):
     if connection.vendor != "postgresql":
         return
     with connection.cursor() as cursor:
-        indexes = [(name, sql) for name, sql in _table_indexes(cursor, "ai_metrics") if name != "ai_metrics_pkey"]
         cursor.execute("LOCK TABLE ai_metrics IN ACCESS EXCLUSIVE MODE")
+        pkey = _primary_key(cursor, "ai_metrics")
+        indexes = [(name, sql) for name, sql in _table_indexes(cursor, "ai_metrics") if name != pkey]
         cursor.execute("ALTER TABLE ai_metrics RENAME TO ai_metrics_unpartitioned")
-        cursor.execute("ALTER TABLE ai_metrics_unpartitioned RENAME CONSTRAINT ai_metrics_pkey TO ai_metrics_unpartitioned_pkey")
+        if pkey is not None:
+            cursor.execute(f'ALTER TABLE ai_metrics_unpartitioned RENAME CONSTRAINT "{pkey}" TO ai_metrics_unpartitioned_pkey')
         cursor.execute(
             "CREATE TABLE ai_metrics (LIKE ai_metrics_unpartitioned INCLUDING DEFAULTS INCLUDING CONSTRAINTS) "
             'PARTITION BY RANGE ("timestamp")'
@@ -91,9 +100,9 @@ def unpartition_events(apps, schema_editor):
     if connection.vendor != "postgresql":
         return
     with connection.cursor() as cursor:
+        cursor.execute("LOCK TABLE ai_metrics IN ACCESS EXCLUSIVE MODE")
         indexes = [(name, sql.replace(" ON ONLY ", " ON ")) for name, sql in _table_indexes(cursor, "ai_metrics")
                    if name != "ai_metrics_pkey"]
-        cursor.execute("LOCK TABLE ai_metrics IN ACCESS EXCLUSIVE MODE")
         cursor.execute("ALTER TABLE ai_metrics RENAME TO ai_metrics_partitioned")
         cursor.execute("ALTER TABLE ai_metrics_partitioned RENAME CONSTRAINT ai_metrics_pkey TO ai_metrics_partitioned_pkey")
         for name, _sql in indexes:
