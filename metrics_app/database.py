@@ -143,3 +143,30 @@ def in_id_pages(rows: QuerySet, fields: tuple[str, ...], chunk: int) -> Iterator
         if len(page) < chunk:
             return
         last = page[-1]["id"]
+
+
+def rows_by_key_sql(
+    connection: BaseDatabaseWrapper, table: str, key: tuple[str, ...], columns: tuple[str, ...], count: int,
+    lock: bool = False,
+) -> str:
+    """A SELECT of `columns` from `table` for `count` values of its unique `key`, given as `count` x len(key) params.
+
+    On PostgreSQL each key is one lookup of the unique index, whatever the table's statistics say: a semi-join
+    with a VALUES list is planned from them, and statistics taken while the table was empty (after a rebuild,
+    a prune or an erasure) make it scan the whole index once per key. Rows come in the keys' order, so with
+    `lock` (FOR UPDATE, PostgreSQL only) sorted keys take their row locks in one order. SQLite plans the list
+    by its index whatever it holds.
+    """
+    q = connection.ops.quote_name
+    table = q(table)
+    listed = ", ".join(["(" + ", ".join(["%s"] * len(key)) + ")"] * count)
+    if connection.vendor != "postgresql":
+        return f"SELECT {', '.join(columns)} FROM {table} WHERE ({', '.join(key)}) IN (VALUES {listed})"
+    wanted = ", ".join(f"k{n}" for n in range(len(key)))
+    match = " AND ".join(f"t.{q(column)} = wanted.k{n}" for n, column in enumerate(key))
+    # LIMIT 1 keeps the subquery a lookup per key (the key is unique) instead of being folded into a join.
+    return (
+        f"SELECT found.* FROM (VALUES {listed}) AS wanted ({wanted}) CROSS JOIN LATERAL ("
+        f"SELECT {', '.join(f't.{q(c)}' for c in columns)} FROM {table} AS t WHERE {match} LIMIT 1"
+        f"{' FOR UPDATE' if lock else ''}) AS found"
+    )

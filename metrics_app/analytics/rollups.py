@@ -25,6 +25,7 @@ from typing import Any
 
 from django.db import connection, transaction
 
+from metrics_app import database
 from metrics_app.analytics import sketches
 from metrics_app.analytics.sketches import LOG_GAMMA, latency_bin
 from metrics_app.models import (
@@ -273,10 +274,9 @@ def add_sketches(additions: dict[tuple[str, str, str, int, datetime], dict[int, 
     with connection.cursor() as cursor:
         for start in range(0, len(keys), chunk):
             part = keys[start:start + chunk]
-            pairs = ", ".join(["(%s, %s, %s, %s, %s)"] * len(part))
             cursor.execute(
-                f"SELECT {', '.join(_SKETCH_KEY)}, bins FROM {table} WHERE ({', '.join(_SKETCH_KEY)}) IN "
-                f"(VALUES {pairs})",
+                database.rows_by_key_sql(connection, LatencySketch._meta.db_table, _SKETCH_KEY,
+                                         (*_SKETCH_KEY, "bins"), len(part)),
                 [adapt(value) for key in part for value in key],
             )
             stored = {

@@ -14,7 +14,7 @@ from django.db.models import DateTimeField
 from django.utils import timezone
 from django.utils.dateparse import parse_datetime
 
-from metrics_app import listeners
+from metrics_app import database, listeners
 from metrics_app.analytics import rollups, totals
 from metrics_app.analytics.rollups import ConversationSums
 from metrics_app.models import AIMetric, Conversation
@@ -103,18 +103,15 @@ def _upsert_sql(count: int) -> str:
 
 def _locked_states(keys: list[tuple[str, str]]) -> dict[tuple[str, str], _State]:
     """The stored conversations among `keys`, locked until the transaction ends (PostgreSQL)."""
-    table = connection.ops.quote_name(Conversation._meta.db_table)
     found: dict[tuple[str, str], _State] = {}
-    lock = " FOR UPDATE" if connection.vendor == "postgresql" else ""  # SQLite: the write lock is already held
+    lock = connection.vendor == "postgresql"  # SQLite: the write lock is already held
+    columns = ("business_id", "conversation_id", "first_at", "last_at", "turns", *_FLAGS, "dimension_values",
+               "last_sentiment", "last_sentiment_at")
+    keys = sorted(keys)  # one lock order for every fold
     for start in range(0, len(keys), 500):
         part = keys[start:start + 500]
-        pairs = ", ".join(["(%s, %s)"] * len(part))
-        sql = (
-            f"SELECT business_id, conversation_id, first_at, last_at, turns, {', '.join(_FLAGS)}, dimension_values, "
-            f"last_sentiment, last_sentiment_at "
-            f"FROM {table} WHERE (business_id, conversation_id) IN (VALUES {pairs}) "
-            f"ORDER BY business_id, conversation_id{lock}"
-        )
+        sql = database.rows_by_key_sql(connection, Conversation._meta.db_table, ("business_id", "conversation_id"),
+                                       columns, len(part), lock=lock)
         with connection.cursor() as cursor:
             cursor.execute(sql, [value for key in part for value in key])
             rows = cursor.fetchall()
