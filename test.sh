@@ -3,7 +3,8 @@
 # then the whole test suite twice, side by side: on SQLite, and on a
 # temporary PostgreSQL server that it starts itself (initdb in a
 # temporary directory, loopback only), reached through PgBouncer in
-# transaction pooling mode (tests/pgserver.py). Any failing step fails the run; the
+# transaction pooling mode (tests/pgserver.py); that pass leaves out the tests
+# that touch no database (--database-tests-only). Any failing step fails the run; the
 # last line names the failed steps.
 # Arguments go to pytest, e.g. ./test.sh -k track -x
 # With CI=true a component the tests need (PostgreSQL among them) must be
@@ -68,7 +69,9 @@ elif $in_ci && ! .venv/bin/python -c "import sys; from tests.pgserver import fin
     status=1; failed+=("PostgreSQL run (pgbouncer missing)")
 else
     # Without pgbouncer, tests.pgserver says so and the run talks to the server directly.
-    ( exec .venv/bin/python -m tests.pgserver -- .venv/bin/python -m pytest "$@" >"$logs/postgresql.log" 2>&1 ) &
+    # The tests that touch no database answer the same on both; the SQLite pass runs them (tests/conftest.py).
+    ( exec .venv/bin/python -m tests.pgserver -- .venv/bin/python -m pytest --database-tests-only "$@" \
+        >"$logs/postgresql.log" 2>&1 ) &
     pg_pid=$!
     pids+=("$pg_pid")
 fi

@@ -31,6 +31,41 @@ from tests.helpers import (
     stop_service,
 )
 
+# --- Which tests a pass runs.
+
+_DATABASE_FIXTURES = {"db", "transactional_db", "django_db_reset_sequences", "django_db_serialized_rollback",
+                      "live_server"}
+
+
+def pytest_addoption(parser: pytest.Parser) -> None:
+    parser.addoption(
+        "--database-tests-only", action="store_true",
+        help="run only the tests that reach the pass's database (test.sh's PostgreSQL pass: the others, which "
+             "pytest-django keeps away from any database, answer the same on every one and run in the SQLite pass)",
+    )
+
+
+def reaches_the_database(item: pytest.Item) -> bool:
+    """Whether pytest-django lets the test reach the pass's database: a django_db mark or a database fixture."""
+    return item.get_closest_marker("django_db") is not None or bool(
+        _DATABASE_FIXTURES & set(getattr(item, "fixturenames", ())))
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    if not config.getoption("--database-tests-only"):
+        return
+    kept = [item for item in items if reaches_the_database(item)]
+    left = [item for item in items if not reaches_the_database(item)]
+    if left:
+        config.hook.pytest_deselected(items=left)
+        items[:] = kept
+
+
+def pytest_report_header(config: pytest.Config) -> str | None:
+    if config.getoption("--database-tests-only"):
+        return "--database-tests-only: the tests that touch no database are left to the SQLite pass"
+    return None
+
 
 @pytest.fixture(scope="session")
 def django_db_setup(django_db_setup) -> Iterator[None]:
