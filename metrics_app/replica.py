@@ -80,6 +80,8 @@ class ReplicaState:
         return answer
 
 
+# A healthy streaming replica replays a commit within milliseconds of the primary.
+_REPLAY_GRACE_SECONDS = 0.05
 _LAG_SQL = (
     "SELECT pg_is_in_recovery(), pg_last_wal_replay_lsn() >= %s::pg_lsn, "
     "EXTRACT(EPOCH FROM clock_timestamp() - pg_last_xact_replay_timestamp())"
@@ -101,6 +103,12 @@ def measure() -> ReplicaState:
         with replica.cursor() as cursor:
             cursor.execute(_LAG_SQL, [primary_lsn])
             in_recovery, caught_up, behind = cursor.fetchone()
+            if in_recovery and not caught_up:
+                # The time since the last replayed commit overstates the lag of a replica that is milliseconds
+                # behind after a quiet spell: give replay a moment to reach the position read above first.
+                time.sleep(_REPLAY_GRACE_SECONDS)
+                cursor.execute(_LAG_SQL, [primary_lsn])
+                in_recovery, caught_up, behind = cursor.fetchone()
     except DatabaseError as exc:
         replica.close()
         return ReplicaState(DOWN, error=type(exc).__name__)
