@@ -13,26 +13,42 @@ set -uo pipefail
 cd "$(dirname "$0")"
 
 PYTHON="${PYTHON:-python3}"
-if [ ! -x .venv/bin/python ]; then
-    "$PYTHON" -m venv .venv || exit 1
-fi
-.venv/bin/pip install --quiet --disable-pip-version-check -r requirements-dev.txt || exit 1
 
 # The MLflow tracking server that the MLflow tests start: full mlflow in an environment of its own (it pins
 # gunicorn<27, the service 27). Made once, and again only when requirements-mlflow-server.txt changes
-# (about 40 s and 850 MB). MLFLOW_SERVER names another server binary instead.
+# (about 50 s and 850 MB), while .venv installs and the linters run. MLFLOW_SERVER names another server binary
+# instead.
+mlflow_pid=""
+mlflow_log="$(mktemp)"
 if [ -z "${MLFLOW_SERVER:-}" ]; then
-    wanted="$(.venv/bin/python -c 'import hashlib, sys; print(hashlib.sha256(open(sys.argv[1], "rb").read()).hexdigest())' requirements-mlflow-server.txt)"
+    wanted="$("$PYTHON" -c 'import hashlib, sys; print(hashlib.sha256(open(sys.argv[1], "rb").read()).hexdigest())' requirements-mlflow-server.txt)"
     if [ "$(cat .venv-mlflow/.requirements.sha256 2>/dev/null)" != "$wanted" ]; then
-        echo "=== Installing the MLflow tracking server into .venv-mlflow (requirements-mlflow-server.txt)"
-        if "$PYTHON" -m venv .venv-mlflow \
-            && .venv-mlflow/bin/pip install --quiet --disable-pip-version-check -r requirements-mlflow-server.txt; then
-            echo "$wanted" > .venv-mlflow/.requirements.sha256
-        else
-            echo "The MLflow server could not be installed: the MLflow tests skip (and fail with CI=true)."
-        fi
+        echo "=== Installing the MLflow tracking server into .venv-mlflow (requirements-mlflow-server.txt), in the background"
+        (
+            if "$PYTHON" -m venv .venv-mlflow \
+                && .venv-mlflow/bin/pip install --quiet --disable-pip-version-check -r requirements-mlflow-server.txt; then
+                echo "$wanted" > .venv-mlflow/.requirements.sha256
+            else
+                echo "The MLflow server could not be installed: the MLflow tests skip (and fail with CI=true)."
+            fi
+        ) >"$mlflow_log" 2>&1 &
+        mlflow_pid=$!
     fi
 fi
+wait_for_mlflow() {
+    if [ -n "$mlflow_pid" ]; then
+        wait "$mlflow_pid"
+        echo "=== The MLflow tracking server's installation"
+        cat "$mlflow_log"
+        mlflow_pid=""
+    fi
+    rm -f "$mlflow_log"
+}
+
+if [ ! -x .venv/bin/python ]; then
+    "$PYTHON" -m venv .venv || { wait_for_mlflow; exit 1; }
+fi
+.venv/bin/pip install --quiet --disable-pip-version-check -r requirements-dev.txt || { wait_for_mlflow; exit 1; }
 
 status=0
 failed=()
@@ -44,6 +60,8 @@ echo "=== Types: mypy"
 
 echo "=== Import contracts (import-linter, pyproject.toml)"
 .venv/bin/lint-imports --no-cache --no-logo || { status=1; failed+=("import contracts"); }
+
+wait_for_mlflow
 
 # The two passes run at the same time, each into a log of its own that is shown once it ends: much of a pass
 # waits on the servers its tests start (gunicorn, PostgreSQL, Prometheus, Chromium, MLflow), so on two cores
