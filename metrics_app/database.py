@@ -151,22 +151,23 @@ def rows_by_key_sql(
 ) -> str:
     """A SELECT of `columns` from `table` for `count` values of its unique `key`, given as `count` x len(key) params.
 
-    On PostgreSQL each key is one lookup of the unique index, whatever the table's statistics say: a semi-join
-    with a VALUES list is planned from them, and statistics taken while the table was empty (after a rebuild,
-    a prune or an erasure) make it scan the whole index once per key. Rows come in the keys' order, so with
-    `lock` (FOR UPDATE, PostgreSQL only) sorted keys take their row locks in one order. SQLite plans the list
-    by its index whatever it holds.
+    Each key is one lookup of the unique index, in the keys' order, so with `lock` (FOR UPDATE, PostgreSQL
+    only) sorted keys take their row locks in one order. The plain `WHERE (key) IN (VALUES ...)` is not:
+    SQLite scans the whole table for it and tests each row against the list, and PostgreSQL plans it from the
+    table's statistics, which after a VACUUM of an emptied table (a rebuild, a prune, an erasure) say no rows,
+    and then walks the whole index comparing every row with every key.
     """
     q = connection.ops.quote_name
-    table = q(table)
     listed = ", ".join(["(" + ", ".join(["%s"] * len(key)) + ")"] * count)
+    selected = ", ".join(f"t.{q(c)}" for c in columns)
     if connection.vendor != "postgresql":
-        return f"SELECT {', '.join(columns)} FROM {table} WHERE ({', '.join(key)}) IN (VALUES {listed})"
+        # SQLite keeps the left table of a CROSS JOIN outside: the list drives, the index answers.
+        match = " AND ".join(f"t.{q(column)} = wanted.column{n + 1}" for n, column in enumerate(key))
+        return f"SELECT {selected} FROM (VALUES {listed}) AS wanted CROSS JOIN {q(table)} AS t ON {match}"
     wanted = ", ".join(f"k{n}" for n in range(len(key)))
     match = " AND ".join(f"t.{q(column)} = wanted.k{n}" for n, column in enumerate(key))
     # LIMIT 1 keeps the subquery a lookup per key (the key is unique) instead of being folded into a join.
     return (
         f"SELECT found.* FROM (VALUES {listed}) AS wanted ({wanted}) CROSS JOIN LATERAL ("
-        f"SELECT {', '.join(f't.{q(c)}' for c in columns)} FROM {table} AS t WHERE {match} LIMIT 1"
-        f"{' FOR UPDATE' if lock else ''}) AS found"
+        f"SELECT {selected} FROM {q(table)} AS t WHERE {match} LIMIT 1{' FOR UPDATE' if lock else ''}) AS found"
     )
